@@ -1,0 +1,246 @@
+"""Async BaseSpace API client (httpx on trio).
+
+* Auth by ``x-access-token`` header only: the token never appears in a URL, a log line or an error.
+* ``list_all`` fetches a whole listing: the first page tells TotalCount, the rest are fetched
+  concurrently with the largest page size, and any gap a short page leaves is filled afterwards.
+* A 401 re-reads the credentials once (token rotation) through ``token_reloader``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import httpx
+import trio
+
+from .errors import (
+    ApiError,
+    AuthError,
+    ForbiddenError,
+    NetworkError,
+    NotFoundError,
+    ProtocolError,
+    ServerError,
+)
+from .retry import RetryPolicy, with_retries
+
+log = logging.getLogger(__name__)
+
+V1_PAGE_MAX = 1024  # BaseSpace caps v1pre3 list Limit at 1024
+FILES_PAGE_MAX = 1000  # ...and file listings at 1000
+PAGE_CONCURRENCY = 8
+
+__all__ = ["BaseSpaceClient", "RetryPolicy", "V1_PAGE_MAX", "FILES_PAGE_MAX"]
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.reason_phrase or f"HTTP {response.status_code}"
+    if isinstance(body, dict):
+        status = body.get("ResponseStatus") or {}
+        for candidate in (
+            status.get("Message") if isinstance(status, dict) else None,
+            body.get("MessageFormatted"),
+            body.get("Message"),
+            body.get("error_description"),
+            body.get("error"),
+        ):
+            if candidate:
+                return str(candidate)
+    return response.reason_phrase or f"HTTP {response.status_code}"
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def raise_for_status(response: httpx.Response, what: str) -> None:
+    """Turn an error response into the matching ApiError (shared with the content reader)."""
+    code = response.status_code
+    if code < 400:
+        return
+    message = f"{what}: {code} {_error_message(response)}"
+    if code == 401:
+        raise AuthError(message, code)
+    if code == 403:
+        raise ForbiddenError(message, code)
+    if code in (404, 410):
+        raise NotFoundError(message, code)
+    if code == 429 or code >= 500:
+        raise ServerError(message, code, _retry_after(response))
+    raise ApiError(message, code)
+
+
+class BaseSpaceClient:
+    def __init__(
+        self,
+        api_server: str,
+        access_token: str,
+        *,
+        policy: RetryPolicy = RetryPolicy(),
+        max_connections: int = 16,
+        token_reloader: Callable[[], str | None] | None = None,
+    ):
+        self.api_server = api_server.rstrip("/") + "/"
+        self._token = access_token
+        self.policy = policy
+        self._token_reloader = token_reloader
+        self._http = httpx.AsyncClient(
+            base_url=self.api_server,
+            timeout=httpx.Timeout(policy.request_timeout),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            follow_redirects=False,
+            headers={"User-Agent": "basemount_py"},
+        )
+        self.request_count = 0
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> "BaseSpaceClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- single requests -------------------------------------------------------------------
+
+    async def _send_once(self, method: str, path: str, params: dict | None, **kwargs: Any) -> httpx.Response:
+        self.request_count += 1
+        headers = {"x-access-token": self._token}
+        headers.update(kwargs.pop("headers", {}) or {})
+        try:
+            response = await self._http.request(method, path, params=params, headers=headers, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise NetworkError(f"{method} {path}: timed out ({type(exc).__name__})") from None
+        except httpx.HTTPError as exc:
+            raise NetworkError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
+        raise_for_status(response, f"{method} {path}")
+        return response
+
+    async def request(self, method: str, path: str, params: dict | None = None, **kwargs: Any) -> httpx.Response:
+        """One API request with retries; a 401 re-reads the token once and tries again."""
+        path = path.lstrip("/")
+
+        async def attempt() -> httpx.Response:
+            return await self._send_once(method, path, params, **dict(kwargs))
+
+        try:
+            return await with_retries(self.policy, attempt, f"{method} {path}")
+        except AuthError:
+            if not self._reload_token():
+                raise
+            return await with_retries(self.policy, attempt, f"{method} {path}")
+
+    def _reload_token(self) -> bool:
+        if self._token_reloader is None:
+            return False
+        try:
+            fresh = self._token_reloader()
+        except Exception as exc:  # a broken config must not crash the caller
+            log.warning("re-reading credentials failed: %s", exc)
+            return False
+        if fresh and fresh != self._token:
+            log.warning("API answered 401; retrying once with the re-read access token")
+            self._token = fresh
+            return True
+        return False
+
+    async def get_json(self, path: str, params: dict | None = None) -> dict:
+        response = await self.request("GET", path, params)
+        return _json(response, path)
+
+    async def post_json(self, path: str, params: dict | None = None, json: Any = None) -> dict:
+        response = await self.request("POST", path, params, json=json)
+        return _json(response, path)
+
+    # -- listings --------------------------------------------------------------------------
+
+    async def list_all(
+        self, path: str, params: dict | None = None, *, v2: bool = False, page_size: int = V1_PAGE_MAX
+    ) -> list[dict]:
+        """Every item of a paged listing, in server order, de-duplicated by Id."""
+        base = dict(params or {})
+        off_key, lim_key = ("offset", "limit") if v2 else ("Offset", "Limit")
+        if not v2:
+            base.setdefault("SortBy", "Id")
+            base.setdefault("SortDir", "Asc")
+
+        async def page(offset: int) -> tuple[list[dict], int]:
+            body = await self.get_json(path, {**base, off_key: offset, lim_key: page_size})
+            return _page_items(body, v2, path)
+
+        first, total = await page(0)
+        pages: dict[int, list[dict]] = {0: first}
+        step = len(first)
+        if step and total > step:
+            limiter = trio.CapacityLimiter(PAGE_CONCURRENCY)
+
+            async def fetch(offset: int) -> None:
+                async with limiter:
+                    pages[offset] = (await page(offset))[0]
+
+            async with trio.open_nursery() as nursery:
+                for offset in range(step, total, step):
+                    nursery.start_soon(fetch, offset)
+
+        # Walk the pages in order; a short page (the server may return fewer than asked) or a
+        # TotalCount that changed leaves a gap, which is filled by fetching from where it starts.
+        items: list[dict] = []
+        position = 0
+        while position < total:
+            chunk = pages.get(position)
+            if chunk is None:
+                chunk, total = await page(position)
+            if not chunk:
+                break
+            items.extend(chunk)
+            position += len(chunk)
+        return _dedupe(items)
+
+
+def _json(response: httpx.Response, path: str) -> dict:
+    try:
+        body = response.json()
+    except ValueError:
+        raise ProtocolError(f"GET {path}: response is not JSON") from None
+    if not isinstance(body, dict):
+        raise ProtocolError(f"GET {path}: response is not a JSON object")
+    return body
+
+
+def _page_items(body: dict, v2: bool, path: str) -> tuple[list[dict], int]:
+    try:
+        if v2:
+            items = body.get("Items") or []
+            total = int((body.get("Paging") or {}).get("TotalCount", len(items)))
+        else:
+            response = body["Response"]
+            items = response.get("Items") or []
+            total = int(response.get("TotalCount", len(items)))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise ProtocolError(f"GET {path}: not a list envelope") from None
+    if not isinstance(items, list):
+        raise ProtocolError(f"GET {path}: Items is not a list")
+    return [i for i in items if isinstance(i, dict)], max(0, total)
+
+
+def _dedupe(items: list[dict]) -> list[dict]:
+    seen: set[str] = set()
+    out = []
+    for item in items:
+        key = str(item.get("Id", id(item)))
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(item)
+    return out

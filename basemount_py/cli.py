@@ -1,0 +1,193 @@
+"""Command line: ``basemount-py`` (serve, demo-data, demo, mount, unmount, auth, refresh) and the
+BaseMount-compatible ``basemount`` and ``basemount-cmd`` entry points.
+
+Every failure the user can fix prints one line and exits non-zero; no tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+MiB = 2**20
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def _add_mount_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("mountpoint", help="empty directory to mount on")
+    p.add_argument("--config", metavar="NAME", help="use ~/.basespace/NAME.cfg (default: env vars, then default.cfg)")
+    p.add_argument("--api-server", metavar="URL|ALIAS", help="API server URL or region alias (overrides the config)")
+    p.add_argument("--foreground", "-f", action="store_true", help="stay attached; log to stderr")
+    p.add_argument("--metadata-ttl", type=_positive_float, default=60.0, metavar="S", help="listing cache lifetime (default 60 s)")
+    p.add_argument("--cache-size", type=int, default=256, metavar="MiB", help="block cache size (default 256 MiB)")
+    p.add_argument("--prefetch-max", type=int, default=64, metavar="MiB", help="largest sequential prefetch window (default 64 MiB)")
+    p.add_argument("--max-connections", type=int, default=16, metavar="N", help="parallel HTTP connections (default 16)")
+    p.add_argument("--op-timeout", type=_positive_float, default=60.0, metavar="S", help="upper bound for any file operation (default 60 s)")
+    p.add_argument("--allow-other", action="store_true", help="let other users see the mount (needs user_allow_other)")
+    p.add_argument("--allow-insecure-http", action="store_true", help="allow a non-loopback http:// API server")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-file", metavar="F", help="log file (background mode default: ~/.basespace/basemount_py.log)")
+
+
+def _run_mount(args: argparse.Namespace) -> int:
+    from .api.config import ConfigError, load_credentials, reload_token
+    from .mount import MountOptions, mount
+
+    try:
+        credentials = load_credentials(args.config, args.api_server, allow_insecure=args.allow_insecure_http)
+    except ConfigError as exc:
+        print(f"basemount-py: {exc}", file=sys.stderr)
+        return 1
+    log_file = args.log_file
+    if log_file is None and not args.foreground:
+        log_dir = os.path.expanduser("~/.basespace")
+        os.makedirs(log_dir, mode=0o700, exist_ok=True)
+        log_file = os.path.join(log_dir, "basemount_py.log")
+    opts = MountOptions(
+        mountpoint=args.mountpoint,
+        foreground=args.foreground,
+        metadata_ttl=args.metadata_ttl,
+        cache_size=max(1, args.cache_size) * MiB,
+        prefetch_max=max(1, args.prefetch_max) * MiB,
+        max_connections=max(1, args.max_connections),
+        allow_other=args.allow_other,
+        op_timeout=args.op_timeout,
+        log_level=args.log_level,
+        log_file=log_file,
+    )
+    return mount(credentials, opts, token_reloader=lambda: reload_token(credentials))
+
+
+def _run_unmount(args: argparse.Namespace) -> int:
+    from .mount import unmount
+
+    return unmount(args.mountpoint, lazy=args.lazy)
+
+
+def send_command(path: str, command: str) -> int:
+    """Write a command to PATH/.commands (the daemon runs it against that folder)."""
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    target = os.path.join(folder, ".commands")
+    try:
+        with open(target, "w") as f:
+            f.write(command + "\n")
+    except OSError as exc:
+        reason = "not inside a basemount_py mount" if exc.errno in (2, 13, 30) else exc.strerror
+        print(f"Error: {command} failed for {folder}: {reason}", file=sys.stderr)
+        return 1
+    print(f"{command}: done for {folder}")
+    return 0
+
+
+def _run_refresh(args: argparse.Namespace) -> int:
+    return send_command(args.path, "refresh")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.mountpoint, keep_running=not args.no_wait)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="basemount-py", description="Mount BaseSpace Sequence Hub with FUSE.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("mount", help="mount a BaseSpace account")
+    _add_mount_arguments(p)
+    p.set_defaults(func=_run_mount)
+
+    p = sub.add_parser("unmount", help="unmount cleanly (names the processes that block it)")
+    p.add_argument("mountpoint")
+    p.add_argument("--lazy", action="store_true", help="detach now, clean up when no longer busy")
+    p.set_defaults(func=_run_unmount)
+
+    p = sub.add_parser("refresh", help="reload a folder and its sub-folders from the API")
+    p.add_argument("path")
+    p.set_defaults(func=_run_refresh)
+
+    p = sub.add_parser("auth", help="log in with the OAuth device flow and write ~/.basespace/NAME.cfg")
+    from .api import auth
+
+    auth.add_arguments(p)
+    p.set_defaults(func=auth.main)
+
+    p = sub.add_parser("serve", help="run the BaseSpace API emulator on an account folder")
+    from .emulator import cli as emulator_cli
+
+    emulator_cli.add_arguments(p)
+    p.set_defaults(func=emulator_cli.main)
+
+    p = sub.add_parser("demo-data", help="generate the demo account folder")
+    from .emulator import demo_data
+
+    demo_data.add_arguments(p)
+    p.set_defaults(func=demo_data.main)
+
+    p = sub.add_parser("demo", help="serve a generated demo account and mount it (Ctrl-C to stop)")
+    p.add_argument("mountpoint", nargs="?", help="where to mount (default: a new temporary folder)")
+    p.add_argument("--no-wait", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=_run_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+def basemount_compat_main(argv: Sequence[str] | None = None) -> int:
+    """``basemount [--config N] [--api-server U] [-f] MP`` and ``basemount --unmount MP``."""
+    parser = argparse.ArgumentParser(prog="basemount", description="BaseMount-compatible front end of basemount-py.")
+    parser.add_argument("mountpoint", nargs="?")
+    parser.add_argument("--config", metavar="NAME")
+    parser.add_argument("--api-server", metavar="URL|ALIAS")
+    parser.add_argument("--unmount", metavar="MP")
+    parser.add_argument("-f", "--foreground", action="store_true")
+    args = parser.parse_args(argv)
+    if args.unmount:
+        return main(["unmount", args.unmount])
+    if not args.mountpoint:
+        parser.error("a mountpoint is required")
+    forwarded = ["mount", args.mountpoint]
+    if args.config:
+        forwarded += ["--config", args.config]
+    if args.api_server:
+        forwarded += ["--api-server", args.api_server]
+    if args.foreground:
+        forwarded.append("--foreground")
+    return main(forwarded)
+
+
+CMD_COMMANDS = {"refresh": "reload this folder and its sub-folders", "unmount": "unmount (top level only)"}
+
+
+def basemount_cmd_main(argv: Sequence[str] | None = None) -> int:
+    """``basemount-cmd [--path P] [COMMAND]``: with no command, list the valid ones."""
+    parser = argparse.ArgumentParser(prog="basemount-cmd")
+    parser.add_argument("--path", default=".")
+    parser.add_argument("command", nargs="?")
+    args = parser.parse_args(argv)
+    if not args.command:
+        for name, text in CMD_COMMANDS.items():
+            print(f"{name:10} {text}")
+        return 0
+    if args.command not in CMD_COMMANDS:
+        print(f"Error: unknown command {args.command!r}; valid: {', '.join(CMD_COMMANDS)}", file=sys.stderr)
+        return 1
+    return send_command(args.path, args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""The pyfuse3 adapter: translate kernel requests to ``tree``/``read`` calls and back. Nothing else.
+
+Every handler goes through ``_guard``: it bounds the operation's time, and turns any exception
+into a ``FUSEError`` (unexpected ones are logged with their traceback and become EIO), because a
+non-FUSEError escaping a pyfuse3 handler kills the whole trio loop (pyfuse3 GH#93).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from typing import Any, Callable
+
+import pyfuse3
+import trio
+
+from .api.errors import errno_for
+from .tree import COMMANDS, DIR, REMOTE, ROOT_INODE, TEXT, Node, NotADirectory, NotFound, Tree
+
+log = logging.getLogger(__name__)
+
+COMMANDS_HELP = b"Write a command to this file, e.g.: echo refresh > .commands\nCommands: refresh, unmount\n"
+SHORT_TTL = 1.0  # generated files whose content can change (.error, .commands): never 0
+
+
+def _guard(func: Callable) -> Callable:
+    @functools.wraps(func)
+    async def wrapper(self: "Operations", *args: Any) -> Any:
+        try:
+            with trio.fail_after(self.op_timeout):
+                return await func(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except NotFound:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        except NotADirectory:
+            raise pyfuse3.FUSEError(errno.ENOTDIR) from None
+        except trio.TooSlowError:
+            log.error("%s%r took longer than %.0f s; failing it with EIO", func.__name__, args[:2], self.op_timeout)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception as exc:
+            code = errno_for(exc)
+            if code == errno.EIO and not hasattr(exc, "status"):
+                log.exception("unexpected error in %s%r", func.__name__, args[:2])
+            else:
+                log.warning("%s%r: %s", func.__name__, args[:2], exc)
+            raise pyfuse3.FUSEError(code) from None
+
+    return wrapper
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, tree: Tree, reads: Any, commands: Callable[[tuple[str, ...], str], Any], *, op_timeout: float = 60.0):
+        super().__init__()
+        self.tree = tree
+        self.reads = reads  # read.ReadManager
+        self.run_command = commands  # async (dir path, command text) -> None
+        self.op_timeout = op_timeout
+        self.uid, self.gid = os.getuid(), os.getgid()
+        self._dirs: dict[int, list[tuple[str, Node]]] = {}
+        self._files: dict[int, Any] = {}
+        self._texts: dict[int, bytes] = {}
+        self._command_dirs: dict[int, tuple[str, ...]] = {}
+        self._fh = 0
+
+    # -- attributes ---------------------------------------------------------------------------
+
+    def _attrs(self, ino: int, node: Node) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = ino
+        a.generation = 0
+        a.st_mode = node.mode
+        a.st_nlink = 2 if node.type == DIR else 1
+        a.st_uid, a.st_gid = self.uid, self.gid
+        a.st_size = node.st_size
+        a.st_blksize = 128 * 1024
+        a.st_blocks = (a.st_size + 511) // 512
+        ns = int(node.mtime * 1e9)
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
+        dynamic = node.type == COMMANDS or node.ctx.get("dynamic")
+        ttl = SHORT_TTL if dynamic else self.tree.metadata_ttl
+        a.attr_timeout = ttl
+        a.entry_timeout = ttl
+        return a
+
+    def _new_fh(self) -> int:
+        self._fh += 1
+        return self._fh
+
+    # -- lookups ------------------------------------------------------------------------------
+
+    @_guard
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext = None) -> pyfuse3.EntryAttributes:
+        ino, node = await self.tree.lookup(parent_inode, os.fsdecode(name))
+        if node.path:  # the kernel never counts lookups of "." / ".." / the root
+            self.tree.count_lookup(ino)
+        return self._attrs(ino, node)
+
+    @_guard
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext = None) -> pyfuse3.EntryAttributes:
+        return self._attrs(inode, self.tree.current(inode))
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        try:
+            self.tree.forget(inode_list)
+        except Exception:
+            log.exception("forget failed")
+
+    @_guard
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext = None) -> bytes:
+        node = self.tree.node(inode)
+        if not node.target:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return os.fsencode(node.target)
+
+    # -- directories --------------------------------------------------------------------------
+
+    @_guard
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext = None) -> int:
+        # Snapshot the listing: entries added or removed by a refresh mid-`ls` must not cause
+        # skipped or repeated names, and the kernel's offsets index into this snapshot.
+        entries = await self.tree.readdir(inode)
+        fh = self._new_fh()
+        self._dirs[fh] = entries
+        return fh
+
+    @_guard
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        entries = self._dirs.get(fh, [])
+        for index in range(start_id, len(entries)):
+            name, node = entries[index]
+            ino = self.tree.remember(node)
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attrs(ino, node), index + 1):
+                break
+            self.tree.count_lookup(ino)  # READDIRPLUS: each accepted entry is a lookup
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    # -- files --------------------------------------------------------------------------------
+
+    @_guard
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext = None) -> pyfuse3.FileInfo:
+        node = self.tree.current(inode)
+        writing = flags & (os.O_WRONLY | os.O_RDWR)
+        if node.type == COMMANDS:
+            fh = self._new_fh()
+            self._texts[fh] = COMMANDS_HELP
+            self._command_dirs[fh] = node.path[:-1]
+            return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+        if writing or flags & os.O_TRUNC:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        fh = self._new_fh()
+        if node.type == REMOTE:
+            self._files[fh] = self.reads.open(node.file_id, node.size)
+            # Remote files never change under an id: let the kernel keep their pages.
+            return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        if node.type == TEXT:
+            self._texts[fh] = node.content
+            return pyfuse3.FileInfo(fh=fh, direct_io=bool(node.ctx.get("dynamic")), keep_cache=False)
+        raise pyfuse3.FUSEError(errno.EISDIR if node.type == DIR else errno.EINVAL)
+
+    @_guard
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        reader = self._files.get(fh)
+        if reader is not None:
+            return await reader.read(off, size)
+        data = self._texts.get(fh)
+        if data is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return data[off : off + size]
+
+    @_guard
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        # Only `.commands` is writable: each written line is a command for the folder holding it.
+        path = self._command_dirs.get(fh)
+        if path is None:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        for line in buf.decode("utf-8", "replace").splitlines():
+            if line.strip():
+                await self.run_command(path, line.strip())
+        return len(buf)
+
+    async def release(self, fh: int) -> None:
+        reader = self._files.pop(fh, None)
+        self._texts.pop(fh, None)
+        self._command_dirs.pop(fh, None)
+        if reader is not None:
+            try:
+                await reader.close()
+            except Exception:
+                log.exception("closing a file reader failed")
+
+    @_guard
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields, fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = self.tree.current(inode)
+        # `echo cmd > .commands` truncates first; accept that for the command file only.
+        if node.type == COMMANDS and not (fields.update_mode or fields.update_uid or fields.update_gid):
+            return self._attrs(inode, node)
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    # -- extended attributes, statfs ------------------------------------------------------------
+
+    @_guard
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext = None) -> bytes:
+        value = self.tree.node(inode).xattrs.get(os.fsdecode(name))
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value
+
+    @_guard
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext = None) -> list[bytes]:
+        return [os.fsencode(k) for k in self.tree.node(inode).xattrs]
+
+    async def statfs(self, ctx: pyfuse3.RequestContext = None) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        s.f_namemax = 255
+        return s
+
+    # -- everything else is read-only ---------------------------------------------------------
+
+    async def _read_only(self, *args: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    mkdir = rmdir = unlink = rename = symlink = link = mknod = create = _read_only
+    setxattr = removexattr = _read_only
+
+
+
+

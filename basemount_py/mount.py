@@ -1,0 +1,333 @@
+"""Mount lifecycle: checks, daemonising, the trio main loop, kernel tuning, signals, unmount.
+
+``mount()`` returns only once the mount is live (or fails with one clear line): in the background
+mode the parent forks *before* anything starts threads or trio, and waits on a pipe for the child's
+"mounted" or its error message.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from .api.client import BaseSpaceClient
+from .api.errors import ApiError
+from .api.retry import RetryPolicy
+from .commands import CommandRunner
+from .fuse_ops import Operations
+from .tree import Layout, Tree
+
+log = logging.getLogger("basemount_py")
+
+MiB = 2**20
+
+
+@dataclass
+class MountOptions:
+    mountpoint: str
+    foreground: bool = False
+    metadata_ttl: float = 60.0
+    cache_size: int = 256 * MiB
+    prefetch_max: int = 64 * MiB
+    max_connections: int = 16
+    allow_other: bool = False
+    op_timeout: float = 60.0
+    log_level: str = "INFO"
+    log_file: str | None = None
+    read_ahead_kb: int = 4096
+    max_background: int = 64
+
+
+class MountError(Exception):
+    """A problem the user can fix; the message is the one line we print."""
+
+
+def check_mountpoint(path: str) -> None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise MountError(f"mountpoint {path} does not exist (create it with: mkdir -p {path})") from None
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            raise MountError(
+                f"{path} is a stale mount (Transport endpoint is not connected); clear it with: basemount-py unmount {path}"
+            ) from None
+        raise MountError(f"cannot use mountpoint {path}: {exc.strerror}") from None
+    import stat as stat_mod
+
+    if not stat_mod.S_ISDIR(st.st_mode):
+        raise MountError(f"mountpoint {path} is not a directory")
+    if os.path.ismount(path):
+        raise MountError(f"{path} is already mounted; unmount it first with: basemount-py unmount {path}")
+    if os.listdir(path):
+        raise MountError(f"mountpoint {path} is not empty; choose an empty directory")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        raise MountError("/dev/fuse is not available: install fuse3 and check that you may use FUSE")
+
+
+def setup_logging(level: str, log_file: str | None, to_stderr: bool) -> None:
+    handlers: list[logging.Handler] = []
+    if log_file:
+        fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        handlers.append(logging.StreamHandler(os.fdopen(fd, "a", buffering=1)))
+    if to_stderr or not handlers:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+    # httpx logs every request URL at INFO; content URLs carry signatures. Keep it quiet.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def mount(credentials: object, opts: MountOptions, token_reloader=None) -> int:
+    """Mount and return 0 once live (background) or after unmount (foreground); 1 on failure."""
+    opts.mountpoint = os.path.abspath(opts.mountpoint)
+    try:
+        check_mountpoint(opts.mountpoint)
+    except MountError as exc:
+        print(f"basemount-py: {exc}", file=sys.stderr)
+        return 1
+    if opts.foreground:
+        setup_logging(opts.log_level, opts.log_file, to_stderr=True)
+        return _serve(credentials, opts, token_reloader, notify=None)
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        os.close(read_end)
+        os.setsid()
+        _detach_stdio()
+        setup_logging(opts.log_level, opts.log_file, to_stderr=False)
+        code = 1
+        try:
+            code = _serve(credentials, opts, token_reloader, notify=write_end)
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        message = pipe.read().decode("utf-8", "replace").strip()
+    if message == "OK":
+        print(f"Mounted BaseSpace at {opts.mountpoint} (unmount with: basemount-py unmount {opts.mountpoint})")
+        return 0
+    print(f"basemount-py: {message or 'the mount daemon exited before mounting'}", file=sys.stderr)
+    return 1
+
+
+def _detach_stdio() -> None:
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _notify(fd: int | None, message: str) -> None:
+    if fd is None:
+        if message != "OK":
+            print(f"basemount-py: {message}", file=sys.stderr)
+        return
+    try:
+        os.write(fd, message.encode())
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _serve(credentials: object, opts: MountOptions, token_reloader, notify: int | None) -> int:
+    try:
+        return trio.run(_main, credentials, opts, token_reloader, notify)
+    except KeyboardInterrupt:
+        return 0
+
+
+async def _main(credentials, opts: MountOptions, token_reloader, notify: int | None) -> int:
+    from .read import ContentSource, ReadManager
+
+    policy = RetryPolicy(deadline=max(5.0, opts.op_timeout - 10.0))
+    api = BaseSpaceClient(
+        credentials.api_server,
+        credentials.access_token,
+        policy=policy,
+        max_connections=opts.max_connections,
+        token_reloader=token_reloader,
+    )
+    try:
+        user = await api.get_json("v1pre3/users/current")
+    except ApiError as exc:
+        await api.aclose()
+        hint = " (check the token: basemount-py auth)" if exc.status in (401, 403) else ""
+        _notify(notify, f"cannot use the BaseSpace API at {credentials.api_server}: {exc}{hint}")
+        return 1
+    user_name = (user.get("Response") or {}).get("Name", "?")
+    content = ContentSource(api, policy=policy, max_connections=opts.max_connections)
+    reads = ReadManager(content.fetch, cache_bytes=opts.cache_size, prefetch_max=opts.prefetch_max, max_parallel=opts.max_connections)
+    layout = Layout(api, metadata_ttl=opts.metadata_ttl)
+    tree = Tree(layout, metadata_ttl=opts.metadata_ttl)
+    ops = Operations(tree, reads, CommandRunner(tree), op_timeout=opts.op_timeout)
+
+    fuse_options = set(pyfuse3.default_options)  # default_permissions
+    fuse_options |= {"fsname=basemount_py", "subtype=basemount_py", "noatime"}
+    if opts.allow_other:
+        fuse_options.add("allow_other")  # always together with default_permissions
+    try:
+        pyfuse3.init(ops, opts.mountpoint, fuse_options)
+    except RuntimeError as exc:
+        await api.aclose()
+        _notify(notify, f"mounting {opts.mountpoint} failed: {exc}")
+        return 1
+    log.info("mounted %s for %s (API %s)", opts.mountpoint, user_name, credentials.api_server)
+    _notify(notify, "OK")
+    unmount = True
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_signals)
+            nursery.start_soon(trio.to_thread.run_sync, _tune_kernel, opts)
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+    except BaseException:
+        log.exception("the FUSE main loop failed")
+        raise
+    finally:
+        log.info("unmounting %s", opts.mountpoint)
+        try:
+            pyfuse3.close(unmount=unmount)
+        except Exception as exc:
+            log.warning("closing the FUSE session: %s", exc)
+        with trio.CancelScope(shield=True):
+            for closer in (getattr(reads, "aclose", None), content.aclose, api.aclose):
+                if closer is not None:
+                    try:
+                        with trio.move_on_after(5):
+                            await closer()
+                    except Exception as exc:
+                        log.warning("shutdown: %s", exc)
+    return 0
+
+
+async def _watch_signals() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("received %s; unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+def _unescape(field: str) -> str:
+    """/proc mount tables write space, tab, newline and backslash as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _device_of(mountpoint: str) -> str | None:
+    """The mount's 'major:minor' from /proc/self/mountinfo (stat() on it would call ourselves)."""
+    device = None
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 4 and _unescape(fields[4]) == mountpoint:
+                device = fields[2]  # the last match is the top-most mount
+    return device
+
+
+def _tune_kernel(opts: MountOptions) -> None:
+    """As root: raise the bdi readahead (default 128 KiB) and FUSE's background request limit
+    (default 12) so sequential reads arrive in bigger, more parallel requests."""
+    if os.geteuid() != 0:
+        log.info("not root: kernel readahead and max_background left at their defaults")
+        return
+    device = _device_of(opts.mountpoint)
+    if device is None:
+        return
+    minor = device.split(":")[1]
+    for path, value in (
+        (f"/sys/class/bdi/{device}/read_ahead_kb", opts.read_ahead_kb),
+        (f"/sys/fs/fuse/connections/{minor}/max_background", opts.max_background),
+        (f"/sys/fs/fuse/connections/{minor}/congestion_threshold", opts.max_background * 3 // 4),
+    ):
+        try:
+            with open(path, "w") as f:
+                f.write(str(value))
+            log.info("kernel tuning: %s = %s", path, value)
+        except OSError as exc:
+            log.info("kernel tuning: cannot set %s (%s)", path, exc.strerror)
+
+
+# -- unmount ------------------------------------------------------------------------------------
+
+
+def blocking_processes(mountpoint: str) -> list[str]:
+    """Processes whose cwd, root or open files are under the mountpoint (for a helpful message)."""
+    found = []
+    prefix = mountpoint.rstrip("/") + "/"
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        if int(pid) == os.getpid():
+            continue
+        paths = []
+        for link in ("cwd", "root"):
+            try:
+                paths.append(os.readlink(f"/proc/{pid}/{link}"))
+            except OSError:
+                pass
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    paths.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+                except OSError:
+                    pass
+        except OSError:
+            pass
+        if any(p == mountpoint or p.startswith(prefix) for p in paths):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                cmd = "?"
+            found.append(f"{pid} {cmd[:80]}")
+    return found
+
+
+def _is_mounted(path: str) -> bool:
+    target = path.rstrip("/") or "/"
+    with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 1 and _unescape(fields[1]) == target:
+                return True
+    return False
+
+
+def unmount(mountpoint: str, lazy: bool = False) -> int:
+    mountpoint = os.path.abspath(mountpoint)
+    if not _is_mounted(mountpoint):
+        print(f"basemount-py: {mountpoint} is not mounted", file=sys.stderr)
+        return 1
+    command = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [mountpoint]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode == 0:
+        print(f"Unmounted {mountpoint}")
+        return 0
+    message = result.stderr.strip()
+    if "not connected" in message.lower():
+        # The daemon died: the kernel mount is stale. A lazy unmount clears it.
+        subprocess.run(["fusermount3", "-u", "-z", mountpoint], capture_output=True)
+        if not _is_mounted(mountpoint):
+            print(f"Unmounted {mountpoint} (the daemon had gone away)")
+            return 0
+    if "busy" in message.lower():
+        blockers = blocking_processes(mountpoint)
+        listing = "; ".join(blockers) if blockers else "unknown processes"
+        print(f"basemount-py: {mountpoint} is busy, in use by: {listing} (or use --lazy)", file=sys.stderr)
+        return 1
+    print(f"basemount-py: unmounting {mountpoint} failed: {message}", file=sys.stderr)
+    return 1

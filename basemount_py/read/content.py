@@ -1,0 +1,269 @@
+"""File bytes from BaseSpace: signed-URL resolution and exact, bounded ranged GETs.
+
+``ContentSource.fetch(file_id, start, end)`` returns exactly ``end - start`` bytes or raises an
+``ApiError``; a wrong length is never returned.
+
+* **URL resolution.** ``GET v1pre3/files/{id}/content?redirect=meta`` (through the API client, so
+  it has the token and the client's own retries) answers a pre-signed URL and its ``Expires``. The
+  URL is cached per file (bounded LRU) until ``url_refresh_margin`` before it expires — or half its
+  lifetime when that is shorter, so even short-lived URLs are reused. Concurrent fetches of one file
+  share a single resolution.
+* **Ranged GETs.** A separate ``httpx.AsyncClient`` without the token header (the URL is signed;
+  sending the token to a storage host would leak it) asks for ``Range: bytes=a-b`` — always
+  bounded, since an open-ended range is billed as the whole object — and accepts 206 with the exact
+  ``Content-Range``, or 200 only when that is the whole requested range. The raw body is read with
+  a per-read timeout (``stall_timeout``), so a connection that stops sending is abandoned quickly
+  instead of holding a FUSE request; its length is checked.
+* **Failures.** 5xx/429 (``Retry-After`` honoured), resets, stalls and truncated bodies are retried
+  with jittered backoff under the policy's attempt limit and overall deadline
+  (:func:`~basemount_py.api.retry.with_retries`). A 403 from the content host means the signed URL
+  expired or was revoked (:class:`ContentExpiredError`): the cached URL is dropped and re-resolved
+  once. Resolution errors are not retried a second time here (the API client already did).
+* **Secrets.** The signed URL's query string is a credential: it never appears in a message, and a
+  logging filter strips query strings from httpx's request log lines.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urljoin
+
+import cachetools
+import httpx
+import trio
+
+from ..api.client import BaseSpaceClient, raise_for_status
+from ..api.errors import ApiError, ContentExpiredError, NetworkError, ProtocolError
+from ..api.retry import RetryPolicy, is_transient, with_retries
+
+log = logging.getLogger(__name__)
+
+URL_CACHE_ENTRIES = 4096
+DEFAULT_URL_LIFETIME = 300.0  # when the API gives no (parsable) Expires: assume a short life
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+
+
+class _RedactQuery(logging.Filter):
+    """Strip query strings from URLs in httpx's log records (signed URLs carry credentials)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redact(arg) for arg in record.args)
+        return True
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, httpx.URL):
+        return value.copy_with(query=None, fragment=None)
+    if isinstance(value, str) and "?" in value and "://" in value:
+        return value.split("?", 1)[0]
+    return value
+
+
+_httpx_log = logging.getLogger("httpx")
+if not any(isinstance(f, _RedactQuery) for f in _httpx_log.filters):
+    _httpx_log.addFilter(_RedactQuery())
+
+
+def parse_expires(text: Any) -> float | None:
+    """BaseSpace ``Expires`` (ISO 8601, 0–7 fractional digits, ``Z`` or offset) → epoch seconds."""
+    if not isinstance(text, str):
+        return None
+    value = text.strip()
+    match = re.match(r"^(.*T\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:?\d\d)?$", value)
+    if not match:
+        return None
+    base, fraction, zone = match.groups()
+    try:
+        moment = datetime.fromisoformat(base)
+    except ValueError:
+        return None
+    if zone and zone != "Z":
+        sign = 1 if zone[0] == "+" else -1
+        digits = zone[1:].replace(":", "")
+        offset = sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
+    else:
+        offset = 0
+    seconds = moment.replace(tzinfo=timezone.utc).timestamp() - offset
+    return seconds + (float(fraction) if fraction else 0.0)
+
+
+class _ResolveFailed(Exception):
+    """Carries a resolution ApiError through ``with_retries`` without a second round of retries."""
+
+    def __init__(self, error: ApiError):
+        super().__init__(str(error))
+        self.error = error
+
+
+class ContentSource:
+    def __init__(
+        self,
+        api: BaseSpaceClient,
+        *,
+        policy: RetryPolicy = RetryPolicy(),
+        max_connections: int = 16,
+        url_refresh_margin: float = 60.0,
+        stall_timeout: float | None = None,
+    ):
+        self.api = api
+        self.policy = policy
+        self.url_refresh_margin = url_refresh_margin
+        # No byte for this long on an open response = a stall (gcsfuse's read-stall retry).
+        self.stall_timeout = stall_timeout if stall_timeout is not None else min(policy.request_timeout, 10.0)
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                connect=policy.request_timeout,
+                read=self.stall_timeout,
+                write=policy.request_timeout,
+                pool=policy.request_timeout,
+            ),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            follow_redirects=False,
+            headers={"User-Agent": "basemount_py", "Accept-Encoding": "identity"},
+        )
+        # file_id -> (url, refresh_at on the trio clock)
+        self._urls: cachetools.LRUCache = cachetools.LRUCache(maxsize=URL_CACHE_ENTRIES)
+        self._resolving: dict[str, trio.Event] = {}
+        self.stats = {
+            "range_requests": 0,
+            "bytes_fetched": 0,
+            "url_resolves": 0,
+            "retries": 0,
+            "expired_urls": 0,
+        }
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- public ------------------------------------------------------------------------------
+
+    async def fetch(self, file_id: str, start: int, end: int) -> bytes:
+        """Exactly bytes ``[start, end)`` of the file, or an ApiError."""
+        if start < 0 or end < start:
+            raise ValueError(f"invalid byte range [{start}, {end})")
+        if end == start:
+            return b""
+        describe = f"GET content of file {file_id} bytes {start}-{end - 1}"
+        attempts = 0
+        refreshed = False
+
+        async def attempt() -> bytes:
+            nonlocal attempts, refreshed
+            attempts += 1
+            if attempts > 1:
+                self.stats["retries"] += 1
+            url = await self._url(file_id)
+            try:
+                return await self._get_range(url, start, end, describe)
+            except ContentExpiredError:
+                self.stats["expired_urls"] += 1
+                self._forget(file_id, url)
+                if refreshed:
+                    raise
+                refreshed = True
+                log.info("%s: content URL refused (expired?); resolving a fresh one", describe)
+                url = await self._url(file_id)
+                return await self._get_range(url, start, end, describe)
+
+        try:
+            return await with_retries(self.policy, attempt, describe, transient=is_transient)
+        except _ResolveFailed as exc:
+            raise exc.error from None
+
+    # -- signed URLs -------------------------------------------------------------------------
+
+    async def _url(self, file_id: str) -> str:
+        while True:
+            cached = self._urls.get(file_id)
+            if cached is not None and trio.current_time() < cached[1]:
+                return cached[0]
+            pending = self._resolving.get(file_id)
+            if pending is None:
+                break
+            await pending.wait()  # someone else is resolving this file: share the answer
+            if file_id not in self._urls:
+                break  # their resolution failed: try ourselves (errors are then ours to report)
+        event = self._resolving[file_id] = trio.Event()
+        try:
+            return await self._resolve(file_id)
+        finally:
+            del self._resolving[file_id]
+            event.set()
+
+    async def _resolve(self, file_id: str) -> str:
+        self.stats["url_resolves"] += 1
+        try:
+            body = await self.api.get_json(f"v1pre3/files/{file_id}/content", {"redirect": "meta"})
+        except ApiError as exc:
+            raise _ResolveFailed(exc) from None
+        response = body.get("Response") if isinstance(body, dict) else None
+        href = response.get("HrefContent") if isinstance(response, dict) else None
+        if not isinstance(href, str) or not href:
+            raise _ResolveFailed(ProtocolError(f"file {file_id}: content answer has no HrefContent"))
+        url = urljoin(self.api.api_server, href)
+        expires = parse_expires(response.get("Expires"))
+        lifetime = DEFAULT_URL_LIFETIME if expires is None else expires - time.time()
+        # Refresh `margin` early, but for short-lived URLs at half-life so they are still reused.
+        usable = lifetime - min(self.url_refresh_margin, lifetime / 2)
+        if usable > 0:
+            self._urls[file_id] = (url, trio.current_time() + usable)
+        return url
+
+    def _forget(self, file_id: str, url: str) -> None:
+        cached = self._urls.get(file_id)
+        if cached is not None and cached[0] == url:
+            del self._urls[file_id]
+
+    # -- ranged GET --------------------------------------------------------------------------
+
+    async def _get_range(self, url: str, start: int, end: int, describe: str) -> bytes:
+        expected = end - start
+        self.stats["range_requests"] += 1
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        try:
+            async with self._http.stream("GET", url, headers=headers) as response:
+                if response.status_code == 403:
+                    raise ContentExpiredError(f"{describe}: 403 from the content host", 403)
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise_for_status(response, describe)
+                self._check_status(response, start, end, describe)
+                body = bytearray()
+                async for chunk in response.aiter_raw():
+                    body += chunk
+                    if len(body) > expected:
+                        raise ProtocolError(f"{describe}: the server sent more than {expected} bytes")
+        except httpx.TimeoutException as exc:
+            raise NetworkError(f"{describe}: stalled or timed out ({type(exc).__name__})") from None
+        except httpx.HTTPError as exc:
+            # Not str(exc): some httpx messages embed the request URL, whose query is a credential.
+            raise NetworkError(f"{describe}: {type(exc).__name__}") from None
+        if len(body) != expected:
+            raise NetworkError(f"{describe}: truncated body ({len(body)} of {expected} bytes)")
+        self.stats["bytes_fetched"] += expected
+        return bytes(body)
+
+    @staticmethod
+    def _check_status(response: httpx.Response, start: int, end: int, describe: str) -> None:
+        code = response.status_code
+        if code == 206:
+            match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+            if not match or int(match.group(1)) != start or int(match.group(2)) != end - 1:
+                raise ProtocolError(
+                    f"{describe}: Content-Range {response.headers.get('content-range')!r} does not match"
+                )
+        elif code == 200:
+            # The host ignored Range: acceptable only if the whole body is what we asked for.
+            length = response.headers.get("content-length")
+            if start != 0 or length is None or int(length) != end:
+                raise ProtocolError(f"{describe}: host ignored the Range header (200 for a partial range)")
+        else:
+            raise ProtocolError(f"{describe}: unexpected HTTP {code}")
+        length = response.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) != end - start:
+            raise ProtocolError(f"{describe}: Content-Length {length} for {end - start} requested bytes")

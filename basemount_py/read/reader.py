@@ -1,0 +1,431 @@
+"""Per-open-file readers over one shared block cache and one shared set of in-flight fetches.
+
+Data flow of ``FileReader.read(offset, size)``:
+
+1. :class:`~.prefetch.AccessPattern` classifies the read and returns a :class:`~.prefetch.Plan`.
+2. Prefetch parts beyond the read are *registered and started first*, so they are already on the
+   wire while the read itself waits.
+3. The blocks the read needs are taken from the cache, or awaited from a fetch already in flight
+   (any reader's, demand or prefetch: one GET per block however many readers want it), or fetched
+   now as contiguous runs of missing blocks (one ranged request per run; a random read is one run).
+4. The bytes are cut out of the blocks and joined once.
+
+Fetches are block aligned (``PrefetchConfig.block_size``, 64 KiB by default: a random 64 KiB pread
+costs at most two blocks, i.e. amplification ≤ 2). Every fetch reserves its size in the cache before
+it starts (see :mod:`.block_cache`); a demand fetch that cannot reserve is served uncached, a
+prefetch that cannot reserve is skipped. Each handle's window is additionally capped at
+``cache_bytes / (2 × streaming handles)`` so that eight parallel ``cp`` runs share the budget
+instead of evicting each other's unread data.
+
+A failed fetch leaves nothing behind: its reservation is released and its blocks are simply absent,
+so the next read fetches them again. A reader waiting on someone else's *prefetch* that failed or was
+cancelled fetches the blocks itself; one waiting on a failed *demand* fetch gets that error (the
+source already retried, so retrying again would double the wait).
+
+Where tasks live: demand fetches run in the caller's task (the FUSE request), so a cancelled
+request cancels its fetch. Prefetches run in the ReadManager's own nursery, opened by
+``async with ReadManager(...) as manager:`` — each in a cancel scope owned by its handle, so
+``FileReader.close()`` cancels that handle's prefetches and ``ReadManager.aclose()`` (or leaving the
+``async with``) cancels and waits for all of them. A manager that was never entered still reads
+correctly, just without prefetch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Awaitable, Callable
+
+import trio
+
+from ..api.errors import ProtocolError
+from .block_cache import BlockCache
+from .prefetch import AccessPattern, Plan, PrefetchConfig, part_size, round_up, split_parts
+
+log = logging.getLogger(__name__)
+
+Fetch = Callable[[str, int, int], Awaitable[bytes]]
+
+# How often a read re-examines its blocks after fetches it waited on did not deliver (each round
+# either obtains blocks or raises, so this only bounds pathological races).
+_MAX_ROUNDS = 4
+_NOT_STARTED = RuntimeError("prefetch cancelled before it started")
+
+
+class _InFlight:
+    """One ranged fetch of blocks ``[first, last)``; waiters block on ``done``."""
+
+    __slots__ = ("file_id", "first", "last", "prefetch", "done", "data", "error", "block_size")
+
+    def __init__(self, file_id: str, first: int, last: int, block_size: int, prefetch: bool):
+        self.file_id = file_id
+        self.first = first
+        self.last = last
+        self.block_size = block_size
+        self.prefetch = prefetch
+        self.done = trio.Event()
+        self.data: bytes | None = None
+        self.error: BaseException | None = None
+
+    def block(self, index: int) -> memoryview:
+        assert self.data is not None
+        start = (index - self.first) * self.block_size
+        return memoryview(self.data)[start : start + self.block_size]
+
+
+class ReadManager:
+    """One per mount: the block cache, the in-flight table and the prefetch task nursery."""
+
+    def __init__(
+        self,
+        fetch: Fetch,
+        *,
+        cache_bytes: int = 256 * 2**20,
+        prefetch_max: int = 64 * 2**20,
+        max_parallel: int = 16,
+        config: PrefetchConfig | None = None,
+    ):
+        base = config or PrefetchConfig()
+        self.config = PrefetchConfig(**{**base.__dict__, "max_window": prefetch_max})
+        self._fetch = fetch
+        self.cache = BlockCache(cache_bytes)
+        self._inflight: dict[tuple[str, int], _InFlight] = {}
+        self._limiter = trio.CapacityLimiter(max(1, max_parallel))
+        self._nursery: trio.Nursery | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._scopes: set[trio.CancelScope] = set()  # one per running prefetch, for aclose()
+        self._streaming: set[FileReader] = set()
+        self._prefetch_tasks = 0
+        self._idle = trio.Event()
+        self._idle.set()
+        self._closed = False
+        self._counters = {
+            "requests": 0,
+            "bytes_fetched": 0,
+            "prefetch_requests": 0,
+            "prefetch_bytes": 0,
+            "uncached_fetches": 0,
+            "fetch_errors": 0,
+            "inflight_joins": 0,
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> "ReadManager":
+        self._stack = contextlib.AsyncExitStack()
+        self._nursery = await self._stack.enter_async_context(trio.open_nursery())
+        return self
+
+    async def __aexit__(self, *exc: object) -> bool | None:
+        await self.aclose()
+        stack, self._stack = self._stack, None
+        return await stack.__aexit__(*exc) if stack is not None else None
+
+    async def aclose(self) -> None:
+        """Cancel every prefetch and wait until none is left running (idempotent)."""
+        self._closed = True
+        for scope in list(self._scopes):
+            scope.cancel()
+        await self._idle.wait()
+        self._nursery = None
+
+    def open(self, file_id: str, size: int) -> "FileReader":
+        if size < 0:
+            raise ValueError(f"file {file_id}: negative size {size}")
+        return FileReader(self, file_id, size)
+
+    @property
+    def stats(self) -> dict:
+        return {
+            **self._counters,
+            "cache_hits": self.cache.hits,
+            "cache_misses": self.cache.misses,
+            "cache_bytes": self.cache.cached_bytes,
+            "reserved_bytes": self.cache.reserved_bytes,
+            "peak_cache_bytes": self.cache.peak_bytes,
+            "cache_bound": self.cache.capacity,
+            "evictions": self.cache.evictions,
+            "prefetch_tasks": self._prefetch_tasks,
+        }
+
+    # -- window sizing -----------------------------------------------------------------------
+
+    def window_cap(self) -> int:
+        # Half the cache is shared among the handles that stream; the other half keeps re-read data.
+        return self.cache.capacity // (2 * max(1, len(self._streaming)))
+
+    # -- fetching ----------------------------------------------------------------------------
+
+    def _register(self, file_id: str, size: int, first: int, last: int, prefetch: bool) -> tuple[_InFlight, int]:
+        bs = self.config.block_size
+        flight = _InFlight(file_id, first, last, bs, prefetch)
+        nbytes = min(size, last * bs) - first * bs
+        reserved = nbytes if self.cache.reserve(nbytes) else 0
+        for index in range(first, last):
+            self._inflight[(file_id, index)] = flight
+        return flight, reserved
+
+    async def _run(self, flight: _InFlight, size: int, reserved: int) -> None:
+        """Perform a registered fetch; always leaves the in-flight table and reservation clean."""
+        bs = self.config.block_size
+        start, end = flight.first * bs, min(size, flight.last * bs)
+        try:
+            self._counters["requests"] += 1
+            if flight.prefetch:
+                self._counters["prefetch_requests"] += 1
+            if not reserved:
+                self._counters["uncached_fetches"] += 1
+            data = await self._fetch(flight.file_id, start, end)
+            if len(data) != end - start:
+                # The source contract is exact bytes; never hand a wrong length to a reader.
+                raise ProtocolError(
+                    f"file {flight.file_id}: asked for {end - start} bytes at {start}, got {len(data)}"
+                )
+            data = bytes(data)
+            self._counters["bytes_fetched"] += len(data)
+            if flight.prefetch:
+                self._counters["prefetch_bytes"] += len(data)
+            flight.data = data
+            if reserved:
+                view = memoryview(data)
+                for index in range(flight.first, flight.last):
+                    offset = (index - flight.first) * bs
+                    self.cache.put_reserved((flight.file_id, index), bytes(view[offset : offset + bs]))
+                reserved = 0
+        except BaseException as exc:
+            if not isinstance(exc, trio.Cancelled):
+                self._counters["fetch_errors"] += 1
+            flight.error = exc
+            raise
+        finally:
+            self.cache.release(reserved)
+            for index in range(flight.first, flight.last):
+                if self._inflight.get((flight.file_id, index)) is flight:
+                    del self._inflight[(flight.file_id, index)]
+            flight.done.set()
+
+    def _missing_runs(self, file_id: str, first: int, last: int) -> list[tuple[int, int]]:
+        """Maximal runs of blocks in ``[first, last)`` neither cached nor in flight."""
+        runs: list[tuple[int, int]] = []
+        run_start = None
+        for index in range(first, last):
+            key = (file_id, index)
+            absent = key not in self.cache and key not in self._inflight
+            if absent and run_start is None:
+                run_start = index
+            elif not absent and run_start is not None:
+                runs.append((run_start, index))
+                run_start = None
+        if run_start is not None:
+            runs.append((run_start, last))
+        return runs
+
+    def _start_prefetch(self, reader: "FileReader", start: int, end: int) -> bool:
+        """Start background fetches for the missing blocks of ``[start, end)``; False if out of memory."""
+        if self._nursery is None or self._closed:
+            return False
+        bs = self.config.block_size
+        for first, last in self._missing_runs(reader.file_id, start // bs, -(-end // bs)):
+            nbytes = min(reader.size, last * bs) - first * bs
+            if not self.cache.reserve(nbytes):
+                return False  # no room: the reader's demand reads will fetch what it needs
+            flight = _InFlight(reader.file_id, first, last, bs, prefetch=True)
+            for index in range(first, last):
+                self._inflight[(reader.file_id, index)] = flight
+            scope = trio.CancelScope()
+            reader._scopes.add(scope)
+            self._scopes.add(scope)
+            self._prefetch_tasks += 1
+            self._idle = trio.Event() if self._idle.is_set() else self._idle
+            self._nursery.start_soon(self._prefetch_task, reader, flight, nbytes, scope)
+        return True
+
+    async def _prefetch_task(self, reader: "FileReader", flight: _InFlight, reserved: int, scope: trio.CancelScope) -> None:
+        try:
+            with scope:
+                async with self._limiter:
+                    await self._run(flight, reader.size, reserved)
+        except Exception as exc:
+            # Not fatal: the blocks stay absent and the next read fetches them itself.
+            log.debug("prefetch of %s blocks %d-%d failed: %s", flight.file_id, flight.first, flight.last, exc)
+            reader._prefetch_failed(flight.first * self.config.block_size)
+        finally:
+            if not flight.done.is_set():  # cancelled before _run started: clean up its registration
+                self.cache.release(reserved)
+                for index in range(flight.first, flight.last):
+                    if self._inflight.get((flight.file_id, index)) is flight:
+                        del self._inflight[(flight.file_id, index)]
+                flight.error = _NOT_STARTED
+                flight.done.set()
+            reader._scopes.discard(scope)
+            self._scopes.discard(scope)
+            self._prefetch_tasks -= 1
+            if self._prefetch_tasks == 0:
+                self._idle.set()
+
+    async def get_blocks(self, reader: "FileReader", first: int, need: int, want: int) -> dict[int, memoryview | bytes]:
+        """Blocks ``[first, need)`` (all required) plus any of ``[need, want)`` that come along.
+
+        ``[need, want)`` is the random-mode widening: those blocks are fetched only as an extension
+        of a run that is fetched anyway, so widening never costs an extra request."""
+        got: dict[int, memoryview | bytes] = {}
+        file_id = reader.file_id
+        for round_ in range(_MAX_ROUNDS):
+            force = round_ == _MAX_ROUNDS - 1  # pathological churn: stop joining, fetch directly
+            waits: list[_InFlight] = []
+            runs: list[list[int]] = []
+            for index in range(first, want):
+                if index in got:
+                    continue
+                key = (file_id, index)
+                block = self.cache.get(key, count=round_ == 0)
+                if block is not None:
+                    got[index] = block
+                    continue
+                flight = None if force else self._inflight.get(key)
+                if flight is not None:
+                    if index < need and flight not in waits:
+                        waits.append(flight)
+                    continue
+                if runs and runs[-1][1] == index:
+                    runs[-1][1] = index + 1  # extend the current run of absent blocks
+                elif index < need:
+                    runs.append([index, index + 1])
+                if index >= need and (not runs or runs[-1][1] != index + 1):
+                    break
+            if not runs and not waits:
+                break
+            self._counters["inflight_joins"] += len(waits)
+            jobs = [self._own_fetch_job(reader, a, b, got, force) for a, b in runs]
+            jobs += [self._wait_job(flight, got) for flight in waits]
+            await _run_all(jobs)
+        missing = [i for i in range(first, need) if i not in got]
+        if missing:
+            raise ProtocolError(f"file {file_id}: block {missing[0]} could not be obtained")
+        return got
+
+    def _own_fetch_job(self, reader: "FileReader", first: int, last: int, got: dict, force: bool) -> Callable[[], Awaitable[None]]:
+        async def job() -> None:
+            if not force and any((reader.file_id, i) in self._inflight for i in range(first, last)):
+                # Someone registered these blocks meanwhile (tasks start after a checkpoint):
+                # leave them to the next round, which joins that fetch instead of duplicating it.
+                return
+            flight, reserved = self._register(reader.file_id, reader.size, first, last, prefetch=False)
+            await self._run(flight, reader.size, reserved)
+            for index in range(first, last):
+                got[index] = flight.block(index)
+
+        return job
+
+    def _wait_job(self, flight: _InFlight, got: dict) -> Callable[[], Awaitable[None]]:
+        async def job() -> None:
+            await flight.done.wait()
+            if flight.data is not None:
+                for index in range(flight.first, flight.last):
+                    got.setdefault(index, flight.block(index))
+            elif not flight.prefetch and isinstance(flight.error, Exception):
+                raise flight.error
+            # A failed or cancelled prefetch: the next round fetches these blocks ourselves.
+
+        return job
+
+
+async def _run_all(jobs: list[Callable[[], Awaitable[None]]]) -> None:
+    """Run jobs concurrently; re-raise the first plain error (no ExceptionGroup for the caller)."""
+    if len(jobs) == 1:
+        await jobs[0]()
+        return
+    errors: list[Exception] = []
+
+    async def guarded(job: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await job()
+        except Exception as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for job in jobs:
+            nursery.start_soon(guarded, job)
+    if errors:
+        raise errors[0]
+
+
+class FileReader:
+    """One open handle: its access pattern, its prefetch frontier and its prefetch cancel scopes."""
+
+    def __init__(self, manager: ReadManager, file_id: str, size: int):
+        self.manager = manager
+        self.file_id = file_id
+        self.size = size
+        self.pattern = AccessPattern(size, manager.config)
+        self._prefetched_upto = 0  # prefetch has been issued for [.., _prefetched_upto) of the stream
+        self._scopes: set[trio.CancelScope] = set()
+        self._closed = False
+
+    async def read(self, offset: int, size: int) -> bytes:
+        if offset < 0 or size < 0:
+            raise ValueError("read offset and size must be >= 0")
+        if self._closed:
+            raise ValueError(f"file {self.file_id}: read after close")
+        if size == 0 or offset >= self.size:
+            return b""
+        end = min(self.size, offset + size)
+        manager = self.manager
+        bs = manager.config.block_size
+        plan = self.pattern.observe(offset, size, window_cap=manager.window_cap())
+        if self.pattern.window > 0:
+            manager._streaming.add(self)
+        else:
+            manager._streaming.discard(self)
+        if plan.prefetch_end > plan.demand_end:
+            self._schedule_prefetch(offset, plan)
+
+        first, need = offset // bs, -(-end // bs)
+        want = max(need, -(-plan.demand_end // bs))
+        blocks = await manager.get_blocks(self, first, need, want)
+
+        pieces = []
+        for index in range(first, need):
+            block = blocks[index]
+            lo = max(offset - index * bs, 0)
+            hi = min(end - index * bs, len(block))
+            pieces.append(block[lo:hi])
+        data = b"".join(pieces)
+        if len(data) != end - offset:  # a short block would mean a bug upstream; never return it
+            raise ProtocolError(f"file {self.file_id}: assembled {len(data)} bytes, expected {end - offset}")
+        if plan.sequential:
+            # Consumed stream data goes to the cold end: unread prefetched data must outlive it.
+            for index in range(first, end // bs):
+                manager.cache.demote((self.file_id, index))
+        return data
+
+    def _schedule_prefetch(self, offset: int, plan: Plan) -> None:
+        manager = self.manager
+        bs = manager.config.block_size
+        start = round_up(plan.demand_end, bs)
+        # Continue the stream's frontier unless the reader has left it (seek or overtaking).
+        if start <= self._prefetched_upto <= plan.prefetch_end + manager.config.part_max:
+            start = self._prefetched_upto
+        if start >= plan.prefetch_end or start >= self.size:
+            return
+        part = part_size(self.pattern.window, manager.config)
+        stop = plan.prefetch_end
+        if stop < self.size:
+            # Issue whole parts only: a dribble of one block per read would be many tiny GETs.
+            stop = start + (stop - start) // part * part
+        for a, b in split_parts(start, stop, part, bs):
+            if not manager._start_prefetch(self, a, b):
+                break
+            self._prefetched_upto = b
+
+    def _prefetch_failed(self, start: int) -> None:
+        # Pull the frontier back so the next sequential read re-issues the failed part.
+        self._prefetched_upto = min(self._prefetched_upto, start)
+
+    async def close(self) -> None:
+        """Cancel this handle's outstanding prefetches (their blocks are released, not cached)."""
+        self._closed = True
+        self.manager._streaming.discard(self)
+        for scope in list(self._scopes):
+            scope.cancel()
+        await trio.lowlevel.checkpoint()

@@ -1,0 +1,10 @@
+"""BaseSpace entities -> the mounted tree: naming, layout, listing caches, inode table.
+
+Plain async Python (no pyfuse3 imports) so the whole tree can be exercised without a mount.
+"""
+
+from .filesystem import NotADirectory, NotFound, Tree, ROOT_INODE
+from .layout import Layout
+from .nodes import COMMANDS, DIR, REMOTE, SYMLINK, TEXT, Node
+
+__all__ = ["Tree", "Layout", "Node", "NotFound", "NotADirectory", "ROOT_INODE", "DIR", "REMOTE", "TEXT", "SYMLINK", "COMMANDS"]

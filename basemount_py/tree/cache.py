@@ -1,0 +1,81 @@
+"""A bounded TTL cache for listings with single-flight loading and stale fallback.
+
+* Fresh entries (younger than ``ttl``) are served without a call.
+* Concurrent misses for the same key share one load (``ls`` and a parallel ``stat`` storm on a
+  5,000-entry folder make one set of API calls, not thousands).
+* When a reload fails (API briefly down) and an expired copy exists, the expired copy is served and
+  the failure logged: ``ls`` keeps working from cache.
+* Memory is bounded by an LRU on entries (cachetools); expired entries stay until evicted so they
+  can serve as the fallback.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Awaitable, Callable, Hashable
+
+import trio
+from cachetools import LRUCache
+
+log = logging.getLogger(__name__)
+
+
+class ListingCache:
+    def __init__(self, ttl: float, maxsize: int = 4096, clock: Callable[[], float] = time.monotonic):
+        self.ttl = ttl
+        self._clock = clock
+        self._entries: LRUCache = LRUCache(maxsize=maxsize)
+        self._inflight: dict[Hashable, trio.Event] = {}
+        self._errors: dict[Hashable, BaseException] = {}
+        self.loads = 0
+        self.stale_served = 0
+
+    def peek(self, key: Hashable) -> Any | None:
+        """The cached value, fresh or not, without loading (None if absent)."""
+        entry = self._entries.get(key)
+        return entry[0] if entry else None
+
+    async def get(self, key: Hashable, loader: Callable[[], Awaitable[Any]]) -> Any:
+        while True:
+            entry = self._entries.get(key)
+            if entry is not None and self._clock() - entry[1] < self.ttl:
+                return entry[0]
+            pending = self._inflight.get(key)
+            if pending is None:
+                break
+            await pending.wait()
+            if key in self._errors and self._entries.get(key) is None:
+                raise self._errors[key]
+            entry = self._entries.get(key)
+            if entry is not None:
+                return entry[0]
+        event = self._inflight[key] = trio.Event()
+        self._errors.pop(key, None)
+        try:
+            self.loads += 1
+            value = await loader()
+        except BaseException as exc:
+            stale = self._entries.get(key)
+            if stale is not None and isinstance(exc, Exception):
+                self.stale_served += 1
+                log.warning("serving cached listing after a failed reload: %s", exc)
+                return stale[0]
+            if isinstance(exc, Exception):
+                self._errors[key] = exc
+            raise
+        else:
+            self._entries[key] = (value, self._clock())
+            return value
+        finally:
+            del self._inflight[key]
+            event.set()
+
+    def invalidate(self, predicate: Callable[[Hashable], bool]) -> int:
+        doomed = [k for k in list(self._entries.keys()) if predicate(k)]
+        for key in doomed:
+            self._entries.pop(key, None)
+        return len(doomed)
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,139 @@
+"""The filesystem as plain async Python: inode table, lookup, readdir snapshots, refresh.
+
+``fuse_ops.Operations`` only translates between this and pyfuse3. Inodes are assigned on first
+lookup and dropped again when the kernel forgets them (lookup count reaches zero), so memory follows
+what the kernel holds, not the size of the account; listings live in bounded TTL caches.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Iterable
+
+from .cache import ListingCache
+from .layout import COMMANDS_NAME, Layout
+from .nodes import DIR, Node
+
+log = logging.getLogger(__name__)
+
+ROOT_INODE = 1
+
+
+class NotFound(Exception):
+    pass
+
+
+class NotADirectory(Exception):
+    pass
+
+
+class Tree:
+    def __init__(self, layout: Layout, *, metadata_ttl: float = 60.0, max_listings: int = 4096):
+        self.layout = layout
+        self.metadata_ttl = metadata_ttl
+        self.listings = ListingCache(ttl=metadata_ttl, maxsize=max_listings)
+        self._next_ino = itertools.count(ROOT_INODE + 1)
+        root = Node(path=(), type=DIR, kind="root")
+        self.nodes: dict[int, Node] = {ROOT_INODE: root}
+        self.by_path: dict[tuple[str, ...], int] = {(): ROOT_INODE}
+        self.lookup_counts: dict[int, int] = {ROOT_INODE: 1}
+
+    # -- listings -------------------------------------------------------------------------
+
+    async def children(self, node: Node) -> dict[str, Node]:
+        if node.type != DIR:
+            raise NotADirectory(node.path)
+
+        async def load() -> dict[str, Node]:
+            try:
+                listed = await self.layout.children(node)
+            except Exception as exc:
+                self.layout.errors[node.path] = f"{type(exc).__name__}: {exc}\n"
+                raise
+            self.layout.errors.pop(node.path, None)
+            return {child.name: child for child in listed}
+
+        return await self.listings.get(node.path, load)
+
+    async def child(self, parent: Node, name: str) -> Node:
+        entries = await self.children(parent)
+        child = entries.get(name)
+        if child is None and name == COMMANDS_NAME:
+            # `.commands` is reachable from every folder (BaseMount), listed only at the root.
+            child = self.layout.commands_node(parent.path)
+        if child is None:
+            raise NotFound(name)
+        if child.ctx.get("dynamic") == "error":
+            child = self.layout.error_node(parent.path)
+        return child
+
+    # -- inode table ----------------------------------------------------------------------
+
+    def node(self, ino: int) -> Node:
+        try:
+            return self.nodes[ino]
+        except KeyError:
+            raise NotFound(ino) from None
+
+    def remember(self, node: Node) -> int:
+        """Inode for ``node``, reusing the one its path already has (data is refreshed)."""
+        ino = self.by_path.get(node.path)
+        if ino is None:
+            ino = next(self._next_ino)
+            self.by_path[node.path] = ino
+            self.lookup_counts[ino] = 0
+        self.nodes[ino] = node
+        return ino
+
+    def count_lookup(self, ino: int) -> None:
+        self.lookup_counts[ino] = self.lookup_counts.get(ino, 0) + 1
+
+    def forget(self, items: Iterable[tuple[int, int]]) -> None:
+        for ino, nlookup in items:
+            if ino == ROOT_INODE:
+                continue
+            left = self.lookup_counts.get(ino, 0) - nlookup
+            if left > 0:
+                self.lookup_counts[ino] = left
+                continue
+            node = self.nodes.pop(ino, None)
+            self.lookup_counts.pop(ino, None)
+            if node is not None and self.by_path.get(node.path) == ino:
+                del self.by_path[node.path]
+
+    async def lookup(self, parent_ino: int, name: str) -> tuple[int, Node]:
+        parent = self.node(parent_ino)
+        if name == ".":
+            return parent_ino, parent
+        if name == "..":
+            path = parent.path[:-1]
+            ino = self.by_path.get(path, ROOT_INODE)
+            return ino, self.nodes.get(ino, self.nodes[ROOT_INODE])
+        child = await self.child(parent, name)
+        ino = self.remember(child)
+        return ino, child
+
+    async def readdir(self, ino: int) -> list[tuple[str, Node]]:
+        node = self.node(ino)
+        entries = await self.children(node)
+        return [(name, child) for name, child in entries.items() if not child.hidden]
+
+    def current(self, ino: int) -> Node:
+        """The node, with dynamic content (``.error``) brought up to date."""
+        node = self.node(ino)
+        if node.ctx.get("dynamic") == "error":
+            fresh = self.layout.error_node(node.path[:-1])
+            node.content = fresh.content
+        return node
+
+    # -- refresh ----------------------------------------------------------------------------
+
+    def refresh(self, path: tuple[str, ...]) -> int:
+        """Forget cached listings of ``path`` and everything below it (and the API data they
+        were built from), so the next access asks the server again."""
+        n = len(path)
+        dropped = self.listings.invalidate(lambda key: key[:n] == path)
+        self.layout.invalidate_api()
+        log.info("refreshed %s: %d cached listings dropped", "/" + "/".join(path), dropped)
+        return dropped

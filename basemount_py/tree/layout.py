@@ -1,0 +1,552 @@
+"""BaseMount's directory tree: which API listing fills which folder, and what each folder holds.
+
+Each directory node has a ``kind``; ``Layout.children(node)`` returns its entries (hidden ones
+included, flagged). The tree follows BaseMount (docs/tree.md, reference §3–4):
+
+    Projects/<p>/{Samples,AppResults,AppSessions,Datasets,Properties}/...
+    Projects/<p>/Samples/<s>/{Files/…, Files.metadata/…, Properties/, SampleProperties}
+    Runs/<r>/{Files/…, Properties/}
+    BioSamples/<b>/{Datasets/, DefaultProject, Status}
+
+Cost rules (why it is shaped like this):
+* An entity folder's own entries are built from the parent listing's item: listing ``Samples``
+  costs the paged samples call only, never a call per sample, and so does ``ls -l`` of it.
+* An entity's files are listed once (all pages, concurrently) and the nested ``Files/…`` folders
+  are built from that one listing; ``Properties`` costs one call when it is opened.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..api.client import FILES_PAGE_MAX, BaseSpaceClient
+from .cache import ListingCache
+from .naming import sanitize, unique_names
+from .nodes import (
+    DIR,
+    REMOTE,
+    SYMLINK,
+    COMMANDS,
+    Node,
+    entity_time,
+    json_bytes,
+    relative_link,
+    safe_size,
+    text_node,
+)
+
+log = logging.getLogger(__name__)
+
+ROOT_README = """\
+This is a BaseSpace Sequence Hub account mounted by basemount_py (read-only).
+
+  Projects/<project>/Samples/<sample>/Files/      FASTQs and other sample files
+  Projects/<project>/AppResults/<result>/Files/   analysis outputs (BAM, VCF, ...)
+  Projects/<project>/AppSessions/                 analyses, linking to their app results
+  Projects/<project>/Datasets/                    v2 datasets
+  Runs/<run>/Files/                               run folders (RunInfo.xml, InterOp/, Data/...)
+  BioSamples/<biosample>/                         v2 biosamples
+
+Hidden files in every entity folder: .id .type .name .json .href .curl .error
+Refresh a folder and its sub-folders:  basemount-py refresh PATH   (or: echo refresh > PATH/.commands)
+"""
+
+ENTITY_TYPES = {  # API collection -> (singular, human type)
+    "projects": "project",
+    "samples": "sample",
+    "appresults": "appresult",
+    "appsessions": "appsession",
+    "runs": "run",
+    "datasets": "dataset",
+    "biosamples": "biosample",
+    "files": "file",
+}
+
+ENTITY_HIDDEN = (".id", ".type", ".name", ".json", ".href", ".curl", ".error", ".status")
+LIST_HIDDEN = (".json", ".href", ".curl", ".type", ".error")
+COMMANDS_NAME = ".commands"
+
+
+def _p(path: tuple[str, ...], *more: str) -> tuple[str, ...]:
+    return path + tuple(more)
+
+
+class Layout:
+    def __init__(self, api: BaseSpaceClient, *, metadata_ttl: float = 60.0, max_listings: int = 4096):
+        self.api = api
+        self.api_server = api.api_server.rstrip("/")
+        # Raw API listings, keyed by request: shared by every folder built from them.
+        self.lists = ListingCache(ttl=metadata_ttl, maxsize=max_listings)
+        self.errors: dict[tuple[str, ...], str] = {}
+
+    # -- raw API listings (cached) ----------------------------------------------------------
+
+    async def _list(self, path: str, params: dict | None = None, *, v2: bool = False, files: bool = False) -> list[dict]:
+        key = (path, tuple(sorted((params or {}).items())), v2)
+        page = FILES_PAGE_MAX if files else 1024
+
+        async def load() -> list[dict]:
+            return await self.api.list_all(path, params, v2=v2, page_size=page)
+
+        return await self.lists.get(key, load)
+
+    def invalidate_api(self) -> None:
+        self.lists.invalidate(lambda key: True)
+
+    # -- helpers that build common entries --------------------------------------------------
+
+    def _curl(self, href: str) -> str:
+        url = href if href.startswith("http") else f"{self.api_server}/{href}"
+        return f'curl -s -H "x-access-token: $BASESPACE_ACCESS_TOKEN" "{url}"\n'
+
+    def error_node(self, path: tuple[str, ...]) -> Node:
+        node = text_node(_p(path, ".error"), self.errors.get(path, ""))
+        node.ctx["dynamic"] = "error"
+        return node
+
+    def commands_node(self, path: tuple[str, ...], hidden: bool = True) -> Node:
+        return Node(path=_p(path, COMMANDS_NAME), type=COMMANDS, hidden=hidden)
+
+    def _list_hidden(self, path: tuple[str, ...], href: str, collection: str, items: list[dict]) -> list[Node]:
+        envelope = {
+            "Response": {
+                "Items": items,
+                "DisplayedCount": len(items),
+                "TotalCount": len(items),
+                "Offset": 0,
+                "Limit": len(items),
+                "SortDir": "Asc",
+                "SortBy": "Id",
+            },
+            "ResponseStatus": {},
+            "Notifications": [],
+        }
+        return [
+            text_node(_p(path, ".json"), json_bytes(envelope)),
+            text_node(_p(path, ".href"), href + "\n"),
+            text_node(_p(path, ".curl"), self._curl(href)),
+            text_node(_p(path, ".type"), collection + "\n"),
+            self.error_node(path),
+        ]
+
+    def _entity_hidden(self, path: tuple[str, ...], entity: dict, collection: str, name_key: str = "Name") -> list[Node]:
+        href = str(entity.get("Href") or f"v1pre3/{collection}/{entity.get('Id')}")
+        mtime = entity_time(entity)
+        envelope = {"Response": entity, "ResponseStatus": {}, "Notifications": []}
+        nodes = [
+            text_node(_p(path, ".id"), f"{entity.get('Id', '')}\n", mtime),
+            text_node(_p(path, ".type"), collection + "\n", mtime),
+            text_node(_p(path, ".name"), f"{entity.get(name_key, '')}\n", mtime),
+            text_node(_p(path, ".json"), json_bytes(envelope), mtime),
+            text_node(_p(path, ".href"), _relative_href(href) + "\n", mtime),
+            text_node(_p(path, ".curl"), self._curl(href), mtime),
+            self.error_node(path),
+        ]
+        if entity.get("Status") is not None:
+            nodes.append(text_node(_p(path, ".status"), f"{entity.get('Status')}\n", mtime))
+        return nodes
+
+    def _entity_dirs(
+        self, path: tuple[str, ...], items: list[dict], kind: str, collection: str, name_key: str = "Name", **ctx: Any
+    ) -> list[Node]:
+        """One folder per entity (duplicates suffixed), plus hidden ``.id.<id>`` links."""
+        reserved = set(LIST_HIDDEN) | {COMMANDS_NAME}
+        valid = [i for i in items if i.get("Id") is not None]
+        names = unique_names(((str(i["Id"]), i.get(name_key)) for i in valid), reserved=reserved)
+        out: list[Node] = []
+        for item in valid:
+            entity_id = str(item["Id"])
+            name = names[entity_id]
+            out.append(
+                Node(
+                    path=_p(path, name),
+                    type=DIR,
+                    kind=kind,
+                    ctx={"entity": item, "collection": collection, **ctx},
+                    mtime=entity_time(item),
+                    xattrs=_entity_xattrs(item, collection),
+                )
+            )
+            link_name = sanitize(f".id.{entity_id}")
+            out.append(Node(path=_p(path, link_name), type=SYMLINK, target=name, mtime=entity_time(item)))
+        return out
+
+    def _entity_children(self, node: Node, sub: list[Node], name_key: str = "Name") -> list[Node]:
+        entity, collection = node.ctx["entity"], node.ctx["collection"]
+        return sub + self._entity_hidden(node.path, entity, collection, name_key) + [self.commands_node(node.path)]
+
+    # -- the tree ---------------------------------------------------------------------------
+
+    async def children(self, node: Node) -> list[Node]:
+        handler = getattr(self, "_kind_" + node.kind, None)
+        if handler is None:
+            return []
+        return await handler(node)
+
+    async def _kind_root(self, node: Node) -> list[Node]:
+        path = node.path
+        return [
+            Node(path=_p(path, "Projects"), type=DIR, kind="projects"),
+            Node(path=_p(path, "Runs"), type=DIR, kind="runs"),
+            Node(path=_p(path, "BioSamples"), type=DIR, kind="biosamples"),
+            text_node(_p(path, "README"), ROOT_README),
+            self.commands_node(path, hidden=False),
+        ]
+
+    async def _kind_projects(self, node: Node) -> list[Node]:
+        href = "v1pre3/users/current/projects"
+        items = await self._list(href)
+        return (
+            self._entity_dirs(node.path, items, "project", "projects")
+            + self._list_hidden(node.path, href, "projects", items)
+            + [self.commands_node(node.path)]
+        )
+
+    async def _kind_project(self, node: Node) -> list[Node]:
+        pid = str(node.ctx["entity"]["Id"])
+        path, mtime = node.path, node.mtime
+        ctx = {"project_id": pid}
+        sub = [
+            Node(path=_p(path, "Samples"), type=DIR, kind="samples", ctx=ctx, mtime=mtime),
+            Node(path=_p(path, "AppResults"), type=DIR, kind="appresults", ctx=ctx, mtime=mtime),
+            Node(path=_p(path, "AppSessions"), type=DIR, kind="appsessions", ctx=ctx, mtime=mtime),
+            Node(path=_p(path, "Datasets"), type=DIR, kind="datasets", ctx=ctx, mtime=mtime),
+            self._properties_dir(path, "projects", pid, mtime),
+        ]
+        return self._entity_children(node, sub)
+
+    def _properties_dir(self, path: tuple[str, ...], collection: str, entity_id: str, mtime: float) -> Node:
+        return Node(
+            path=_p(path, "Properties"),
+            type=DIR,
+            kind="properties",
+            ctx={"collection": collection, "id": entity_id},
+            mtime=mtime,
+        )
+
+    def _files_dirs(self, path: tuple[str, ...], collection: str, entity_id: str, mtime: float, v2: bool = False) -> list[Node]:
+        owner = {"owner": (collection, entity_id, v2), "sub": ()}
+        return [
+            Node(path=_p(path, "Files"), type=DIR, kind="files", ctx=owner, mtime=mtime),
+            Node(path=_p(path, "Files.metadata"), type=DIR, kind="filesmeta", ctx=owner, mtime=mtime, hidden=True),
+        ]
+
+    async def _kind_samples(self, node: Node) -> list[Node]:
+        pid = node.ctx["project_id"]
+        href = f"v1pre3/projects/{pid}/samples"
+        items = await self._list(href)
+        return (
+            self._entity_dirs(node.path, items, "sample", "samples", project_id=pid)
+            + self._list_hidden(node.path, href, "samples", items)
+            + [self.commands_node(node.path)]
+        )
+
+    async def _kind_sample(self, node: Node) -> list[Node]:
+        entity = node.ctx["entity"]
+        sid, mtime, path = str(entity["Id"]), node.mtime, node.path
+        sub = self._files_dirs(path, "samples", sid, mtime)
+        sub.append(self._properties_dir(path, "samples", sid, mtime))
+        sub.append(text_node(_p(path, "SampleProperties"), _sample_properties(entity), mtime))
+        sub += self._parent_session_link(node)
+        return self._entity_children(node, sub)
+
+    def _parent_session_link(self, node: Node) -> list[Node]:
+        session = node.ctx["entity"].get("AppSession")
+        if not isinstance(session, dict) or session.get("Id") is None:
+            return []
+        # Entity folder is Projects/<p>/<Collection>/<e>: the session lives in ../../AppSessions.
+        target = "../../AppSessions/" + sanitize(f".id.{session['Id']}")
+        return [Node(path=_p(node.path, "ParentAppSession"), type=SYMLINK, target=target, mtime=node.mtime)]
+
+    async def _kind_appresults(self, node: Node) -> list[Node]:
+        pid = node.ctx["project_id"]
+        href = f"v1pre3/projects/{pid}/appresults"
+        items = await self._list(href)
+        return (
+            self._entity_dirs(node.path, items, "appresult", "appresults", project_id=pid)
+            + self._list_hidden(node.path, href, "appresults", items)
+            + [self.commands_node(node.path)]
+        )
+
+    async def _kind_appresult(self, node: Node) -> list[Node]:
+        aid, mtime, path = str(node.ctx["entity"]["Id"]), node.mtime, node.path
+        sub = self._files_dirs(path, "appresults", aid, mtime)
+        sub.append(self._properties_dir(path, "appresults", aid, mtime))
+        sub += self._parent_session_link(node)
+        return self._entity_children(node, sub)
+
+    async def _kind_appsessions(self, node: Node) -> list[Node]:
+        pid = node.ctx["project_id"]
+        href = "v1pre3/users/current/appsessions"
+        items = await self._list(href, {"output.projects": pid})
+        return (
+            self._entity_dirs(node.path, items, "appsession", "appsessions", project_id=pid)
+            + self._list_hidden(node.path, f"{href}?output.projects={pid}", "appsessions", items)
+            + [self.commands_node(node.path)]
+        )
+
+    async def _kind_appsession(self, node: Node) -> list[Node]:
+        entity, pid = node.ctx["entity"], node.ctx["project_id"]
+        sid, mtime, path = str(entity["Id"]), node.mtime, node.path
+        sub = [self._properties_dir(path, "appsessions", sid, mtime)]
+        results = await self._list(f"v1pre3/projects/{pid}/appresults")
+        for item in results:
+            session = item.get("AppSession")
+            if isinstance(session, dict) and str(session.get("Id")) == sid and item.get("Id") is not None:
+                name = sanitize(f"AppResults.{item['Id']}.{item.get('Name', '')}")
+                target = "../../AppResults/" + sanitize(f".id.{item['Id']}")
+                sub.append(Node(path=_p(path, name), type=SYMLINK, target=target, mtime=entity_time(item)))
+        return self._entity_children(node, sub)
+
+    async def _kind_runs(self, node: Node) -> list[Node]:
+        href = "v1pre3/users/current/runs"
+        items = await self._list(href)
+        return (
+            self._entity_dirs(node.path, items, "run", "runs")
+            + self._list_hidden(node.path, href, "runs", items)
+            + [self.commands_node(node.path)]
+        )
+
+    async def _kind_run(self, node: Node) -> list[Node]:
+        rid, mtime, path = str(node.ctx["entity"]["Id"]), node.mtime, node.path
+        sub = self._files_dirs(path, "runs", rid, mtime)
+        sub.append(self._properties_dir(path, "runs", rid, mtime))
+        return self._entity_children(node, sub)
+
+    async def _kind_biosamples(self, node: Node) -> list[Node]:
+        href = "v2/biosamples"
+        items = await self._list(href, v2=True)
+        return (
+            self._entity_dirs(node.path, items, "biosample", "biosamples", name_key="BioSampleName")
+            + self._list_hidden(node.path, href, "biosamples", items)
+            + [self.commands_node(node.path)]
+        )
+
+    async def _kind_biosample(self, node: Node) -> list[Node]:
+        entity, path, mtime = node.ctx["entity"], node.path, node.mtime
+        sub = [
+            Node(path=_p(path, "Datasets"), type=DIR, kind="biosample_datasets", ctx={"id": str(entity["Id"])}, mtime=mtime),
+            text_node(_p(path, "Status"), f"{entity.get('Status', '')}\n", mtime),
+        ]
+        project = entity.get("DefaultProject")
+        if isinstance(project, dict) and project.get("Id") is not None:
+            target = "../../Projects/" + sanitize(f".id.{project['Id']}")
+            sub.append(Node(path=_p(path, "DefaultProject"), type=SYMLINK, target=target, mtime=mtime))
+        return self._entity_children(node, sub, name_key="BioSampleName")
+
+    async def _kind_biosample_datasets(self, node: Node) -> list[Node]:
+        items = await self._list("v2/datasets", {"inputbiosamples": node.ctx["id"]}, v2=True)
+        names = unique_names((str(i["Id"]), i.get("Name")) for i in items if i.get("Id") is not None)
+        out = []
+        for item in items:
+            project = item.get("Project") if isinstance(item.get("Project"), dict) else {}
+            if item.get("Id") is None or project.get("Id") is None:
+                continue
+            target = "../../../Projects/{}/Datasets/{}".format(
+                sanitize(f".id.{project['Id']}"), sanitize(f".id.{item['Id']}")
+            )
+            out.append(Node(path=_p(node.path, names[str(item["Id"])]), type=SYMLINK, target=target, mtime=entity_time(item)))
+        return out
+
+    async def _kind_datasets(self, node: Node) -> list[Node]:
+        pid = node.ctx["project_id"]
+        href = "v2/datasets"
+        items = await self._list(href, {"projectid": pid}, v2=True)
+        return (
+            self._entity_dirs(node.path, items, "dataset", "datasets", project_id=pid)
+            + self._list_hidden(node.path, f"{href}?projectid={pid}", "datasets", items)
+            + [self.commands_node(node.path)]
+        )
+
+    async def _kind_dataset(self, node: Node) -> list[Node]:
+        entity, path, mtime = node.ctx["entity"], node.path, node.mtime
+        sub = self._files_dirs(path, "datasets", str(entity["Id"]), mtime, v2=True)
+        dtype = entity.get("DatasetType") if isinstance(entity.get("DatasetType"), dict) else {}
+        sub.append(text_node(_p(path, "DatasetTypeId"), f"{dtype.get('Id', '')}\n", mtime))
+        return self._entity_children(node, sub)
+
+    # -- files --------------------------------------------------------------------------------
+
+    async def file_tree(self, owner: tuple[str, str, bool]) -> dict:
+        """The owner's files as a nested dict: {"dirs": {name: subtree}, "files": {name: item}}."""
+        collection, entity_id, v2 = owner
+        prefix = "v2" if v2 else "v1pre3"
+        items = await self._list(f"{prefix}/{collection}/{entity_id}/files", v2=v2, files=True)
+        return build_file_tree(items)
+
+    async def _subtree(self, node: Node) -> dict | None:
+        tree = await self.file_tree(node.ctx["owner"])
+        for part in node.ctx["sub"]:
+            tree = tree["dirs"].get(part)
+            if tree is None:
+                return None
+        return tree
+
+    async def _kind_files(self, node: Node) -> list[Node]:
+        tree = await self._subtree(node)
+        if tree is None:
+            return []
+        out = []
+        for name, sub in tree["dirs"].items():
+            out.append(
+                Node(
+                    path=_p(node.path, name),
+                    type=DIR,
+                    kind="files",
+                    ctx={"owner": node.ctx["owner"], "sub": node.ctx["sub"] + (name,)},
+                    mtime=sub["mtime"],
+                )
+            )
+        for name, item in tree["files"].items():
+            out.append(
+                Node(
+                    path=_p(node.path, name),
+                    type=REMOTE,
+                    file_id=str(item["Id"]),
+                    size=safe_size(item.get("Size")),
+                    mtime=entity_time(item),
+                    xattrs=_entity_xattrs(item, "files"),
+                    immutable=True,
+                )
+            )
+        return out
+
+    async def _kind_filesmeta(self, node: Node) -> list[Node]:
+        """Files.metadata/<path>/: a folder per file holding its hidden metadata files."""
+        tree = await self._subtree(node)
+        if tree is None:
+            return []
+        out = []
+        for name, sub in tree["dirs"].items():
+            ctx = {"owner": node.ctx["owner"], "sub": node.ctx["sub"] + (name,)}
+            out.append(Node(path=_p(node.path, name), type=DIR, kind="filesmeta", ctx=ctx, mtime=sub["mtime"]))
+        for name, item in tree["files"].items():
+            out.append(
+                Node(
+                    path=_p(node.path, name),
+                    type=DIR,
+                    kind="filemeta",
+                    ctx={"entity": item, "collection": "files"},
+                    mtime=entity_time(item),
+                    xattrs=_entity_xattrs(item, "files"),
+                )
+            )
+        return out
+
+    async def _kind_filemeta(self, node: Node) -> list[Node]:
+        return self._entity_hidden(node.path, node.ctx["entity"], "files")
+
+    # -- properties ---------------------------------------------------------------------------
+
+    async def _kind_properties(self, node: Node) -> list[Node]:
+        collection, entity_id = node.ctx["collection"], node.ctx["id"]
+        items = await self._list(f"v1pre3/{collection}/{entity_id}/properties")
+        names = unique_names(((i, p.get("Name")) for i, p in enumerate(items)), reserved={COMMANDS_NAME})
+        out = []
+        for index, prop in enumerate(items):
+            out.append(self._property_node(_p(node.path, names[index]), prop, node.mtime))
+        return out
+
+    def _property_node(self, path: tuple[str, ...], prop: dict, mtime: float) -> Node:
+        ptype = str(prop.get("Type", "string"))
+        if ptype.endswith("[]") or ptype in ("map", "maps"):
+            items = prop.get("Items")
+            if not isinstance(items, list):
+                items = []
+            return Node(path=path, type=DIR, kind="propitems", ctx={"type": ptype, "items": items}, mtime=mtime)
+        content = prop.get("Content")
+        return self._property_value(path, ptype, content, mtime)
+
+    def _property_value(self, path: tuple[str, ...], ptype: str, value: Any, mtime: float) -> Node:
+        base = ptype.rstrip("[]")
+        if base == "string" or isinstance(value, str):
+            return text_node(path, "" if value is None else str(value), mtime)
+        target = self._entity_path(base, value) if isinstance(value, dict) else None
+        if target is not None:
+            return Node(path=path, type=SYMLINK, target=relative_link(path[:-1], target), mtime=mtime)
+        return text_node(path, json_bytes(value), mtime)
+
+    async def _kind_propitems(self, node: Node) -> list[Node]:
+        ptype, items = node.ctx["type"], node.ctx["items"]
+        out = []
+        if ptype in ("map", "maps"):
+            names = unique_names((i, entry.get("Key") if isinstance(entry, dict) else None) for i, entry in enumerate(items))
+            for i, entry in enumerate(items):
+                values = entry.get("Values") if isinstance(entry, dict) else entry
+                text = "\n".join(str(v) for v in values) + "\n" if isinstance(values, list) else json_bytes(values)
+                out.append(text_node(_p(node.path, names[i]), text, node.mtime))
+            return out
+        for i, value in enumerate(items):
+            out.append(self._property_value(_p(node.path, str(i)), ptype, value, node.mtime))
+        return out
+
+    def _entity_path(self, kind: str, entity: dict) -> tuple[str, ...] | None:
+        """Mount path of a referenced entity, via the hidden .id.<id> links (no listing needed)."""
+        eid = entity.get("Id")
+        if eid is None:
+            return None
+        link = sanitize(f".id.{eid}")
+        project = entity.get("Project") if isinstance(entity.get("Project"), dict) else {}
+        pid = project.get("Id")
+        if kind == "project":
+            return ("Projects", link)
+        if kind == "run":
+            return ("Runs", link)
+        if kind in ("sample", "appresult") and pid is not None:
+            sub = "Samples" if kind == "sample" else "AppResults"
+            return ("Projects", sanitize(f".id.{pid}"), sub, link)
+        return None
+
+
+def _sample_properties(entity: dict) -> str:
+    keys = ("Name", "SampleId", "SampleNumber", "ExperimentName", "Status", "IsPairedEnd", "Read1", "Read2", "NumReadsRaw", "NumReadsPF", "TotalSize", "DateCreated")
+    return "".join(f"{k}: {entity[k]}\n" for k in keys if k in entity)
+
+
+def _relative_href(href: str) -> str:
+    marker = href.find("/v1pre3/")
+    if marker < 0:
+        marker = href.find("/v2/")
+    return href[marker + 1 :] if href.startswith("http") and marker >= 0 else href
+
+
+def _entity_xattrs(entity: dict, collection: str) -> dict[str, bytes]:
+    href = str(entity.get("Href") or f"v1pre3/{collection}/{entity.get('Id')}")
+    return {
+        "user.basespace.id": str(entity.get("Id", "")).encode(),
+        "user.basespace.type": collection.encode(),
+        "user.basespace.href": _relative_href(href).encode(),
+    }
+
+
+def build_file_tree(items: list[dict]) -> dict:
+    """Nest a flat file listing by ``Path``; sanitise every component; suffix duplicates by Id."""
+
+    def new() -> dict:
+        return {"dirs": {}, "files": {}, "mtime": 0.0, "_pending": []}
+
+    root = new()
+    for item in items:
+        if item.get("Id") is None:
+            continue
+        raw_path = str(item.get("Path") or item.get("Name") or "")
+        parts = [p for p in raw_path.split("/") if p not in ("",)]
+        if not parts:
+            parts = [str(item.get("Name") or item["Id"])]
+        node = root
+        for part in parts[:-1]:
+            name = sanitize(part)
+            node = node["dirs"].setdefault(name, new())
+            node["mtime"] = max(node["mtime"], entity_time(item))
+        node["_pending"].append((str(item["Id"]), parts[-1], item))
+
+    def finish(node: dict) -> None:
+        pending = node.pop("_pending")
+        names = unique_names(((fid, raw) for fid, raw, _ in pending), reserved=set(node["dirs"]))
+        node["files"] = {names[fid]: item for fid, _, item in pending}
+        for sub in node["dirs"].values():
+            finish(sub)
+
+    finish(root)
+    return root
