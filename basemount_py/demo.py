@@ -21,8 +21,8 @@ The demo account is mounted at {mp}  (served by a local BaseSpace API emulator a
 Try, in another terminal:
   ls {mp}/Projects
   ls -l "{mp}/Projects/{p1}/Samples/"*/Files
-  cp "{mp}/Projects/{p1}/Samples/NA12878-1/Files/"*R1_001.fastq.gz /tmp/
-  zcat "{mp}/Projects/{p1}/Samples/NA12878-1/Files/"*R1_001.fastq.gz | head -4
+  cp "{mp}/Projects/{p1}/Samples/NA12878-A/Files/"*R1_001.fastq.gz /tmp/
+  zcat "{mp}/Projects/{p1}/Samples/NA12878-A/Files/"*R1_001.fastq.gz | head -4
   samtools view -c "{mp}/Projects/{p2}/AppResults/{ar}/Files/"*.bam
   cat "{mp}/Projects/{p1}/.json" | head
   echo refresh > "{mp}/Projects/.commands"

@@ -208,9 +208,11 @@ class Operations(pyfuse3.Operations):
 
     # -- extended attributes, statfs ------------------------------------------------------------
 
-    @_guard
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext = None) -> bytes:
-        value = self.tree.node(inode).xattrs.get(os.fsdecode(name))
+        # Hot path: `ls -l` asks for security.selinux and the POSIX ACLs of every entry. Kept
+        # free of awaits and of the guard's cancel scope; it cannot raise anything but FUSEError.
+        node = self.tree.nodes.get(inode)
+        value = node.xattrs.get(name.decode("utf-8", "replace")) if node is not None else None
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value

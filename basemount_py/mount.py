@@ -173,11 +173,26 @@ async def _main(credentials, opts: MountOptions, token_reloader, notify: int | N
         return 1
     user_name = (user.get("Response") or {}).get("Name", "?")
     content = ContentSource(api, policy=policy, max_connections=opts.max_connections)
-    reads = ReadManager(content.fetch, cache_bytes=opts.cache_size, prefetch_max=opts.prefetch_max, max_parallel=opts.max_connections)
-    layout = Layout(api, metadata_ttl=opts.metadata_ttl)
-    tree = Tree(layout, metadata_ttl=opts.metadata_ttl)
-    ops = Operations(tree, reads, CommandRunner(tree), op_timeout=opts.op_timeout)
+    try:
+        # The ReadManager's nursery hosts every prefetch task; leaving it cancels them all.
+        async with ReadManager(
+            content.fetch, cache_bytes=opts.cache_size, prefetch_max=opts.prefetch_max, max_parallel=opts.max_connections
+        ) as reads:
+            layout = Layout(api, metadata_ttl=opts.metadata_ttl)
+            tree = Tree(layout, metadata_ttl=opts.metadata_ttl)
+            ops = Operations(tree, reads, CommandRunner(tree), op_timeout=opts.op_timeout)
+            return await _run_fuse(ops, opts, notify, user_name, credentials.api_server)
+    finally:
+        with trio.CancelScope(shield=True):
+            for closer in (content.aclose, api.aclose):
+                try:
+                    with trio.move_on_after(5):
+                        await closer()
+                except Exception as exc:
+                    log.warning("shutdown: %s", exc)
 
+
+async def _run_fuse(ops: Operations, opts: MountOptions, notify: int | None, user_name: str, api_server: str) -> int:
     fuse_options = set(pyfuse3.default_options)  # default_permissions
     fuse_options |= {"fsname=basemount_py", "subtype=basemount_py", "noatime"}
     if opts.allow_other:
@@ -185,35 +200,25 @@ async def _main(credentials, opts: MountOptions, token_reloader, notify: int | N
     try:
         pyfuse3.init(ops, opts.mountpoint, fuse_options)
     except RuntimeError as exc:
-        await api.aclose()
         _notify(notify, f"mounting {opts.mountpoint} failed: {exc}")
         return 1
-    log.info("mounted %s for %s (API %s)", opts.mountpoint, user_name, credentials.api_server)
+    log.info("mounted %s for %s (API %s)", opts.mountpoint, user_name, api_server)
     _notify(notify, "OK")
-    unmount = True
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals)
             nursery.start_soon(trio.to_thread.run_sync, _tune_kernel, opts)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
-    except BaseException:
+    except Exception:
         log.exception("the FUSE main loop failed")
         raise
     finally:
         log.info("unmounting %s", opts.mountpoint)
         try:
-            pyfuse3.close(unmount=unmount)
+            pyfuse3.close(unmount=True)
         except Exception as exc:
             log.warning("closing the FUSE session: %s", exc)
-        with trio.CancelScope(shield=True):
-            for closer in (getattr(reads, "aclose", None), content.aclose, api.aclose):
-                if closer is not None:
-                    try:
-                        with trio.move_on_after(5):
-                            await closer()
-                    except Exception as exc:
-                        log.warning("shutdown: %s", exc)
     return 0
 
 

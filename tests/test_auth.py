@@ -256,3 +256,134 @@ def test_main_unreachable_server(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith("basemount-py auth: error:") and err.count("\n") == 1
     assert not (tmp_path / ".basespace").exists()
+
+
+# -- end to end against the real emulator over loopback ---------------------------------------
+
+PREFIX = "Open this URL in a browser and approve: "
+
+
+def make_account(tmp_path_factory):
+    account = tmp_path_factory.mktemp("auth-account")
+    (account / "Projects").mkdir()
+    return account
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    from basemount_py.emulator.control import EmulatorProcess
+
+    with EmulatorProcess(make_account(tmp_path_factory)) as em:
+        yield em
+
+
+async def login_with_approver(api: str, approve) -> str:
+    """Run device_login; when it prints the URL, call ``approve(url)`` like a user would."""
+    printed = trio.Event()
+    urls: list[str] = []
+
+    def out(line: str) -> None:
+        if line.startswith(PREFIX):
+            urls.append(line[len(PREFIX):])
+            printed.set()
+
+    result: list[str | LoginError] = []
+
+    async def run() -> None:
+        try:
+            result.append(await device_login(api, "any-client-id", out=out, timeout=30))
+        except LoginError as exc:  # re-raised below, outside the nursery's exception group
+            result.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        with trio.fail_after(10):
+            await printed.wait()
+        await approve(urls[0])
+    if isinstance(result[0], LoginError):
+        raise result[0]
+    return result[0]
+
+
+async def test_device_login_with_emulator(emulator):
+    async def approve(url: str) -> None:
+        assert url.startswith(emulator.url + "oauth/device?code=")
+        async with httpx.AsyncClient(timeout=10) as http:
+            assert (await http.get(url)).status_code == 200
+
+    token = await login_with_approver(emulator.url, approve)
+    assert token and token != emulator.token  # a freshly issued token, not the account's own
+    async with httpx.AsyncClient(base_url=emulator.url, timeout=10) as http:
+        me = await http.get("v1pre3/users/current", headers={"x-access-token": token})
+        assert me.status_code == 200 and me.json()["Response"]["Id"]
+        # The check above is meaningful: a token the emulator never issued is refused.
+        other = await http.get("v1pre3/users/current", headers={"x-access-token": "f" * 32})
+        assert other.status_code == 401
+
+
+async def test_unknown_device_code_is_a_clear_error(tmp_path_factory):
+    """The server forgets the code (here: the emulator restarts) -> a one-line error, no hang."""
+    from basemount_py.emulator.control import EmulatorProcess
+
+    with EmulatorProcess(make_account(tmp_path_factory)) as em:
+
+        async def restart_instead_of_approving(url: str) -> None:
+            await trio.to_thread.run_sync(em.restart)
+
+        with trio.fail_after(30):
+            with pytest.raises(LoginError) as info:
+                await login_with_approver(em.url, restart_instead_of_approving)
+    assert str(info.value).startswith("login failed (invalid_grant")
+    assert "\n" not in str(info.value)
+
+
+def test_main_writes_a_private_config(emulator, tmp_path):
+    import os
+    import select
+    import subprocess
+    import sys
+    import time
+
+    from basemount_py.api.config import load_credentials
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BASESPACE_")}
+    env["HOME"] = str(home)
+    code = (
+        "import argparse, sys\n"
+        "from basemount_py.api.auth import add_arguments, main\n"
+        "p = argparse.ArgumentParser(); add_arguments(p)\n"
+        "sys.exit(main(p.parse_args(sys.argv[1:])))\n"
+    )
+    argv = [sys.executable, "-c", code, "--api-server", emulator.url, "--client-id", "cli-test", "--config", "emu"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        url = None
+        while url is None:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, "auth printed no URL"
+            ready, _, _ = select.select([proc.stdout], [], [], remaining)
+            line = proc.stdout.readline() if ready else ""
+            assert line or not ready, f"auth exited early: {proc.stderr.read()}"
+            if line.startswith(PREFIX):
+                url = line[len(PREFIX):].strip()
+        assert httpx.get(url, timeout=10).status_code == 200
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    path = home / ".basespace" / "emu.cfg"
+    assert out.strip().splitlines()[-1].startswith("Logged in as ")
+    assert out.strip().endswith(f"; wrote {path}")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    creds = load_credentials("emu", environ={}, home=home)
+    assert creds.api_server == emulator.url.rstrip("/")
+    assert creds.access_token not in out + err  # the token is written, never printed
+    me = httpx.get(emulator.url + "v1pre3/users/current", headers={"x-access-token": creds.access_token}, timeout=10)
+    assert me.status_code == 200
+    assert out.strip().splitlines()[-1].startswith(f"Logged in as {me.json()['Response']['Name']};")

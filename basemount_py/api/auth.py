@@ -236,7 +236,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def _login_and_verify(api: str, client_id: str, secret: str | None, scopes: str) -> tuple[str, str]:
-    token = await device_login(api, client_id, secret, scopes=scopes)
+    # Flush each line: the URL must reach the user even when stdout is a pipe (`| tee log`).
+    token = await device_login(api, client_id, secret, scopes=scopes, out=lambda line: print(line, flush=True))
     # Check the token before writing it, so a bad login never replaces a good config.
     policy = RetryPolicy(attempts=3, request_timeout=HTTP_TIMEOUT, deadline=60.0)
     async with BaseSpaceClient(api, token, policy=policy) as client:

@@ -56,6 +56,11 @@ class Knobs:
     _RATES = ("error_rate", "throttle_rate", "reset_rate", "truncate_rate", "stall_rate")
     _NON_NEGATIVE = ("latency_ms", "conn_bandwidth", "retry_after", "stall_seconds")
 
+    def __post_init__(self) -> None:
+        # bumped whenever fault_seed is set (even to the same value): the injector re-seeds,
+        # so "set seed, run, set seed again, run" replays the same faults
+        self.seed_generation = 0
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -74,6 +79,8 @@ class Knobs:
             raise KnobError(f"the fault rates add up to {total:g}; their sum must be <= 1")
         for name, value in values.items():
             setattr(self, name, value)
+        if "fault_seed" in values:
+            self.seed_generation += 1
 
     def _check(self, name: str, value: Any) -> Any:
         if name == "fail_next":
@@ -130,7 +137,7 @@ class FaultInjector:
     def __init__(self, knobs: Knobs):
         self.knobs = knobs
         self._lock = threading.Lock()
-        self._seed = knobs.fault_seed
+        self._generation = knobs.seed_generation
         self._rng = random.Random(knobs.fault_seed)
 
     def decide(self, scope: str) -> str | None:
@@ -145,8 +152,8 @@ class FaultInjector:
                     return entry["kind"]
             if k.fault_scope not in ("all", scope):
                 return None
-            if k.fault_seed != self._seed:  # re-seeded through the knobs endpoint
-                self._seed = k.fault_seed
+            if k.seed_generation != self._generation:  # re-seeded through the knobs endpoint
+                self._generation = k.seed_generation
                 self._rng = random.Random(k.fault_seed)
             rates = [("error", k.error_rate), ("429", k.throttle_rate)]
             if scope == "content":

@@ -87,7 +87,6 @@ class V1:
             "TotalSize": self.a.project_total_size(p),
             "HrefSamples": f"v1pre3/projects/{p.id}/samples",
             "HrefAppResults": f"v1pre3/projects/{p.id}/appresults",
-            "HrefBaseSpaceUI": f"{self.base}_ui/projects/{p.id}",
         }
         return _merge(out, p)
 

@@ -253,6 +253,8 @@ class ContentSource:
         code = response.status_code
         if code == 206:
             match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+            if match and match.group(3) != "*" and int(match.group(3)) < end:
+                raise ProtocolError(f"{describe}: the file has only {match.group(3)} bytes")
             if not match or int(match.group(1)) != start or int(match.group(2)) != end - 1:
                 raise ProtocolError(
                     f"{describe}: Content-Range {response.headers.get('content-range')!r} does not match"

@@ -13,13 +13,16 @@
 What counts as sequential (mountpoint-s3 / hf-mount rules, adapted to the kernel's readahead):
 
 * a read starting at offset 0 of a fresh handle (``cp``, ``cat``, ``md5sum`` start there);
-* a read starting within ``back_tolerance`` before or exactly at the end of the previous read —
-  kernel readahead requests arrive slightly out of order;
-* while a stream is live, a forward skip of up to ``forward_tolerance`` (the data is probably
-  already in flight, so skipping a little is cheaper than resetting).
+* a read starting exactly where the previous one ended;
+* while a stream is live, a read starting up to ``back_tolerance`` before the end of the previous
+  read (kernel readahead requests arrive slightly out of order) or a forward skip of up to
+  ``forward_tolerance`` (the data is probably already in flight, so skipping a little is cheaper
+  than resetting).
 
-Anything else is a seek: the window collapses to zero and the handle is in random mode until two
-reads in a row are sequential again (one coincidence is not a stream).
+Anything else is a seek: the window collapses to zero and the handle is in random mode until a
+read continues exactly where the previous one ended (random reads almost never do). A read that
+lies wholly inside the last ``back_tolerance`` bytes (a late readahead request, a re-read) neither
+advances nor resets the stream.
 
 :func:`split_parts` cuts the range to prefetch into parts fetched in parallel: the part size grows
 with the window (a quarter of it, so even a small window is four parallel requests) up to
@@ -95,8 +98,9 @@ class AccessPattern:
             self.last_end = end
         # "behind" (a late readahead request, a re-read just behind us) changes nothing.
 
-        # A fresh handle reading from 0 streams at once; elsewhere two sequential reads in a row.
-        streaming = self.streak >= 2 or (kind == "advance" and offset == 0 and self.streak == 1)
+        # A fresh handle reading from 0 streams at once (streak 1); after a seek, the first read
+        # that continues where the previous one ended does.
+        streaming = self.streak >= 1
         if streaming or (kind == "behind" and self.window > 0):
             if kind == "advance":
                 self.window = cfg.first_window if self.window == 0 else self.window * cfg.growth
@@ -115,10 +119,14 @@ class AccessPattern:
         cfg = self.config
         if self.last_end is None:
             return "advance" if offset == 0 else "seek"
+        if self.window == 0:
+            # No live stream: only an exact continuation starts one. The tolerances below exist for
+            # the kernel's readahead *within* a stream; applied to random reads they would turn
+            # every read that happens to land near the previous one into a 1 MiB prefetch.
+            return "advance" if offset == self.last_end else "seek"
         if self.last_end - cfg.back_tolerance <= offset <= self.last_end:
             return "advance" if end > self.last_end else "behind"
-        live = self.window > 0
-        if live and self.last_end < offset <= self.last_end + cfg.forward_tolerance:
+        if self.last_end < offset <= self.last_end + cfg.forward_tolerance:
             return "advance"
         return "seek"
 

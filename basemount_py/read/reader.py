@@ -55,22 +55,21 @@ _NOT_STARTED = RuntimeError("prefetch cancelled before it started")
 class _InFlight:
     """One ranged fetch of blocks ``[first, last)``; waiters block on ``done``."""
 
-    __slots__ = ("file_id", "first", "last", "prefetch", "done", "data", "error", "block_size")
+    __slots__ = ("file_id", "first", "last", "prefetch", "done", "blocks", "error")
 
-    def __init__(self, file_id: str, first: int, last: int, block_size: int, prefetch: bool):
+    def __init__(self, file_id: str, first: int, last: int, prefetch: bool):
         self.file_id = file_id
         self.first = first
         self.last = last
-        self.block_size = block_size
         self.prefetch = prefetch
         self.done = trio.Event()
-        self.data: bytes | None = None
+        # On success, one entry per block: the very objects put in the cache (no second copy).
+        self.blocks: list[bytes | memoryview] | None = None
         self.error: BaseException | None = None
 
-    def block(self, index: int) -> memoryview:
-        assert self.data is not None
-        start = (index - self.first) * self.block_size
-        return memoryview(self.data)[start : start + self.block_size]
+    def block(self, index: int) -> bytes | memoryview:
+        assert self.blocks is not None
+        return self.blocks[index - self.first]
 
 
 class ReadManager:
@@ -119,7 +118,16 @@ class ReadManager:
     async def __aexit__(self, *exc: object) -> bool | None:
         await self.aclose()
         stack, self._stack = self._stack, None
-        return await stack.__aexit__(*exc) if stack is not None else None
+        if stack is None:
+            return None
+        try:
+            return await stack.__aexit__(*exc)
+        except BaseExceptionGroup as group:
+            # The nursery wraps the body's own exception in a group; hand the caller the original
+            # (prefetch tasks never raise, so the group holds nothing else).
+            if exc[1] is not None and group.exceptions == (exc[1],):
+                return False
+            raise
 
     async def aclose(self) -> None:
         """Cancel every prefetch and wait until none is left running (idempotent)."""
@@ -156,11 +164,17 @@ class ReadManager:
 
     # -- fetching ----------------------------------------------------------------------------
 
-    def _register(self, file_id: str, size: int, first: int, last: int, prefetch: bool) -> tuple[_InFlight, int]:
+    def _register(self, file_id: str, size: int, first: int, last: int, prefetch: bool) -> tuple[_InFlight, int] | None:
+        """Reserve memory for blocks ``[first, last)`` and mark them in flight.
+
+        Returns the fetch and the bytes reserved (0: a demand fetch served uncached), or None for a
+        prefetch that does not fit in the cache bound (it is skipped)."""
         bs = self.config.block_size
-        flight = _InFlight(file_id, first, last, bs, prefetch)
         nbytes = min(size, last * bs) - first * bs
         reserved = nbytes if self.cache.reserve(nbytes) else 0
+        if prefetch and not reserved:
+            return None
+        flight = _InFlight(file_id, first, last, prefetch)
         for index in range(first, last):
             self._inflight[(file_id, index)] = flight
         return flight, reserved
@@ -181,28 +195,34 @@ class ReadManager:
                 raise ProtocolError(
                     f"file {flight.file_id}: asked for {end - start} bytes at {start}, got {len(data)}"
                 )
-            data = bytes(data)
             self._counters["bytes_fetched"] += len(data)
             if flight.prefetch:
                 self._counters["prefetch_bytes"] += len(data)
-            flight.data = data
+            view = memoryview(data)
             if reserved:
-                view = memoryview(data)
-                for index in range(flight.first, flight.last):
-                    offset = (index - flight.first) * bs
-                    self.cache.put_reserved((flight.file_id, index), bytes(view[offset : offset + bs]))
+                # Cached blocks are copies, so evicting one frees its memory; the whole response
+                # is dropped right after (a few MiB copied once, not per reader).
+                flight.blocks = [bytes(view[o : o + bs]) for o in range(0, len(data), bs)]
+                for index, block in enumerate(flight.blocks, flight.first):
+                    self.cache.put_reserved((flight.file_id, index), block)
                 reserved = 0
+            else:
+                flight.blocks = [view[o : o + bs] for o in range(0, len(data), bs)]
         except BaseException as exc:
             if not isinstance(exc, trio.Cancelled):
                 self._counters["fetch_errors"] += 1
             flight.error = exc
             raise
         finally:
-            self.cache.release(reserved)
-            for index in range(flight.first, flight.last):
-                if self._inflight.get((flight.file_id, index)) is flight:
-                    del self._inflight[(flight.file_id, index)]
-            flight.done.set()
+            self._finish(flight, reserved)
+
+    def _finish(self, flight: _InFlight, reserved: int) -> None:
+        """Release what a fetch still holds and wake its waiters (success, failure or cancel)."""
+        self.cache.release(reserved)
+        for index in range(flight.first, flight.last):
+            if self._inflight.get((flight.file_id, index)) is flight:
+                del self._inflight[(flight.file_id, index)]
+        flight.done.set()
 
     def _missing_runs(self, file_id: str, first: int, last: int) -> list[tuple[int, int]]:
         """Maximal runs of blocks in ``[first, last)`` neither cached nor in flight."""
@@ -226,12 +246,10 @@ class ReadManager:
             return False
         bs = self.config.block_size
         for first, last in self._missing_runs(reader.file_id, start // bs, -(-end // bs)):
-            nbytes = min(reader.size, last * bs) - first * bs
-            if not self.cache.reserve(nbytes):
+            registered = self._register(reader.file_id, reader.size, first, last, prefetch=True)
+            if registered is None:
                 return False  # no room: the reader's demand reads will fetch what it needs
-            flight = _InFlight(reader.file_id, first, last, bs, prefetch=True)
-            for index in range(first, last):
-                self._inflight[(reader.file_id, index)] = flight
+            flight, nbytes = registered
             scope = trio.CancelScope()
             reader._scopes.add(scope)
             self._scopes.add(scope)
@@ -250,13 +268,9 @@ class ReadManager:
             log.debug("prefetch of %s blocks %d-%d failed: %s", flight.file_id, flight.first, flight.last, exc)
             reader._prefetch_failed(flight.first * self.config.block_size)
         finally:
-            if not flight.done.is_set():  # cancelled before _run started: clean up its registration
-                self.cache.release(reserved)
-                for index in range(flight.first, flight.last):
-                    if self._inflight.get((flight.file_id, index)) is flight:
-                        del self._inflight[(flight.file_id, index)]
+            if not flight.done.is_set():  # cancelled before _run started: undo its registration
                 flight.error = _NOT_STARTED
-                flight.done.set()
+                self._finish(flight, reserved)
             reader._scopes.discard(scope)
             self._scopes.discard(scope)
             self._prefetch_tasks -= 1
@@ -310,7 +324,9 @@ class ReadManager:
                 # Someone registered these blocks meanwhile (tasks start after a checkpoint):
                 # leave them to the next round, which joins that fetch instead of duplicating it.
                 return
-            flight, reserved = self._register(reader.file_id, reader.size, first, last, prefetch=False)
+            registered = self._register(reader.file_id, reader.size, first, last, prefetch=False)
+            assert registered is not None  # demand fetches always register, cached or not
+            flight, reserved = registered
             await self._run(flight, reader.size, reserved)
             for index in range(first, last):
                 got[index] = flight.block(index)
@@ -320,7 +336,7 @@ class ReadManager:
     def _wait_job(self, flight: _InFlight, got: dict) -> Callable[[], Awaitable[None]]:
         async def job() -> None:
             await flight.done.wait()
-            if flight.data is not None:
+            if flight.blocks is not None:
                 for index in range(flight.first, flight.last):
                     got.setdefault(index, flight.block(index))
             elif not flight.prefetch and isinstance(flight.error, Exception):

@@ -1,0 +1,763 @@
+"""Starlette routes of the BaseSpace API emulator.
+
+``Emulator`` holds the state (account model, token, knobs, counters, device-flow codes,
+content-URL signer); ``build_app(emulator)`` returns the ASGI app.
+
+Every route goes through ``_endpoint`` which, in this order: counts the request under its route
+template, applies ``latency_ms``, asks the ``FaultInjector`` for a fault (500/503/429 answer at
+once; an API "stall" delays the answer; reset/truncate/stall of a body are handed to the
+``StreamResponse``), checks the token (API routes), runs the handler, and adds ``X-Request-ID``
+and ``Cache-Control: no-cache``.  Debug routes under ``/_emulator`` and the browser page of the
+device flow bypass faults and auth (the emulator is meant for loopback only).
+
+Model lookups only go through id -> entity maps built at load time, so request paths never
+become file-system paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import secrets
+import time
+import uuid
+from collections import OrderedDict
+from email.utils import formatdate
+from typing import Any, Awaitable, Callable
+from urllib.parse import parse_qs
+
+from starlette.requests import Request
+from starlette.routing import Route, Router
+
+from . import render
+from .account import Account, AccountError, Entity, FileEntry, bs_date, load_account, resolve_token
+from .content import ContentSigner, StreamResponse, file_body, parse_range, xml_error
+from .knobs import Counters, FaultInjector, KnobError, Knobs
+
+__all__ = ["Emulator", "build_app", "UNAUTHORIZED_BODY"]
+
+UNAUTHORIZED_BODY = {
+    "ResponseStatus": {
+        "ErrorCode": "BASESPACE.COMMON.UNAUTHORIZED",
+        "Message": "Please sign in to access this resource.",
+    },
+    "Notifications": [],
+}
+V1_LIMIT_MAX = 1024
+FILES_LIMIT_MAX = 1000
+DEFAULT_LIMIT = 10
+MAX_FORM_BYTES = 64 * 1024
+MAX_DEVICE_CODES = 1000
+MAX_ISSUED_TOKENS = 1000
+DEVICE_CODE_LIFETIME = 1800
+DEFAULT_SCOPES = ["BROWSE GLOBAL", "READ GLOBAL", "CREATE GLOBAL", "MOVETOTRASH GLOBAL", "START APPLICATIONS"]
+
+Handler = Callable[["Emulator", Request], Awaitable[StreamResponse]]
+
+
+class Emulator:
+    """All mutable state of one emulator process."""
+
+    def __init__(self, data_dir: str, token: str | None = None, knobs: Knobs | None = None):
+        self.data_dir = data_dir
+        self.account: Account = load_account(data_dir)
+        self.token = resolve_token(data_dir, token)
+        self.knobs = knobs or Knobs()
+        self.faults = FaultInjector(self.knobs)
+        self.counters = Counters()
+        self.signer = ContentSigner()
+        self.started = time.time()
+        # device flow: device_code -> state; issued tokens -> info (both bounded, oldest dropped)
+        self.device_codes: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.issued: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def reload(self) -> None:
+        """Re-read the folder; existing entities keep their ids.  On error the old model stays."""
+        self.account = load_account(self.data_dir, previous=self.account.ids)
+
+    def token_info(self, token: str | None) -> dict[str, Any] | None:
+        if not token:
+            return None
+        if secrets.compare_digest(token.encode(), self.token.encode()):
+            return {"client_id": "emulator", "scope": DEFAULT_SCOPES, "created": self.started}
+        return self.issued.get(token)
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _json_bytes(obj: Any) -> bytes:
+    try:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates from an .entity.json: escape them instead
+        return json.dumps(obj, separators=(",", ":")).encode("ascii")
+
+
+def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> StreamResponse:
+    h = {"Content-Type": "application/json; charset=utf-8"}
+    h.update(headers or {})
+    return StreamResponse(status, h, _json_bytes(obj))
+
+
+def html_response(text: str, status: int = 200) -> StreamResponse:
+    return StreamResponse(status, {"Content-Type": "text/html; charset=utf-8"}, text.encode())
+
+
+def xml_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> StreamResponse:
+    h = {"Content-Type": "application/xml"}
+    h.update(headers or {})
+    return StreamResponse(status, h, xml_error(code, message))
+
+
+def envelope(response: Any) -> dict[str, Any]:
+    return {"Response": response, "ResponseStatus": {}, "Notifications": []}
+
+
+def error_status(status: int, code: str | None, message: str, notifications: list | None = None) -> StreamResponse:
+    rs: dict[str, Any] = {"Message": message}
+    if code:
+        rs = {"ErrorCode": code, "Message": message}
+    return json_response({"ResponseStatus": rs, "Notifications": notifications or []}, status)
+
+
+def forbidden(type_name: str, item: str) -> StreamResponse:
+    return error_status(
+        403,
+        "BASESPACE.COMMON.INSUFFICIENT_RESOURCE_PERMISSIONS",
+        f"Sorry but this requires READ access to this {type_name} resource.",
+        [{"Type": "error", "Item": f"{type_name} {item}"}],
+    )
+
+
+def not_found() -> StreamResponse:
+    return error_status(
+        404, None, "This isn't a recognized path. Please check the documentation at https://developer.basespace.illumina.com"
+    )
+
+
+class BadRequest(Exception):
+    pass
+
+
+def params(request: Request) -> dict[str, str]:
+    """Query parameters with lower-case names (BaseSpace accepts any case)."""
+    return {k.lower(): v for k, v in request.query_params.items()}
+
+
+def _int_param(p: dict[str, str], name: str, default: int) -> int:
+    raw = p.get(name.lower())
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer, not {raw!r}") from None
+    if value < 0:
+        raise BadRequest(f"{name} must be >= 0")
+    return value
+
+
+def _id_key(value: str) -> tuple:
+    return (0, int(value), "") if value.isdigit() else (1, 0, value)
+
+
+def _sort_key(item: Entity | FileEntry, field: str) -> Any:
+    if field == "Id":
+        return _id_key(item.id)
+    if field == "Name":
+        return (item.name, _id_key(item.id))
+    if field == "DateCreated":
+        if isinstance(item, FileEntry):
+            return (bs_date(item.mtime), _id_key(item.id))
+        return (str(item.overrides.get("DateCreated", bs_date(item.created))), _id_key(item.id))
+    if field == "Path":
+        return (item.path, _id_key(item.id))  # type: ignore[union-attr]
+    if field == "Size":
+        return (item.size, _id_key(item.id))  # type: ignore[union-attr]
+    raise AssertionError(field)
+
+
+def paged(
+    emulator: Emulator,
+    request: Request,
+    items: list,
+    render_item: Callable[[Any], dict[str, Any]],
+    *,
+    files: bool = False,
+    v2: bool = False,
+) -> StreamResponse:
+    """Sort, page and wrap a listing (v1pre3 or v2 envelope)."""
+    p = params(request)
+    offset = _int_param(p, "Offset", 0)
+    cap = FILES_LIMIT_MAX if files else V1_LIMIT_MAX
+    limit = min(_int_param(p, "Limit", DEFAULT_LIMIT), cap)
+    allowed = ["Id", "Name", "DateCreated"] + (["Path", "Size"] if files else [])
+    by_lower = {a.lower(): a for a in allowed}
+    sort_by = by_lower.get(p.get("sortby", "Id").lower())
+    if sort_by is None:
+        raise BadRequest(f"SortBy must be one of {', '.join(allowed)}")
+    sort_dir = {"asc": "Asc", "desc": "Desc"}.get(p.get("sortdir", "Asc").lower())
+    if sort_dir is None:
+        raise BadRequest("SortDir must be Asc or Desc")
+    ordered = sorted(items, key=lambda i: _sort_key(i, sort_by), reverse=sort_dir == "Desc")
+    count = limit
+    if emulator.knobs.short_pages and limit > 0:
+        count = limit // 2 + 1
+    page = [render_item(i) for i in ordered[offset : offset + min(count, limit)]]
+    meta = {
+        "DisplayedCount": len(page),
+        "TotalCount": len(items),
+        "Offset": offset,
+        "Limit": limit,
+        "SortDir": sort_dir,
+        "SortBy": sort_by,
+    }
+    if v2:
+        return json_response({"Items": page, "Paging": meta})
+    return json_response(envelope({"Items": page, **meta}))
+
+
+def filter_files(files: list[FileEntry], directory: str | None, extensions: str | None) -> list[FileEntry]:
+    """``Directory``: files whose Path lies under it (recursively); ``Extensions``: name suffixes."""
+    out = files
+    if directory:
+        d = directory.strip().strip("/")
+        if d:
+            out = [f for f in out if f.path.startswith(d + "/")]
+    if extensions:
+        exts = [e.strip().lower() for e in extensions.split(",") if e.strip()]
+        exts = [e if e.startswith(".") else "." + e for e in exts]
+        if exts:
+            out = [f for f in out if f.name.lower().endswith(tuple(exts))]
+    return out
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url)
+
+
+def _request_token(request: Request) -> str | None:
+    token = request.headers.get("x-access-token")
+    if token:
+        return token.strip()
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    for k, v in request.query_params.items():
+        if k.lower() == "access_token":
+            return v
+    return None
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """A small urlencoded form body (parsed here: starlette's form parser needs python-multipart)."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise BadRequest("request body too large")
+    try:
+        parsed = parse_qs(body.decode("utf-8"), keep_blank_values=True)
+    except UnicodeDecodeError:
+        raise BadRequest("form body is not UTF-8") from None
+    form = {k: v[0] for k, v in parsed.items()}
+    # clients may also send the fields as query parameters
+    for k, v in request.query_params.items():
+        form.setdefault(k, v)
+    return form
+
+
+# -- the endpoint wrapper --------------------------------------------------------------------
+
+
+def _endpoint(emulator: Emulator, template: str, handler: Handler, *, scope: str = "api", auth: bool = True):
+    async def endpoint(request: Request) -> StreamResponse:
+        em = emulator
+        method = request.method
+        em.counters.request(f"{method} {template}")
+        k = em.knobs
+        fault = None
+        if scope != "none":  # "none": the browser page and unknown paths get no latency/faults
+            if k.latency_ms > 0:
+                await asyncio.sleep(k.latency_ms / 1000)
+            fault = em.faults.decide(scope)
+        if fault is not None:
+            em.counters.fault(fault)
+        response: StreamResponse
+        if fault in ("500", "503"):
+            response = _server_error(int(fault), scope)
+            fault = None
+        elif fault == "429":
+            response = _throttled(k.retry_after, scope)
+            fault = None
+        else:
+            if fault == "stall" and scope == "api":
+                await asyncio.sleep(k.stall_seconds)
+                fault = None
+            if auth and em.token_info(_request_token(request)) is None:
+                response = json_response(UNAUTHORIZED_BODY, 401)
+            else:
+                try:
+                    response = await handler(em, request)
+                except BadRequest as exc:
+                    response = error_status(400, "BASESPACE.COMMON.BAD_REQUEST", str(exc))
+        response.headers.setdefault("X-Request-ID", str(uuid.uuid4()))
+        response.headers.setdefault("Cache-Control", "no-cache")
+        if method == "HEAD":
+            response.send_body = False
+            response.fault = None
+        else:
+            response.fault = fault
+        response.stall_seconds = k.stall_seconds
+        response.bandwidth = k.conn_bandwidth * 1_000_000
+        return response
+
+    return endpoint
+
+
+def _server_error(status: int, scope: str) -> StreamResponse:
+    if scope == "content":
+        code = "InternalError" if status == 500 else "SlowDown"
+        return xml_response(status, code, "We encountered an internal error. Please try again. (injected)")
+    return error_status(status, "BASESPACE.COMMON.INTERNAL_ERROR", f"Injected server error {status}")
+
+
+def _throttled(retry_after: float, scope: str) -> StreamResponse:
+    value = f"{retry_after:g}"
+    if scope == "content":
+        return xml_response(429, "SlowDown", "Please reduce your request rate. (injected)", {"Retry-After": value})
+    r = error_status(429, "BASESPACE.COMMON.TOO_MANY_REQUESTS", "Too many requests; retry later (injected)")
+    r.headers["Retry-After"] = value
+    return r
+
+
+# -- v1pre3 handlers -------------------------------------------------------------------------
+
+
+def _get(em: Emulator, kind: str, request: Request, key: str = "id") -> Entity:
+    entity = em.account.get(kind, request.path_params[key])
+    if entity is None:
+        raise _Forbidden(render.type_name(kind), request.path_params[key])
+    return entity
+
+
+class _Forbidden(Exception):
+    def __init__(self, type_name: str, item: str):
+        self.type_name, self.item = type_name, item
+
+
+def _v1_entity(kind: str) -> Handler:
+    async def handler(em: Emulator, request: Request) -> StreamResponse:
+        e = _get(em, kind, request)
+        v1 = render.V1(em.account, _base(request))
+        body = v1.entity(e)
+        if kind == "appsession" and e.properties:
+            props = v1.properties(e)
+            body["Properties"] = {
+                "Items": props,
+                "DisplayedCount": len(props),
+                "TotalCount": len(props),
+                "Offset": 0,
+                "Limit": len(props),
+                "SortDir": "Asc",
+                "SortBy": "Name",
+            }
+        return json_response(envelope(body))
+
+    return handler
+
+
+async def users_current(em: Emulator, request: Request) -> StreamResponse:
+    return json_response(envelope(render.V1(em.account, _base(request)).user()))
+
+
+async def my_projects(em: Emulator, request: Request) -> StreamResponse:
+    v1 = render.V1(em.account, _base(request))
+    return paged(em, request, em.account.projects, v1.project)
+
+
+async def my_runs(em: Emulator, request: Request) -> StreamResponse:
+    v1 = render.V1(em.account, _base(request))
+    return paged(em, request, em.account.runs, v1.run)
+
+
+async def my_appsessions(em: Emulator, request: Request) -> StreamResponse:
+    v1 = render.V1(em.account, _base(request))
+    sessions = em.account.appsessions
+    wanted = params(request).get("output.projects")
+    if wanted:
+        ids = {x.strip() for x in wanted.split(",")}
+        sessions = [s for s in sessions if s.project is not None and s.project.id in ids]
+    return paged(em, request, sessions, v1.appsession)
+
+
+def _project_children(kind: str) -> Handler:
+    async def handler(em: Emulator, request: Request) -> StreamResponse:
+        project = _get(em, "project", request)
+        v1 = render.V1(em.account, _base(request))
+        group = em.account.samples if kind == "sample" else em.account.appresults
+        return paged(em, request, [e for e in group if e.project is project], getattr(v1, kind))
+
+    return handler
+
+
+def _entity_files(kind: str) -> Handler:
+    async def handler(em: Emulator, request: Request) -> StreamResponse:
+        e = _get(em, kind, request)
+        p = params(request)
+        files = filter_files(e.files, p.get("directory"), p.get("extensions"))
+        return paged(em, request, files, render.V1(em.account, _base(request)).file, files=True)
+
+    return handler
+
+
+def _entity_properties(kind: str) -> Handler:
+    async def handler(em: Emulator, request: Request) -> StreamResponse:
+        e = _get(em, kind, request)
+        props = render.V1(em.account, _base(request)).properties(e)
+        p = params(request)
+        offset = _int_param(p, "Offset", 0)
+        limit = min(_int_param(p, "Limit", DEFAULT_LIMIT * 100), V1_LIMIT_MAX)
+        items = props[offset : offset + limit]
+        return json_response(
+            envelope(
+                {
+                    "Items": items,
+                    "DisplayedCount": len(items),
+                    "TotalCount": len(props),
+                    "Offset": offset,
+                    "Limit": limit,
+                    "SortDir": "Asc",
+                    "SortBy": "Name",
+                }
+            )
+        )
+
+    return handler
+
+
+def _file(em: Emulator, request: Request) -> FileEntry:
+    f = em.account.files.get(request.path_params["id"])
+    if f is None:
+        raise _Forbidden("File", request.path_params["id"])
+    return f
+
+
+async def file_meta(em: Emulator, request: Request) -> StreamResponse:
+    return json_response(envelope(render.V1(em.account, _base(request)).file(_file(em, request))))
+
+
+async def file_content(em: Emulator, request: Request) -> StreamResponse:
+    f = _file(em, request)
+    url, expires = em.signer.url(_base(request), f.id, em.knobs.url_lifetime)
+    redirect = params(request).get("redirect", "true").lower()
+    if redirect == "meta":
+        return json_response(envelope({"Expires": bs_date(expires), "HrefContent": url, "SupportsRange": True}))
+    return StreamResponse(302, {"Location": url, "Content-Type": "text/plain"}, b"")
+
+
+# -- OAuth device flow -------------------------------------------------------------------------
+
+
+async def device_authorization(em: Emulator, request: Request) -> StreamResponse:
+    form = await _form(request)
+    if not form.get("client_id"):
+        return json_response({"error": "invalid_request", "error_description": "client_id is required"}, 400)
+    if form.get("response_type", "device_code") != "device_code":
+        return json_response({"error": "unsupported_response_type", "error_description": "use device_code"}, 400)
+    scope = [s.strip() for s in form.get("scope", "").split(",") if s.strip()] or DEFAULT_SCOPES
+    device_code = secrets.token_hex(16)
+    user_code = "".join(secrets.choice("BCDFGHJKLMNPQRSTVWXZ") for _ in range(8))
+    em.device_codes[device_code] = {
+        "user_code": user_code,
+        "client_id": form["client_id"],
+        "scope": scope,
+        "approved": False,
+        "expires": time.time() + DEVICE_CODE_LIFETIME,
+    }
+    while len(em.device_codes) > MAX_DEVICE_CODES:
+        em.device_codes.popitem(last=False)
+    base = _base(request)
+    return json_response(
+        {
+            "device_code": device_code,
+            "user_code": user_code,
+            "verification_uri": f"{base}oauth/device",
+            "verification_with_code_uri": f"{base}oauth/device?code={user_code}",
+            "expires_in": DEVICE_CODE_LIFETIME,
+            "interval": 1,
+        }
+    )
+
+
+async def device_token(em: Emulator, request: Request) -> StreamResponse:
+    form = await _form(request)
+    if form.get("grant_type") != "device":
+        return json_response({"error": "unsupported_grant_type", "error_description": "use grant_type=device"}, 400)
+    state = em.device_codes.get(form.get("code", ""))
+    if state is None:
+        return json_response({"error": "invalid_grant", "error_description": "unknown or used device code"}, 400)
+    if state["expires"] < time.time():
+        em.device_codes.pop(form["code"], None)
+        return json_response({"error": "expired_token", "error_description": "the device code expired"}, 400)
+    if not state["approved"]:
+        return json_response(
+            {"error": "authorization_pending", "error_description": "User has not yet approved the access request"}, 400
+        )
+    em.device_codes.pop(form["code"], None)  # a device code yields one token
+    token = secrets.token_hex(16)
+    em.issued[token] = {"client_id": state["client_id"], "scope": state["scope"], "created": time.time()}
+    while len(em.issued) > MAX_ISSUED_TOKENS:
+        em.issued.popitem(last=False)
+    return json_response({"access_token": token, "token_type": "Bearer", "expires_in": 31536000})
+
+
+async def device_page(em: Emulator, request: Request) -> StreamResponse:
+    code = params(request).get("code", "").strip().upper()
+    for state in em.device_codes.values():
+        if state["user_code"] == code and state["expires"] >= time.time():
+            state["approved"] = True
+            return html_response(
+                "<!doctype html><title>BaseSpace emulator</title>"
+                "<p>Access approved. You can return to your terminal.</p>"
+            )
+    return html_response("<!doctype html><title>BaseSpace emulator</title><p>Unknown or expired code.</p>", 404)
+
+
+async def token_current(em: Emulator, request: Request) -> StreamResponse:
+    token = _request_token(request) or ""
+    info = em.token_info(token) or {}
+    v1 = render.V1(em.account, _base(request))
+    client_id = str(info.get("client_id", "emulator"))
+    return json_response(
+        envelope(
+            {
+                "Id": hashlib.sha256(token.encode()).hexdigest()[:32],
+                "AccessToken": token[:4] + "…",
+                "Application": {
+                    "Id": client_id,
+                    "Href": f"v1pre3/applications/{client_id}",
+                    "Name": "BaseSpace API emulator" if client_id == "emulator" else client_id,
+                },
+                "UserResourceOwner": v1.user_compact(),
+                "Status": "Active",
+                "DateCreated": bs_date(info.get("created", em.started)),
+                "Scopes": list(info.get("scope", DEFAULT_SCOPES)),
+            }
+        )
+    )
+
+
+# -- v2 handlers ---------------------------------------------------------------------------------
+
+
+def _ids_param(p: dict[str, str], name: str) -> set[str] | None:
+    raw = p.get(name)
+    if raw is None or raw == "":
+        return None
+    return {x.strip() for x in raw.split(",") if x.strip()}
+
+
+async def v2_biosamples(em: Emulator, request: Request) -> StreamResponse:
+    a = em.account
+    items = a.biosamples
+    projects = _ids_param(params(request), "projectid")
+    if projects is not None:
+        with_datasets = {d.biosample.id for d in a.datasets if d.project and d.project.id in projects and d.biosample}
+        items = [
+            b for b in items if (b.default_project and b.default_project.id in projects) or b.id in with_datasets
+        ]
+    return paged(em, request, items, render.V2(a, _base(request)).biosample, v2=True)
+
+
+async def v2_biosample(em: Emulator, request: Request) -> StreamResponse:
+    return json_response(render.V2(em.account, _base(request)).biosample(_get(em, "biosample", request)))
+
+
+async def v2_datasets(em: Emulator, request: Request) -> StreamResponse:
+    a = em.account
+    p = params(request)
+    items = a.datasets
+    projects = _ids_param(p, "projectid")
+    if projects is not None:
+        items = [d for d in items if d.project is not None and d.project.id in projects]
+    biosamples = _ids_param(p, "inputbiosamples")
+    if biosamples is not None:
+        items = [d for d in items if d.biosample is not None and d.biosample.id in biosamples]
+    return paged(em, request, items, render.V2(a, _base(request)).dataset, v2=True)
+
+
+async def v2_project_datasets(em: Emulator, request: Request) -> StreamResponse:
+    project = _get(em, "project", request)
+    items = [d for d in em.account.datasets if d.project is project]
+    return paged(em, request, items, render.V2(em.account, _base(request)).dataset, v2=True)
+
+
+async def v2_dataset(em: Emulator, request: Request) -> StreamResponse:
+    return json_response(render.V2(em.account, _base(request)).dataset(_get(em, "dataset", request)))
+
+
+async def v2_dataset_files(em: Emulator, request: Request) -> StreamResponse:
+    d = _get(em, "dataset", request)
+    p = params(request)
+    files = filter_files(d.files, p.get("directory"), p.get("extensions"))
+    return paged(em, request, files, render.V2(em.account, _base(request)).file, files=True, v2=True)
+
+
+async def v2_file(em: Emulator, request: Request) -> StreamResponse:
+    return json_response(render.V2(em.account, _base(request)).file(_file(em, request)))
+
+
+# -- the content host --------------------------------------------------------------------------
+
+
+async def content(em: Emulator, request: Request) -> StreamResponse:
+    file_id = request.path_params["file_id"]
+    q = request.query_params
+    problem = em.signer.check(file_id, q.get("Expires"), q.get("Signature"))
+    if problem:
+        return xml_response(403, "AccessDenied", problem)
+    entry = em.account.files.get(file_id)
+    if entry is None:  # removed by a reload after the URL was issued
+        return xml_response(404, "NoSuchKey", "The specified key does not exist.")
+    headers = {
+        "Content-Type": entry.content_type,
+        "Accept-Ranges": "bytes",
+        "ETag": f'"{entry.etag}"',
+        "Last-Modified": formatdate(int(entry.mtime), usegmt=True),
+    }
+    rng = parse_range(request.headers.get("range"), entry.size)
+    if rng == "unsatisfiable":
+        headers["Content-Range"] = f"bytes */{entry.size}"
+        r = xml_response(416, "InvalidRange", "The requested range is not satisfiable")
+        r.headers.update({k: v for k, v in headers.items() if k != "Content-Type"})
+        return r
+    status = 200
+    start, end = 0, entry.size
+    if isinstance(rng, tuple):
+        start, end = rng
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{entry.size}"
+
+    def count(n: int) -> None:
+        em.counters.content_bytes += n
+
+    return StreamResponse(status, headers, file_body(entry, start, end), length=end - start, on_bytes=count)
+
+
+# -- debug endpoints ---------------------------------------------------------------------------
+
+
+async def debug_counters(em: Emulator, request: Request) -> StreamResponse:
+    return json_response(em.counters.to_dict())
+
+
+async def debug_counters_reset(em: Emulator, request: Request) -> StreamResponse:
+    em.counters.reset()
+    return json_response(em.counters.to_dict())
+
+
+async def debug_knobs(em: Emulator, request: Request) -> StreamResponse:
+    if request.method == "POST":
+        raw = await request.body()
+        try:
+            changes = json.loads(raw or b"{}")
+            em.knobs.merge(changes)
+        except (ValueError, KnobError) as exc:
+            return json_response({"error": str(exc)}, 400)
+    return json_response(em.knobs.to_dict())
+
+
+async def debug_reload(em: Emulator, request: Request) -> StreamResponse:
+    try:
+        em.reload()
+    except AccountError as exc:
+        return json_response({"error": str(exc)}, 400)
+    a = em.account
+    return json_response(
+        {"projects": len(a.projects), "runs": len(a.runs), "datasets": len(a.datasets), "files": len(a.files)}
+    )
+
+
+async def unknown_path(em: Emulator, request: Request) -> StreamResponse:
+    return not_found()
+
+
+# -- assembly ------------------------------------------------------------------------------------
+
+
+def build_app(emulator: Emulator) -> Router:
+    routes: list[tuple[str, str, Handler, dict[str, Any]]] = [
+        ("GET", "v1pre3/users/current", users_current, {}),
+        ("GET", "v1pre3/users/current/projects", my_projects, {}),
+        ("GET", "v1pre3/users/current/runs", my_runs, {}),
+        ("GET", "v1pre3/users/current/appsessions", my_appsessions, {}),
+        ("GET", "v1pre3/projects/{id}", _v1_entity("project"), {}),
+        ("GET", "v1pre3/projects/{id}/samples", _project_children("sample"), {}),
+        ("GET", "v1pre3/projects/{id}/appresults", _project_children("appresult"), {}),
+        ("GET", "v1pre3/files/{id}", file_meta, {}),
+        ("GET", "v1pre3/files/{id}/content", file_content, {}),
+        ("POST", "v1pre3/oauthv2/deviceauthorization", device_authorization, {"auth": False}),
+        ("POST", "v1pre3/oauthv2/token", device_token, {"auth": False}),
+        ("GET", "v1pre3/oauthv2/token/current", token_current, {}),
+        ("GET", "v2/biosamples", v2_biosamples, {}),
+        ("GET", "v2/biosamples/{id}", v2_biosample, {}),
+        ("GET", "v2/datasets", v2_datasets, {}),
+        ("GET", "v2/datasets/{id}", v2_dataset, {}),
+        ("GET", "v2/datasets/{id}/files", v2_dataset_files, {}),
+        ("GET", "v2/projects/{id}/datasets", v2_project_datasets, {}),
+        ("GET", "v2/files/{id}", v2_file, {}),
+    ]
+    for coll, kind in (("samples", "sample"), ("appresults", "appresult"), ("runs", "run"), ("appsessions", "appsession")):
+        routes.append(("GET", f"v1pre3/{coll}/{{id}}", _v1_entity(kind), {}))
+    for coll, kind in (("samples", "sample"), ("appresults", "appresult"), ("runs", "run")):
+        routes.append(("GET", f"v1pre3/{coll}/{{id}}/files", _entity_files(kind), {}))
+    for coll, kind in (
+        ("samples", "sample"),
+        ("appresults", "appresult"),
+        ("runs", "run"),
+        ("appsessions", "appsession"),
+        ("projects", "project"),
+    ):
+        routes.append(("GET", f"v1pre3/{coll}/{{id}}/properties", _entity_properties(kind), {}))
+
+    starlette_routes = []
+    for method, template, handler, opts in routes:
+        starlette_routes.append(
+            Route("/" + template, _endpoint(emulator, template, _forbidding(handler), **opts), methods=[method])
+        )
+    raw = {"auth": False, "scope": "none"}
+    starlette_routes += [
+        Route("/_content/{file_id}", _endpoint(emulator, "content", content, scope="content", auth=False), methods=["GET", "HEAD"]),
+        Route("/oauth/device", _endpoint(emulator, "oauth/device", device_page, **raw), methods=["GET"]),
+        Route("/_emulator/counters", _debug(emulator, debug_counters), methods=["GET"]),
+        Route("/_emulator/counters/reset", _debug(emulator, debug_counters_reset), methods=["POST"]),
+        Route("/_emulator/knobs", _debug(emulator, debug_knobs), methods=["GET", "POST"]),
+        Route("/_emulator/reload", _debug(emulator, debug_reload), methods=["POST"]),
+        Route(
+            "/{path:path}",
+            _endpoint(emulator, "unknown", unknown_path, **raw),
+            methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"],
+        ),
+    ]
+    return Router(routes=starlette_routes)
+
+
+def _forbidding(handler: Handler) -> Handler:
+    """Unknown or foreign ids answer 403 like BaseSpace (never 404, which leaks existence)."""
+
+    async def wrapped(em: Emulator, request: Request) -> StreamResponse:
+        try:
+            return await handler(em, request)
+        except _Forbidden as exc:
+            return forbidden(exc.type_name, exc.item)
+
+    return wrapped
+
+
+def _debug(emulator: Emulator, handler: Handler):
+    async def endpoint(request: Request) -> StreamResponse:
+        return await handler(emulator, request)
+
+    return endpoint

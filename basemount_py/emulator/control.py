@@ -1,0 +1,168 @@
+"""``EmulatorProcess``: run the emulator as a subprocess (for tests, benchmarks and the demo).
+
+The emulator runs in its own process (asyncio/uvicorn) so that trio-based clients under test
+never share an event loop with it, and so a restart or a kill is realistic.  Start-up uses
+``--port 0 --ready-file``: the child binds a free port and writes its base URL atomically once
+it accepts connections; we wait for that file (bounded) and fail with the child's output if it
+exits first.  Output goes to a log file (never a pipe nobody reads, which could block it).
+
+Knobs with a CLI option are passed on the command line; the others (``short_pages``,
+``fail_next``) are set through ``/_emulator/knobs`` right after start.  ``restart()`` reuses
+the same port and the constructor's knobs (runtime ``set_knobs`` changes are not carried over).
+The token is passed to the child but never printed or logged.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import httpx
+
+from .account import resolve_token
+from .cli import _KNOB_OPTIONS
+
+__all__ = ["EmulatorProcess", "EmulatorStartError"]
+
+START_TIMEOUT = 15.0
+
+
+class EmulatorStartError(RuntimeError):
+    pass
+
+
+class EmulatorProcess:
+    def __init__(self, data_dir: str | os.PathLike, token: str | None = None, port: int = 0, **knob_options: Any):
+        self.data_dir = os.fspath(data_dir)
+        self.token = resolve_token(self.data_dir, token)
+        self._explicit_token = token
+        self.port = port
+        self.knob_options = knob_options
+        self.url = ""
+        self._proc: subprocess.Popen | None = None
+        self._workdir = tempfile.mkdtemp(prefix="bs-emulator-")
+        self._log_path = os.path.join(self._workdir, "emulator.log")
+        self._http: httpx.Client | None = None
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> "EmulatorProcess":
+        if self._proc is not None:
+            raise RuntimeError("emulator already running")
+        ready = os.path.join(self._workdir, "ready")
+        if os.path.exists(ready):
+            os.unlink(ready)
+        cmd = [sys.executable, "-m", "basemount_py.emulator", "--data", self.data_dir, "--host", "127.0.0.1"]
+        cmd += ["--port", str(self.port), "--ready-file", ready]
+        if self._explicit_token:
+            cmd += ["--token", self._explicit_token]
+        runtime: dict[str, Any] = {}
+        for name, value in self.knob_options.items():
+            if name in _KNOB_OPTIONS:
+                cmd += [_KNOB_OPTIONS[name][0], str(value)]
+            elif name == "fault_scope":
+                cmd += ["--fault-scope", str(value)]
+            else:
+                runtime[name] = value
+        log = open(self._log_path, "ab")
+        try:
+            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        finally:
+            log.close()
+        deadline = time.monotonic() + START_TIMEOUT
+        while not os.path.exists(ready):
+            if self._proc.poll() is not None:
+                code = self._proc.returncode
+                self._proc = None
+                raise EmulatorStartError(f"emulator exited with status {code}: {self.log_tail()}")
+            if time.monotonic() > deadline:
+                self._kill()
+                raise EmulatorStartError(f"emulator not ready after {START_TIMEOUT:g} s: {self.log_tail()}")
+            time.sleep(0.02)
+        with open(ready) as f:
+            self.url = f.read().strip()
+        self.port = int(self.url.rstrip("/").rsplit(":", 1)[1])
+        self._http = httpx.Client(base_url=self.url, timeout=10)
+        if runtime:
+            self.set_knobs(**runtime)
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 5 s."""
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def _kill(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+
+    def restart(self) -> "EmulatorProcess":
+        """Stop and start again on the same port."""
+        self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+    def __enter__(self) -> "EmulatorProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self._proc is None else self._proc.poll()
+
+    def log_tail(self, limit: int = 2000) -> str:
+        try:
+            with open(self._log_path, "rb") as f:
+                data = f.read()
+        except OSError:
+            return ""
+        return data[-limit:].decode("utf-8", "replace").strip()
+
+    # -- debug endpoints ------------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, **kw: Any) -> Any:
+        if self._http is None:
+            raise RuntimeError("emulator is not running")
+        response = self._http.request(method, path, **kw)
+        if response.status_code != 200:
+            raise ValueError(f"{method} {path}: {response.status_code} {response.text}")
+        return response.json()
+
+    def set_knobs(self, **knobs: Any) -> dict[str, Any]:
+        return self._call("POST", "_emulator/knobs", json=knobs)
+
+    def knobs(self) -> dict[str, Any]:
+        return self._call("GET", "_emulator/knobs")
+
+    def counters(self) -> dict[str, Any]:
+        return self._call("GET", "_emulator/counters")
+
+    def reset_counters(self) -> None:
+        self._call("POST", "_emulator/counters/reset")
+
+    def reload(self) -> dict[str, Any]:
+        return self._call("POST", "_emulator/reload")

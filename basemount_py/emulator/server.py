@@ -1,0 +1,118 @@
+"""Run the emulator app with uvicorn on a socket we bind ourselves.
+
+Binding first (``--port 0`` = a free port) lets us print the real URL and write the ready file
+only once the socket accepts connections, with no race.  ``SO_REUSEADDR`` lets
+``EmulatorProcess.restart()`` bind the same port again right after a stop.
+
+The protocol class extends uvicorn's httptools protocol by one thing only: it records each
+connection's transport by client address (``content.TRANSPORTS``) so the "reset" fault can
+send a real TCP RST.  uvicorn handles SIGINT/SIGTERM (graceful shutdown, bounded to 2 s so a
+stalled stream cannot hold the exit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import sys
+import tempfile
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from .app import Emulator, build_app
+from .content import TRANSPORTS
+
+__all__ = ["bind_socket", "serve", "write_ready_file"]
+
+
+class _TrackingProtocol(HttpToolsProtocol):
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if self.client:
+            TRANSPORTS[tuple(self.client)] = transport
+
+    def connection_lost(self, exc) -> None:
+        if self.client:
+            TRANSPORTS.pop(tuple(self.client), None)
+        super().connection_lost(exc)
+
+
+class _QuietFaults(logging.Filter):
+    """Injected resets/truncations end responses early on purpose: not an error worth a log line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if "returned without completing response" in msg:
+            return False
+        if record.exc_info and type(record.exc_info[1]).__name__ == "AbortConnection":
+            return False
+        return True
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def write_ready_file(path: str, content: str) -> None:
+    """Atomically (write + rename) so a poller never reads a half-written URL."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ready-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(content + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def serve(emulator: Emulator, sock: socket.socket, *, ready_file: str | None = None, banner: str = "") -> None:
+    """Serve until SIGINT/SIGTERM (blocking)."""
+    host, port = sock.getsockname()[:2]
+    shown_host = f"[{host}]" if ":" in host else host
+    base_url = f"http://{shown_host}:{port}"
+    config = uvicorn.Config(
+        build_app(emulator),
+        http=_TrackingProtocol,
+        loop="uvloop",
+        lifespan="off",
+        access_log=False,  # an access log would show access_token query parameters
+        log_level="warning",
+        timeout_graceful_shutdown=2,
+        timeout_keep_alive=30,
+    )
+    server = uvicorn.Server(config)
+    for name in ("uvicorn.error", "uvicorn"):
+        logging.getLogger(name).addFilter(_QuietFaults())
+
+    async def main() -> None:
+        async def announce() -> None:
+            while not server.started:
+                await asyncio.sleep(0.01)
+            print(f"{banner} at {base_url}" if banner else base_url, flush=True)
+            if ready_file:
+                write_ready_file(ready_file, base_url + "/")
+
+        task = asyncio.ensure_future(announce())
+        await server.serve(sockets=[sock])
+        task.cancel()
+
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:  # pragma: no cover - uvloop is a declared dependency
+        asyncio.run(main())
+    sys.stdout.flush()

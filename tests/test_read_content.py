@@ -1,0 +1,201 @@
+"""ContentSource against the real emulator over loopback: exact ranges, URL expiry, every fault
+kind, bounded failure; plus the full read path (ReadManager over ContentSource)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import datetime, timezone
+
+import pytest
+import trio
+
+from basemount_py.api.client import BaseSpaceClient
+from basemount_py.api.errors import ApiError, NetworkError, ProtocolError, ServerError
+from basemount_py.api.retry import RetryPolicy
+from basemount_py.emulator.synthetic import synthetic_bytes
+from basemount_py.read import ContentSource, ReadManager
+from basemount_py.read.content import parse_expires
+
+from conftest import write_file, write_synthetic
+
+KiB, MiB = 1024, 1024 * 1024
+BIG_SIZE, BIG_SEED = 5 * MiB + 3, 42
+SMALL = b"@read1\nACGT\n+\nIIII\n" * 100
+# Small timeouts so faults cost tenths of seconds: 1 s stall timeout, 20 ms-scale backoff.
+POLICY = RetryPolicy(attempts=5, base_delay=0.01, max_delay=0.05, request_timeout=1.0, deadline=20.0)
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    from basemount_py.emulator.control import EmulatorProcess
+
+    account = tmp_path_factory.mktemp("content") / "account"
+    files = account / "Projects" / "P1" / "Samples" / "S1" / "Files"
+    write_synthetic(files / "big.bin", BIG_SIZE, BIG_SEED)
+    write_synthetic(files / "other.bin", 3 * MiB, 7)
+    write_file(files / "reads" / "small.fastq", SMALL)
+    with EmulatorProcess(account) as process:
+        yield process
+
+
+@pytest.fixture
+async def api(emulator):
+    emulator.set_knobs(fail_next=[], url_lifetime=7 * 24 * 3600.0, retry_after=0.05, stall_seconds=2.0)
+    client = BaseSpaceClient(emulator.url, emulator.token, policy=POLICY)
+    yield client
+    await client.aclose()
+    emulator.set_knobs(fail_next=[])
+
+
+@pytest.fixture
+async def file_ids(api):
+    ids = {}
+    for project in await api.list_all("v1pre3/users/current/projects"):
+        for sample in await api.list_all(f"v1pre3/projects/{project['Id']}/samples"):
+            for item in await api.list_all(f"v1pre3/samples/{sample['Id']}/files"):
+                ids[item["Name"]] = (item["Id"], int(item["Size"]))
+    assert ids["big.bin"][1] == BIG_SIZE and ids["small.fastq"][1] == len(SMALL)
+    return {name: value[0] for name, value in ids.items()}
+
+
+def big(start: int, end: int) -> bytes:
+    return synthetic_bytes(BIG_SEED, start, end - start)
+
+
+def test_expires_parsing_accepts_basespace_and_iso_forms():
+    assert parse_expires("2026-11-29T21:00:00.0000000Z") == parse_expires("2026-11-29T21:00:00Z")
+    epoch = datetime(2026, 11, 29, 21, 0, 0, tzinfo=timezone.utc).timestamp()
+    assert parse_expires("2026-11-29T21:00:00Z") == epoch
+    assert parse_expires("2026-11-29T22:00:00.5+01:00") == epoch + 0.5
+    assert parse_expires("2026-11-29T21:00:00.2500000Z") == epoch + 0.25
+    assert parse_expires("2026-11-29T21:00:00") == epoch  # no zone: BaseSpace times are UTC
+    assert parse_expires("soon") is None and parse_expires(None) is None
+
+
+async def test_exact_ranges_including_eof(api, file_ids):
+    source = ContentSource(api, policy=POLICY)
+    try:
+        fid = file_ids["big.bin"]
+        for start, end in [(0, 1), (0, 64 * KiB), (MiB - 5, MiB + 5), (BIG_SIZE - 10, BIG_SIZE), (0, BIG_SIZE)]:
+            assert await source.fetch(fid, start, end) == big(start, end)
+        assert await source.fetch(fid, 100, 100) == b""
+        small = file_ids["small.fastq"]
+        assert await source.fetch(small, 0, len(SMALL)) == SMALL
+        assert await source.fetch(small, 7, 19) == SMALL[7:19]
+        assert source.stats["url_resolves"] == 2  # one per file: the URL is cached
+        assert source.stats["range_requests"] == 7 and source.stats["retries"] == 0
+        # Past EOF is an error with a clear message, never a short result.
+        with pytest.raises(ProtocolError, match="only"):
+            await source.fetch(fid, BIG_SIZE - 10, BIG_SIZE + 10)
+        with pytest.raises(ApiError) as info:
+            await source.fetch(fid, BIG_SIZE, BIG_SIZE + 1)
+        assert info.value.status == 416
+        with pytest.raises(ValueError):
+            await source.fetch(fid, 10, 5)
+        assert "x-access-token" not in source._http.headers  # the signed URL is the credential
+    finally:
+        await source.aclose()
+
+
+async def test_concurrent_fetches_share_one_url_resolution(api, file_ids):
+    source = ContentSource(api, policy=POLICY)
+    fid = file_ids["other.bin"]
+    results = {}
+
+    async def get(i: int) -> None:
+        results[i] = await source.fetch(fid, i * 100 * KiB, (i + 1) * 100 * KiB)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(8):
+            nursery.start_soon(get, i)
+    for i in range(8):
+        assert results[i] == synthetic_bytes(7, i * 100 * KiB, 100 * KiB)
+    assert source.stats["url_resolves"] == 1
+    await source.aclose()
+
+
+async def test_short_lived_urls_are_renewed_before_they_expire(api, emulator, file_ids):
+    emulator.set_knobs(url_lifetime=2)
+    source = ContentSource(api, policy=POLICY)
+    fid = file_ids["big.bin"]
+    assert await source.fetch(fid, 0, 1000) == big(0, 1000)
+    await trio.sleep(1.1)  # past half the URL's life: renewed proactively, no 403 round trip
+    assert await source.fetch(fid, 1000, 2000) == big(1000, 2000)
+    assert source.stats["url_resolves"] == 2 and source.stats["expired_urls"] == 0
+    await source.aclose()
+
+
+async def test_an_expired_url_is_re_resolved_transparently(api, emulator, file_ids):
+    # A client clock running behind (modelled by a negative margin) keeps using a URL the content
+    # host already considers expired: the 403 must lead to one re-resolution and the right bytes.
+    emulator.set_knobs(url_lifetime=1)
+    source = ContentSource(api, policy=POLICY, url_refresh_margin=-30)
+    fid = file_ids["big.bin"]
+    assert await source.fetch(fid, 0, 10) == big(0, 10)
+    await trio.sleep(1.5)
+    assert await source.fetch(fid, 2 * MiB, 3 * MiB) == big(2 * MiB, 3 * MiB)
+    assert source.stats["expired_urls"] == 1 and source.stats["url_resolves"] == 2
+    await source.aclose()
+
+
+@pytest.mark.parametrize("kind", ["500", "503", "429", "reset", "truncate", "stall"])
+async def test_each_fault_kind_is_retried_to_the_exact_bytes(api, emulator, file_ids, kind, caplog):
+    caplog.set_level(logging.DEBUG)
+    source = ContentSource(api, policy=POLICY)
+    fid = file_ids["big.bin"]
+    assert await source.fetch(fid, 0, 10) == big(0, 10)  # resolve first: faults hit content only
+    emulator.set_knobs(fail_next=[{"kind": kind, "count": 2, "scope": "content"}])
+    start, end = 1 * MiB + 17, 4 * MiB - 5
+    assert await source.fetch(fid, start, end) == big(start, end)
+    assert source.stats["retries"] == 2
+    assert emulator.counters()["faults"].get(kind, 0) >= 2
+    # httpx logs every request URL at INFO; the signature in its query string must not appear.
+    assert "_content/" in caplog.text and "Signature=" not in caplog.text
+    await source.aclose()
+
+
+@pytest.mark.parametrize("kind", ["503", "stall"])
+async def test_a_permanent_failure_is_an_api_error_within_the_deadline(api, emulator, file_ids, kind):
+    policy = RetryPolicy(attempts=50, base_delay=0.01, max_delay=0.05, request_timeout=0.5, deadline=2.0)
+    source = ContentSource(api, policy=policy)
+    fid = file_ids["big.bin"]
+    assert await source.fetch(fid, 0, 10) == big(0, 10)
+    emulator.set_knobs(fail_next=[{"kind": kind, "count": 500, "scope": "content"}])
+    started = trio.current_time()
+    with pytest.raises((ServerError, NetworkError)) as info:
+        await source.fetch(fid, 0, 3 * MiB)
+    elapsed = trio.current_time() - started
+    assert elapsed <= policy.deadline + 1.0
+    assert "Signature" not in str(info.value)  # the signed URL's query never reaches a message
+    await source.aclose()
+
+
+async def test_an_unknown_file_fails_fast(api):
+    source = ContentSource(api, policy=POLICY)
+    with trio.fail_after(5):
+        with pytest.raises(ApiError):
+            await source.fetch("999999999999", 0, 10)
+    assert source.stats["range_requests"] == 0
+    await source.aclose()
+
+
+async def test_read_manager_over_content_source_reads_files_exactly(api, emulator, file_ids):
+    source = ContentSource(api, policy=POLICY)
+    emulator.set_knobs(fail_next=[{"kind": "reset", "count": 1, "scope": "content"}])
+    async with ReadManager(source.fetch, cache_bytes=4 * MiB, prefetch_max=2 * MiB) as manager:
+        reader = manager.open(file_ids["big.bin"], BIG_SIZE)
+        digest, offset = hashlib.sha256(), 0
+        while True:
+            piece = await reader.read(offset, 128 * KiB)
+            if not piece:
+                break
+            digest.update(piece)
+            offset += len(piece)
+        await reader.close()
+        assert offset == BIG_SIZE
+        assert digest.hexdigest() == hashlib.sha256(big(0, BIG_SIZE)).hexdigest()
+        assert manager.stats["peak_cache_bytes"] <= 4 * MiB
+        assert manager.stats["bytes_fetched"] == BIG_SIZE
+    assert source.stats["bytes_fetched"] == BIG_SIZE
+    await source.aclose()

@@ -1,0 +1,466 @@
+"""The read path without a network: access-pattern logic, the block cache, and FileReader/ReadManager
+against an in-memory byte source that counts requests, injects failures and simulates latency."""
+
+from __future__ import annotations
+
+import random
+import statistics
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from basemount_py.api.errors import ApiError, ProtocolError, ServerError
+from basemount_py.read import AccessPattern, BlockCache, PrefetchConfig, ReadManager
+from basemount_py.read.prefetch import part_size, split_parts
+
+KiB, MiB = 1024, 1024 * 1024
+
+
+class MemorySource:
+    """``fetch(file_id, start, end)`` over bytes objects, with counters and fault injection."""
+
+    def __init__(self, files: dict[str, bytes], *, latency: float = 0.0, bandwidth: float = 0.0):
+        self.files = files
+        self.latency = latency
+        self.bandwidth = bandwidth  # bytes/s per request; 0 = instant
+        self.requests: list[tuple[str, int, int]] = []
+        self.bytes = 0
+        self.fail_next = 0
+        self.fail_from: int | None = None  # fail every request starting at or after this offset
+        self.gate: trio.Event | None = None  # when set, requests wait for it
+        self.cancelled = 0
+        self.active = 0
+        self.peak_active = 0
+
+    async def __call__(self, file_id: str, start: int, end: int) -> bytes:
+        data = self.files[file_id]
+        assert 0 <= start < end <= len(data), (start, end, len(data))
+        self.requests.append((file_id, start, end))
+        self.active += 1
+        self.peak_active = max(self.peak_active, self.active)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            delay = self.latency + ((end - start) / self.bandwidth if self.bandwidth else 0.0)
+            await trio.sleep(delay) if delay else await trio.lowlevel.checkpoint()
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                raise ServerError("injected 503", 503)
+            if self.fail_from is not None and end > self.fail_from:
+                raise ServerError("injected permanent 503", 503)
+        except trio.Cancelled:
+            self.cancelled += 1
+            raise
+        finally:
+            self.active -= 1
+        self.bytes += end - start
+        return data[start:end]
+
+
+def payload(size: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+async def read_all(reader, chunk: int) -> bytes:
+    out = bytearray()
+    while True:
+        piece = await reader.read(len(out), chunk)
+        if not piece:
+            return bytes(out)
+        out += piece
+
+
+# -- access pattern (pure) ---------------------------------------------------------------------
+
+
+def test_sequential_window_starts_above_one_mib_and_doubles_to_the_cap():
+    cfg = PrefetchConfig(max_window=16 * MiB)
+    pattern = AccessPattern(1 << 40, cfg)
+    plan = pattern.observe(0, 128 * KiB)
+    assert plan.sequential and pattern.window == MiB + 128 * KiB
+    assert plan.prefetch_end == 128 * KiB + pattern.window
+    windows = []
+    for i in range(1, 10):
+        pattern.observe(i * 128 * KiB, 128 * KiB)
+        windows.append(pattern.window)
+    assert windows[:3] == [2 * (MiB + 128 * KiB), 4 * (MiB + 128 * KiB), 8 * (MiB + 128 * KiB)]
+    assert windows[-1] == 16 * MiB
+    # A memory cap given by the manager wins over the configured maximum.
+    pattern.observe(10 * 128 * KiB, 128 * KiB, window_cap=3 * MiB)
+    assert pattern.window == 3 * MiB
+
+
+def test_out_of_order_readahead_and_small_forward_skips_do_not_reset():
+    pattern = AccessPattern(1 << 40)
+    for i in range(4):
+        pattern.observe(i * 128 * KiB, 128 * KiB)
+    window = pattern.window
+    assert window > 0
+    # The kernel delivers the readahead slightly out of order: a read just behind is tolerated.
+    plan = pattern.observe(3 * 128 * KiB - 64 * KiB, 64 * KiB)
+    assert plan.sequential and pattern.window == window
+    # A forward skip of a few MiB while streaming continues the stream.
+    plan = pattern.observe(8 * MiB, 128 * KiB)
+    assert plan.sequential and pattern.window == 2 * window
+
+
+def test_far_seek_resets_to_random_mode_without_prefetch():
+    pattern = AccessPattern(1 << 40)
+    for i in range(4):
+        pattern.observe(i * 128 * KiB, 128 * KiB)
+    plan = pattern.observe(500 * MiB, 64 * KiB)
+    assert not plan.sequential and pattern.window == 0
+    assert plan.prefetch_end == plan.demand_end
+    backwards = pattern.observe(100 * MiB, 64 * KiB)
+    assert not backwards.sequential and backwards.prefetch_end == backwards.demand_end
+
+
+def test_random_mode_sizes_requests_to_the_observed_reads():
+    cfg = PrefetchConfig()
+    pattern = AccessPattern(1 << 40, cfg)
+    rng = random.Random(3)
+    for _ in range(20):
+        offset = rng.randrange(0, 1 << 39)
+        plan = pattern.observe(offset, 64 * KiB)
+        assert plan.prefetch_end == plan.demand_end  # never a stream
+        assert plan.demand_end % cfg.block_size == 0
+        assert offset + 64 * KiB <= plan.demand_end <= offset + 64 * KiB + cfg.block_size
+    # Tiny index lookups are widened to at least random_min.
+    plan = AccessPattern(1 << 40, cfg).observe(7 * MiB + 5, 100)
+    assert plan.demand_end - (7 * MiB + 5) >= cfg.random_min - cfg.block_size
+    # A forward jump is not "sequential" unless a stream is live.
+    fresh = AccessPattern(1 << 40, cfg)
+    fresh.observe(50 * MiB, 4 * KiB)
+    assert not fresh.observe(52 * MiB, 4 * KiB).sequential
+
+
+def test_two_sequential_reads_after_a_seek_start_a_stream():
+    pattern = AccessPattern(1 << 40)
+    pattern.observe(300 * MiB, 128 * KiB)
+    assert pattern.window == 0
+    pattern.observe(300 * MiB + 128 * KiB, 128 * KiB)
+    assert pattern.window > 0
+
+
+def test_parts_grow_with_the_window_and_cover_the_range_exactly():
+    cfg = PrefetchConfig()
+    assert part_size(MiB + 128 * KiB, cfg) == 320 * KiB  # a quarter, rounded up to blocks
+    assert part_size(64 * MiB, cfg) == 8 * MiB
+    assert part_size(1, cfg) == cfg.block_size
+    parts = split_parts(64 * KiB, 1000 * KiB + 7, 192 * KiB, 64 * KiB)
+    assert parts[0][0] == 64 * KiB and parts[-1][1] == 1000 * KiB + 7
+    assert all(b - a <= 192 * KiB for a, b in parts)
+    assert all(parts[i][1] == parts[i + 1][0] for i in range(len(parts) - 1))
+    with pytest.raises(ValueError):
+        split_parts(5, 100, 64, 64)
+    with pytest.raises(ValueError):
+        PrefetchConfig(block_size=0)
+
+
+# -- block cache -----------------------------------------------------------------------------
+
+
+def test_block_cache_is_bounded_in_bytes_and_reservations_count():
+    cache = BlockCache(10)
+    assert cache.reserve(4)
+    cache.put_reserved("a", b"aaaa")
+    assert cache.reserve(4)
+    cache.put_reserved("b", b"bbbb")
+    assert cache.reserve(6)  # evicts "a" (coldest) to make room
+    assert "a" not in cache and "b" in cache
+    assert not cache.reserve(5)  # reservations alone would exceed the bound: refused, nothing evicted
+    assert "b" in cache
+    cache.release(6)
+    assert cache.cached_bytes + cache.reserved_bytes <= 10
+    assert cache.peak_bytes == 10
+    with pytest.raises(ValueError):
+        BlockCache(-1)
+
+
+def test_demoted_blocks_are_evicted_first():
+    cache = BlockCache(12)
+    for key in "abc":
+        assert cache.reserve(4)
+        cache.put_reserved(key, key.encode() * 4)
+    cache.demote("c")
+    assert cache.get("a") == b"aaaa"
+    assert cache.reserve(4)
+    assert "c" not in cache and "a" in cache and "b" in cache
+    assert cache.hits == 1
+
+
+# -- FileReader against the in-memory source ---------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk", [1000, 4096, 64 * KiB + 1, 128 * KiB, 3 * MiB])
+async def test_sequential_reads_are_byte_exact(chunk):
+    data = payload(3 * MiB + 17, seed=chunk)
+    source = MemorySource({"f": data})
+    async with ReadManager(source, cache_bytes=8 * MiB) as manager:
+        reader = manager.open("f", len(data))
+        assert await read_all(reader, chunk) == data
+        await reader.close()
+        assert manager.stats["bytes_fetched"] == len(data)  # every byte fetched exactly once
+        assert manager.stats["peak_cache_bytes"] <= 8 * MiB
+
+
+async def test_eof_zero_size_and_edge_reads():
+    data = payload(200 * KiB + 3)
+    source = MemorySource({"f": data, "empty": b""})
+    async with ReadManager(source, cache_bytes=MiB) as manager:
+        empty = manager.open("empty", 0)
+        assert await empty.read(0, 4096) == b""
+        reader = manager.open("f", len(data))
+        assert await reader.read(len(data), 10) == b""
+        assert await reader.read(len(data) + 5000, 10) == b""
+        assert await reader.read(10, 0) == b""
+        assert await reader.read(len(data) - 5, 4096) == data[-5:]  # short only at EOF
+        assert await reader.read(64 * KiB - 3, 6) == data[64 * KiB - 3 : 64 * KiB + 3]  # crosses a block
+        assert await reader.read(0, 10 * MiB) == data
+        with pytest.raises(ValueError):
+            await reader.read(-1, 5)
+        with pytest.raises(ValueError):
+            manager.open("f", -1)
+        await reader.close()
+    assert not [r for r in source.requests if r[0] == "empty"]
+
+
+async def test_backwards_and_random_order_reads_are_byte_exact():
+    data = payload(5 * MiB + 999, seed=4)
+    source = MemorySource({"f": data})
+    async with ReadManager(source, cache_bytes=2 * MiB) as manager:
+        reader = manager.open("f", len(data))
+        for offset in range(len(data) - 100 * KiB, -1, -100 * KiB):
+            assert await reader.read(offset, 100 * KiB) == data[offset : offset + 100 * KiB]
+        rng = random.Random(7)
+        for _ in range(300):
+            offset, size = rng.randrange(len(data)), rng.choice([1, 512, 4096, 65536, 70000, 300000])
+            assert await reader.read(offset, size) == data[offset : offset + size]
+        assert manager.stats["peak_cache_bytes"] <= 2 * MiB
+
+
+async def test_eight_concurrent_readers_stay_exact_and_within_the_cache_bound():
+    files = {f"f{i}": payload(2 * MiB + i * 1234, seed=i) for i in range(4)}
+    source = MemorySource(files, latency=0.001)
+    bound = 3 * MiB
+    async with ReadManager(source, cache_bytes=bound, prefetch_max=4 * MiB) as manager:
+        results: dict[int, bytes] = {}
+
+        async def one(i: int) -> None:
+            name = f"f{i % 4}"  # two readers per file: shared blocks and shared in-flight fetches
+            reader = manager.open(name, len(files[name]))
+            results[i] = await read_all(reader, [4096, 128 * KiB, 1 * MiB, 100_000][i % 4])
+            await reader.close()
+
+        async with trio.open_nursery() as nursery:
+            for i in range(8):
+                nursery.start_soon(one, i)
+        for i in range(8):
+            assert results[i] == files[f"f{i % 4}"]
+        stats = manager.stats
+        assert stats["peak_cache_bytes"] <= bound
+        assert stats["reserved_bytes"] == 0
+    assert manager.cache.cached_bytes <= bound
+
+
+async def test_concurrent_reads_of_one_block_share_one_fetch():
+    data = payload(1 * MiB)
+    source = MemorySource({"f": data})
+    source.gate = trio.Event()
+    async with ReadManager(source) as manager:
+        readers = [manager.open("f", len(data)) for _ in range(5)]
+        got: list[bytes] = []
+
+        async def read(reader) -> None:
+            got.append(await reader.read(500 * KiB, 10 * KiB))
+
+        async with trio.open_nursery() as nursery:
+            for reader in readers:
+                nursery.start_soon(read, reader)
+            await trio.testing.wait_all_tasks_blocked()
+            source.gate.set()
+        assert got == [data[500 * KiB : 510 * KiB]] * 5
+        assert len(source.requests) == 1
+        assert manager.stats["inflight_joins"] >= 4
+
+
+async def test_close_cancels_this_handles_prefetch_and_nothing_outlives_aclose():
+    data = payload(40 * MiB)
+    source = MemorySource({"f": data, "g": data})
+    async with ReadManager(source, cache_bytes=64 * MiB) as manager:
+        reader = manager.open("f", len(data))
+        assert await reader.read(0, 128 * KiB) == data[: 128 * KiB]  # demand fetch completes
+        source.gate = trio.Event()  # from now on, fetches hang until cancelled
+        with trio.move_on_after(0.05):
+            await reader.read(128 * KiB, 128 * KiB)  # streams: prefetch parts go out and hang
+        await trio.testing.wait_all_tasks_blocked()
+        assert manager.stats["prefetch_tasks"] > 0 and manager.stats["reserved_bytes"] > 0
+        before = source.cancelled
+        await reader.close()
+        await trio.testing.wait_all_tasks_blocked()
+        assert source.cancelled > before
+        assert manager.stats["prefetch_tasks"] == 0
+        assert manager.stats["reserved_bytes"] == 0 and not manager._inflight
+
+        other = manager.open("g", len(data))
+        with trio.move_on_after(0.05):
+            await other.read(0, 128 * KiB)
+        await trio.testing.wait_all_tasks_blocked()
+        assert manager.stats["prefetch_tasks"] > 0
+        await manager.aclose()
+        assert manager.stats["prefetch_tasks"] == 0 and manager.stats["reserved_bytes"] == 0
+
+
+async def test_failed_fetch_raises_and_the_next_read_succeeds():
+    data = payload(MiB)
+    source = MemorySource({"f": data})
+    async with ReadManager(source) as manager:
+        reader = manager.open("f", len(data))
+        source.fail_next = 1
+        with pytest.raises(ApiError):
+            await reader.read(300 * KiB, 4096)
+        assert manager.stats["reserved_bytes"] == 0 and not manager._inflight
+        assert await reader.read(300 * KiB, 4096) == data[300 * KiB : 300 * KiB + 4096]
+
+
+async def test_failed_prefetch_does_not_poison_the_cache():
+    data = payload(8 * MiB)
+    source = MemorySource({"f": data}, latency=0.001)
+    source.fail_from = 2 * MiB  # every request reaching past 2 MiB fails, prefetch included
+    async with ReadManager(source) as manager:
+        reader = manager.open("f", len(data))
+        for offset in range(0, 2 * MiB, 128 * KiB):
+            assert await reader.read(offset, 128 * KiB) == data[offset : offset + 128 * KiB]
+        await trio.testing.wait_all_tasks_blocked()
+        assert manager.stats["fetch_errors"] > 0
+        with pytest.raises(ApiError):
+            await reader.read(2 * MiB, 128 * KiB)
+        source.fail_from = None  # the "network" recovers: the same reads now succeed
+        assert await read_all(reader, 128 * KiB) == data
+        await reader.close()
+
+
+async def test_a_source_returning_the_wrong_length_is_an_error_not_data():
+    async def short(file_id: str, start: int, end: int) -> bytes:
+        return b"x" * (end - start - 1)
+
+    manager = ReadManager(short)  # not entered: no prefetch, reads still work
+    reader = manager.open("f", MiB)
+    with pytest.raises(ProtocolError):
+        await reader.read(0, 100)
+    assert manager.stats["reserved_bytes"] == 0
+
+
+async def test_errors_raised_inside_the_manager_block_are_not_wrapped_in_a_group():
+    source = MemorySource({"f": payload(10)})
+    with pytest.raises(KeyError):
+        async with ReadManager(source):
+            raise KeyError("the caller's own error")
+
+
+async def test_random_64k_reads_meet_request_and_byte_amplification_targets():
+    data = payload(64 * MiB, seed=9)
+    source = MemorySource({"f": data})
+    async with ReadManager(source) as manager:
+        reader = manager.open("f", len(data))
+        rng = random.Random(11)
+        per_read = []
+        for _ in range(300):
+            offset = rng.randrange(len(data) - 64 * KiB)
+            before = len(source.requests)
+            assert await reader.read(offset, 64 * KiB) == data[offset : offset + 64 * KiB]
+            per_read.append(len(source.requests) - before)
+        await trio.testing.wait_all_tasks_blocked()
+        assert statistics.median(per_read) <= 2
+        assert max(per_read) <= 2
+        assert source.bytes / (300 * 64 * KiB) <= 4
+
+
+async def test_sequential_reader_is_several_times_a_single_stream_at_20ms_latency(autojump_clock):
+    # Virtual time (autojump clock): 20 ms per request + 50 MB/s per connection, as in the target.
+    data = bytes(128 * MiB)
+    source = MemorySource({"f": data}, latency=0.02, bandwidth=50e6)
+    async with ReadManager(source) as manager:
+        reader = manager.open("f", len(data))
+        start = trio.current_time()
+        offset = 0
+        while offset < len(data):
+            offset += len(await reader.read(offset, 128 * KiB))
+        elapsed = trio.current_time() - start
+        await reader.close()
+    single_stream = 0.02 + len(data) / 50e6
+    assert single_stream / elapsed >= 3
+    assert source.peak_active >= 4
+    assert source.bytes == len(data)
+
+
+# -- model-based test: random operation sequences against the bytes ---------------------------
+
+SMALL = PrefetchConfig(
+    block_size=4 * KiB,
+    first_window=9 * KiB,
+    max_window=48 * KiB,
+    part_max=16 * KiB,
+    back_tolerance=8 * KiB,
+    forward_tolerance=32 * KiB,
+    random_min=4 * KiB,
+    random_max=16 * KiB,
+)
+
+op = st.one_of(
+    st.tuples(st.just("read"), st.integers(0, 3), st.integers(0, 140 * KiB), st.integers(0, 40 * KiB)),
+    st.tuples(st.just("seq"), st.integers(0, 3), st.integers(1, 12), st.sampled_from([1000, 4 * KiB, 9000])),
+    st.tuples(st.just("reopen"), st.integers(0, 3), st.just(0), st.just(0)),
+    st.tuples(st.just("fail"), st.integers(0, 3), st.integers(1, 2), st.just(0)),
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(op, min_size=1, max_size=40), cache_kib=st.sampled_from([0, 12, 40, 400]))
+def test_random_operation_sequences_match_the_model(ops, cache_kib):
+    files = {f"f{i}": payload(size, seed=i) for i, size in enumerate([0, 5000, 100 * KiB + 1, 128 * KiB])}
+    bound = cache_kib * KiB
+
+    async def scenario() -> None:
+        source = MemorySource(files, latency=0.0005)
+        async with ReadManager(source, cache_bytes=bound, prefetch_max=48 * KiB, config=SMALL) as manager:
+            handles = {i: manager.open(f"f{i}", len(files[f"f{i}"])) for i in range(4)}
+            for kind, i, a, b in ops:
+                model = files[f"f{i}"]
+                if kind == "read":
+                    try:
+                        got = await handles[i].read(a, b)
+                    except ServerError as exc:
+                        assert "injected" in str(exc)  # the model says nothing about this read
+                        continue
+                    assert got == model[a : a + b]
+                elif kind == "seq":
+                    offset = a * 7 * KiB
+                    for _ in range(a):
+                        try:
+                            got = await handles[i].read(offset, b)
+                        except ServerError as exc:
+                            assert "injected" in str(exc)
+                            break
+                        assert got == model[offset : offset + b]
+                        offset += b
+                elif kind == "reopen":
+                    await handles[i].close()
+                    handles[i] = manager.open(f"f{i}", len(model))
+                else:
+                    source.fail_next += a
+                assert manager.cache.cached_bytes + manager.cache.reserved_bytes <= bound
+            for handle in handles.values():
+                await handle.close()
+            source.fail_next = 0
+            # After failures and cancellations every file still reads back exactly.
+            for name, model in files.items():
+                assert await read_all(manager.open(name, len(model)), 10 * KiB) == model
+        assert manager.stats["peak_cache_bytes"] <= bound
+        assert manager.stats["reserved_bytes"] == 0 and not manager._inflight
+        assert manager.stats["prefetch_tasks"] == 0
+
+    trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
