@@ -27,12 +27,15 @@ def _add_mount_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-server", metavar="URL|ALIAS", help="API server URL or region alias (overrides the config)")
     p.add_argument("--foreground", "-f", action="store_true", help="stay attached; log to stderr")
     p.add_argument("--metadata-ttl", type=_positive_float, default=60.0, metavar="S", help="listing cache lifetime (default 60 s)")
-    p.add_argument("--cache-size", type=int, default=256, metavar="MiB", help="block cache size (default 256 MiB)")
+    p.add_argument("--cache-size", type=int, default=128, metavar="MiB", help="block cache size (default 128 MiB)")
     p.add_argument("--prefetch-max", type=int, default=64, metavar="MiB", help="largest sequential prefetch window (default 64 MiB)")
     p.add_argument("--max-connections", type=int, default=16, metavar="N", help="parallel HTTP connections (default 16)")
     p.add_argument("--op-timeout", type=_positive_float, default=60.0, metavar="S", help="upper bound for any file operation (default 60 s)")
     p.add_argument("--allow-other", action="store_true", help="let other users see the mount (needs user_allow_other)")
     p.add_argument("--allow-insecure-http", action="store_true", help="allow a non-loopback http:// API server")
+    p.add_argument("--upload-threshold", type=_positive_float, default=25.0, metavar="MiB", help="files larger than this are uploaded multipart (default 25 MiB)")
+    p.add_argument("--upload-part-size", type=_positive_float, default=8.0, metavar="MiB", help="multipart part size (default 8 MiB)")
+    p.add_argument("--upload-parallel", type=int, default=8, metavar="N", help="parts uploaded in parallel per file (default 8)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-file", metavar="F", help="log file (background mode default: ~/.basespace/basemount_py.log)")
 
@@ -62,6 +65,9 @@ def _run_mount(args: argparse.Namespace) -> int:
         op_timeout=args.op_timeout,
         log_level=args.log_level,
         log_file=log_file,
+        upload_threshold=int(args.upload_threshold * MiB),
+        upload_part_size=max(64 * 1024, int(args.upload_part_size * MiB)),
+        upload_parallel=max(1, args.upload_parallel),
     )
     return mount(credentials, opts, token_reloader=lambda: reload_token(credentials))
 
@@ -72,19 +78,50 @@ def _run_unmount(args: argparse.Namespace) -> int:
     return unmount(args.mountpoint, lazy=args.lazy)
 
 
+def _folder_of(path: str) -> str:
+    return path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+
+
+def _read_small(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read(4096)
+    except OSError:
+        return None
+
+
 def send_command(path: str, command: str) -> int:
-    """Write a command to PATH/.commands (the daemon runs it against that folder)."""
-    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    """Write a command to PATH/.commands (the daemon runs it against that folder); on failure
+    print the daemon's reason (PATH/.error) on one line starting with "Error:"."""
+    folder = _folder_of(path)
     target = os.path.join(folder, ".commands")
     try:
-        with open(target, "w") as f:
-            f.write(command + "\n")
+        # One unbuffered write: a buffered file would re-send a failed command when closed.
+        fd = os.open(target, os.O_WRONLY | os.O_TRUNC)
+        try:
+            os.write(fd, (command + "\n").encode("utf-8", "surrogateescape"))
+        finally:
+            try:
+                os.close(fd)
+            except OSError:  # the command ran in write(); after "unmount" the mount is gone
+                pass
     except OSError as exc:
-        reason = "not inside a basemount_py mount" if exc.errno in (2, 13, 30) else exc.strerror
-        print(f"Error: {command} failed for {folder}: {reason}", file=sys.stderr)
+        reason = None
+        if exc.errno not in (2, 13, 30) or os.path.exists(target):
+            detail = (_read_small(os.path.join(folder, ".error")) or "").strip().splitlines()
+            reason = detail[-1].removeprefix("Error: ") if detail else exc.strerror
+        print(f"Error: {command.split()[0]} failed for {folder}: {reason or 'not inside a basemount_py mount'}", file=sys.stderr)
         return 1
-    print(f"{command}: done for {folder}")
+    print(f"{command.split()[0]}: done for {folder}")
     return 0
+
+
+def _run_trash(args: argparse.Namespace) -> int:
+    return send_command(args.path, "move-to-trash")
+
+
+def _run_restore(args: argparse.Namespace) -> int:
+    return send_command(args.path, "restore-from-trash")
 
 
 def _run_refresh(args: argparse.Namespace) -> int:
@@ -113,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("refresh", help="reload a folder and its sub-folders from the API")
     p.add_argument("path")
     p.set_defaults(func=_run_refresh)
+
+    p = sub.add_parser("trash", help="move a project/sample/app result/app session/run folder to the trash")
+    p.add_argument("path")
+    p.set_defaults(func=_run_trash)
+
+    p = sub.add_parser("restore", help="restore a MOUNT/.Trash/ITEM folder")
+    p.add_argument("path")
+    p.set_defaults(func=_run_restore)
 
     p = sub.add_parser("auth", help="log in with the OAuth device flow and write ~/.basespace/NAME.cfg")
     from .api import auth
@@ -170,23 +215,31 @@ def basemount_compat_main(argv: Sequence[str] | None = None) -> int:
     return main(forwarded)
 
 
-CMD_COMMANDS = {"refresh": "reload this folder and its sub-folders", "unmount": "unmount (top level only)"}
-
-
 def basemount_cmd_main(argv: Sequence[str] | None = None) -> int:
-    """``basemount-cmd [--path P] [COMMAND]``: with no command, list the valid ones."""
+    """``basemount-cmd [--path P] [COMMAND [ARG...]]``: with no command, list the valid ones
+    (the daemon says which: ``P/.commands`` lists the commands valid in that folder)."""
+    from .commands import DESCRIPTIONS
+
     parser = argparse.ArgumentParser(prog="basemount-cmd")
     parser.add_argument("--path", default=".")
     parser.add_argument("command", nargs="?")
+    parser.add_argument("argument", nargs="*", help="rename-appsession: the new name")
     args = parser.parse_args(argv)
+    folder = _folder_of(args.path)
     if not args.command:
-        for name, text in CMD_COMMANDS.items():
-            print(f"{name:10} {text}")
+        text = _read_small(os.path.join(folder, ".commands"))
+        if text is None or "Commands valid here:" not in text:
+            print(f"Error: {folder} is not inside a basemount_py mount", file=sys.stderr)
+            return 1
+        print(text.split("Commands valid here:", 1)[1].strip("\n"))
         return 0
-    if args.command not in CMD_COMMANDS:
-        print(f"Error: unknown command {args.command!r}; valid: {', '.join(CMD_COMMANDS)}", file=sys.stderr)
+    if args.command not in DESCRIPTIONS:
+        print(f"Error: unknown command {args.command!r}; valid: {', '.join(DESCRIPTIONS)}", file=sys.stderr)
         return 1
-    return send_command(args.path, args.command)
+    if args.command == "rename-appsession" and not args.argument:
+        print("Error: rename-appsession needs the new name: basemount-cmd rename-appsession NEW NAME", file=sys.stderr)
+        return 1
+    return send_command(args.path, " ".join([args.command, *args.argument]))
 
 
 if __name__ == "__main__":

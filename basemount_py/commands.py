@@ -1,4 +1,10 @@
-"""BaseMount's in-mount commands (``echo refresh > DIR/.commands``), run by the daemon."""
+"""BaseMount's in-mount commands (``echo refresh > DIR/.commands``, ``basemount-cmd``), run by the daemon.
+
+A command applies to the folder whose ``.commands`` was written. Which commands make sense
+depends on the folder (``valid``); reading ``DIR/.commands`` lists them, which is how
+``basemount-cmd`` with no command shows them. A failing command fails the write (so ``echo``
+and ``basemount-cmd`` see an error) and leaves its one-line reason in ``DIR/.error``.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +13,104 @@ import logging
 
 import pyfuse3
 
-from .tree import Tree
+from .tree import Node, Tree
+from .write.upload import WriteFailure
 
 log = logging.getLogger(__name__)
 
-COMMANDS = ("refresh", "unmount")
+DESCRIPTIONS = {
+    "refresh": "reload this folder and its sub-folders from BaseSpace",
+    "move-to-trash": "move this project/sample/app result/app session/run to the trash",
+    "restore-from-trash": "restore this .Trash item",
+    "mark-as-complete": "mark this app session (of this app result/sample) Complete: read-only",
+    "rename-appsession": "rename-appsession NEW NAME: rename this app result's app session",
+    "unmount": "unmount basemount_py (top folder only)",
+}
+COMMANDS = tuple(DESCRIPTIONS)
+TRASHABLE = {"project", "sample", "appresult", "appsession", "run"}
+
+
+def valid(node: Node | None) -> list[str]:
+    """The commands that make sense in a folder (BaseMount: ``basemount-cmd`` with no command)."""
+    kind = node.kind if node is not None else ""
+    out = ["refresh"]
+    if kind in TRASHABLE:
+        out.append("move-to-trash")
+    if kind == "trashitem":
+        out.append("restore-from-trash")
+    if kind in ("appresult", "appsession", "sample"):
+        session = (node.ctx.get("entity") or {}) if node is not None else {}
+        if kind != "appsession":
+            session = session.get("AppSession") if isinstance(session.get("AppSession"), dict) else None
+        if session and str(session.get("Status", "")).lower() != "complete":
+            out.append("mark-as-complete")
+        if session and kind != "sample":
+            out.append("rename-appsession")
+    if kind == "root":
+        out.append("unmount")
+    return out
 
 
 class CommandRunner:
-    def __init__(self, tree: Tree):
+    def __init__(self, tree: Tree, writes=None):
         self.tree = tree
+        self.writes = writes  # write.WriteManager (None: the write commands are refused)
+
+    def folder(self, path: tuple[str, ...]) -> Node | None:
+        ino = self.tree.by_path.get(path)
+        return self.tree.nodes.get(ino) if ino is not None else None
+
+    def help(self, path: tuple[str, ...]) -> str:
+        lines = ["Write a command to this file, e.g.: echo refresh > .commands", "Commands valid here:"]
+        lines += [f"{name:20} {DESCRIPTIONS[name]}" for name in valid(self.folder(path))]
+        return "\n".join(lines) + "\n"
+
+    def _error(self, path: tuple[str, ...], message: str, code: int = errno.EINVAL) -> WriteFailure:
+        self.tree.layout.write_errors[path] = f"Error: {message}\n"
+        return WriteFailure(code, message)
 
     async def __call__(self, path: tuple[str, ...], text: str) -> None:
-        command = text.split()[0].lower()
+        command, _, argument = text.strip().partition(" ")
+        command = command.lower()
+        if command not in DESCRIPTIONS:
+            raise self._error(path, f"unknown command {command!r}; valid: {', '.join(COMMANDS)}")
+        node = self.folder(path)
+        if command not in valid(node):
+            here = ", ".join(valid(node))
+            raise self._error(path, f"{command} is not valid in this folder (valid here: {here})")
         if command == "refresh":
             self.refresh(path)
         elif command == "unmount":
             log.info("unmount requested through .commands")
             pyfuse3.terminate()
         else:
-            self.tree.layout.errors[path] = f"Error: unknown command {command!r}; valid: {', '.join(COMMANDS)}\n"
-            raise pyfuse3.FUSEError(errno.EINVAL)
+            if self.writes is None or node is None:
+                raise self._error(path, f"{command}: write mode is not available", errno.EROFS)
+            if command == "move-to-trash":
+                await self.writes.move_to_trash(node)
+                self._forget_entry(path)
+            elif command == "restore-from-trash":
+                await self.writes.restore(node)
+                self._forget_entry(path)
+            elif command == "mark-as-complete":
+                await self.writes.mark_complete(node)
+                self.refresh(path[:2])  # the project: its entities (and their .status) change
+            elif command == "rename-appsession":
+                if not argument.strip():
+                    raise self._error(path, "rename-appsession needs the new name: rename-appsession NEW NAME")
+                await self.writes.rename_appsession(node, argument.strip())
+                self.refresh(path[:2])
+        self.tree.layout.write_errors.pop(path, None)
+        log.info("command %s done in /%s", command, "/".join(path))
+
+    def _forget_entry(self, path: tuple[str, ...]) -> None:
+        """The folder is gone (trashed or restored elsewhere): the kernel must drop its name now."""
+        parent = self.tree.by_path.get(path[:-1])
+        if parent is not None and path:
+            try:
+                pyfuse3.invalidate_entry_async(parent, path[-1].encode("utf-8", "surrogateescape"), ignore_enoent=True)
+            except Exception as exc:
+                log.debug("invalidate %s: %s", path, exc)
 
     def refresh(self, path: tuple[str, ...]) -> None:
         self.tree.refresh(path)

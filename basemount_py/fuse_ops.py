@@ -24,13 +24,16 @@ log = logging.getLogger(__name__)
 
 COMMANDS_HELP = b"Write a command to this file, e.g.: echo refresh > .commands\nCommands: refresh, unmount\n"
 SHORT_TTL = 1.0  # generated files whose content can change (.error, .commands): never 0
+COMMIT_TIMEOUT = 6 * 3600.0  # upper bound of close/fsync of an upload (parts are bounded each)
 
 
-def _guard(func: Callable) -> Callable:
+def _guard(func: Callable, long: bool = False) -> Callable:
     @functools.wraps(func)
     async def wrapper(self: "Operations", *args: Any) -> Any:
         try:
-            with trio.fail_after(self.op_timeout):
+            # Committing an upload (close/fsync) may take longer than one op: every request in it
+            # has its own timeout and retry deadline, so it is bounded by COMMIT_TIMEOUT instead.
+            with trio.fail_after(COMMIT_TIMEOUT if long else self.op_timeout):
                 return await func(self, *args)
         except pyfuse3.FUSEError:
             raise
@@ -43,7 +46,7 @@ def _guard(func: Callable) -> Callable:
             raise pyfuse3.FUSEError(errno.EIO) from None
         except Exception as exc:
             code = errno_for(exc)
-            if code == errno.EIO and not hasattr(exc, "status"):
+            if code == errno.EIO and not hasattr(exc, "status") and not isinstance(exc, OSError):
                 log.exception("unexpected error in %s%r", func.__name__, args[:2])
             else:
                 log.warning("%s%r: %s", func.__name__, args[:2], exc)
@@ -52,15 +55,23 @@ def _guard(func: Callable) -> Callable:
     return wrapper
 
 
+def _guard_long(func: Callable) -> Callable:
+    return _guard(func, long=True)
+
+
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: Tree, reads: Any, commands: Callable[[tuple[str, ...], str], Any], *, op_timeout: float = 60.0):
+    def __init__(
+        self, tree: Tree, reads: Any, commands: Callable[[tuple[str, ...], str], Any], *, op_timeout: float = 60.0, writes: Any = None
+    ):
         super().__init__()
         self.tree = tree
         self.reads = reads  # read.ReadManager
+        self.writes = writes  # write.WriteManager (None: everything read-only)
+        self._uploads: dict[int, tuple[Any, Node]] = {}  # fh -> (upload or property session, node)
         self.run_command = commands  # async (dir path, command text) -> None
         self.op_timeout = op_timeout
         self.uid, self.gid = os.getuid(), os.getgid()
@@ -77,6 +88,8 @@ class Operations(pyfuse3.Operations):
         a.st_ino = ino
         a.generation = 0
         a.st_mode = node.mode
+        if node.ctx.get("writable"):  # write mode: mkdir/create/rmdir/ln -s allowed here (owner)
+            a.st_mode |= 0o200
         a.st_nlink = 2 if node.type == DIR else 1
         a.st_uid, a.st_gid = self.uid, self.gid
         a.st_size = node.st_size
@@ -152,11 +165,17 @@ class Operations(pyfuse3.Operations):
         writing = flags & (os.O_WRONLY | os.O_RDWR)
         if node.type == COMMANDS:
             fh = self._new_fh()
-            self._texts[fh] = COMMANDS_HELP
+            helper = getattr(self.run_command, "help", None)
+            self._texts[fh] = helper(node.path[:-1]).encode() if helper else COMMANDS_HELP
             self._command_dirs[fh] = node.path[:-1]
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         if writing or flags & os.O_TRUNC:
-            raise pyfuse3.FUSEError(errno.EROFS)
+            if self.writes is None:
+                raise pyfuse3.FUSEError(errno.EROFS)
+            session = await self.writes.open_for_write(node, truncate=bool(flags & os.O_TRUNC))
+            fh = self._new_fh()
+            self._uploads[fh] = (session, node)
+            return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         fh = self._new_fh()
         if node.type == REMOTE:
             self._files[fh] = self.reads.open(node.file_id, node.size)
@@ -165,6 +184,8 @@ class Operations(pyfuse3.Operations):
         if node.type == TEXT:
             self._texts[fh] = node.content
             return pyfuse3.FileInfo(fh=fh, direct_io=bool(node.ctx.get("dynamic")), keep_cache=False)
+        if node.ctx.get("upload") is not None:
+            raise pyfuse3.FUSEError(errno.EBUSY)  # still being uploaded: readable once committed
         raise pyfuse3.FUSEError(errno.EISDIR if node.type == DIR else errno.EINVAL)
 
     @_guard
@@ -179,7 +200,10 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        # Only `.commands` is writable: each written line is a command for the folder holding it.
+        upload = self._uploads.get(fh)
+        if upload is not None:
+            return await self.writes.write(upload[0], upload[1], off, buf)
+        # `.commands`: each written line is a command for the folder holding it.
         path = self._command_dirs.get(fh)
         if path is None:
             raise pyfuse3.FUSEError(errno.EROFS)
@@ -188,7 +212,26 @@ class Operations(pyfuse3.Operations):
                 await self.run_command(path, line.strip())
         return len(buf)
 
+    @_guard_long
+    async def flush(self, fh: int) -> None:
+        # close(): an upload is committed here, so close() returns its outcome (EIO on failure).
+        upload = self._uploads.get(fh)
+        if upload is not None:
+            await self.writes.commit(*upload)
+
+    @_guard_long
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        upload = self._uploads.get(fh)
+        if upload is not None:
+            await self.writes.commit(*upload)
+
     async def release(self, fh: int) -> None:
+        upload = self._uploads.pop(fh, None)
+        if upload is not None:
+            try:
+                await self.writes.release(*upload)
+            except Exception:
+                log.exception("releasing an upload failed")
         reader = self._files.pop(fh, None)
         self._texts.pop(fh, None)
         self._command_dirs.pop(fh, None)
@@ -204,6 +247,15 @@ class Operations(pyfuse3.Operations):
         # `echo cmd > .commands` truncates first; accept that for the command file only.
         if node.type == COMMANDS and not (fields.update_mode or fields.update_uid or fields.update_gid):
             return self._attrs(inode, node)
+        upload = self._uploads.get(fh) if fh is not None else None
+        if upload is None and node.ctx.get("upload") is not None:
+            upload = (node.ctx["upload"], node)
+        if upload is not None and self.writes is not None:
+            # An open upload or property: sizes go to the session; modes and times are ignored
+            # (cp -p, touch), as BaseSpace keeps neither.
+            if fields.update_size:
+                self.writes.truncate(upload[0], upload[1], attr.st_size)
+            return self._attrs(inode, upload[1])
         raise pyfuse3.FUSEError(errno.EROFS)
 
     # -- extended attributes, statfs ------------------------------------------------------------
@@ -227,12 +279,49 @@ class Operations(pyfuse3.Operations):
         s.f_namemax = 255
         return s
 
+    # -- write mode: the logic lives in write/ ------------------------------------------------------
+
+    def _writes(self) -> Any:
+        if self.writes is None:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        return self.writes
+
+    def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        ino = self.tree.remember(node)
+        self.tree.count_lookup(ino)  # a successful mkdir/create/symlink counts as a lookup
+        return self._attrs(ino, node)
+
+    @_guard
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext = None) -> pyfuse3.EntryAttributes:
+        node = await self._writes().mkdir(self.tree.node(parent_inode), os.fsdecode(name))
+        return self._entry(node)
+
+    @_guard
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext = None) -> None:
+        await self._writes().rmdir(self.tree.node(parent_inode), os.fsdecode(name))
+
+    @_guard
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext = None) -> None:
+        await self._writes().unlink(self.tree.node(parent_inode), os.fsdecode(name))
+
+    @_guard
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext = None) -> tuple:
+        session, node = await self._writes().create(self.tree.node(parent_inode), os.fsdecode(name))
+        fh = self._new_fh()
+        self._uploads[fh] = (session, node)
+        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False), self._entry(node)
+
+    @_guard
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext = None) -> pyfuse3.EntryAttributes:
+        node = await self._writes().symlink(self.tree.node(parent_inode), os.fsdecode(name), os.fsdecode(target))
+        return self._entry(node)
+
     # -- everything else is read-only ---------------------------------------------------------
 
     async def _read_only(self, *args: Any) -> Any:
         raise pyfuse3.FUSEError(errno.EROFS)
 
-    mkdir = rmdir = unlink = rename = symlink = link = mknod = create = _read_only
+    rename = link = mknod = _read_only
     setxattr = removexattr = _read_only
 
 

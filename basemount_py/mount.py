@@ -37,7 +37,7 @@ class MountOptions:
     mountpoint: str
     foreground: bool = False
     metadata_ttl: float = 60.0
-    cache_size: int = 256 * MiB
+    cache_size: int = 128 * MiB  # daemon peak RSS ≈ cache + ~90 MiB (docs/performance.md)
     prefetch_max: int = 64 * MiB
     max_connections: int = 16
     allow_other: bool = False
@@ -46,6 +46,9 @@ class MountOptions:
     log_file: str | None = None
     read_ahead_kb: int = 4096
     max_background: int = 64
+    upload_threshold: int = 25 * MiB  # write mode: larger files are uploaded multipart
+    upload_part_size: int = 8 * MiB
+    upload_parallel: int = 8  # parts in flight per file
 
 
 class MountError(Exception):
@@ -146,6 +149,19 @@ def _notify(fd: int | None, message: str) -> None:
         pass
 
 
+def timeouts_for(op_timeout: float) -> tuple[RetryPolicy, float]:
+    """Derive the network timeouts from ``--op-timeout`` so that they nest inside it.
+
+    The retry deadline ends a margin before the op timeout (so a failing op reports the real
+    network error rather than a bare timeout); one HTTP attempt gets at most half the deadline
+    and a stalled body at most a third, so even with a small ``--op-timeout`` a stall or a hung
+    connection is abandoned early enough to be retried within the op. With the default 60 s:
+    deadline 50 s, request timeout 20 s, stall timeout 10 s."""
+    deadline = max(1.0, op_timeout - min(10.0, op_timeout / 4))
+    request_timeout = min(20.0, deadline / 2)
+    return RetryPolicy(deadline=deadline, request_timeout=request_timeout), min(10.0, deadline / 3)
+
+
 def _serve(credentials: object, opts: MountOptions, token_reloader, notify: int | None) -> int:
     try:
         return trio.run(_main, credentials, opts, token_reloader, notify)
@@ -156,7 +172,7 @@ def _serve(credentials: object, opts: MountOptions, token_reloader, notify: int 
 async def _main(credentials, opts: MountOptions, token_reloader, notify: int | None) -> int:
     from .read import ContentSource, ReadManager
 
-    policy = RetryPolicy(deadline=max(5.0, opts.op_timeout - 10.0))
+    policy, stall_timeout = timeouts_for(opts.op_timeout)
     api = BaseSpaceClient(
         credentials.api_server,
         credentials.access_token,
@@ -172,7 +188,7 @@ async def _main(credentials, opts: MountOptions, token_reloader, notify: int | N
         _notify(notify, f"cannot use the BaseSpace API at {credentials.api_server}: {exc}{hint}")
         return 1
     user_name = (user.get("Response") or {}).get("Name", "?")
-    content = ContentSource(api, policy=policy, max_connections=opts.max_connections)
+    content = ContentSource(api, policy=policy, max_connections=opts.max_connections, stall_timeout=stall_timeout)
     try:
         # The ReadManager's nursery hosts every prefetch task; leaving it cancels them all.
         async with ReadManager(
@@ -180,8 +196,13 @@ async def _main(credentials, opts: MountOptions, token_reloader, notify: int | N
         ) as reads:
             layout = Layout(api, metadata_ttl=opts.metadata_ttl)
             tree = Tree(layout, metadata_ttl=opts.metadata_ttl)
-            ops = Operations(tree, reads, CommandRunner(tree), op_timeout=opts.op_timeout)
-            return await _run_fuse(ops, opts, notify, user_name, credentials.api_server)
+            from .write import UploadConfig, WriteManager
+
+            upload_cfg = UploadConfig(opts.upload_threshold, opts.upload_part_size, opts.upload_parallel)
+            # The WriteManager's nursery hosts the part uploads of every open file.
+            async with WriteManager(tree, api, upload_cfg, mountpoint=opts.mountpoint) as writes:
+                ops = Operations(tree, reads, CommandRunner(tree, writes), op_timeout=opts.op_timeout, writes=writes)
+                return await _run_fuse(ops, opts, notify, user_name, credentials.api_server)
     finally:
         with trio.CancelScope(shield=True):
             for closer in (content.aclose, api.aclose):
@@ -266,7 +287,10 @@ def _tune_kernel(opts: MountOptions) -> None:
                 f.write(str(value))
             log.info("kernel tuning: %s = %s", path, value)
         except OSError as exc:
-            log.info("kernel tuning: cannot set %s (%s)", path, exc.strerror)
+            hint = ""
+            if path.startswith("/sys/fs/fuse/connections/") and not os.path.isdir(f"/sys/fs/fuse/connections/{minor}"):
+                hint = "; fusectl is not mounted (mount -t fusectl none /sys/fs/fuse/connections)"
+            log.info("kernel tuning: cannot set %s (%s)%s", path, exc.strerror, hint)
 
 
 # -- unmount ------------------------------------------------------------------------------------

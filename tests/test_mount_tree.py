@@ -36,7 +36,7 @@ def entity_names(account: Path, folder: Path) -> dict[str, str]:
 
 
 def test_top_level(demo_mount):
-    assert sorted(os.listdir(demo_mount.mountpoint)) == [".commands", "BioSamples", "Projects", "README", "Runs"]
+    assert sorted(os.listdir(demo_mount.mountpoint)) == [".Trash", ".commands", "BioSamples", "Projects", "README", "Runs"]
     assert "Projects" in demo_mount.path("README").read_text()
 
 

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 V1_PAGE_MAX = 1024  # BaseSpace caps v1pre3 list Limit at 1024
 FILES_PAGE_MAX = 1000  # ...and file listings at 1000
 PAGE_CONCURRENCY = 8
+WAVE_PAGES = 32  # pages requested before looking at what came back (see list_all)
+MAX_LIST_ITEMS = 1_000_000  # a listing longer than this is cut (a lying TotalCount cannot loop us)
 
 __all__ = ["BaseSpaceClient", "RetryPolicy", "V1_PAGE_MAX", "FILES_PAGE_MAX"]
 
@@ -102,6 +104,7 @@ class BaseSpaceClient:
             headers={"User-Agent": "basemount_py"},
         )
         self.request_count = 0
+        self._token_lock = trio.Lock()
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -114,9 +117,9 @@ class BaseSpaceClient:
 
     # -- single requests -------------------------------------------------------------------
 
-    async def _send_once(self, method: str, path: str, params: dict | None, **kwargs: Any) -> httpx.Response:
+    async def _send_once(self, method: str, path: str, params: dict | None, token: str, **kwargs: Any) -> httpx.Response:
         self.request_count += 1
-        headers = {"x-access-token": self._token}
+        headers = {"x-access-token": token}
         headers.update(kwargs.pop("headers", {}) or {})
         try:
             response = await self._http.request(method, path, params=params, headers=headers, **kwargs)
@@ -130,30 +133,40 @@ class BaseSpaceClient:
     async def request(self, method: str, path: str, params: dict | None = None, **kwargs: Any) -> httpx.Response:
         """One API request with retries; a 401 re-reads the token once and tries again."""
         path = path.lstrip("/")
+        sent = [self._token]
 
         async def attempt() -> httpx.Response:
-            return await self._send_once(method, path, params, **dict(kwargs))
+            sent[0] = self._token
+            return await self._send_once(method, path, params, sent[0], **dict(kwargs))
 
         try:
             return await with_retries(self.policy, attempt, f"{method} {path}")
         except AuthError:
-            if not self._reload_token():
+            if not await self._refresh_token(sent[0]):
                 raise
             return await with_retries(self.policy, attempt, f"{method} {path}")
 
-    def _reload_token(self) -> bool:
-        if self._token_reloader is None:
+    async def _refresh_token(self, rejected: str) -> bool:
+        """After a 401 for ``rejected``: True if a different token is now available.
+
+        Many requests fail together when a token is revoked; one lock makes them share a single
+        re-read, and a request whose token was already replaced simply retries with the new one."""
+        async with self._token_lock:
+            if self._token != rejected:
+                return True
+            if self._token_reloader is None:
+                return False
+            try:
+                # A file read: off the trio loop, so a slow home directory cannot stall the mount.
+                fresh = await trio.to_thread.run_sync(self._token_reloader)
+            except Exception as exc:  # a broken config must not crash the caller
+                log.warning("re-reading credentials failed: %s", exc)
+                return False
+            if fresh and fresh != self._token:
+                log.warning("API answered 401; retrying with the re-read access token")
+                self._token = fresh
+                return True
             return False
-        try:
-            fresh = self._token_reloader()
-        except Exception as exc:  # a broken config must not crash the caller
-            log.warning("re-reading credentials failed: %s", exc)
-            return False
-        if fresh and fresh != self._token:
-            log.warning("API answered 401; retrying once with the re-read access token")
-            self._token = fresh
-            return True
-        return False
 
     async def get_json(self, path: str, params: dict | None = None) -> dict:
         response = await self.request("GET", path, params)
@@ -183,28 +196,50 @@ class BaseSpaceClient:
         pages: dict[int, list[dict]] = {0: first}
         step = len(first)
         if step and total > step:
+            # Fetch the remaining pages concurrently, but in bounded waves: a server whose
+            # TotalCount lies (huge, or changing between pages) costs at most one wasted wave,
+            # never a million requests. A wave that comes back with an empty page ends the walk.
             limiter = trio.CapacityLimiter(PAGE_CONCURRENCY)
+            totals = [total]
+
+            errors: list[Exception] = []
 
             async def fetch(offset: int) -> None:
-                async with limiter:
-                    pages[offset] = (await page(offset))[0]
+                try:
+                    async with limiter:
+                        pages[offset], seen = await page(offset)
+                        totals.append(seen)
+                except Exception as exc:  # raised plainly below, not as an ExceptionGroup
+                    errors.append(exc)
 
-            async with trio.open_nursery() as nursery:
-                for offset in range(step, total, step):
-                    nursery.start_soon(fetch, offset)
+            offset = step
+            while offset < min(total, MAX_LIST_ITEMS):
+                wave = [o for o in range(offset, offset + WAVE_PAGES * step, step) if o < min(total, MAX_LIST_ITEMS)]
+                async with trio.open_nursery() as nursery:
+                    for o in wave:
+                        nursery.start_soon(fetch, o)
+                if errors:
+                    raise errors[0]
+                offset = wave[-1] + step
+                if any(not pages[o] for o in wave):
+                    break
+                total = max(totals)  # a count that grew between pages: keep going
 
         # Walk the pages in order; a short page (the server may return fewer than asked) or a
         # TotalCount that changed leaves a gap, which is filled by fetching from where it starts.
         items: list[dict] = []
         position = 0
-        while position < total:
+        while position < min(total, MAX_LIST_ITEMS):
             chunk = pages.get(position)
             if chunk is None:
-                chunk, total = await page(position)
+                chunk, seen = await page(position)
+                total = max(total, seen)
             if not chunk:
                 break
             items.extend(chunk)
             position += len(chunk)
+        if position >= MAX_LIST_ITEMS:
+            log.warning("%s: listing cut at %d items", path, MAX_LIST_ITEMS)
         return _dedupe(items)
 
 

@@ -53,6 +53,11 @@ DEFAULT_TOKEN = "emulator-token"
 MAX_JSON_BYTES = 1024 * 1024  # .entity.json / account.json / .synthetic.json size cap
 MAX_SYNTHETIC_SIZE = 1 << 50
 SYNTHETIC_SUFFIX = ".synthetic.json"
+# ``NAME.file.json`` next to NAME (or NAME.synthetic.json): fields merged over the API file item
+# (hostile-data tests: any Name/Path/Size; an explicit Id, duplicates allowed). Bytes still come
+# from NAME, so a Size override makes the listing disagree with the content on purpose.
+FILE_SIDECAR_SUFFIX = ".file.json"
+FILE_OVERRIDE_KEYS = ("Name", "Path", "Size", "Id")
 
 # (top folder inside a project, kind)
 PROJECT_CHILDREN = (("Samples", "sample"), ("AppResults", "appresult"), ("Datasets", "dataset"))
@@ -123,6 +128,8 @@ class FileEntry:
     owner: "Entity"
     disk_path: str | None = None  # real path of a regular file
     seed: int | None = None  # synthetic content seed
+    overrides: dict[str, Any] = field(default_factory=dict)  # from NAME.file.json (API item only)
+    explicit_id: str | None = None
 
     @property
     def etag(self) -> str:
@@ -260,11 +267,17 @@ class _Loader:
         seen: dict[str, str] = {}
         for dirpath, dirnames, filenames in os.walk(files_dir, followlinks=False):
             dirnames.sort()
+            present = set(filenames)
             for fname in sorted(filenames):
                 full = os.path.join(dirpath, fname)
+                if _is_file_sidecar(fname, present):
+                    continue
                 entry = self.file_entry(e, files_dir, full, fname)
                 if entry is None:
                     continue
+                sidecar = _sidecar_for(fname, present)
+                if sidecar is not None:
+                    _apply_file_overrides(entry, _read_object(os.path.join(dirpath, sidecar), "file override"), os.path.join(dirpath, sidecar))
                 if entry.path in seen:
                     raise AccountError(f"{full}: clashes with {seen[entry.path]} (same API file path)")
                 seen[entry.path] = full
@@ -318,6 +331,31 @@ class _Loader:
         )
 
 
+def _is_file_sidecar(fname: str, present: set[str]) -> bool:
+    if not fname.endswith(FILE_SIDECAR_SUFFIX) or len(fname) == len(FILE_SIDECAR_SUFFIX):
+        return False
+    base = fname[: -len(FILE_SIDECAR_SUFFIX)]
+    return base in present or base + SYNTHETIC_SUFFIX in present
+
+
+def _sidecar_for(fname: str, present: set[str]) -> str | None:
+    base = fname[: -len(SYNTHETIC_SUFFIX)] if fname.endswith(SYNTHETIC_SUFFIX) else fname
+    sidecar = base + FILE_SIDECAR_SUFFIX
+    return sidecar if sidecar in present else None
+
+
+def _apply_file_overrides(entry: FileEntry, overrides: dict[str, Any], where: str) -> None:
+    unknown = set(overrides) - set(FILE_OVERRIDE_KEYS)
+    if unknown:
+        raise AccountError(f"{where}: unknown keys {sorted(unknown)} (allowed: {', '.join(FILE_OVERRIDE_KEYS)})")
+    if "Id" in overrides:
+        value = overrides.pop("Id")
+        if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) == "":
+            raise AccountError(f"{where}: Id must be a non-empty string or integer")
+        entry.explicit_id = str(value)
+    entry.overrides = overrides
+
+
 def _hash_id(kind: str, key: str, attempt: int) -> str:
     digest = hashlib.sha256(f"{kind}\0{key}\0{attempt}".encode("utf-8", "surrogateescape")).digest()
     if kind == "dataset":
@@ -339,7 +377,12 @@ def _assign_ids(entities: list[Entity], files: list[FileEntry], previous: dict[t
             e.id = e.explicit_id
             taken[(e.kind, e.id)] = e
             used.add(e.id)
-    pending: list[Entity | FileEntry] = [e for e in entities if e.explicit_id is None] + list(files)
+    for f in files:
+        if f.explicit_id is not None:  # NAME.file.json Id: may repeat on purpose (hostile data)
+            f.id = f.explicit_id
+            used.add(f.id)
+    pending: list[Entity | FileEntry] = [e for e in entities if e.explicit_id is None]
+    pending += [f for f in files if f.explicit_id is None]
 
     def kind_of(item: Entity | FileEntry) -> str:
         return "file" if isinstance(item, FileEntry) else item.kind
@@ -450,7 +493,9 @@ def load_account(root: str, previous: dict[tuple[str, str], str] | None = None) 
 
     ids = _assign_ids([user] + loader.entities, loader.files, loader.previous)
     by_id = {(e.kind, e.id): e for e in [user] + loader.entities}
-    files = {f.id: f for f in loader.files}
+    files: dict[str, FileEntry] = {}
+    for f in loader.files:
+        files.setdefault(f.id, f)  # a repeated explicit file Id serves the first file's bytes
 
     lookup: dict[str, Entity | FileEntry] = {e.key: e for e in loader.entities if e.folder}
     lookup.update({f.key: f for f in loader.files})

@@ -205,9 +205,12 @@ def paged(
     if emulator.knobs.short_pages and limit > 0:
         count = limit // 2 + 1
     page = [render_item(i) for i in ordered[offset : offset + min(count, limit)]]
+    total = len(items)
+    if emulator.knobs.total_count_skew:
+        total = max(0, total + emulator.knobs.total_count_skew * (offset // max(1, limit) + 1))
     meta = {
         "DisplayedCount": len(page),
-        "TotalCount": len(items),
+        "TotalCount": total,
         "Offset": offset,
         "Limit": limit,
         "SortDir": sort_dir,
@@ -669,6 +672,18 @@ async def debug_knobs(em: Emulator, request: Request) -> StreamResponse:
     return json_response(em.knobs.to_dict())
 
 
+async def debug_token(em: Emulator, request: Request) -> StreamResponse:
+    """Replace the accepted token (token-rotation tests); the old one gets 401 from now on."""
+    try:
+        token = json.loads(await request.body() or b"{}").get("token")
+    except (ValueError, AttributeError):
+        token = None
+    if not isinstance(token, str) or not token.strip():
+        return json_response({"error": 'expected {"token": "<new token>"}'}, 400)
+    em.token = token.strip()
+    return json_response({"rotated": True})
+
+
 async def debug_reload(em: Emulator, request: Request) -> StreamResponse:
     try:
         em.reload()
@@ -721,6 +736,9 @@ def build_app(emulator: Emulator) -> Router:
         ("projects", "project"),
     ):
         routes.append(("GET", f"v1pre3/{coll}/{{id}}/properties", _entity_properties(kind), {}))
+    from .writes import write_routes  # projects, app results, uploads, trash, properties (writes.py)
+
+    routes += write_routes()
 
     starlette_routes = []
     for method, template, handler, opts in routes:
@@ -735,6 +753,7 @@ def build_app(emulator: Emulator) -> Router:
         Route("/_emulator/counters/reset", _debug(emulator, debug_counters_reset), methods=["POST"]),
         Route("/_emulator/knobs", _debug(emulator, debug_knobs), methods=["GET", "POST"]),
         Route("/_emulator/reload", _debug(emulator, debug_reload), methods=["POST"]),
+        Route("/_emulator/token", _debug(emulator, debug_token), methods=["POST"]),
         Route(
             "/{path:path}",
             _endpoint(emulator, "unknown", unknown_path, **raw),

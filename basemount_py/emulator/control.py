@@ -164,5 +164,11 @@ class EmulatorProcess:
     def reset_counters(self) -> None:
         self._call("POST", "_emulator/counters/reset")
 
+    def rotate_token(self, token: str) -> None:
+        """Make the running emulator accept ``token`` instead of the current one (not persisted
+        across ``restart()``)."""
+        self._call("POST", "_emulator/token", json={"token": token})
+        self.token = token
+
     def reload(self) -> dict[str, Any]:
         return self._call("POST", "_emulator/reload")

@@ -51,6 +51,9 @@ class Knobs:
     fault_seed: int = 0
     url_lifetime: float = 7 * 24 * 3600.0
     short_pages: bool = False
+    # Hostile listings: page k (k = Offset // Limit) reports TotalCount = real + skew * (k + 1),
+    # so the count changes between pages (and a huge skew makes page 0 lie about the size).
+    total_count_skew: int = 0
     fail_next: list[dict[str, Any]] = field(default_factory=list)
 
     _RATES = ("error_rate", "throttle_rate", "reset_rate", "truncate_rate", "stall_rate")
@@ -93,9 +96,9 @@ class Knobs:
             if not isinstance(value, bool):
                 raise KnobError("short_pages must be true or false")
             return value
-        if name == "fault_seed":
+        if name in ("fault_seed", "total_count_skew"):
             if isinstance(value, bool) or not isinstance(value, int):
-                raise KnobError("fault_seed must be an integer")
+                raise KnobError(f"{name} must be an integer")
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise KnobError(f"{name} must be a number")

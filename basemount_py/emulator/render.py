@@ -206,7 +206,7 @@ class V1:
         return _merge(out, r)
 
     def file(self, f: FileEntry) -> dict[str, Any]:
-        return {
+        out = {
             "Id": f.id,
             "Href": f"v1pre3/files/{f.id}",
             "HrefContent": f"v1pre3/files/{f.id}/content",
@@ -220,6 +220,8 @@ class V1:
             "DateModified": bs_date(f.mtime),
             "ETag": f.etag,
         }
+        out.update(f.overrides)  # NAME.file.json (hostile-data tests)
+        return out
 
     def entity(self, e: Entity) -> dict[str, Any]:
         render = {
@@ -330,4 +332,5 @@ class V2:
         }
         if f.id.isdigit():
             out["IdAsLong"] = int(f.id)
+        out.update(f.overrides)  # NAME.file.json (hostile-data tests)
         return out

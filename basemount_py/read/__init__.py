@@ -26,7 +26,7 @@ mode; every network wait is bounded by the retry policy's per-request and per-op
 Typical wiring::
 
     source = ContentSource(api)
-    async with ReadManager(source.fetch, cache_bytes=256 << 20) as manager:
+    async with ReadManager(source.fetch, cache_bytes=128 << 20) as manager:
         reader = manager.open(file_id, size)       # on open()
         data = await reader.read(offset, length)   # on read()
         await reader.close()                       # on release()

@@ -79,7 +79,7 @@ class ReadManager:
         self,
         fetch: Fetch,
         *,
-        cache_bytes: int = 256 * 2**20,
+        cache_bytes: int = 128 * 2**20,
         prefetch_max: int = 64 * 2**20,
         max_parallel: int = 16,
         config: PrefetchConfig | None = None,

@@ -4,7 +4,9 @@
 * Concurrent misses for the same key share one load (``ls`` and a parallel ``stat`` storm on a
   5,000-entry folder make one set of API calls, not thousands).
 * When a reload fails (API briefly down) and an expired copy exists, the expired copy is served and
-  the failure logged: ``ls`` keeps working from cache.
+  the failure logged: ``ls`` keeps working from cache. The stale copy then counts as fresh for
+  ``stale_grace`` seconds (default 10 s), so a path walk over a dead server pays one
+  retry cycle per folder per grace period, not one per lookup.
 * Memory is bounded by an LRU on entries (cachetools); expired entries stay until evicted so they
   can serve as the fallback.
 """
@@ -22,8 +24,15 @@ log = logging.getLogger(__name__)
 
 
 class ListingCache:
-    def __init__(self, ttl: float, maxsize: int = 4096, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        ttl: float,
+        maxsize: int = 4096,
+        clock: Callable[[], float] = time.monotonic,
+        stale_grace: float | None = None,
+    ):
         self.ttl = ttl
+        self.stale_grace = 10.0 if stale_grace is None else stale_grace
         self._clock = clock
         self._entries: LRUCache = LRUCache(maxsize=maxsize)
         self._inflight: dict[Hashable, trio.Event] = {}
@@ -60,6 +69,8 @@ class ListingCache:
             if stale is not None and isinstance(exc, Exception):
                 self.stale_served += 1
                 log.warning("serving cached listing after a failed reload: %s", exc)
+                # Fresh again for stale_grace seconds: don't retry a dead server on every lookup.
+                self._entries[key] = (stale[0], self._clock() - self.ttl + self.stale_grace)
                 return stale[0]
             if isinstance(exc, Exception):
                 self._errors[key] = exc

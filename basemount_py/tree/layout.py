@@ -18,6 +18,7 @@ Cost rules (why it is shaped like this):
 from __future__ import annotations
 
 import logging
+import shlex
 from typing import Any
 
 from ..api.client import FILES_PAGE_MAX, BaseSpaceClient
@@ -39,7 +40,7 @@ from .nodes import (
 log = logging.getLogger(__name__)
 
 ROOT_README = """\
-This is a BaseSpace Sequence Hub account mounted by basemount_py (read-only).
+This is a BaseSpace Sequence Hub account mounted by basemount_py.
 
   Projects/<project>/Samples/<sample>/Files/      FASTQs and other sample files
   Projects/<project>/AppResults/<result>/Files/   analysis outputs (BAM, VCF, ...)
@@ -50,6 +51,8 @@ This is a BaseSpace Sequence Hub account mounted by basemount_py (read-only).
 
 Hidden files in every entity folder: .id .type .name .json .href .curl .error
 Refresh a folder and its sub-folders:  basemount-py refresh PATH   (or: echo refresh > PATH/.commands)
+Write mode (docs/writes.md): mkdir Projects/NEW, mkdir Projects/P/AppResults/NEW, copy files into
+its Files/, write Properties/Ns.name, rmdir an entity (trash; .Trash/ lists it), basemount-cmd.
 """
 
 ENTITY_TYPES = {  # API collection -> (singular, human type)
@@ -79,6 +82,10 @@ class Layout:
         # Raw API listings, keyed by request: shared by every folder built from them.
         self.lists = ListingCache(ttl=metadata_ttl, maxsize=max_listings)
         self.errors: dict[tuple[str, ...], str] = {}
+        self.write_errors: dict[tuple[str, ...], str] = {}
+        # Entries that exist only in this mount until the server has them (write mode): folders
+        # made with mkdir inside Files/ or Properties/, files being uploaded. Folder path -> name -> Node.
+        self.local: dict[tuple[str, ...], dict[str, Node]] = {}
 
     # -- raw API listings (cached) ----------------------------------------------------------
 
@@ -98,10 +105,13 @@ class Layout:
 
     def _curl(self, href: str) -> str:
         url = href if href.startswith("http") else f"{self.api_server}/{href}"
-        return f'curl -s -H "x-access-token: $BASESPACE_ACCESS_TOKEN" "{url}"\n'
+        # The URL comes from the server: shell-quoted, so `sh .curl` can never run anything else.
+        return f'curl -s -H "x-access-token: $BASESPACE_ACCESS_TOKEN" {shlex.quote(url)}\n'
 
     def error_node(self, path: tuple[str, ...]) -> Node:
-        node = text_node(_p(path, ".error"), self.errors.get(path, ""))
+        # listing errors are cleared by the next good listing; write/command errors (write mode)
+        # by the next successful write or command in the folder
+        node = text_node(_p(path, ".error"), self.errors.get(path, "") + self.write_errors.get(path, ""))
         node.ctx["dynamic"] = "error"
         return node
 
@@ -180,16 +190,26 @@ class Layout:
 
     async def children(self, node: Node) -> list[Node]:
         handler = getattr(self, "_kind_" + node.kind, None)
-        if handler is None:
-            return []
-        return await handler(node)
+        listed = await handler(node) if handler is not None else []
+        names = {child.name for child in listed}
+        for name, child in self.local.get(node.path, {}).items():
+            if name not in names:  # the server's entry wins once it exists
+                listed.append(child)
+                names.add(name)
+        if ".error" not in names and node.type == DIR:
+            # every folder has a .error (commands and writes report there), hidden unless listed
+            error = self.error_node(node.path)
+            error.hidden = True
+            listed.append(error)
+        return listed
 
     async def _kind_root(self, node: Node) -> list[Node]:
         path = node.path
         return [
-            Node(path=_p(path, "Projects"), type=DIR, kind="projects"),
-            Node(path=_p(path, "Runs"), type=DIR, kind="runs"),
+            Node(path=_p(path, "Projects"), type=DIR, kind="projects", ctx={"writable": True}),
+            Node(path=_p(path, "Runs"), type=DIR, kind="runs", ctx={"writable": True}),
             Node(path=_p(path, "BioSamples"), type=DIR, kind="biosamples"),
+            Node(path=_p(path, ".Trash"), type=DIR, kind="trash"),
             text_node(_p(path, "README"), ROOT_README),
             self.commands_node(path, hidden=False),
         ]
@@ -207,10 +227,11 @@ class Layout:
         pid = str(node.ctx["entity"]["Id"])
         path, mtime = node.path, node.mtime
         ctx = {"project_id": pid}
+        wctx = {**ctx, "writable": True}  # mkdir (AppResults) and rmdir = move to trash
         sub = [
-            Node(path=_p(path, "Samples"), type=DIR, kind="samples", ctx=ctx, mtime=mtime),
-            Node(path=_p(path, "AppResults"), type=DIR, kind="appresults", ctx=ctx, mtime=mtime),
-            Node(path=_p(path, "AppSessions"), type=DIR, kind="appsessions", ctx=ctx, mtime=mtime),
+            Node(path=_p(path, "Samples"), type=DIR, kind="samples", ctx=wctx, mtime=mtime),
+            Node(path=_p(path, "AppResults"), type=DIR, kind="appresults", ctx=wctx, mtime=mtime),
+            Node(path=_p(path, "AppSessions"), type=DIR, kind="appsessions", ctx=wctx, mtime=mtime),
             Node(path=_p(path, "Datasets"), type=DIR, kind="datasets", ctx=ctx, mtime=mtime),
             self._properties_dir(path, "projects", pid, mtime),
         ]
@@ -221,12 +242,16 @@ class Layout:
             path=_p(path, "Properties"),
             type=DIR,
             kind="properties",
-            ctx={"collection": collection, "id": entity_id},
+            ctx={"collection": collection, "id": entity_id, "writable": True},
             mtime=mtime,
         )
 
-    def _files_dirs(self, path: tuple[str, ...], collection: str, entity_id: str, mtime: float, v2: bool = False) -> list[Node]:
+    def _files_dirs(
+        self, path: tuple[str, ...], collection: str, entity_id: str, mtime: float, v2: bool = False, writable: bool = False
+    ) -> list[Node]:
         owner = {"owner": (collection, entity_id, v2), "sub": ()}
+        if writable:  # an app result that is not Complete yet: files can be uploaded into it
+            owner["writable"] = True
         return [
             Node(path=_p(path, "Files"), type=DIR, kind="files", ctx=owner, mtime=mtime),
             Node(path=_p(path, "Files.metadata"), type=DIR, kind="filesmeta", ctx=owner, mtime=mtime, hidden=True),
@@ -271,7 +296,8 @@ class Layout:
 
     async def _kind_appresult(self, node: Node) -> list[Node]:
         aid, mtime, path = str(node.ctx["entity"]["Id"]), node.mtime, node.path
-        sub = self._files_dirs(path, "appresults", aid, mtime)
+        running = str(node.ctx["entity"].get("Status", "Complete")).lower() != "complete"
+        sub = self._files_dirs(path, "appresults", aid, mtime, writable=running)
         sub.append(self._properties_dir(path, "appresults", aid, mtime))
         sub += self._parent_session_link(node)
         return self._entity_children(node, sub)
@@ -366,6 +392,26 @@ class Layout:
         sub.append(text_node(_p(path, "DatasetTypeId"), f"{dtype.get('Id', '')}\n", mtime))
         return self._entity_children(node, sub)
 
+    # -- trash ------------------------------------------------------------------------------------
+
+    async def _kind_trash(self, node: Node) -> list[Node]:
+        """``.Trash/<item>/``: the account's trash (``GET v2/trash``); restore with a command."""
+        href = "v2/trash"
+        items = await self._list(href, v2=True)
+        return (
+            self._entity_dirs(node.path, items, "trashitem", "trash")
+            + self._list_hidden(node.path, href, "trash", items)
+            + [self.commands_node(node.path)]
+        )
+
+    async def _kind_trashitem(self, node: Node) -> list[Node]:
+        entity = node.ctx["entity"]
+        kind = entity.get("TrashItemType") or "Deleted"
+        includes = entity.get("Includes")
+        text = f"{kind} ({includes})\n" if includes else f"{kind}\n"
+        sub = [text_node(_p(node.path, "TrashItemType"), text, node.mtime)]
+        return self._entity_children(node, sub)
+
     # -- files --------------------------------------------------------------------------------
 
     async def file_tree(self, owner: tuple[str, str, bool]) -> dict:
@@ -394,7 +440,7 @@ class Layout:
                     path=_p(node.path, name),
                     type=DIR,
                     kind="files",
-                    ctx={"owner": node.ctx["owner"], "sub": node.ctx["sub"] + (name,)},
+                    ctx={"owner": node.ctx["owner"], "sub": node.ctx["sub"] + (name,), "writable": node.ctx.get("writable", False)},
                     mtime=sub["mtime"],
                 )
             )
@@ -445,7 +491,9 @@ class Layout:
         names = unique_names(((i, p.get("Name")) for i, p in enumerate(items)), reserved={COMMANDS_NAME})
         out = []
         for index, prop in enumerate(items):
-            out.append(self._property_node(_p(node.path, names[index]), prop, node.mtime))
+            child = self._property_node(_p(node.path, names[index]), prop, node.mtime)
+            child.ctx.update(prop_name=str(prop.get("Name", "")), owner=(collection, entity_id))
+            out.append(child)
         return out
 
     def _property_node(self, path: tuple[str, ...], prop: dict, mtime: float) -> Node:
@@ -454,7 +502,7 @@ class Layout:
             items = prop.get("Items")
             if not isinstance(items, list):
                 items = []
-            return Node(path=path, type=DIR, kind="propitems", ctx={"type": ptype, "items": items}, mtime=mtime)
+            return Node(path=path, type=DIR, kind="propitems", ctx={"type": ptype, "items": items, "writable": True}, mtime=mtime)
         content = prop.get("Content")
         return self._property_value(path, ptype, content, mtime)
 

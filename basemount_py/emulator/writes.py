@@ -1,0 +1,750 @@
+"""Write endpoints of the emulator: projects, app results, uploads, trash, properties, app sessions.
+
+Every write is persisted into the account folder first and then the model is re-read
+(``Emulator.reload``, which keeps existing ids), so a restarted emulator serves exactly what the
+clients wrote, and the folder stays the single source of truth:
+
+* ``POST v1pre3/projects`` creates ``Projects/<Name>/`` (an existing name returns that project).
+* ``POST v1pre3/projects/{id}/appresults`` creates ``Projects/P/AppResults/<Name>/`` with an
+  ``.entity.json`` holding ``Status: Running`` and a new ``AppSession`` (``BaseSpaceCLI - <time>``).
+* Uploads (``POST v1pre3/appresults/{id}/files``) are streamed to ``ACCOUNT/.uploads/<fid>/`` and
+  moved into ``Files/<directory>/<name>`` once complete, so an unfinished upload never shows up
+  as a file. Multipart state lives only on disk (``upload.json`` + ``part.<n>``), which is why
+  a multipart upload survives an emulator restart. Files that are not complete are neither
+  listed nor fetchable (their id answers 403 like any unknown id).
+* Trash moves the entity folder to ``ACCOUNT/.trash/<trash id>/item`` (+ ``trash.json``);
+  restore moves it back. Ids are hashes of paths, so a restored entity gets its old id back.
+* Properties and app-session changes edit ``.entity.json`` (written atomically).
+
+Mutations and reloads are serialised by one lock and run in a worker thread (disk I/O never
+blocks the event loop). Request bodies are read in pieces, paced by ``conn_bandwidth`` like
+response bodies, and checked against ``Content-MD5`` when the header is present.
+Request paths never become file-system paths: entities are found through the id maps, and the
+``name``/``directory`` parameters are validated component by component.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import time
+from typing import Any
+
+from starlette.requests import Request
+
+from . import render
+from .account import AccountError, Entity, SYNTHETIC_SUFFIX, bs_date
+
+__all__ = ["write_routes"]
+
+UPLOADS = ".uploads"
+TRASH = ".trash"
+MAX_PART_NUMBER = 10000
+MAX_JSON_BODY = 1024 * 1024
+TRASHABLE = {"projects": "project", "samples": "sample", "appresults": "appresult", "runs": "run"}
+TRASH_TYPE = {"project": "DeletedProject", "sample": "DeletedSample", "appresult": "DeletedAppResult", "run": "DeletedRun"}
+TRASH_INCLUDES = "FILEDATA+METADATA"
+
+
+class WriteError(Exception):
+    def __init__(self, status: int, message: str, code: str = "BASESPACE.COMMON.BAD_REQUEST"):
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+def _bad(message: str) -> WriteError:
+    return WriteError(400, message)
+
+
+# -- small disk helpers (run in worker threads) ----------------------------------------------
+
+
+def _safe_component(name: str, what: str) -> str:
+    if not name or name in (".", "..") or "/" in name or "\0" in name or len(name.encode("utf-8", "surrogateescape")) > 255:
+        raise _bad(f"{what} {name!r} is not a valid file or folder name")
+    return name
+
+
+def _folder_name(parent: str, name: str) -> tuple[str, bool]:
+    """A free folder name under ``parent`` for an entity called ``name``; True when it differs
+    from ``name`` (then ``.entity.json`` carries the real Name)."""
+    base = name
+    try:
+        _safe_component(name, "name")
+        if name.startswith("."):
+            raise _bad("hidden")
+    except WriteError:
+        base = "entity-" + hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    candidate, n = base, 1
+    while os.path.lexists(os.path.join(parent, candidate)):
+        n += 1
+        candidate = f"{base} ({n})"
+    return candidate, candidate != name
+
+
+def _read_entity_json(folder: str) -> dict[str, Any]:
+    path = os.path.join(folder, ".entity.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path, "rb") as f:
+        value = json.loads(f.read())
+    return value if isinstance(value, dict) else {}
+
+
+def _write_entity_json(folder: str, value: dict[str, Any]) -> None:
+    tmp = os.path.join(folder, f".entity.json.{secrets.token_hex(4)}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=1, ensure_ascii=False)
+    os.replace(tmp, os.path.join(folder, ".entity.json"))
+
+
+# -- request helpers ---------------------------------------------------------------------------
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_JSON_BODY:
+            raise _bad("request body too large")
+    if not body.strip():
+        return {}
+    try:
+        value = json.loads(body)
+    except ValueError:
+        raise _bad("request body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise _bad("request body must be a JSON object")
+    return {k.lower(): v for k, v in value.items()} | {"_raw": value}
+
+
+async def _body_to_file(em, request: Request, path: str) -> tuple[int, str]:
+    """Stream the request body into ``path``; pace it by ``conn_bandwidth``; return (size, md5 hex)."""
+    md5 = hashlib.md5()
+    size = 0
+    started = time.monotonic()
+    fd = await asyncio.to_thread(os.open, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        pending = bytearray()
+        async for chunk in request.stream():
+            if not chunk:
+                continue
+            md5.update(chunk)
+            size += len(chunk)
+            pending += chunk
+            if len(pending) >= 1 << 20:
+                await asyncio.to_thread(os.write, fd, bytes(pending))
+                pending.clear()
+            bandwidth = em.knobs.conn_bandwidth * 1_000_000
+            if bandwidth > 0:
+                ahead = started + size / bandwidth - time.monotonic()
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        if pending:
+            await asyncio.to_thread(os.write, fd, bytes(pending))
+    finally:
+        await asyncio.to_thread(os.close, fd)
+    return size, md5.hexdigest()
+
+
+def _check_md5(request: Request, md5_hex: str) -> None:
+    header = request.headers.get("content-md5")
+    if header is None:
+        return
+    try:
+        expected = base64.b64decode(header.strip(), validate=True).hex()
+    except (ValueError, TypeError):
+        raise _bad("Content-MD5 is not base64") from None
+    if expected != md5_hex:
+        raise WriteError(400, "The Content-MD5 you specified did not match what was received.", "BASESPACE.FILES.BAD_DIGEST")
+
+
+def _entity(em, kind: str, entity_id: str) -> Entity:
+    e = em.account.get(kind, entity_id)
+    if e is None:
+        raise WriteError(403, f"Sorry but this requires WRITE access to this {render.type_name(kind)} resource.",
+                         "BASESPACE.COMMON.INSUFFICIENT_RESOURCE_PERMISSIONS")
+    return e
+
+
+def _upload_dir(em, file_id: str) -> str:
+    if not file_id.isdigit():  # ids we hand out are digits: nothing else may reach the disk
+        raise WriteError(403, "Sorry but this requires WRITE access to this File resource.",
+                         "BASESPACE.COMMON.INSUFFICIENT_RESOURCE_PERMISSIONS")
+    return os.path.join(em.account.root, UPLOADS, file_id)
+
+
+async def _reload(em, extra_ids: dict | None = None) -> None:
+    """Re-read the folder (off the event loop); ``extra_ids`` pins the ids of new entries (the
+    id handed out when a multipart upload started stays the file's id)."""
+    em.account.ids.update(extra_ids or {})
+    await asyncio.to_thread(em.reload)
+
+
+async def _apply(em, do, undo, extra_ids: dict | None = None) -> Any:
+    """Change the folder, then reload; if the new folder does not load (e.g. a property still
+    references a trashed entity), undo the change and answer 409 with the reason."""
+    result = await asyncio.to_thread(do)
+    try:
+        await _reload(em, extra_ids)
+    except AccountError as exc:
+        await asyncio.to_thread(undo)
+        raise WriteError(409, f"the change was refused: {exc}", "BASESPACE.COMMON.CONFLICT") from None
+    return result
+
+
+def _snapshot(folders: list[str]):
+    """An undo for .entity.json edits: puts back the files as they are now."""
+    saved = {}
+    for folder in folders:
+        path = os.path.join(folder, ".entity.json")
+        saved[path] = open(path, "rb").read() if os.path.isfile(path) else None
+
+    def undo() -> None:
+        for path, data in saved.items():
+            if data is None:
+                if os.path.exists(path):
+                    os.unlink(path)
+            else:
+                with open(path, "wb") as f:
+                    f.write(data)
+
+    return undo
+
+
+def _lock(em) -> asyncio.Lock:
+    lock = getattr(em, "_write_lock", None)
+    if lock is None:
+        lock = em._write_lock = asyncio.Lock()
+    return lock
+
+
+def _find(em, kind: str, key: str) -> Entity | None:
+    for (k, _), e in em.account.by_id.items():
+        if k == kind and e.key == key:
+            return e
+    return None
+
+
+def _ok(em, request: Request, body: Any, status: int = 200):
+    from .app import envelope, json_response
+
+    return json_response(envelope(body), status)
+
+
+# -- projects and app results ------------------------------------------------------------------
+
+
+async def create_project(em, request: Request):
+    body = await _json_body(request)
+    name = body.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise _bad("Name is required")
+    v1 = lambda: render.V1(em.account, str(request.base_url))  # noqa: E731
+    async with _lock(em):
+        for p in em.account.projects:
+            if p.name == name:
+                return _ok(em, request, v1().project(p))
+        parent = os.path.join(em.account.root, "Projects")
+
+        def make() -> str:
+            os.makedirs(parent, exist_ok=True)
+            folder, renamed = _folder_name(parent, name)
+            full = os.path.join(parent, folder)
+            os.mkdir(full)
+            fields: dict[str, Any] = {"Description": str(body.get("description") or "")}
+            if renamed:
+                fields["Name"] = name
+            _write_entity_json(full, fields)
+            return f"Projects/{folder}"
+
+        made: list[str] = []
+        key = await _apply(em, lambda: made.append(make()) or made[0], lambda: shutil.rmtree(os.path.join(em.account.root, *made[0].split("/")), True))
+        p = _find(em, "project", key)
+        assert p is not None
+        return _ok(em, request, v1().project(p), 201)
+
+
+async def create_appresult(em, request: Request):
+    body = await _json_body(request)
+    name = body.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise _bad("Name is required")
+    session_id = request.query_params.get("appsessionid") or request.query_params.get("appSessionId")
+    async with _lock(em):
+        project = _entity(em, "project", request.path_params["id"])
+        session_spec: dict[str, Any]
+        if session_id:
+            session = _entity(em, "appsession", session_id)
+            if session.project is not project:
+                raise _bad("the app session belongs to another project")
+            session_spec = {"Name": session.name}
+        else:
+            taken = {s.name for s in em.account.appsessions if s.project is project}
+            base = "BaseSpaceCLI - " + time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+            sname, n = base, 1
+            while sname in taken:
+                n += 1
+                sname = f"{base} ({n})"
+            session_spec = {"Name": sname, "Status": "Running", "StatusSummary": ""}
+        parent = os.path.join(project.folder or "", "AppResults")
+
+        def make() -> str:
+            os.makedirs(parent, exist_ok=True)
+            folder, renamed = _folder_name(parent, name)
+            full = os.path.join(parent, folder)
+            os.mkdir(full)
+            fields: dict[str, Any] = {
+                "Description": str(body.get("description") or ""),
+                "Status": "Running",
+                "AppSession": session_spec,
+            }
+            if renamed:
+                fields["Name"] = name
+            references = body.get("references")
+            if isinstance(references, list):
+                fields["References"] = references
+            _write_entity_json(full, fields)
+            return f"{project.key}/AppResults/{folder}"
+
+        made: list[str] = []
+        key = await _apply(em, lambda: made.append(make()) or made[0], lambda: shutil.rmtree(os.path.join(em.account.root, *made[0].split("/")), True))
+        r = _find(em, "appresult", key)
+        assert r is not None
+        return _ok(em, request, render.V1(em.account, str(request.base_url)).appresult(r), 201)
+
+
+# -- uploads --------------------------------------------------------------------------------------
+
+
+def _upload_target(em, appresult: Entity, request: Request) -> tuple[str, str]:
+    """(name, directory) from the query, validated; refuses Complete app results."""
+    q = {k.lower(): v for k, v in request.query_params.items()}
+    name = _safe_component(q.get("name", ""), "name")
+    if name.endswith(SYNTHETIC_SUFFIX):
+        raise _bad(f"names ending in {SYNTHETIC_SUFFIX} are reserved by the emulator")
+    directory = "/".join(_safe_component(c, "directory") for c in q.get("directory", "").split("/") if c)
+    if str(appresult.overrides.get("Status", "Complete")).lower() == "complete":
+        raise WriteError(409, f"AppResult {appresult.id} is Complete: no files can be added",
+                         "BASESPACE.APPRESULTS.ALREADY_COMPLETE")
+    return name, directory
+
+
+def _final_path(appresult: Entity, name: str, directory: str) -> tuple[str, str]:
+    """(disk path, account-relative key) of the uploaded file; refuses clashes."""
+    files = os.path.join(appresult.folder or "", "Files")
+    rel = f"{directory}/{name}" if directory else name
+    full = os.path.join(files, *rel.split("/"))
+    # a directory component that is a file (or the file already existing) is a clash
+    probe = files
+    for part in rel.split("/")[:-1]:
+        probe = os.path.join(probe, part)
+        if os.path.lexists(probe) and not os.path.isdir(probe):
+            raise WriteError(409, f"{rel}: {part} is a file", "BASESPACE.FILES.CONFLICT")
+    if os.path.lexists(full) or os.path.lexists(full + SYNTHETIC_SUFFIX):
+        raise WriteError(409, f"a file {rel} already exists in this AppResult", "BASESPACE.FILES.CONFLICT")
+    return full, f"{appresult.key}/Files/{rel}"
+
+
+def _new_file_id(em, key: str) -> str:
+    from .account import _hash_id
+
+    used = set(em.account.files) | {i for (_k, i) in em.account.by_id}
+    attempt = 0
+    while True:
+        candidate = _hash_id("file", key, attempt)
+        if candidate not in used and not os.path.exists(os.path.join(em.account.root, UPLOADS, candidate)):
+            return candidate
+        attempt += 1
+
+
+def _install(src: str, dest: str) -> None:
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    os.replace(src, dest)
+    now = time.time()
+    os.utime(dest, (now, now))
+
+
+async def upload_file(em, request: Request):
+    appresult = _entity(em, "appresult", request.path_params["id"])
+    name, directory = _upload_target(em, appresult, request)
+    multipart = request.query_params.get("multipart", "").lower() == "true"
+    async with _lock(em):
+        _full, key = await asyncio.to_thread(_final_path, appresult, name, directory)
+        file_id = _new_file_id(em, key)
+        folder = _upload_dir(em, file_id)
+        await asyncio.to_thread(os.makedirs, folder)
+        meta = {"Id": file_id, "AppResult": appresult.key, "Name": name, "Directory": directory,
+                "ContentType": request.headers.get("content-type", "application/octet-stream"), "Created": time.time()}
+        await asyncio.to_thread(_write_json, os.path.join(folder, "upload.json"), meta)
+    if multipart:
+        pending = {"Id": file_id, "Href": f"v1pre3/files/{file_id}", "Name": name,
+                   "Path": f"{directory}/{name}" if directory else name, "UploadStatus": "pending", "Size": 0}
+        return _ok(em, request, pending, 201)
+    try:
+        body_path = os.path.join(folder, "body")
+        size, md5_hex = await _body_to_file(em, request, body_path)
+        _check_md5(request, md5_hex)
+        if size == 0:
+            raise _bad("BaseSpace does not accept zero-byte files")
+        return await _commit(em, request, file_id, meta, body_path)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+
+
+def _write_json(path: str, value: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f)
+    os.replace(tmp, path)
+
+
+def _read_upload(em, file_id: str) -> tuple[str, dict[str, Any]]:
+    folder = _upload_dir(em, file_id)
+    try:
+        with open(os.path.join(folder, "upload.json"), encoding="utf-8") as f:
+            return folder, json.load(f)
+    except (OSError, ValueError):
+        raise WriteError(403, "Sorry but this requires WRITE access to this File resource.",
+                         "BASESPACE.COMMON.INSUFFICIENT_RESOURCE_PERMISSIONS") from None
+
+
+async def _commit(em, request: Request, file_id: str, meta: dict[str, Any], data_path: str):
+    """Move the finished bytes into the app result's Files/ and serve the new file."""
+    async with _lock(em):
+        appresult = _find(em, "appresult", meta["AppResult"])
+        if appresult is None:
+            raise WriteError(409, "the AppResult of this upload no longer exists", "BASESPACE.FILES.CONFLICT")
+        full, key = await asyncio.to_thread(_final_path, appresult, meta["Name"], meta["Directory"])
+        await _apply(em, lambda: _install(data_path, full), lambda: os.replace(full, data_path), {("file", key): file_id})
+        entry = em.account.files.get(file_id)
+        assert entry is not None
+        return _ok(em, request, render.V1(em.account, str(request.base_url)).file(entry), 201)
+
+
+async def upload_part(em, request: Request):
+    folder, _meta = await asyncio.to_thread(_read_upload, em, request.path_params["id"])
+    try:
+        number = int(request.path_params["n"])
+    except ValueError:
+        number = 0
+    if not 1 <= number <= MAX_PART_NUMBER:
+        raise _bad(f"part number must be between 1 and {MAX_PART_NUMBER}")
+    tmp = os.path.join(folder, f"part.{number}.{secrets.token_hex(4)}.tmp")
+    try:
+        size, md5_hex = await _body_to_file(em, request, tmp)
+        _check_md5(request, md5_hex)
+        await asyncio.to_thread(os.replace, tmp, os.path.join(folder, f"part.{number}"))
+    finally:
+        if os.path.exists(tmp):
+            await asyncio.to_thread(os.unlink, tmp)
+    return _ok(em, request, {"Number": number, "Size": size, "ETag": md5_hex})
+
+
+def _assemble(folder: str) -> str:
+    parts = sorted(
+        (int(n.split(".")[1]), n) for n in os.listdir(folder) if n.startswith("part.") and n.count(".") == 1
+    )
+    if not parts:
+        raise _bad("no parts were uploaded")
+    numbers = [n for n, _ in parts]
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise _bad(f"parts must be numbered 1..N without gaps (got {numbers[:10]}...)")
+    out = os.path.join(folder, "assembled")
+    with open(out, "wb") as dest:
+        for _, name in parts:
+            with open(os.path.join(folder, name), "rb") as src:
+                shutil.copyfileobj(src, dest, 1 << 20)
+    if os.path.getsize(out) == 0:
+        raise _bad("BaseSpace does not accept zero-byte files")
+    return out
+
+
+async def file_status(em, request: Request):
+    """``POST v1pre3/files/{id}?uploadstatus=complete|aborted``."""
+    status = request.query_params.get("uploadstatus", request.query_params.get("uploadStatus", "")).lower()
+    folder, meta = await asyncio.to_thread(_read_upload, em, request.path_params["id"])
+    if status == "aborted":
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+        return _ok(em, request, {"Id": meta["Id"], "UploadStatus": "aborted"})
+    if status != "complete":
+        raise _bad("uploadstatus must be complete or aborted")
+    data = await asyncio.to_thread(_assemble, folder)
+    try:
+        return await _commit(em, request, meta["Id"], meta, data)
+    finally:
+        if not os.path.exists(data):  # installed: the staging folder is done
+            await asyncio.to_thread(shutil.rmtree, folder, True)
+
+
+# -- trash ------------------------------------------------------------------------------------------
+
+
+def _trash_item(em, request: Request, tid: str, info: dict[str, Any]) -> dict[str, Any]:
+    base = str(request.base_url)
+    kind = info["Kind"]
+    return {
+        "Id": tid,
+        "Href": f"{base}v2/trash/{tid}",
+        "Name": info["Name"],
+        "TrashItemType": TRASH_TYPE.get(kind, "Deleted" + render.type_name(kind)),
+        "Includes": TRASH_INCLUDES,
+        "DateDeleted": bs_date(info["Deleted"]),
+        "DateModified": bs_date(info["Deleted"]),
+        "Size": info.get("Size", 0),
+        "Entity": {"Id": info["EntityId"], "Type": render.type_name(kind),
+                   "Href": f"v1pre3/{kind}s/{info['EntityId']}"},
+        "OriginalPath": info["OriginalPath"],
+    }
+
+
+def _trash_entries(root: str) -> list[tuple[str, dict[str, Any]]]:
+    folder = os.path.join(root, TRASH)
+    out = []
+    for tid in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        try:
+            with open(os.path.join(folder, tid, "trash.json"), encoding="utf-8") as f:
+                out.append((tid, json.load(f)))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+async def move_to_trash(em, request: Request):
+    collection = request.url.path.strip("/").split("/")[1]
+    kind = TRASHABLE[collection]
+    async with _lock(em):
+        e = _entity(em, kind, request.path_params["id"])
+        if not e.folder:
+            raise _bad(f"this {render.type_name(kind)} cannot be moved to the trash by the emulator")
+        size = e.total_size if kind != "project" else em.account.project_total_size(e)
+        tid = str(1_000_000_000 + secrets.randbelow(9_000_000_000))
+        info = {"Kind": kind, "Name": e.name, "EntityId": e.id, "OriginalPath": e.key, "Deleted": time.time(), "Size": size}
+        root = em.account.root
+
+        dest = os.path.join(root, TRASH, tid)
+
+        def move() -> None:
+            os.makedirs(dest)
+            try:
+                os.rename(e.folder, os.path.join(dest, "item"))
+            except OSError:
+                shutil.rmtree(dest, True)
+                raise
+            _write_json(os.path.join(dest, "trash.json"), info)
+
+        def undo() -> None:
+            os.rename(os.path.join(dest, "item"), e.folder)
+            shutil.rmtree(dest, True)
+
+        await _apply(em, move, undo)
+        return _ok(em, request, _trash_item(em, request, tid, info))
+
+
+async def list_trash(em, request: Request):
+    from .app import json_response
+
+    entries = await asyncio.to_thread(_trash_entries, em.account.root)
+    items = [_trash_item(em, request, tid, info) for tid, info in entries]
+    q = {k.lower(): v for k, v in request.query_params.items()}
+    offset, limit = int(q.get("offset", 0) or 0), min(int(q.get("limit", 1000) or 1000), 1000)
+    page = items[offset : offset + limit]
+    return json_response({"Items": page, "Paging": {"DisplayedCount": len(page), "TotalCount": len(items),
+                                                    "Offset": offset, "Limit": limit, "SortDir": "Asc", "SortBy": "Id"}})
+
+
+def _trash_folder(em, tid: str) -> tuple[str, dict[str, Any]]:
+    if not tid.isdigit():
+        raise WriteError(404, f"no trash item {tid}", "BASESPACE.TRASH.NOT_FOUND")
+    folder = os.path.join(em.account.root, TRASH, tid)
+    try:
+        with open(os.path.join(folder, "trash.json"), encoding="utf-8") as f:
+            return folder, json.load(f)
+    except (OSError, ValueError):
+        raise WriteError(404, f"no trash item {tid}", "BASESPACE.TRASH.NOT_FOUND") from None
+
+
+async def get_trash_item(em, request: Request):
+    from .app import json_response
+
+    tid = request.path_params["id"]
+    _folder, info = await asyncio.to_thread(_trash_folder, em, tid)
+    return json_response(_trash_item(em, request, tid, info))
+
+
+async def restore_from_trash(em, request: Request):
+    from .app import json_response
+
+    tid = request.path_params["id"]
+    async with _lock(em):
+        folder, info = await asyncio.to_thread(_trash_folder, em, tid)
+        original = os.path.join(em.account.root, *info["OriginalPath"].split("/"))
+
+        def move() -> None:
+            if os.path.lexists(original):
+                raise WriteError(409, f"{info['OriginalPath']} exists again; cannot restore over it", "BASESPACE.TRASH.CONFLICT")
+            parent = os.path.dirname(original)
+            if info["Kind"] != "project" and info["Kind"] != "run" and not os.path.isdir(os.path.dirname(parent)):
+                raise WriteError(409, "the project of this item is not there (restore it first)", "BASESPACE.TRASH.CONFLICT")
+            os.makedirs(parent, exist_ok=True)
+            os.rename(os.path.join(folder, "item"), original)
+
+        await _apply(em, move, lambda: os.rename(original, os.path.join(folder, "item")))
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+        item = _trash_item(em, request, tid, info)
+        item["Restored"] = True
+        return json_response(item)
+
+
+# -- properties and app sessions ------------------------------------------------------------------------
+
+
+def _href_ref(em, value: Any) -> Any:
+    """``"v1pre3/samples/ID"`` (or an object with Href/Id) -> a ``{"Ref": key}`` for .entity.json."""
+    href = value.get("Href") if isinstance(value, dict) else value
+    if not isinstance(href, str):
+        raise _bad("reference items must be Href strings like v1pre3/samples/123")
+    parts = href.strip("/").split("/")
+    if "v1pre3" in parts:
+        parts = parts[parts.index("v1pre3") + 1 :]
+    if len(parts) != 2 or parts[0] not in TRASHABLE:
+        raise _bad(f"{href!r} is not an entity Href (v1pre3/samples/ID, …)")
+    target = em.account.get(TRASHABLE[parts[0]], parts[1])
+    if target is None or not target.folder:
+        raise _bad(f"{href!r} does not name an entity")
+    return {"Ref": target.key}
+
+
+async def set_properties(em, request: Request):
+    collection = request.url.path.strip("/").split("/")[1]
+    kind = TRASHABLE.get(collection)
+    body = await _json_body(request)
+    props = body.get("properties")
+    if not isinstance(props, list) or not props:
+        raise _bad('expected {"Properties": [{"Type", "Name", "Content"|"Items"}]}')
+    async with _lock(em):
+        if kind is None:
+            raise _bad("the emulator stores properties of projects, samples, app results and runs only")
+        e = _entity(em, kind, request.path_params["id"])
+        clean = []
+        for prop in props:
+            if not isinstance(prop, dict) or not isinstance(prop.get("Name"), str) or not isinstance(prop.get("Type"), str):
+                raise _bad("each property needs a string Type and Name")
+            name, ptype = prop["Name"], prop["Type"]
+            if "." not in name.strip(".") or any(c in name for c in "/\0\n"):
+                raise _bad(f"property name {name!r} must be namespaced, like Input.my-value")
+            base = ptype[:-2] if ptype.endswith("[]") else ptype
+            out: dict[str, Any] = {"Type": ptype, "Name": name, "Description": str(prop.get("Description", ""))}
+            if base == "string":
+                if ptype.endswith("[]"):
+                    out["Items"] = [str(i) for i in prop.get("Items") or []]
+                else:
+                    out["Content"] = str(prop.get("Content", ""))
+            elif base in ("project", "sample", "appresult", "run"):
+                if ptype.endswith("[]"):
+                    out["Items"] = [_href_ref(em, i) for i in prop.get("Items") or []]
+                else:
+                    out["Content"] = _href_ref(em, prop.get("Content"))
+            else:
+                raise _bad(f"property type {ptype!r} is not supported by the emulator")
+            clean.append(out)
+
+        def save() -> None:
+            fields = _read_entity_json(e.folder or "")
+            existing = [p for p in fields.get("Properties") or [] if isinstance(p, dict)]
+            names = {p["Name"] for p in clean}
+            fields["Properties"] = [p for p in existing if p.get("Name") not in names] + clean
+            _write_entity_json(e.folder or "", fields)
+
+        undo = await asyncio.to_thread(_snapshot, [e.folder or ""])
+        await _apply(em, save, undo)
+        e = _entity(em, kind, request.path_params["id"])
+        all_props = render.V1(em.account, str(request.base_url)).properties(e)
+        return _ok(em, request, {"Items": [p for p in all_props if p.get("Name") in {c["Name"] for c in clean}]})
+
+
+async def update_appsession(em, request: Request):
+    """``POST v1pre3/appsessions/{id}`` with ``status`` (complete/aborted/...) and/or ``Name``."""
+    body = await _json_body(request)
+    async with _lock(em):
+        session = _entity(em, "appsession", request.path_params["id"])
+        members = [e for e in em.account.samples + em.account.appresults if e.appsession is session and e.folder]
+        if not members:
+            raise _bad("this app session has no app result or sample folder to store its state in")
+        changes: dict[str, Any] = {}
+        status = body.get("status")
+        if status is not None:
+            if not isinstance(status, str) or status.lower() not in ("complete", "aborted", "running", "needsattention"):
+                raise _bad("status must be one of complete, aborted, running, needsattention")
+            current = str(session.overrides.get("Status", "Complete")).lower()
+            if current == "complete" and status.lower() == "complete":
+                raise WriteError(409, f"AppSession {session.id} is already Complete", "BASESPACE.APPSESSIONS.ALREADY_COMPLETE")
+            changes["Status"] = {"complete": "Complete", "aborted": "Aborted", "running": "Running",
+                                 "needsattention": "NeedsAttention"}[status.lower()]
+            if body.get("statussummary") is not None:
+                changes["StatusSummary"] = str(body["statussummary"])
+        name = body.get("name")
+        if name is not None:
+            if not isinstance(name, str) or not name.strip():
+                raise _bad("Name must be a non-empty string")
+            if any(s.name == name and s is not session for s in em.account.appsessions if s.project is session.project):
+                raise WriteError(409, f"an app session named {name!r} exists in this project", "BASESPACE.APPSESSIONS.CONFLICT")
+            changes["Name"] = name
+        if not changes:
+            raise _bad("nothing to change: give status and/or Name")
+
+        def save() -> None:
+            for e in members:
+                fields = _read_entity_json(e.folder or "")
+                spec = fields.get("AppSession") if isinstance(fields.get("AppSession"), dict) else {"Name": session.name}
+                spec.update(changes)
+                spec["Id"] = session.id  # a renamed session keeps its id
+                fields["AppSession"] = spec
+                if "Status" in changes and e.kind == "appresult":
+                    fields["Status"] = changes["Status"]
+                _write_entity_json(e.folder or "", fields)
+
+        undo = await asyncio.to_thread(_snapshot, [e.folder or "" for e in members])
+        await _apply(em, save, undo)
+        session = _entity(em, "appsession", request.path_params["id"])
+        return _ok(em, request, render.V1(em.account, str(request.base_url)).appsession(session))
+
+
+# -- registration ---------------------------------------------------------------------------------------
+
+
+def _guarded(handler):
+    async def wrapped(em, request: Request):
+        from .app import error_status
+
+        try:
+            return await handler(em, request)
+        except WriteError as exc:
+            return error_status(exc.status, exc.code, str(exc))
+
+    return wrapped
+
+
+def write_routes() -> list[tuple[str, str, Any, dict[str, Any]]]:
+    """(method, template, handler, options) tuples for ``app.build_app``."""
+    routes = [
+        ("POST", "v1pre3/projects", create_project),
+        ("POST", "v1pre3/projects/{id}/appresults", create_appresult),
+        ("POST", "v1pre3/appresults/{id}/files", upload_file),
+        ("PUT", "v1pre3/files/{id}/parts/{n}", upload_part),
+        ("POST", "v1pre3/files/{id}", file_status),
+        ("POST", "v1pre3/appsessions/{id}", update_appsession),
+        ("GET", "v2/trash", list_trash),
+        ("GET", "v2/trash/{id}", get_trash_item),
+        ("POST", "v2/trash/{id}/restorefromtrash", restore_from_trash),
+    ]
+    for collection in TRASHABLE:
+        routes.append(("DELETE", f"v1pre3/{collection}/{{id}}", move_to_trash))
+    for collection in ("projects", "samples", "appresults", "runs", "appsessions"):
+        routes.append(("POST", f"v1pre3/{collection}/{{id}}/properties", set_properties))
+    return [(m, t, _guarded(h), {}) for m, t, h in routes]

@@ -1,0 +1,41 @@
+"""The soak, short: 16 processes of ls/stat/sequential/random reads through one mount for ~25 s with
+faults on (the 2-minute run is ``scripts/soak``; its figures are in docs/reliability.md)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from conftest import require_fuse
+from soak import SOAK_OP_TIMEOUT, run_soak
+
+CI_SECONDS = float(os.environ.get("BASEMOUNT_SOAK_SECONDS", "25"))
+
+
+def _check(result) -> None:
+    print("\n" + result.summary())
+    assert result.daemon_alive, "the daemon died during the soak"
+    assert result.wrong_bytes == 0, result.wrong_ops
+    assert result.hung_workers == 0
+    # Retries absorb the injected faults; a failed op may only ever be a clean EIO.
+    assert set(result.errors) <= {"EIO"}, result.errors
+    assert sum(result.errors.values()) <= result.ops * 0.02, result.errors
+    # Every system call is bounded (a read(2) may span two FUSE requests, each within the timeout).
+    assert result.max_call < 2 * SOAK_OP_TIMEOUT + 5, result.max_call_what
+    assert sum(result.faults_injected.values()) >= 20, result.faults_injected
+    assert {"ls", "stat", "seq", "random"} <= set(result.by_kind)
+    # Bounded resources: the block cache is 64 MiB; connections are pooled (16 API + 16 content).
+    assert result.peak_rss_mib < 400, result.peak_rss_mib
+    assert result.peak_sockets <= 2 * 16 + 4, result.peak_sockets
+
+
+def test_soak_short(tmp_path):
+    require_fuse()
+    _check(run_soak(tmp_path, duration=CI_SECONDS, workers=16))
+
+
+@pytest.mark.slow
+def test_soak_two_minutes(tmp_path):
+    require_fuse()
+    _check(run_soak(tmp_path, duration=120, workers=16))
