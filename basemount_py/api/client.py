@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+from urllib.parse import quote
 from typing import Any, Callable
 
 import httpx
@@ -63,6 +64,11 @@ def _retry_after(response: httpx.Response) -> float | None:
         return float(value)
     except ValueError:
         return None
+
+
+def path_segment(value: object) -> str:
+    """An id from the server as one URL path segment, so a hostile id cannot reach another route."""
+    return quote(str(value), safe="")
 
 
 def raise_for_status(response: httpx.Response, what: str) -> None:

@@ -21,7 +21,7 @@ import logging
 import shlex
 from typing import Any
 
-from ..api.client import FILES_PAGE_MAX, BaseSpaceClient
+from ..api.client import FILES_PAGE_MAX, BaseSpaceClient, path_segment
 from .cache import ListingCache
 from .naming import sanitize, unique_names
 from .nodes import (
@@ -259,7 +259,7 @@ class Layout:
 
     async def _kind_samples(self, node: Node) -> list[Node]:
         pid = node.ctx["project_id"]
-        href = f"v1pre3/projects/{pid}/samples"
+        href = f"v1pre3/projects/{path_segment(pid)}/samples"
         items = await self._list(href)
         return (
             self._entity_dirs(node.path, items, "sample", "samples", project_id=pid)
@@ -286,7 +286,7 @@ class Layout:
 
     async def _kind_appresults(self, node: Node) -> list[Node]:
         pid = node.ctx["project_id"]
-        href = f"v1pre3/projects/{pid}/appresults"
+        href = f"v1pre3/projects/{path_segment(pid)}/appresults"
         items = await self._list(href)
         return (
             self._entity_dirs(node.path, items, "appresult", "appresults", project_id=pid)
@@ -316,7 +316,7 @@ class Layout:
         entity, pid = node.ctx["entity"], node.ctx["project_id"]
         sid, mtime, path = str(entity["Id"]), node.mtime, node.path
         sub = [self._properties_dir(path, "appsessions", sid, mtime)]
-        results = await self._list(f"v1pre3/projects/{pid}/appresults")
+        results = await self._list(f"v1pre3/projects/{path_segment(pid)}/appresults")
         for item in results:
             session = item.get("AppSession")
             if isinstance(session, dict) and str(session.get("Id")) == sid and item.get("Id") is not None:
@@ -418,7 +418,7 @@ class Layout:
         """The owner's files as a nested dict: {"dirs": {name: subtree}, "files": {name: item}}."""
         collection, entity_id, v2 = owner
         prefix = "v2" if v2 else "v1pre3"
-        items = await self._list(f"{prefix}/{collection}/{entity_id}/files", v2=v2, files=True)
+        items = await self._list(f"{prefix}/{collection}/{path_segment(entity_id)}/files", v2=v2, files=True)
         return build_file_tree(items)
 
     async def _subtree(self, node: Node) -> dict | None:
@@ -487,7 +487,7 @@ class Layout:
 
     async def _kind_properties(self, node: Node) -> list[Node]:
         collection, entity_id = node.ctx["collection"], node.ctx["id"]
-        items = await self._list(f"v1pre3/{collection}/{entity_id}/properties")
+        items = await self._list(f"v1pre3/{collection}/{path_segment(entity_id)}/properties")
         names = unique_names(((i, p.get("Name")) for i, p in enumerate(items)), reserved={COMMANDS_NAME})
         out = []
         for index, prop in enumerate(items):

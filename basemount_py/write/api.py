@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..api.client import BaseSpaceClient
+from ..api.client import BaseSpaceClient, path_segment
 from ..api.errors import ProtocolError
 
 
@@ -42,7 +42,7 @@ class WriteApi:
     async def create_appresult(self, project_id: str, name: str, description: str = "") -> dict[str, Any]:
         """A new app result and (no ``appsessionid``) a new app session, status Running."""
         return await self._json(
-            "POST", f"v1pre3/projects/{project_id}/appresults", json={"Name": name, "Description": description}
+            "POST", f"v1pre3/projects/{path_segment(project_id)}/appresults", json={"Name": name, "Description": description}
         )
 
     # -- files ----------------------------------------------------------------------------------
@@ -56,7 +56,7 @@ class WriteApi:
     async def upload_small(self, appresult_id: str, name: str, directory: str, data: bytes, ctype: str, md5: str) -> dict[str, Any]:
         return await self._json(
             "POST",
-            f"v1pre3/appresults/{appresult_id}/files",
+            f"v1pre3/appresults/{path_segment(appresult_id)}/files",
             self._file_params(name, directory),
             content=data,
             headers={"Content-Type": ctype, "Content-MD5": md5},
@@ -65,7 +65,7 @@ class WriteApi:
     async def start_multipart(self, appresult_id: str, name: str, directory: str, ctype: str) -> str:
         body = await self._json(
             "POST",
-            f"v1pre3/appresults/{appresult_id}/files",
+            f"v1pre3/appresults/{path_segment(appresult_id)}/files",
             self._file_params(name, directory, multipart=True),
             headers={"Content-Type": ctype},
         )
@@ -74,28 +74,28 @@ class WriteApi:
     async def put_part(self, file_id: str, number: int, data: bytes, md5: str) -> None:
         await self.client.request(
             "PUT",
-            f"v1pre3/files/{file_id}/parts/{number}",
+            f"v1pre3/files/{path_segment(file_id)}/parts/{number}",
             content=data,
             headers={"Content-MD5": md5, "Content-Type": "application/octet-stream"},
         )
 
     async def complete(self, file_id: str) -> dict[str, Any]:
-        return await self._json("POST", f"v1pre3/files/{file_id}", {"uploadstatus": "complete"})
+        return await self._json("POST", f"v1pre3/files/{path_segment(file_id)}", {"uploadstatus": "complete"})
 
     async def abort(self, file_id: str) -> None:
-        await self.client.request("POST", f"v1pre3/files/{file_id}", {"uploadstatus": "aborted"})
+        await self.client.request("POST", f"v1pre3/files/{path_segment(file_id)}", {"uploadstatus": "aborted"})
 
     # -- trash, properties, app sessions -------------------------------------------------------------
 
     async def move_to_trash(self, collection: str, entity_id: str) -> dict[str, Any]:
-        return await self._json("DELETE", f"v1pre3/{collection}/{entity_id}")
+        return await self._json("DELETE", f"v1pre3/{collection}/{path_segment(entity_id)}")
 
     async def restore_from_trash(self, trash_id: str) -> dict[str, Any]:
-        return await self._json("POST", f"v2/trash/{trash_id}/restorefromtrash")
+        return await self._json("POST", f"v2/trash/{path_segment(trash_id)}/restorefromtrash")
 
     async def set_properties(self, collection: str, entity_id: str, properties: list[dict[str, Any]]) -> dict[str, Any]:
-        return await self._json("POST", f"v1pre3/{collection}/{entity_id}/properties", json={"Properties": properties})
+        return await self._json("POST", f"v1pre3/{collection}/{path_segment(entity_id)}/properties", json={"Properties": properties})
 
     async def update_appsession(self, session_id: str, **fields: Any) -> dict[str, Any]:
         """``{"status": "complete"}`` (mark-as-complete) or ``{"Name": ...}`` (rename)."""
-        return await self._json("POST", f"v1pre3/appsessions/{session_id}", json=fields)
+        return await self._json("POST", f"v1pre3/appsessions/{path_segment(session_id)}", json=fields)
