@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,20 +30,10 @@ Press Ctrl-C to unmount and stop.
 """
 
 
-def wait_for_mount(mountpoint: str, process: subprocess.Popen, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if os.path.ismount(mountpoint):
-            return True
-        if process.poll() is not None:
-            return False
-        time.sleep(0.1)
-    return False
-
-
 def run_demo(mountpoint: str | None = None, keep_running: bool = True) -> int:
     from .emulator.control import EmulatorProcess
     from .emulator.demo_data import generate_demo_account
+    from .mount_process import MountProcess, MountStartError
 
     workdir = Path(tempfile.mkdtemp(prefix="basemount-demo-"))
     account = workdir / "account"
@@ -52,7 +41,7 @@ def run_demo(mountpoint: str | None = None, keep_running: bool = True) -> int:
     os.makedirs(mp, exist_ok=True)
     print(f"Generating the demo account in {account} ...", flush=True)
     generate_demo_account(account)
-    mount_proc: subprocess.Popen | None = None
+    mount: MountProcess | None = None
     stop = {"now": False}
 
     def on_signal(signum, frame):  # noqa: ARG001
@@ -61,13 +50,14 @@ def run_demo(mountpoint: str | None = None, keep_running: bool = True) -> int:
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with EmulatorProcess(account) as emulator:
-            env = dict(os.environ, BASESPACE_API_SERVER=emulator.url, BASESPACE_ACCESS_TOKEN=emulator.token)
-            mount_proc = subprocess.Popen(
-                [sys.executable, "-m", "basemount_py", "mount", mp, "--foreground", "--log-level", "WARNING"],
-                env=env,
+            mount = MountProcess(
+                Path(mp), "--log-level", "WARNING", api_server=emulator.url, access_token=emulator.token,
+                log=workdir / "mount.log",
             )
-            if not wait_for_mount(mp, mount_proc):
-                print("basemount-py: the demo mount did not come up (see the messages above)", file=sys.stderr)
+            try:
+                mount.start()
+            except MountStartError as exc:
+                print(f"basemount-py: the demo mount did not come up: {exc}", file=sys.stderr)
                 return 1
             projects = sorted(p.name for p in (account / "Projects").iterdir())
             p1 = next((p for p in projects if p.startswith("Demo")), projects[0])
@@ -75,19 +65,13 @@ def run_demo(mountpoint: str | None = None, keep_running: bool = True) -> int:
             results = sorted(x.name for x in (account / "Projects" / p2 / "AppResults").iterdir()) if (account / "Projects" / p2 / "AppResults").is_dir() else ["?"]
             ar = next((r for r in results if "Alignment" in r), results[0])
             print(SESSION.format(mp=mp, url=emulator.url, p1=p1, p2=p2, ar=ar), flush=True)
-            while keep_running and not stop["now"] and mount_proc.poll() is None:
+            while keep_running and not stop["now"] and mount.process.poll() is None:
                 time.sleep(0.2)
             return 0
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
-        if mount_proc is not None and mount_proc.poll() is None:
-            mount_proc.send_signal(signal.SIGTERM)
-            try:
-                mount_proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                mount_proc.kill()
-        if os.path.ismount(mp):
-            subprocess.run(["fusermount3", "-u", "-z", mp], capture_output=True)
+        if mount is not None:
+            mount.stop()
         print("Demo stopped; unmounted.", flush=True)
         shutil.rmtree(workdir, ignore_errors=True)

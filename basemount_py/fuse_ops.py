@@ -11,14 +11,13 @@ import errno
 import functools
 import logging
 import os
-import stat
 from typing import Any, Callable
 
 import pyfuse3
 import trio
 
 from .api.errors import errno_for
-from .tree import COMMANDS, DIR, REMOTE, ROOT_INODE, TEXT, Node, NotADirectory, NotFound, Tree
+from .tree import COMMANDS, DIR, REMOTE, TEXT, Node, NotADirectory, NotFound, Tree
 
 log = logging.getLogger(__name__)
 

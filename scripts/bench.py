@@ -38,7 +38,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,7 @@ from urllib.parse import urljoin
 import httpx
 
 from basemount_py.emulator.control import EmulatorProcess
+from basemount_py.mount_process import MountProcess
 
 MiB = 2**20
 GiB = 2**30
@@ -76,12 +76,6 @@ def note(message: str) -> None:
 # -- environment helpers ---------------------------------------------------------------------
 
 
-def is_mounted(path: Path) -> bool:
-    target = str(path)
-    with open("/proc/self/mounts") as f:
-        return any(line.split()[1] == target for line in f)
-
-
 def drop_caches() -> bool:
     """Empty the kernel page cache (root only) so no read below is served from memory."""
     if os.geteuid() != 0:
@@ -95,50 +89,17 @@ def drop_caches() -> bool:
         return False
 
 
-class BenchMount:
-    """A real ``basemount-py mount --foreground`` daemon (same as tests/conftest.py's ``Mount``)."""
+class BenchMount(MountProcess):
+    """A real ``basemount-py mount --foreground`` daemon against the bench's emulator."""
 
     def __init__(self, emulator: EmulatorProcess, mountpoint: Path, *extra: str):
-        self.mountpoint = mountpoint
-        self.log = mountpoint.with_name(mountpoint.name + ".log")
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("BASESPACE_")}
-        self.env.update(
-            BASESPACE_API_SERVER=emulator.url,
-            BASESPACE_ACCESS_TOKEN=emulator.token,
-            HOME=str(mountpoint.parent / "home"),
+        super().__init__(
+            mountpoint,
+            *extra,
+            api_server=emulator.url,
+            access_token=emulator.token,
+            env={"HOME": str(mountpoint.parent / "home")},
         )
-        self.args = [sys.executable, "-m", "basemount_py", "mount", str(mountpoint), "--foreground", *extra]
-        self.process: subprocess.Popen | None = None
-
-    def __enter__(self) -> "BenchMount":
-        self.mountpoint.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if is_mounted(self.mountpoint):
-                return self
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.__exit__()
-        raise RuntimeError(f"the mount did not come up; see {self.log}")
-
-    def __exit__(self, *exc: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if is_mounted(self.mountpoint):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True)
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
 
     def peak_rss(self) -> int:
         """The daemon's VmHWM (peak resident set) in bytes."""

@@ -5,13 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from basemount_py.mount_process import MountProcess, MountStartError, is_mounted  # noqa: F401 (is_mounted: tests import it)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,63 +58,26 @@ def require_fuse() -> None:
         pytest.skip("/dev/fuse is not usable here")
 
 
-def is_mounted(path: str) -> bool:
-    path = os.path.abspath(path)
-    with open("/proc/self/mounts") as f:
-        return any(line.split()[1] == path for line in f)
-
-
-class Mount:
-    """A real ``basemount-py mount --foreground`` process on a fresh mountpoint."""
+class Mount(MountProcess):
+    """A real ``basemount-py mount --foreground`` process against an emulator, HOME in a temp dir."""
 
     def __init__(self, emulator, mountpoint: Path, *extra: str, env: dict | None = None):
-        self.mountpoint = mountpoint
+        home = {"HOME": str(mountpoint.parent / "home")}
+        super().__init__(
+            mountpoint,
+            *extra,
+            api_server=emulator.url if emulator is not None else None,
+            access_token=emulator.token if emulator is not None else None,
+            env={**home, **(env or {})},
+        )
         mountpoint.mkdir(parents=True, exist_ok=True)
-        self.log = mountpoint.parent / (mountpoint.name + ".log")
-        self.env = dict(os.environ)
-        self.env.pop("BASESPACE_API_SERVER", None)
-        self.env.pop("BASESPACE_ACCESS_TOKEN", None)
-        if emulator is not None:
-            self.env.update(BASESPACE_API_SERVER=emulator.url, BASESPACE_ACCESS_TOKEN=emulator.token)
-        self.env["HOME"] = str(mountpoint.parent / "home")
-        self.env.update(env or {})
-        self.args = [sys.executable, "-m", "basemount_py", "mount", str(mountpoint), "--foreground", *extra]
-        self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 20) -> "Mount":
-        self._log_file = open(self.log, "ab")
-        self.process = subprocess.Popen(self.args, env=self.env, stdout=self._log_file, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if is_mounted(str(self.mountpoint)):
-                return self
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.stop()
-        raise AssertionError(f"mount did not come up; log:\n{self.log.read_text(errors='replace')[-3000:]}")
-
-    def path(self, *parts: str) -> Path:
-        return self.mountpoint.joinpath(*parts)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if is_mounted(str(self.mountpoint)):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True)
-        if getattr(self, "_log_file", None):
-            self._log_file.close()
-
-    def __enter__(self) -> "Mount":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        try:
+            super().start(timeout)
+        except MountStartError as exc:
+            raise AssertionError(str(exc)) from None
+        return self
 
 
 @pytest.fixture
