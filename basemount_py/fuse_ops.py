@@ -21,7 +21,10 @@ from .tree import COMMANDS, DIR, REMOTE, TEXT, Node, NotADirectory, NotFound, Tr
 
 log = logging.getLogger(__name__)
 
-COMMANDS_HELP = b"Write a command to this file, e.g.: echo refresh > .commands\nCommands: refresh, unmount\n"
+COMMANDS_HELP = (
+    b"Write a command to this file, e.g.: echo refresh > .commands\n"
+    b"The commands valid in a folder: basemount-cmd --path FOLDER (with no command)\n"
+)
 SHORT_TTL = 1.0  # generated files whose content can change (.error, .commands): never 0
 COMMIT_TIMEOUT = 6 * 3600.0  # upper bound of close/fsync of an upload (parts are bounded each)
 
