@@ -11,6 +11,7 @@ import errno
 import functools
 import logging
 import os
+import time
 from typing import Any, Callable
 
 import pyfuse3
@@ -82,6 +83,9 @@ class Operations(pyfuse3.Operations):
         self._texts: dict[int, bytes] = {}
         self._command_dirs: dict[int, tuple[str, ...]] = {}
         self._fh = 0
+        # Folders the mount makes up (the root, Projects/, Files/ of an undated entity...) have no
+        # date of their own: they show the mount's start rather than 1 January 1970.
+        self.mounted_at = time.time()
 
     # -- attributes ---------------------------------------------------------------------------
 
@@ -97,7 +101,7 @@ class Operations(pyfuse3.Operations):
         a.st_size = node.st_size
         a.st_blksize = 128 * 1024
         a.st_blocks = (a.st_size + 511) // 512
-        ns = int(node.mtime * 1e9)
+        ns = int((node.mtime or self.mounted_at) * 1e9)
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
         dynamic = node.type == COMMANDS or node.ctx.get("dynamic")
         ttl = SHORT_TTL if dynamic else self.tree.metadata_ttl

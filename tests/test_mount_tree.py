@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,14 @@ def entity_names(account: Path, folder: Path) -> dict[str, str]:
 def test_top_level(demo_mount):
     assert sorted(os.listdir(demo_mount.mountpoint)) == [".Trash", ".commands", "BioSamples", "Projects", "README", "Runs"]
     assert "Projects" in demo_mount.path("README").read_text()
+
+
+def test_made_up_folders_are_dated_by_the_mount_not_1970(demo_mount):
+    """The root and its folders have no server date: they show when the mount started."""
+    started = demo_mount.path().stat().st_mtime
+    assert time.time() - 3600 < started <= time.time() + 1  # a date of this run, not the epoch
+    for name in ("Projects", "Runs", "BioSamples", ".Trash", "README"):
+        assert demo_mount.path(name).stat().st_mtime == started, name
 
 
 def test_files_equal_account_folder(demo_account, demo_mount):
