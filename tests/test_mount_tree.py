@@ -97,6 +97,25 @@ def test_diff_r_of_a_sample(demo_account, demo_mount):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_rsync_copies_exactly_and_a_second_run_transfers_nothing(demo_account, demo_mount, tmp_path):
+    """rsync -a out of the mount: same bytes and mtimes as the source; sizes and mtimes are stable,
+    so an incremental rsync (the usual way core facilities pull data) has nothing left to do."""
+    project = next(p for p in sorted((demo_account / "Projects").iterdir()) if (p / "Samples").is_dir())
+    names = entity_names(demo_account, project / "Samples")
+    folder, name = next((f, n) for f, n in sorted(names.items()) if list(names.values()).count(n) == 1)
+    source = demo_mount.path("Projects", project.name, "Samples", name, "Files")
+    copy = tmp_path / "copy"
+    subprocess.run(["rsync", "-a", f"{source}/", f"{copy}/"], check=True, timeout=120)
+    original = project / "Samples" / folder / "Files"
+    result = subprocess.run(["diff", "-r", str(original), str(copy)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for src in original.rglob("*"):
+        if src.is_file():
+            assert int((copy / src.relative_to(original)).stat().st_mtime) == int(src.stat().st_mtime), src
+    again = subprocess.run(["rsync", "-a", "-i", f"{source}/", f"{copy}/"], capture_output=True, text=True, check=True, timeout=120)
+    assert again.stdout == "", again.stdout
+
+
 def test_hidden_files_and_xattrs(demo_mount):
     projects = demo_mount.path("Projects")
     name = sorted(p for p in os.listdir(projects) if not p.startswith("."))[0]
