@@ -30,6 +30,13 @@ def _add_mount_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-size", type=int, default=128, metavar="MiB", help="block cache size (default 128 MiB)")
     p.add_argument("--prefetch-max", type=int, default=64, metavar="MiB", help="largest sequential prefetch window (default 64 MiB)")
     p.add_argument("--max-connections", type=int, default=16, metavar="N", help="parallel HTTP connections (default 16)")
+    p.add_argument(
+        "--direct-io",
+        action="store_true",
+        help="bypass the kernel page cache for BaseSpace files: faster one-pass reads where filling the "
+        "page cache is costly (VMs); shared mmap fails (ENODEV) and re-reads come from the block cache "
+        "or the network (docs/performance.md)",
+    )
     p.add_argument("--op-timeout", type=_positive_float, default=60.0, metavar="S", help="upper bound for any file operation (default 60 s)")
     p.add_argument("--allow-other", action="store_true", help="let other users see the mount (needs user_allow_other)")
     p.add_argument("--allow-insecure-http", action="store_true", help="allow a non-loopback http:// API server")
@@ -63,6 +70,7 @@ def _run_mount(args: argparse.Namespace) -> int:
         max_connections=max(1, args.max_connections),
         allow_other=args.allow_other,
         op_timeout=args.op_timeout,
+        direct_io=args.direct_io,
         log_level=args.log_level,
         log_file=log_file,
         upload_threshold=int(args.upload_threshold * MiB),

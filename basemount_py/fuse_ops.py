@@ -27,6 +27,7 @@ COMMANDS_HELP = (
     b"The commands valid in a folder: basemount-cmd --path FOLDER (with no command)\n"
 )
 SHORT_TTL = 1.0  # generated files whose content can change (.error, .commands): never 0
+DIRECT_IO_BLKSIZE = 1024 * 1024  # st_blksize of BaseSpace files under --direct-io (see Operations)
 COMMIT_TIMEOUT = 6 * 3600.0  # upper bound of close/fsync of an upload (parts are bounded each)
 
 
@@ -68,7 +69,8 @@ class Operations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(
-        self, tree: Tree, reads: Any, commands: Callable[[tuple[str, ...], str], Any], *, op_timeout: float = 60.0, writes: Any = None
+        self, tree: Tree, reads: Any, commands: Callable[[tuple[str, ...], str], Any], *, op_timeout: float = 60.0, writes: Any = None,
+        direct_io: bool = False,
     ):
         super().__init__()
         self.tree = tree
@@ -77,6 +79,11 @@ class Operations(pyfuse3.Operations):
         self._uploads: dict[int, tuple[Any, Node]] = {}  # fh -> (upload or property session, node)
         self.run_command = commands  # async (dir path, command text) -> None
         self.op_timeout = op_timeout
+        # --direct-io: BaseSpace files bypass the page cache. Reads then go from the daemon straight
+        # into the reader's buffer; filling fresh page-cache pages was half the daemon's CPU on a
+        # VM (docs/performance.md). A 1 MiB st_blksize makes cp, cat, Python and htslib read 1 MiB
+        # at a time, since without the page cache there is no kernel readahead to batch small reads.
+        self.direct_io = direct_io
         self.uid, self.gid = os.getuid(), os.getgid()
         self._dirs: dict[int, list[tuple[str, Node]]] = {}
         self._files: dict[int, Any] = {}
@@ -99,7 +106,7 @@ class Operations(pyfuse3.Operations):
         a.st_nlink = 2 if node.type == DIR else 1
         a.st_uid, a.st_gid = self.uid, self.gid
         a.st_size = node.st_size
-        a.st_blksize = 128 * 1024
+        a.st_blksize = DIRECT_IO_BLKSIZE if self.direct_io and node.type == REMOTE else 128 * 1024
         a.st_blocks = (a.st_size + 511) // 512
         ns = int((node.mtime or self.mounted_at) * 1e9)
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
@@ -185,6 +192,8 @@ class Operations(pyfuse3.Operations):
         fh = self._new_fh()
         if node.type == REMOTE:
             self._files[fh] = self.reads.open(node.file_id, node.size)
+            if self.direct_io:
+                return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
             # Remote files never change under an id: let the kernel keep their pages.
             return pyfuse3.FileInfo(fh=fh, keep_cache=True)
         if node.type == TEXT:

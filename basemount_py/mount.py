@@ -42,6 +42,7 @@ class MountOptions:
     max_connections: int = 16
     allow_other: bool = False
     op_timeout: float = 60.0
+    direct_io: bool = False  # FOPEN_DIRECT_IO on BaseSpace files instead of keep_cache
     log_level: str = "INFO"
     log_file: str | None = None
     read_ahead_kb: int = 4096
@@ -201,7 +202,8 @@ async def _main(credentials, opts: MountOptions, token_reloader, notify: int | N
             upload_cfg = UploadConfig(opts.upload_threshold, opts.upload_part_size, opts.upload_parallel)
             # The WriteManager's nursery hosts the part uploads of every open file.
             async with WriteManager(tree, api, upload_cfg, mountpoint=opts.mountpoint) as writes:
-                ops = Operations(tree, reads, CommandRunner(tree, writes), op_timeout=opts.op_timeout, writes=writes)
+                ops = Operations(tree, reads, CommandRunner(tree, writes), op_timeout=opts.op_timeout, writes=writes, direct_io=opts.direct_io
+                )
                 return await _run_fuse(ops, opts, notify, user_name, credentials.api_server)
     finally:
         with trio.CancelScope(shield=True):

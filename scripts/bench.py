@@ -16,7 +16,8 @@ Profiles switch the emulator's knobs at runtime (``set_knobs``):
 Rows (see docs/performance.md for what each one means and what limits it):
 
 (a) ``cp`` of a multi-GiB file through the mount vs one ``curl`` of the signed content URL;
-(b) the same ``cp`` vs 16 concurrent ranged ``curl`` downloads of that URL;
+(b) the same ``cp`` vs 16 concurrent ranged ``curl`` downloads of that URL; (a) and (b) are also
+    given for a mount with ``--direct-io`` (no page cache);
 (c) 8 concurrent ``cat`` of 8 distinct files: aggregate throughput and the daemon's peak RSS (VmHWM);
 (d) 200 random 64 KiB ``pread`` from a separate process: latency percentiles, ranged requests per
     read (emulator counters read between reads) and bytes fetched per byte read;
@@ -297,12 +298,24 @@ def bench_profile(profile: str, em: EmulatorProcess, base: Path, work: Path, siz
         requests, fetched = content_counters(em)
     if fetched < sizes.cp:
         raise RuntimeError(f"cp fetched only {fetched} of {sizes.cp} bytes: was it served from a cache?")
+
+    note(f"{profile}: cp through a --direct-io mount")
+    drop_caches()
+    with BenchMount(em, base / f"mnt-{profile}-cp-dio", *extra, "--direct-io") as m:
+        em.reset_counters()
+        t_cp_dio = timed(["cp", str(m.path(str(cp_name))), "/dev/null"], 1800)
+        _, fetched_dio = content_counters(em)
+    if fetched_dio < sizes.cp:
+        raise RuntimeError(f"cp --direct-io fetched only {fetched_dio} of {sizes.cp} bytes")
     rate = lambda n, t: n / t / MB  # noqa: E731
     res.put("(a) single-stream curl, MB/s", profile, rate(sizes.cp, t_single), "{:.0f}")
     res.put("(b) 16 ranged curls, MB/s", profile, rate(sizes.cp, t_parallel), "{:.0f}")
     res.put("cp through the mount, MB/s", profile, rate(sizes.cp, t_cp), "{:.0f}")
     res.put("(a) cp / single-stream", profile, t_single / t_cp)
     res.put("(b) cp / 16 ranged", profile, t_parallel / t_cp)
+    res.put("cp with `--direct-io`, MB/s", profile, rate(sizes.cp, t_cp_dio), "{:.0f}")
+    res.put("(a) cp `--direct-io` / single-stream", profile, t_single / t_cp_dio)
+    res.put("(b) cp `--direct-io` / 16 ranged", profile, t_parallel / t_cp_dio)
     res.put("cp: ranged GETs (avg MiB each)", profile, fetched / max(1, requests) / MiB, "{:.1f}")
     res.put("cp: daemon peak RSS, MiB", profile, cp_rss / MiB, "{:.0f}")
 
@@ -425,6 +438,8 @@ def bench_listing(base: Path, samples: int, res: Results, extra: list[str]) -> N
 TARGETS = {
     "(a) cp / single-stream": ("lan ≥ 0.7, wan ≥ 3", {"lan": (">=", 0.7), "wan": (">=", 3.0)}),
     "(b) cp / 16 ranged": ("wan ≥ 0.8", {"wan": (">=", 0.8)}),
+    "(a) cp `--direct-io` / single-stream": ("lan ≥ 0.7, wan ≥ 3", {"lan": (">=", 0.7), "wan": (">=", 3.0)}),
+    "(b) cp `--direct-io` / 16 ranged": ("wan ≥ 0.8", {"wan": (">=", 0.8)}),
     f"(c) {READERS} readers: daemon peak RSS, MiB": ("≤ 300", {"lan": ("<=", 300), "wan": ("<=", 300)}),
     "(d) ranged GETs per read, median": ("wan ≤ 2", {"wan": ("<=", 2)}),
     "(d) bytes fetched / bytes read": ("wan ≤ 4", {"wan": ("<=", 4)}),

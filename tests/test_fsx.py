@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import random
@@ -59,8 +60,9 @@ class Fsx:
 
     LENGTHS = [1, 7, 512, 4096, 65535, 65536, 65537, 131072 + 5, 1 * MiB + 1]
 
-    def __init__(self, root: Path, seed: int, ops: int):
+    def __init__(self, root: Path, seed: int, ops: int, mmap_flags: int = mmap.MAP_SHARED):
         self.root = root
+        self.mmap_flags = mmap_flags
         self.rng = random.Random(seed)
         self.ops = ops
         self.done = 0
@@ -109,7 +111,7 @@ class Fsx:
                     n = os.preadv(fd, [a, b], off)
                     self.check(f"preadv f{i} {off}+{length}", (bytes(a) + bytes(b))[:n], self.expect(i, off, length))
                 elif op == "mmap" and size:
-                    with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as mm:
+                    with mmap.mmap(fd, 0, flags=self.mmap_flags, prot=mmap.PROT_READ) as mm:
                         lo = min(off, size)
                         self.check(f"mmap f{i} [{lo}:{lo + length}]", mm[lo : lo + length], self.expect(i, lo, length))
                 else:
@@ -129,15 +131,20 @@ class Fsx:
                 os.close(fd)
 
 
+FAULTS = dict(error_rate=0.1, reset_rate=0.05, truncate_rate=0.05, throttle_rate=0.03, retry_after=0.1, fault_seed=3)
+
+
 @pytest.mark.parametrize(
-    "knobs",
-    [{}, dict(error_rate=0.1, reset_rate=0.05, truncate_rate=0.05, throttle_rate=0.03, retry_after=0.1, fault_seed=3)],
-    ids=["clean", "faults"],
+    "knobs, options",
+    [({}, ()), (FAULTS, ()), (FAULTS, ("--direct-io",))],
+    ids=["clean", "faults", "faults-direct-io"],
 )
-def test_fsx_random_reads_through_the_mount_match_the_source(fsx_account, mount_factory, knobs):
+def test_fsx_random_reads_through_the_mount_match_the_source(fsx_account, mount_factory, knobs, options):
     with EmulatorProcess(fsx_account, **knobs) as emulator:
-        m = mount_factory(emulator, "--cache-size", "8", "--prefetch-max", "4", "--op-timeout", "30")
-        checkers = [Fsx(m.path(*FILES), seed=s, ops=500) for s in range(4)]
+        m = mount_factory(emulator, "--cache-size", "8", "--prefetch-max", "4", "--op-timeout", "30", *options)
+        # Under --direct-io only private mappings exist (the kernel refuses shared ones: ENODEV).
+        flags = mmap.MAP_PRIVATE if "--direct-io" in options else mmap.MAP_SHARED
+        checkers = [Fsx(m.path(*FILES), seed=s, ops=500, mmap_flags=flags) for s in range(4)]
         threads = [threading.Thread(target=c.run) for c in checkers]
         start = time.monotonic()
         for t in threads:
@@ -152,6 +159,31 @@ def test_fsx_random_reads_through_the_mount_match_the_source(fsx_account, mount_
         if knobs:
             assert sum(emulator.counters()["faults"].values()) > 0
         assert m.process.poll() is None
+
+
+def test_direct_io_reads_bypass_the_page_cache_and_refuse_shared_mmap(fsx_account, mount_factory):
+    """--direct-io: exact bytes in 1 MiB reads (st_blksize), every read reaches the daemon (nothing is
+    served from the page cache), MAP_PRIVATE works and MAP_SHARED fails with ENODEV as documented."""
+    i = SIZES.index(9 * MiB + 1)
+    with EmulatorProcess(fsx_account) as emulator:
+        m = mount_factory(emulator, "--direct-io", "--cache-size", "1")
+        path = m.path(*FILES, f"f{i}.bin")
+        assert os.stat(path).st_blksize == MiB
+        want = synthetic_bytes(500 + i, 0, SIZES[i])
+        for _ in range(2):  # the second pass comes neither from the page cache nor the 1 MiB block cache
+            before = emulator.counters()["content_bytes"]
+            with open(path, "rb") as f:
+                assert f.read() == want
+            assert emulator.counters()["content_bytes"] - before >= SIZES[i] - MiB
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            with mmap.mmap(fd, 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ) as mm:
+                assert mm[MiB : 2 * MiB] == want[MiB : 2 * MiB]
+            with pytest.raises(OSError) as err:
+                mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            assert err.value.errno == errno.ENODEV
+        finally:
+            os.close(fd)
 
 
 # -- 2a. access pattern and part splitting (pure) ------------------------------------------------

@@ -148,7 +148,8 @@ def test_two_sequential_reads_after_a_seek_start_a_stream():
 def test_parts_grow_with_the_window_and_cover_the_range_exactly():
     cfg = PrefetchConfig()
     assert part_size(MiB + 128 * KiB, cfg) == 320 * KiB  # a quarter, rounded up to blocks
-    assert part_size(64 * MiB, cfg) == 8 * MiB
+    assert part_size(16 * MiB, cfg) == 4 * MiB
+    assert part_size(64 * MiB, cfg) == 4 * MiB  # capped: the largest window is 16 parts, one per connection
     assert part_size(1, cfg) == cfg.block_size
     parts = split_parts(64 * KiB, 1000 * KiB + 7, 192 * KiB, 64 * KiB)
     assert parts[0][0] == 64 * KiB and parts[-1][1] == 1000 * KiB + 7

@@ -9,7 +9,7 @@ Layers (each usable and tested on its own):
   jittered backoff, and one transparent re-resolve when the content host answers 403 (expired URL).
 * :mod:`.prefetch` — pure access-pattern logic per handle (no I/O): a sequential detector that
   tolerates the kernel's out-of-order readahead, a window starting at 1 MiB + 128 KiB that doubles
-  per sequential read up to ``prefetch_max``, parts sized to the window (≤ 8 MiB) so several ranged
+  per sequential read up to ``prefetch_max``, parts sized to the window (≤ 4 MiB) so several ranged
   GETs run in parallel, and random-mode sizing (the read widened to the typical read size, 64 KiB to
   1 MiB, no prefetch).
 * :mod:`.block_cache` — one LRU of 64 KiB blocks for the whole mount, bounded in bytes, where data in
