@@ -63,6 +63,50 @@ def big(start: int, end: int) -> bytes:
     return synthetic_bytes(BIG_SEED, start, end - start)
 
 
+async def test_fetch_blocks_cuts_exact_blocks_whatever_the_chunking(api, file_ids):
+    source = ContentSource(api, policy=POLICY)
+    try:
+        fid = file_ids["big.bin"]
+        for start, end, bs in [(0, BIG_SIZE, 64 * KiB), (MiB - 5, 3 * MiB + 7, 64 * KiB), (10, 11, 4), (7, 100_007, 1000)]:
+            blocks = await source.fetch_blocks(fid, start, end, bs)
+            assert [len(b) for b in blocks] == [min(bs, end - o) for o in range(start, end, bs)]
+            assert b"".join(blocks) == big(start, end)
+        assert await source.fetch_blocks(fid, 5, 5, 64) == []
+        with pytest.raises(ValueError):
+            await source.fetch_blocks(fid, 0, 10, 0)
+    finally:
+        await source.aclose()
+
+
+async def test_fill_copies_any_chunking_into_the_blocks():
+    """The block filler against a model: random chunk sizes, including chunks spanning many blocks."""
+    import random
+
+    from basemount_py.read.content import _fill
+
+    rng = random.Random(5)
+    for _ in range(200):
+        expected, bs = rng.randint(1, 5000), rng.randint(1, 700)
+        payload = bytes(rng.getrandbits(8) for _ in range(expected))
+        cuts = sorted(rng.sample(range(1, expected), min(expected - 1, rng.randint(0, 12)))) if expected > 1 else []
+        chunks = [payload[a:b] for a, b in zip([0] + cuts, cuts + [expected])]
+
+        async def stream():
+            for chunk in chunks:
+                yield chunk
+
+        blocks = [bytearray(min(bs, expected - o)) for o in range(0, expected, bs)]
+        assert await _fill(stream(), blocks, expected, "model") == expected
+        assert b"".join(blocks) == payload
+    too_long = [bytearray(4)]
+
+    async def overflow():
+        yield b"12345"
+
+    with pytest.raises(ProtocolError):
+        await _fill(overflow(), too_long, 4, "model")
+
+
 def test_expires_parsing_accepts_basespace_and_iso_forms():
     assert parse_expires("2026-11-29T21:00:00.0000000Z") == parse_expires("2026-11-29T21:00:00Z")
     epoch = datetime(2026, 11, 29, 21, 0, 0, tzinfo=timezone.utc).timestamp()
@@ -180,10 +224,12 @@ async def test_an_unknown_file_fails_fast(api):
     await source.aclose()
 
 
-async def test_read_manager_over_content_source_reads_files_exactly(api, emulator, file_ids):
+@pytest.mark.parametrize("blocks", [False, True], ids=["fetch", "fetch_blocks"])
+async def test_read_manager_over_content_source_reads_files_exactly(api, emulator, file_ids, blocks):
     source = ContentSource(api, policy=POLICY)
     emulator.set_knobs(fail_next=[{"kind": "reset", "count": 1, "scope": "content"}])
-    async with ReadManager(source.fetch, cache_bytes=4 * MiB, prefetch_max=2 * MiB) as manager:
+    fetch_blocks = source.fetch_blocks if blocks else None  # the mount's way: cached as received
+    async with ReadManager(source.fetch, cache_bytes=4 * MiB, prefetch_max=2 * MiB, fetch_blocks=fetch_blocks) as manager:
         reader = manager.open(file_ids["big.bin"], BIG_SIZE)
         digest, offset = hashlib.sha256(), 0
         while True:

@@ -3,7 +3,8 @@
 Layers (each usable and tested on its own):
 
 * :mod:`.content` — :class:`ContentSource`: ``fetch(file_id, start, end)`` returns exactly the bytes
-  ``[start, end)`` of a file or raises an ``ApiError``. It resolves ``v1pre3/files/{id}/content?
+  ``[start, end)`` of a file or raises an ``ApiError`` (``fetch_blocks`` gives the same bytes as
+  block-sized buffers, ready for the cache). It resolves ``v1pre3/files/{id}/content?
   redirect=meta`` to a signed URL, caches it until shortly before it expires, and issues bounded
   ``Range`` GETs (never open-ended: those bill the whole object) with stall timeouts, retries with
   jittered backoff, and one transparent re-resolve when the content host answers 403 (expired URL).
@@ -26,7 +27,7 @@ mode; every network wait is bounded by the retry policy's per-request and per-op
 Typical wiring::
 
     source = ContentSource(api)
-    async with ReadManager(source.fetch, cache_bytes=128 << 20) as manager:
+    async with ReadManager(source.fetch, fetch_blocks=source.fetch_blocks, cache_bytes=128 << 20) as manager:
         reader = manager.open(file_id, size)       # on open()
         data = await reader.read(offset, length)   # on read()
         await reader.close()                       # on release()

@@ -45,6 +45,8 @@ from .prefetch import AccessPattern, Plan, PrefetchConfig, part_size, round_up, 
 log = logging.getLogger(__name__)
 
 Fetch = Callable[[str, int, int], Awaitable[bytes]]
+# (file_id, start, end, block_size) -> the bytes as block-sized buffers (the last may be shorter)
+FetchBlocks = Callable[[str, int, int, int], Awaitable[list]]
 
 # How often a read re-examines its blocks after fetches it waited on did not deliver (each round
 # either obtains blocks or raises, so this only bounds pathological races).
@@ -83,10 +85,14 @@ class ReadManager:
         prefetch_max: int = 64 * 2**20,
         max_parallel: int = 16,
         config: PrefetchConfig | None = None,
+        fetch_blocks: FetchBlocks | None = None,
     ):
         base = config or PrefetchConfig()
         self.config = PrefetchConfig(**{**base.__dict__, "max_window": prefetch_max})
         self._fetch = fetch
+        # When the source can deliver block-sized buffers (ContentSource.fetch_blocks), they are
+        # cached as they come instead of being cut out of one response buffer with a copy.
+        self._fetch_blocks = fetch_blocks
         self.cache = BlockCache(cache_bytes)
         self._inflight: dict[tuple[str, int], _InFlight] = {}
         self._limiter = trio.CapacityLimiter(max(1, max_parallel))
@@ -189,25 +195,15 @@ class ReadManager:
                 self._counters["prefetch_requests"] += 1
             if not reserved:
                 self._counters["uncached_fetches"] += 1
-            data = await self._fetch(flight.file_id, start, end)
-            if len(data) != end - start:
-                # The source contract is exact bytes; never hand a wrong length to a reader.
-                raise ProtocolError(
-                    f"file {flight.file_id}: asked for {end - start} bytes at {start}, got {len(data)}"
-                )
-            self._counters["bytes_fetched"] += len(data)
+            blocks = await self._fetch_as_blocks(flight.file_id, start, end, reserved > 0)
+            self._counters["bytes_fetched"] += end - start
             if flight.prefetch:
-                self._counters["prefetch_bytes"] += len(data)
-            view = memoryview(data)
+                self._counters["prefetch_bytes"] += end - start
+            flight.blocks = blocks
             if reserved:
-                # Cached blocks are copies, so evicting one frees its memory; the whole response
-                # is dropped right after (a few MiB copied once, not per reader).
-                flight.blocks = [bytes(view[o : o + bs]) for o in range(0, len(data), bs)]
-                for index, block in enumerate(flight.blocks, flight.first):
+                for index, block in enumerate(blocks, flight.first):
                     self.cache.put_reserved((flight.file_id, index), block)
                 reserved = 0
-            else:
-                flight.blocks = [view[o : o + bs] for o in range(0, len(data), bs)]
         except BaseException as exc:
             if not isinstance(exc, trio.Cancelled):
                 self._counters["fetch_errors"] += 1
@@ -215,6 +211,26 @@ class ReadManager:
             raise
         finally:
             self._finish(flight, reserved)
+
+    async def _fetch_as_blocks(self, file_id: str, start: int, end: int, cached: bool) -> list:
+        """Bytes ``[start, end)`` as block-sized pieces, their lengths checked."""
+        bs = self.config.block_size
+        expected = [min(bs, end - o) for o in range(start, end, bs)]
+        if self._fetch_blocks is not None:
+            blocks = await self._fetch_blocks(file_id, start, end, bs)
+        else:
+            data = await self._fetch(file_id, start, end)
+            if len(data) != end - start:
+                raise ProtocolError(f"file {file_id}: asked for {end - start} bytes at {start}, got {len(data)}")
+            view = memoryview(data)
+            # Cached blocks are copies, so evicting one frees its memory (a view would keep the
+            # whole response alive); uncached ones are served once and can stay views.
+            cut = (lambda o: bytes(view[o : o + bs])) if cached else (lambda o: view[o : o + bs])
+            blocks = [cut(o) for o in range(0, len(data), bs)]
+        if [len(block) for block in blocks] != expected:
+            # The source contract is exact bytes; never hand a wrong length to a reader.
+            raise ProtocolError(f"file {file_id}: the {end - start} bytes at {start} came back cut wrong")
+        return blocks
 
     def _finish(self, flight: _InFlight, reserved: int) -> None:
         """Release what a fetch still holds and wake its waiters (success, failure or cancel)."""
@@ -405,7 +421,8 @@ class FileReader:
             block = blocks[index]
             lo = max(offset - index * bs, 0)
             hi = min(end - index * bs, len(block))
-            pieces.append(block[lo:hi])
+            # A view: slicing a bytearray block would copy it before the join copies it again.
+            pieces.append(memoryview(block)[lo:hi])
         data = b"".join(pieces)
         if len(data) != end - offset:  # a short block would mean a bug upstream; never return it
             raise ProtocolError(f"file {self.file_id}: assembled {len(data)} bytes, expected {end - offset}")
