@@ -61,6 +61,7 @@ def build_account(root: str) -> None:
                 {"Type": "string[]", "Name": "X.list", "Items": ["a", "b"]},
                 {"Type": "run", "Name": "Input.Run", "Content": {"Ref": "Runs/Run1"}},
                 {"Type": "sample[]", "Name": "Input.Samples", "Items": [{"Ref": "Projects/Alpha/Samples/S02"}]},
+                {"Type": "string[]", "Name": "X.many", "Items": [f"v{i}" for i in range(50)]},
             ],
         },
     )
@@ -243,6 +244,29 @@ def test_properties_with_refs(api):
     for path in ("v1pre3/projects/{p}/properties", "v1pre3/runs/{r}/properties"):
         url = path.format(p=project_id(api), r=items(api, "v1pre3/users/current/runs")[0]["Id"])
         assert items(api, url) == []
+
+
+def test_long_property_arrays_show_their_first_items_and_page_through_items(api):
+    many = by_name(items(api, "v1pre3/samples/123/properties"), "X.many")
+    assert many["Items"] == [f"v{i}" for i in range(20)]
+    assert many["ItemsDisplayedCount"] == 20 and many["ItemsTotalCount"] == 50
+    assert many["HrefItems"] == "v1pre3/samples/123/properties/X.many/items"
+    assert len(by_name(items(api, "v1pre3/samples/123/properties", propertyitemslimit=100), "X.many")["Items"]) == 50
+    assert by_name(items(api, "v1pre3/samples/123/properties", PropertyItemsLimit=0), "X.many")["Items"] == []
+    got, offset = [], 0
+    while True:
+        body = ok(api, many["HrefItems"], Offset=offset, Limit=7)["Response"]
+        assert body["TotalCount"] == 50 and body["Limit"] == 7
+        if not body["Items"]:
+            break
+        got += body["Items"]
+        offset += len(body["Items"])
+    assert got == [f"v{i}" for i in range(50)]
+    refs = items(api, "v1pre3/samples/123/properties/Input.Samples/items")
+    assert [r["Name"] for r in refs] == ["S02"] and refs[0]["Href"].startswith("v1pre3/samples/")
+    assert api.get("v1pre3/samples/123/properties/Input.sample-sheet/items").status_code == 404  # not an array
+    assert api.get("v1pre3/samples/123/properties/No.such/items").status_code == 404
+    assert api.get("v1pre3/samples/999999/properties/X.many/items").status_code == 403
 
 
 def test_v2_datasets_biosamples(api, emu):

@@ -217,3 +217,31 @@ def test_samtools_and_tabix_through_the_mount(demo_account, demo_mount):
     src_vcf = next(demo_account.glob("Projects/*/AppResults/*/Files/**/*.vcf.gz"))
     query = lambda path: subprocess.run(["tabix", str(path), f"{contig}:1-50000"], capture_output=True, text=True, check=True).stdout
     assert query(vcf) == query(src_vcf) != ""
+
+
+def test_long_property_arrays_list_every_item(tmp_path, mount_factory):
+    """BaseSpace shows only the first items of an array property (ItemsTotalCount says how many there
+    are); the folder lists all of them, through .../properties/NAME/items, in order."""
+    from basemount_py.emulator.control import EmulatorProcess
+
+    project = tmp_path / "account" / "Projects" / "P"
+    names = [f"S{i:02d}" for i in range(45)]
+    for name in names:
+        (project / "Samples" / name / "Files").mkdir(parents=True)
+    result = project / "AppResults" / "A"
+    (result / "Files").mkdir(parents=True)
+    (result / ".entity.json").write_text(json.dumps({"Properties": [
+        {"Type": "sample[]", "Name": "Input.Samples", "Items": [{"Ref": f"Projects/P/Samples/{n}"} for n in names]},
+        {"Type": "string[]", "Name": "X.tags", "Items": [f"t{i}" for i in range(25)]},
+    ]}))
+    with EmulatorProcess(tmp_path / "account") as emulator:
+        m = mount_factory(emulator)
+        props = m.path("Projects", "P", "AppResults", "A", "Properties")
+        listed = props / "Input.Samples"
+        assert sorted(os.listdir(listed), key=int) == [str(i) for i in range(45)]
+        for i, name in enumerate(names):
+            assert (listed / str(i)).is_symlink()
+            assert (listed / str(i) / ".name").read_text().strip() == name
+        assert [(props / "X.tags" / str(i)).read_text() for i in range(25)] == [f"t{i}" for i in range(25)]
+        calls = emulator.counters()["requests"]
+        assert calls["GET v1pre3/appresults/{id}/properties/{name}/items"] == 2  # one page per long array

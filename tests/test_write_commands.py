@@ -119,6 +119,14 @@ def test_properties_written_through_the_mount_are_visible_in_the_api(emulator, m
     assert (props / "Input.note").read_text() == "second value"
     assert os.path.realpath(props / "Input.sample") == os.path.realpath(m.path("Projects", "Keep", "Samples", "S1"))
     assert sorted(os.listdir(props / "Input.samples")) == ["0", "1"]
+    # Past the 20 items a properties listing shows, each new link still keeps every earlier item
+    # (posting a property replaces its items, so the mount must send all of them).
+    for n in range(2, 24):
+        os.symlink(f"../../../../Samples/S{1 + n % 2}", props / "Input.samples" / str(n))
+    full = {p["Name"]: p for p in get(emulator, f"v1pre3/appresults/{rid}/properties", propertyitemslimit=100)["Response"]["Items"]}
+    assert [i["Id"] for i in full["Input.samples"]["Items"]] == [s1, s2] * 12
+    assert sorted(os.listdir(props / "Input.samples"), key=int) == [str(n) for n in range(24)]
+    assert (props / "Input.samples" / "23" / ".id").read_text().strip() == s2
     # a link to something that is not an entity folder is refused
     with pytest.raises(OSError):
         os.symlink("/etc", props / "Input.bad")

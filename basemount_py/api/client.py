@@ -185,18 +185,21 @@ class BaseSpaceClient:
     # -- listings --------------------------------------------------------------------------
 
     async def list_all(
-        self, path: str, params: dict | None = None, *, v2: bool = False, page_size: int = V1_PAGE_MAX
-    ) -> list[dict]:
-        """Every item of a paged listing, in server order, de-duplicated by Id."""
+        self, path: str, params: dict | None = None, *, v2: bool = False, page_size: int = V1_PAGE_MAX, values: bool = False
+    ) -> list:
+        """Every item of a paged listing, in server order, de-duplicated by Id.
+
+        ``values=True`` is for lists of values rather than entities (an array property's items):
+        items of any JSON type are kept, repeats included, in the server's own order."""
         base = dict(params or {})
         off_key, lim_key = ("offset", "limit") if v2 else ("Offset", "Limit")
-        if not v2:
+        if not v2 and not values:
             base.setdefault("SortBy", "Id")
             base.setdefault("SortDir", "Asc")
 
-        async def page(offset: int) -> tuple[list[dict], int]:
+        async def page(offset: int) -> tuple[list, int]:
             body = await self.get_json(path, {**base, off_key: offset, lim_key: page_size})
-            return _page_items(body, v2, path)
+            return _page_items(body, v2, path, values)
 
         first, total = await page(0)
         pages: dict[int, list[dict]] = {0: first}
@@ -246,7 +249,7 @@ class BaseSpaceClient:
             position += len(chunk)
         if position >= MAX_LIST_ITEMS:
             log.warning("%s: listing cut at %d items", path, MAX_LIST_ITEMS)
-        return _dedupe(items)
+        return items if values else _dedupe(items)
 
 
 def _json(response: httpx.Response, path: str) -> dict:
@@ -259,7 +262,7 @@ def _json(response: httpx.Response, path: str) -> dict:
     return body
 
 
-def _page_items(body: dict, v2: bool, path: str) -> tuple[list[dict], int]:
+def _page_items(body: dict, v2: bool, path: str, values: bool = False) -> tuple[list, int]:
     try:
         if v2:
             items = body.get("Items") or []
@@ -272,7 +275,7 @@ def _page_items(body: dict, v2: bool, path: str) -> tuple[list[dict], int]:
         raise ProtocolError(f"GET {path}: not a list envelope") from None
     if not isinstance(items, list):
         raise ProtocolError(f"GET {path}: Items is not a list")
-    return [i for i in items if isinstance(i, dict)], max(0, total)
+    return (items if values else [i for i in items if isinstance(i, dict)]), max(0, total)
 
 
 def _dedupe(items: list[dict]) -> list[dict]:

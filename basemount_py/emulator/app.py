@@ -418,8 +418,9 @@ def _entity_files(kind: str) -> Handler:
 def _entity_properties(kind: str) -> Handler:
     async def handler(em: Emulator, request: Request) -> StreamResponse:
         e = _get(em, kind, request)
-        props = render.V1(em.account, _base(request)).properties(e)
         p = params(request)
+        shown = _int_param(p, "propertyitemslimit", render.PROPERTY_ITEMS_SHOWN)
+        props = render.V1(em.account, _base(request)).properties(e, items_limit=shown)
         offset = _int_param(p, "Offset", 0)
         limit = min(_int_param(p, "Limit", DEFAULT_LIMIT * 100), V1_LIMIT_MAX)
         items = props[offset : offset + limit]
@@ -436,6 +437,24 @@ def _entity_properties(kind: str) -> Handler:
                 }
             )
         )
+
+    return handler
+
+
+def _property_items(kind: str) -> Handler:
+    """``GET v1pre3/{coll}/{id}/properties/{name}/items``: every item of an array property, paged."""
+
+    async def handler(em: Emulator, request: Request) -> StreamResponse:
+        e = _get(em, kind, request)
+        values = render.V1(em.account, _base(request)).property_items(e, request.path_params["name"])
+        if values is None:
+            return not_found()
+        p = params(request)
+        offset = _int_param(p, "Offset", 0)
+        limit = min(_int_param(p, "Limit", DEFAULT_LIMIT), V1_LIMIT_MAX)
+        page = values[offset : offset + limit]
+        meta = {"DisplayedCount": len(page), "TotalCount": len(values), "Offset": offset, "Limit": limit}
+        return json_response(envelope({"Items": page, **meta, "SortDir": "Asc", "SortBy": "DateCreated"}))
 
     return handler
 
@@ -736,6 +755,7 @@ def build_app(emulator: Emulator) -> Router:
         ("projects", "project"),
     ):
         routes.append(("GET", f"v1pre3/{coll}/{{id}}/properties", _entity_properties(kind), {}))
+        routes.append(("GET", f"v1pre3/{coll}/{{id}}/properties/{{name}}/items", _property_items(kind), {}))
     from .writes import write_routes  # projects, app results, uploads, trash, properties (writes.py)
 
     routes += write_routes()

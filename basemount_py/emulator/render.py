@@ -34,6 +34,10 @@ _TYPE_NAME = {
     "user": "User",
 }
 
+# How many items of an array property a properties listing shows (BaseSpace's `propertyitemslimit`;
+# the real default is not documented: inferred, docs/emulator.md). The rest come from HrefItems.
+PROPERTY_ITEMS_SHOWN = 20
+
 
 def type_name(kind: str) -> str:
     return _TYPE_NAME.get(kind, kind)
@@ -236,8 +240,12 @@ class V1:
         }[e.kind]
         return render(e)
 
-    def properties(self, e: Entity) -> list[dict[str, Any]]:
-        """Property objects with Refs replaced by the referenced API objects."""
+    def properties(self, e: Entity, items_limit: int = PROPERTY_ITEMS_SHOWN) -> list[dict[str, Any]]:
+        """Property objects with Refs replaced by the referenced API objects.
+
+        Like BaseSpace, an array property shows at most ``items_limit`` of its items
+        (``propertyitemslimit``); ``ItemsTotalCount`` tells how many there are and ``HrefItems``
+        pages through all of them."""
         out = []
         for prop in e.properties:
             if not isinstance(prop, dict):
@@ -247,11 +255,20 @@ class V1:
             p.setdefault("Description", "")
             p["Href"] = f"{self.href(e)}/properties/{name}"
             if isinstance(p.get("Items"), list):
+                total = len(p["Items"])
+                p["Items"] = p["Items"][: max(0, items_limit)]
                 p.setdefault("HrefItems", f"{self.href(e)}/properties/{name}/items")
-                p.setdefault("ItemsDisplayedCount", len(p["Items"]))
-                p.setdefault("ItemsTotalCount", len(p["Items"]))
+                p["ItemsDisplayedCount"] = len(p["Items"])
+                p["ItemsTotalCount"] = total
             out.append(p)
         return out
+
+    def property_items(self, e: Entity, name: str) -> list[Any] | None:
+        """Every item of array property ``name`` (rendered), or None if there is no such array."""
+        for prop in e.properties:
+            if isinstance(prop, dict) and str(prop.get("Name", "")) == name and isinstance(prop.get("Items"), list):
+                return [self._value(v) for v in prop["Items"]]
+        return None
 
     def _value(self, value: Any) -> Any:
         if isinstance(value, Ref):

@@ -89,12 +89,14 @@ class Layout:
 
     # -- raw API listings (cached) ----------------------------------------------------------
 
-    async def _list(self, path: str, params: dict | None = None, *, v2: bool = False, files: bool = False) -> list[dict]:
+    async def _list(
+        self, path: str, params: dict | None = None, *, v2: bool = False, files: bool = False, values: bool = False
+    ) -> list:
         key = (path, tuple(sorted((params or {}).items())), v2)
         page = FILES_PAGE_MAX if files else 1024
 
-        async def load() -> list[dict]:
-            return await self.api.list_all(path, params, v2=v2, page_size=page)
+        async def load() -> list:
+            return await self.api.list_all(path, params, v2=v2, page_size=page, values=values)
 
         return await self.lists.get(key, load)
 
@@ -502,7 +504,12 @@ class Layout:
             items = prop.get("Items")
             if not isinstance(items, list):
                 items = []
-            return Node(path=path, type=DIR, kind="propitems", ctx={"type": ptype, "items": items, "writable": True}, mtime=mtime)
+            total = prop.get("ItemsTotalCount")
+            # The properties listing shows only the first items of a long array (BaseSpace's
+            # propertyitemslimit): the folder then lists them all through .../items, paged.
+            partial = isinstance(total, int) and not isinstance(total, bool) and total > len(items)
+            ctx = {"type": ptype, "items": items, "partial": partial, "writable": True}
+            return Node(path=path, type=DIR, kind="propitems", ctx=ctx, mtime=mtime)
         content = prop.get("Content")
         return self._property_value(path, ptype, content, mtime)
 
@@ -515,8 +522,17 @@ class Layout:
             return Node(path=path, type=SYMLINK, target=relative_link(path[:-1], target), mtime=mtime)
         return text_node(path, json_bytes(value), mtime)
 
+    async def property_items(self, node: Node) -> list:
+        """Every item of an array property's folder: the ones the properties listing showed, or,
+        when it showed only the first ones, all pages of ``.../properties/{name}/items``."""
+        if node.ctx.get("partial") and node.ctx.get("owner"):
+            collection, entity_id = node.ctx["owner"]
+            name = path_segment(node.ctx["prop_name"])
+            return await self._list(f"v1pre3/{collection}/{path_segment(entity_id)}/properties/{name}/items", values=True)
+        return list(node.ctx.get("items") or [])
+
     async def _kind_propitems(self, node: Node) -> list[Node]:
-        ptype, items = node.ctx["type"], node.ctx["items"]
+        ptype, items = node.ctx["type"], await self.property_items(node)
         out = []
         if ptype in ("map", "maps"):
             names = unique_names((i, entry.get("Key") if isinstance(entry, dict) else None) for i, entry in enumerate(items))

@@ -32,7 +32,7 @@ from typing import Any
 
 import trio
 
-from ..api.client import BaseSpaceClient
+from ..api.client import BaseSpaceClient, path_segment
 from ..tree import DIR, SYMLINK, TEXT, Node, NotFound, Tree
 from .api import WriteApi
 from .properties import ENTITY_KINDS, PropertyWrite, entity_href, item_href, property_failure
@@ -85,6 +85,11 @@ class WriteManager:
     def _drop_api(self, *hrefs: str) -> None:
         wanted = set(hrefs)
         self.layout.lists.invalidate(lambda key: key[0] in wanted)
+
+    def _drop_properties(self, collection: str, entity_id: str) -> None:
+        """Forget an entity's properties listing and the item pages of its long arrays."""
+        base = f"v1pre3/{collection}/{path_segment(entity_id)}/properties"
+        self.layout.lists.invalidate(lambda key: key[0] == base or key[0].startswith(base + "/"))
 
     def _require(self, node: Node, folder: tuple[str, ...], what: str) -> None:
         if not node.ctx.get("writable"):
@@ -349,7 +354,7 @@ class WriteManager:
         return tuple(parent.ctx.get("sub", ())) if parent is not None else ()
 
     def _property_written(self, node: Node, session: PropertyWrite) -> None:
-        self._drop_api(f"v1pre3/{session.collection}/{session.entity_id}/properties")
+        self._drop_properties(session.collection, session.entity_id)
         self._drop_listing(node.path[:-1])
         self.layout.write_errors.pop(node.path[:-1], None)
 
@@ -384,14 +389,15 @@ class WriteManager:
             ptype = parent.ctx.get("type") or f"{kind}[]"
             if ptype.rstrip("[]") != kind:
                 raise self.fail(path, errno.EINVAL, f"{parent.name} holds {ptype} items, not {kind}")
-            items = [h for h in (item_href(i) for i in parent.ctx.get("items") or []) if h]
+            # All of them: posting the property replaces its items, so the first 20 alone would drop the rest.
+            items = [h for h in (item_href(i) for i in await self.layout.property_items(parent)) if h]
             prop = {"Type": ptype, "Name": parent.ctx.get("prop_name") or parent.name, "Description": "", "Items": items + [href]}
         try:
             await self.api.set_properties(collection, entity_id, [prop])
         except Exception as exc:
             raise self._report(path, property_failure(exc, prop["Name"])) from None
         properties_dir = path if parent.kind == "properties" else path[:-1]
-        self._drop_api(f"v1pre3/{collection}/{entity_id}/properties")
+        self._drop_properties(collection, entity_id)
         self._drop_listing(properties_dir, prefix=True)
         if parent.ctx.get("local"):
             self._remove_local(parent)
