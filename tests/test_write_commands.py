@@ -184,3 +184,28 @@ def test_commands_success_and_error_paths(emulator, mount_factory):
     while is_mounted(str(m.mountpoint)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not is_mounted(str(m.mountpoint))
+
+
+def test_an_app_session_goes_to_the_trash_with_its_outputs_and_comes_back(tmp_path, mount_factory):
+    root = tmp_path / "account"
+    for name, data in (("Align", b"bam"), ("QC", b"qc\n")):
+        write_file(root / "Projects" / "Keep" / "AppResults" / name / "Files" / f"{name}.out", data)
+        write_entity(root / "Projects" / "Keep" / "AppResults" / name, AppSession={"Name": "Pipeline"})
+    write_file(root / "Projects" / "Keep" / "Samples" / "S1" / "Files" / "r1.fastq", b"@r\nACGT\n+\nIIII\n")
+    with EmulatorProcess(root) as emulator:
+        m = mount_factory(emulator)
+        keep = m.path("Projects", "Keep")
+        session_id = (keep / "AppSessions" / "Pipeline" / ".id").read_text().strip()
+        os.rmdir(keep / "AppSessions" / "Pipeline")  # = basemount-cmd move-to-trash in the session
+        assert visible(keep / "AppSessions") == [] and visible(keep / "AppResults") == []
+        assert visible(keep / "Samples") == ["S1"]  # not an output of the session: untouched
+        item = m.path(".Trash", "Pipeline")
+        assert (item / "TrashItemType").read_text().startswith("DeletedAppSession")
+        assert [t["Name"] for t in get(emulator, "v2/trash")["Items"]] == ["Pipeline"]
+
+        run = py("restore", str(item))
+        assert run.returncode == 0, run.stderr
+        assert visible(keep / "AppResults") == ["Align", "QC"] and visible(keep / "AppSessions") == ["Pipeline"]
+        assert (keep / "AppSessions" / "Pipeline" / ".id").read_text().strip() == session_id
+        assert (keep / "AppResults" / "QC" / "Files" / "QC.out").read_bytes() == b"qc\n"
+        assert get(emulator, "v2/trash")["Items"] == []

@@ -47,7 +47,13 @@ TRASH = ".trash"
 MAX_PART_NUMBER = 10000
 MAX_JSON_BODY = 1024 * 1024
 TRASHABLE = {"projects": "project", "samples": "sample", "appresults": "appresult", "runs": "run"}
-TRASH_TYPE = {"project": "DeletedProject", "sample": "DeletedSample", "appresult": "DeletedAppResult", "run": "DeletedRun"}
+TRASH_TYPE = {
+    "project": "DeletedProject",
+    "sample": "DeletedSample",
+    "appresult": "DeletedAppResult",
+    "run": "DeletedRun",
+    "appsession": "DeletedAppSession",
+}
 TRASH_INCLUDES = "FILEDATA+METADATA"
 
 
@@ -546,6 +552,55 @@ async def move_to_trash(em, request: Request):
         return _ok(em, request, _trash_item(em, request, tid, info))
 
 
+async def move_appsession_to_trash(em, request: Request):
+    """``DELETE v2/appsessions/{id}``: the session goes to the trash with its outputs.
+
+    App sessions exist in the account folder only through their samples and app results (their
+    ``AppSession`` in .entity.json), so the trash item holds those folders (``items/0``, ``items/1``
+    …); restoring puts every one back."""
+    from .app import json_response
+
+    async with _lock(em):
+        session = _entity(em, "appsession", request.path_params["id"])
+        members = [e for e in em.account.samples + em.account.appresults if e.appsession is session and e.folder]
+        if not members:
+            raise _bad("this app session has no samples or app results in the account folder to move")
+        tid = str(1_000_000_000 + secrets.randbelow(9_000_000_000))
+        info = {
+            "Kind": "appsession",
+            "Name": session.name,
+            "EntityId": session.id,
+            "OriginalPath": session.key,
+            "Members": [e.key for e in members],
+            "Deleted": time.time(),
+            "Size": sum(e.total_size for e in members),
+        }
+        root = em.account.root
+        dest = os.path.join(root, TRASH, tid)
+        moved: list[tuple[str, str]] = []
+
+        def move() -> None:
+            os.makedirs(os.path.join(dest, "items"))
+            try:
+                for i, e in enumerate(members):
+                    target = os.path.join(dest, "items", str(i))
+                    os.rename(e.folder, target)
+                    moved.append((target, e.folder))
+            except OSError:
+                undo()
+                raise
+            _write_json(os.path.join(dest, "trash.json"), info)
+
+        def undo() -> None:
+            for target, original in reversed(moved):
+                os.rename(target, original)
+            moved.clear()
+            shutil.rmtree(dest, True)
+
+        await _apply(em, move, undo)
+        return json_response(_trash_item(em, request, tid, info))
+
+
 async def list_trash(em, request: Request):
     from .app import json_response
 
@@ -583,6 +638,8 @@ async def restore_from_trash(em, request: Request):
     tid = request.path_params["id"]
     async with _lock(em):
         folder, info = await asyncio.to_thread(_trash_folder, em, tid)
+        if isinstance(info.get("Members"), list):
+            return await _restore_members(em, request, tid, folder, info)
         original = os.path.join(em.account.root, *info["OriginalPath"].split("/"))
 
         def move() -> None:
@@ -599,6 +656,40 @@ async def restore_from_trash(em, request: Request):
         item = _trash_item(em, request, tid, info)
         item["Restored"] = True
         return json_response(item)
+
+
+async def _restore_members(em, request: Request, tid: str, folder: str, info: dict[str, Any]):
+    """Restore a trashed app session: every output folder back where it was (all or none)."""
+    from .app import json_response
+
+    root = em.account.root
+    pairs = [
+        (os.path.join(folder, "items", str(i)), os.path.join(root, *key.split("/")))
+        for i, key in enumerate(info["Members"])
+    ]
+    restored: list[tuple[str, str]] = []
+
+    def move() -> None:
+        for _source, original in pairs:
+            if os.path.lexists(original):
+                raise WriteError(409, f"{os.path.relpath(original, root)} exists again; cannot restore over it", "BASESPACE.TRASH.CONFLICT")
+            if not os.path.isdir(os.path.dirname(os.path.dirname(original))):
+                raise WriteError(409, "the project of this item is not there (restore it first)", "BASESPACE.TRASH.CONFLICT")
+        for source, original in pairs:
+            os.makedirs(os.path.dirname(original), exist_ok=True)
+            os.rename(source, original)
+            restored.append((source, original))
+
+    def undo() -> None:
+        for source, original in reversed(restored):
+            os.rename(original, source)
+        restored.clear()
+
+    await _apply(em, move, undo)
+    await asyncio.to_thread(shutil.rmtree, folder, True)
+    item = _trash_item(em, request, tid, info)
+    item["Restored"] = True
+    return json_response(item)
 
 
 # -- properties and app sessions ------------------------------------------------------------------------
@@ -745,6 +836,7 @@ def write_routes() -> list[tuple[str, str, Any, dict[str, Any]]]:
     ]
     for collection in TRASHABLE:
         routes.append(("DELETE", f"v1pre3/{collection}/{{id}}", move_to_trash))
+    routes.append(("DELETE", "v2/appsessions/{id}", move_appsession_to_trash))
     for collection in ("projects", "samples", "appresults", "runs", "appsessions"):
         routes.append(("POST", f"v1pre3/{collection}/{{id}}/properties", set_properties))
     return [(m, t, _guarded(h), {}) for m, t, h in routes]

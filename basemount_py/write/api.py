@@ -88,7 +88,9 @@ class WriteApi:
     # -- trash, properties, app sessions -------------------------------------------------------------
 
     async def move_to_trash(self, collection: str, entity_id: str) -> dict[str, Any]:
-        return await self._json("DELETE", f"v1pre3/{collection}/{path_segment(entity_id)}")
+        # App sessions are trashed through v2 (the SDK's DELETE v2/appsessions/{id}); the rest v1pre3.
+        version = "v2" if collection == "appsessions" else "v1pre3"
+        return await self._json("DELETE", f"{version}/{collection}/{path_segment(entity_id)}")
 
     async def restore_from_trash(self, trash_id: str) -> dict[str, Any]:
         return await self._json("POST", f"v2/trash/{path_segment(trash_id)}/restorefromtrash")

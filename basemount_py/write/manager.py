@@ -191,7 +191,8 @@ class WriteManager:
         except Exception as exc:
             raise self._api_failure(folder, f"moving {node.name!r} to the trash", exc) from None
         log.info("moved %s %s (%s) to the trash", collection, entity.get("Id"), node.name)
-        self.tree.refresh(folder)
+        # An app session takes its samples and app results with it: refresh the whole project.
+        self.tree.refresh(folder[:-1] if node.kind == "appsession" else folder)
         self._drop_listing((".Trash",), prefix=True)
         self.layout.write_errors.pop(folder, None)
 
