@@ -73,6 +73,7 @@ def build_account(root: str) -> None:
     _write(os.path.join(ar, "Files", "small.bin"), SMALL)
     _write(os.path.join(ar, "Files", "big.bam.synthetic.json"), json.dumps({"size": BIG_SIZE, "seed": BIG_SEED}))
     _write(os.path.join(p, "AppResults", "Variants", "Files", "v.vcf"), b"##fileformat=VCFv4.2\n")
+    _entity(os.path.join(p, "AppResults", "Variants"), {"Status": "Running", "AppSession": {"Name": "Variants", "Status": "Running"}})
     d = os.path.join(p, "Datasets", "DS1")
     _entity(d, {"BioSample": "BS-1", "DatasetType": {"Id": "common.fastq", "Name": "FASTQ"}})
     _write(os.path.join(d, "Files", "r1.fastq.gz"), b"fq")
@@ -201,6 +202,11 @@ def test_appresults_appsessions_runs(api):
     assert session["Status"] == "Complete" and session["Application"]["Name"] and session["UserCreatedBy"]["Id"] == "77"
     empty = project_id(api, "Empty")
     assert items(api, "v1pre3/users/current/appsessions", **{"output.projects": empty}) == []
+    # Statuses filters (comma lists, any case)
+    assert [a["Name"] for a in items(api, f"v1pre3/projects/{pid}/appresults", Statuses="running")] == ["Variants"]
+    assert sorted(a["Name"] for a in items(api, f"v1pre3/projects/{pid}/appresults", Statuses="Complete,Running")) == ["Align", "Variants"]
+    assert [s["Name"] for s in items(api, "v1pre3/users/current/appsessions", **{"output.projects": pid, "status": "Running"})] == ["Variants"]
+    assert ok(api, f"v1pre3/projects/{pid}/appresults", Statuses="Aborted")["Response"]["TotalCount"] == 0
     assert ok(api, f"v1pre3/appresults/{align['Id']}")["Response"]["Id"] == align["Id"]
     (run,) = items(api, "v1pre3/users/current/runs")
     assert run["Name"] == "Run1" and run["InstrumentType"] and "SequencingStats" in run

@@ -385,13 +385,23 @@ async def my_runs(em: Emulator, request: Request) -> StreamResponse:
     return paged(em, request, em.account.runs, v1.run)
 
 
+def _with_status(items: list, render_item: Callable[[Any], dict[str, Any]], statuses: str | None) -> list:
+    """BaseSpace's ``Statuses`` / ``status`` filter: a comma list of statuses, any case."""
+    if not statuses:
+        return items
+    wanted = {s.strip().lower() for s in statuses.split(",") if s.strip()}
+    return [i for i in items if str(render_item(i).get("Status", "")).lower() in wanted]
+
+
 async def my_appsessions(em: Emulator, request: Request) -> StreamResponse:
     v1 = render.V1(em.account, _base(request))
     sessions = em.account.appsessions
-    wanted = params(request).get("output.projects")
+    p = params(request)
+    wanted = p.get("output.projects")
     if wanted:
         ids = {x.strip() for x in wanted.split(",")}
         sessions = [s for s in sessions if s.project is not None and s.project.id in ids]
+    sessions = _with_status(sessions, v1.appsession, p.get("status") or p.get("statuses"))
     return paged(em, request, sessions, v1.appsession)
 
 
@@ -400,7 +410,9 @@ def _project_children(kind: str) -> Handler:
         project = _get(em, "project", request)
         v1 = render.V1(em.account, _base(request))
         group = em.account.samples if kind == "sample" else em.account.appresults
-        return paged(em, request, [e for e in group if e.project is project], getattr(v1, kind))
+        render_item = getattr(v1, kind)
+        children = _with_status([e for e in group if e.project is project], render_item, params(request).get("statuses"))
+        return paged(em, request, children, render_item)
 
     return handler
 
