@@ -69,7 +69,13 @@ class Operations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(
-        self, tree: Tree, reads: Any, commands: Callable[[tuple[str, ...], str], Any], *, op_timeout: float = 60.0, writes: Any = None,
+        self,
+        tree: Tree,
+        reads: Any,
+        commands: Callable[[tuple[str, ...], str], Any],
+        *,
+        op_timeout: float = 60.0,
+        writes: Any = None,
         direct_io: bool = False,
     ):
         super().__init__()

@@ -227,7 +227,13 @@ async def _main(credentials, opts: MountOptions, token_reloader, notify: int | N
             upload_cfg = UploadConfig(opts.upload_threshold, opts.upload_part_size, opts.upload_parallel)
             # The WriteManager's nursery hosts the part uploads of every open file.
             async with WriteManager(tree, api, upload_cfg, mountpoint=opts.mountpoint) as writes:
-                ops = Operations(tree, reads, CommandRunner(tree, writes), op_timeout=opts.op_timeout, writes=writes, direct_io=opts.direct_io
+                ops = Operations(
+                    tree,
+                    reads,
+                    CommandRunner(tree, writes),
+                    op_timeout=opts.op_timeout,
+                    writes=writes,
+                    direct_io=opts.direct_io,
                 )
                 return await _run_fuse(ops, opts, notify, user_name, credentials.api_server)
     finally:
@@ -251,6 +257,8 @@ async def _run_fuse(ops: Operations, opts: MountOptions, notify: int | None, use
         _notify(notify, f"mounting {opts.mountpoint} failed: {exc}")
         return 1
     log.info("mounted %s for %s (API %s)", opts.mountpoint, user_name, api_server)
+    if opts.direct_io:
+        log.info("--direct-io: BaseSpace files bypass the kernel page cache (no shared mmap)")
     _notify(notify, "OK")
     try:
         async with trio.open_nursery() as nursery:
