@@ -21,7 +21,7 @@ import pyfuse3
 import trio
 
 from .api.client import BaseSpaceClient
-from .api.errors import ApiError
+from .api.errors import ApiError, CertificateError
 from .api.retry import RetryPolicy
 from .commands import CommandRunner
 from .fuse_ops import Operations
@@ -207,6 +207,8 @@ async def _main(credentials, opts: MountOptions, token_reloader, notify: int | N
     except ApiError as exc:
         await api.aclose()
         hint = " (check the token: basemount-py auth)" if exc.status in (401, 403) else ""
+        if isinstance(exc, CertificateError):
+            hint = " (a private or self-signed certificate? point SSL_CERT_FILE at its CA bundle)"
         _notify(notify, f"cannot use the BaseSpace API at {credentials.api_server}: {exc}{hint}")
         return 1
     user_name = (user.get("Response") or {}).get("Name", "?")

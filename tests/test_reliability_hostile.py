@@ -322,6 +322,40 @@ def test_plain_http_needs_loopback_or_the_explicit_flag(small_account, tmp_path,
         assert "P" in os.listdir(m.path("Projects"))
 
 
+def _self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )
+    return cert, key
+
+
+def test_https_end_to_end_and_an_untrusted_certificate_is_refused(small_account, tmp_path, mount_factory):
+    """Real BaseSpace is HTTPS: the API and the signed content URLs over TLS give exact bytes, and
+    the certificate is verified (an untrusted one stops the mount with one clear line)."""
+    cert, key = _self_signed_certificate(tmp_path)
+    with EmulatorProcess(small_account, tls=(cert, key)) as emulator:
+        assert emulator.url.startswith("https://127.0.0.1:")
+        home, mp = tmp_path / "home", tmp_path / "mp"
+        home.mkdir()
+        mp.mkdir()
+        env = {k: v for k, v in _clean_env(home).items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+        env.update(BASESPACE_API_SERVER=emulator.url, BASESPACE_ACCESS_TOKEN=emulator.token)
+        r = subprocess.run([*CLI, "mount", str(mp)], capture_output=True, text=True, env=env, timeout=60)
+        assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "certificate" in r.stderr and "SSL_CERT_FILE" in r.stderr and "Traceback" not in r.stderr
+        assert emulator.token not in r.stderr and not os.path.ismount(mp)
+
+        m = mount_factory(emulator, env={"SSL_CERT_FILE": str(cert)})  # the CA the user trusts
+        files = m.path(*FILES)
+        for i in range(6):
+            assert (files / f"f{i}.bin").read_bytes() == synthetic_bytes(40 + i, 0, 300_000 + i)
+        requests = emulator.counters()["requests"]
+        assert requests["GET content"] >= 6 and requests["GET v1pre3/files/{id}/content"] >= 6
+
+
 def _mount_options(mountpoint: Path) -> set[str]:
     with open("/proc/self/mounts") as f:
         for line in f:

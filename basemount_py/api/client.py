@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from urllib.parse import quote
 from typing import Any, Callable
 
@@ -18,6 +19,7 @@ import trio
 from .errors import (
     ApiError,
     AuthError,
+    CertificateError,
     ForbiddenError,
     NetworkError,
     NotFoundError,
@@ -64,6 +66,26 @@ def _retry_after(response: httpx.Response) -> float | None:
         return float(value)
     except ValueError:
         return None
+
+
+CERTIFICATE_FAILED = "TLS certificate verification failed"
+
+
+def transport_detail(exc: BaseException) -> str:
+    """What went wrong under an httpx transport error, which often has no message of its own
+    (a TLS failure arrives as a bare ConnectError whose cause is the ssl error)."""
+    text = str(exc)
+    cause = exc.__cause__ or exc.__context__
+    for _ in range(8):  # exception chains are short; never loop on a cycle
+        if cause is None:
+            break
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"{CERTIFICATE_FAILED} ({cause.verify_message})"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS error ({cause.reason or cause})"
+        text = text or str(cause)
+        cause = cause.__cause__ or cause.__context__
+    return text
 
 
 def path_segment(value: object) -> str:
@@ -132,7 +154,9 @@ class BaseSpaceClient:
         except httpx.TimeoutException as exc:
             raise NetworkError(f"{method} {path}: timed out ({type(exc).__name__})") from None
         except httpx.HTTPError as exc:
-            raise NetworkError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
+            detail = transport_detail(exc)
+            kind = CertificateError if detail.startswith(CERTIFICATE_FAILED) else NetworkError
+            raise kind(f"{method} {path}: {type(exc).__name__}: {detail}") from None
         raise_for_status(response, f"{method} {path}")
         return response
 

@@ -53,6 +53,12 @@ class NetworkError(ApiError):
     errno = errno.EIO
 
 
+class CertificateError(ApiError):
+    """The server's TLS certificate failed verification: not transient, never retried."""
+
+    errno = errno.EIO
+
+
 class ProtocolError(ApiError):
     """The server answered something we cannot use (bad JSON, wrong length, bad envelope)."""
 

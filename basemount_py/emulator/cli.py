@@ -9,6 +9,7 @@ status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .account import AccountError
@@ -44,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fault-scope", dest="fault_scope", choices=SCOPES, default=None,
                         help="which requests the random faults hit (default all)")
     parser.add_argument("--ready-file", default=None, metavar="PATH", help="write the base URL here once serving")
+    parser.add_argument("--tls-cert", default=None, metavar="PEM", help="serve HTTPS with this certificate (with --tls-key)")
+    parser.add_argument("--tls-key", default=None, metavar="PEM", help="the certificate's private key")
 
 
 def knobs_from_args(args: argparse.Namespace) -> Knobs:
@@ -61,6 +64,13 @@ def main(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         print(f"basemount-py serve: --port must be between 0 and 65535, not {args.port}", file=sys.stderr)
         return 2
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("basemount-py serve: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    for path in filter(None, (args.tls_cert, args.tls_key)):
+        if not os.path.isfile(path):
+            print(f"basemount-py serve: no such file: {path}", file=sys.stderr)
+            return 2
     try:
         knobs = knobs_from_args(args)
         emulator = Emulator(args.data, token=args.token, knobs=knobs)
@@ -73,7 +83,13 @@ def main(args: argparse.Namespace) -> int:
         print(f"basemount-py serve: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
         return 2
     try:
-        serve(emulator, sock, ready_file=args.ready_file, banner=f"BaseSpace API emulator serving {args.data}")
+        serve(
+            emulator,
+            sock,
+            ready_file=args.ready_file,
+            banner=f"BaseSpace API emulator serving {args.data}",
+            tls=(args.tls_cert, args.tls_key) if args.tls_cert else None,
+        )
     except KeyboardInterrupt:
         pass
     return 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -38,8 +39,18 @@ class EmulatorStartError(RuntimeError):
 
 
 class EmulatorProcess:
-    def __init__(self, data_dir: str | os.PathLike, token: str | None = None, port: int = 0, **knob_options: Any):
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        token: str | None = None,
+        port: int = 0,
+        tls: tuple[str, str] | None = None,
+        **knob_options: Any,
+    ):
+        """``tls`` = (certificate, key) PEM files: serve HTTPS; this object's own client trusts
+        that certificate."""
         self.data_dir = os.fspath(data_dir)
+        self.tls = tls
         self.token = resolve_token(self.data_dir, token)
         self._explicit_token = token
         self.port = port
@@ -62,6 +73,8 @@ class EmulatorProcess:
         cmd += ["--port", str(self.port), "--ready-file", ready]
         if self._explicit_token:
             cmd += ["--token", self._explicit_token]
+        if self.tls:
+            cmd += ["--tls-cert", os.fspath(self.tls[0]), "--tls-key", os.fspath(self.tls[1])]
         runtime: dict[str, Any] = {}
         for name, value in self.knob_options.items():
             if name in _KNOB_OPTIONS:
@@ -88,7 +101,8 @@ class EmulatorProcess:
         with open(ready) as f:
             self.url = f.read().strip()
         self.port = int(self.url.rstrip("/").rsplit(":", 1)[1])
-        self._http = httpx.Client(base_url=self.url, timeout=10)
+        verify = ssl.create_default_context(cafile=os.fspath(self.tls[0])) if self.tls else True
+        self._http = httpx.Client(base_url=self.url, timeout=10, verify=verify)
         if runtime:
             self.set_knobs(**runtime)
         return self

@@ -78,11 +78,18 @@ def write_ready_file(path: str, content: str) -> None:
         raise
 
 
-def serve(emulator: Emulator, sock: socket.socket, *, ready_file: str | None = None, banner: str = "") -> None:
-    """Serve until SIGINT/SIGTERM (blocking)."""
+def serve(
+    emulator: Emulator,
+    sock: socket.socket,
+    *,
+    ready_file: str | None = None,
+    banner: str = "",
+    tls: tuple[str, str] | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM (blocking); HTTPS when ``tls`` = (certificate, key) PEM files."""
     host, port = sock.getsockname()[:2]
     shown_host = f"[{host}]" if ":" in host else host
-    base_url = f"http://{shown_host}:{port}"
+    base_url = f"{'https' if tls else 'http'}://{shown_host}:{port}"
     config = uvicorn.Config(
         build_app(emulator),
         http=_TrackingProtocol,
@@ -92,6 +99,8 @@ def serve(emulator: Emulator, sock: socket.socket, *, ready_file: str | None = N
         log_level="warning",
         timeout_graceful_shutdown=2,
         timeout_keep_alive=30,
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
     )
     server = uvicorn.Server(config)
     for name in ("uvicorn.error", "uvicorn"):
