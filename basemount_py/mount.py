@@ -202,6 +202,10 @@ async def _main(credentials, opts: MountOptions, token_reloader, notify: int | N
         max_connections=opts.max_connections,
         token_reloader=token_reloader,
     )
+    # The first contact fails fast: a mistyped --api-server, no network or an unknown host is
+    # reported within about 3 s, not after the whole retry budget of a file operation (13 s for
+    # a name that does not resolve). Once mounted, the full policy applies.
+    api.policy = RetryPolicy(attempts=5, base_delay=0.2, request_timeout=policy.request_timeout, deadline=min(policy.deadline, 30.0))
     try:
         user = await api.get_json("v1pre3/users/current")
     except ApiError as exc:
@@ -211,6 +215,7 @@ async def _main(credentials, opts: MountOptions, token_reloader, notify: int | N
             hint = " (a private or self-signed certificate? point SSL_CERT_FILE at its CA bundle)"
         _notify(notify, f"cannot use the BaseSpace API at {credentials.api_server}: {exc}{hint}")
         return 1
+    api.policy = policy
     user_name = (user.get("Response") or {}).get("Name", "?")
     content = ContentSource(api, policy=policy, max_connections=opts.max_connections, stall_timeout=stall_timeout)
     try:

@@ -117,6 +117,12 @@ def test_cli_errors_are_one_clear_line(tmp_path):
     os.chmod(cfg / "broken.cfg", 0o600)
     r = run_cli("mount", str(mp), "--config", "broken", env=env)
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "broken.cfg" in r.stderr
+    # a server name that does not resolve (.invalid never does): one line, without the whole
+    # retry budget of a file operation (that took 13 s)
+    unknown = clean_env(tmp_path, BASESPACE_API_SERVER="https://basespace.invalid", BASESPACE_ACCESS_TOKEN="t")
+    r = run_cli("mount", str(mp), env=unknown)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "basespace.invalid" in r.stderr
+    assert "ConnectError" in r.stderr and not os.path.ismount(mp)
     # missing mountpoint
     acc = tmp_path / "account"
     (acc / "Projects").mkdir(parents=True)
