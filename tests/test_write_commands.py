@@ -127,6 +127,13 @@ def test_properties_written_through_the_mount_are_visible_in_the_api(emulator, m
     assert [i["Id"] for i in full["Input.samples"]["Items"]] == [s1, s2] * 12
     assert sorted(os.listdir(props / "Input.samples"), key=int) == [str(n) for n in range(24)]
     assert (props / "Input.samples" / "23" / ".id").read_text().strip() == s2
+    # rm / rmdir in Properties/ deletes the property (string, reference, array), nothing else
+    os.unlink(props / "Input.note")
+    os.unlink(props / "Input.sample")
+    os.rmdir(props / "Input.samples")
+    left = {p["Name"] for p in get(emulator, f"v1pre3/appresults/{rid}/properties")["Response"]["Items"]}
+    assert not left & {"Input.note", "Input.sample", "Input.samples"}
+    assert not {"Input.note", "Input.sample", "Input.samples"} & set(os.listdir(props))
     # a link to something that is not an entity folder is refused
     with pytest.raises(OSError):
         os.symlink("/etc", props / "Input.bad")

@@ -759,6 +759,29 @@ async def set_properties(em, request: Request):
         return _ok(em, request, {"Items": [p for p in all_props if p.get("Name") in {c["Name"] for c in clean}]})
 
 
+async def delete_property(em, request: Request):
+    """``DELETE v2/{projects,samples,appresults,runs}/{id}/properties/{name}``."""
+    kind = TRASHABLE.get(request.url.path.strip("/").split("/")[1])
+    name = request.path_params["name"]
+    async with _lock(em):
+        if kind is None:
+            raise _bad("the emulator stores properties of projects, samples, app results and runs only")
+        e = _entity(em, kind, request.path_params["id"])
+        if not any(isinstance(p, dict) and p.get("Name") == name for p in e.properties):
+            raise WriteError(404, f"{render.type_name(kind)} {e.id} has no property {name}", "BASESPACE.PROPERTIES.NOT_FOUND")
+
+        def save() -> None:
+            fields = _read_entity_json(e.folder or "")
+            fields["Properties"] = [p for p in fields.get("Properties") or [] if not (isinstance(p, dict) and p.get("Name") == name)]
+            _write_entity_json(e.folder or "", fields)
+
+        undo = await asyncio.to_thread(_snapshot, [e.folder or ""])
+        await _apply(em, save, undo)
+        from .app import json_response
+
+        return json_response({"Name": name, "Deleted": True})
+
+
 async def update_appsession(em, request: Request):
     """``POST v1pre3/appsessions/{id}`` with ``status`` (complete/aborted/...) and/or ``Name``."""
     body = await _json_body(request)
@@ -839,4 +862,5 @@ def write_routes() -> list[tuple[str, str, Any, dict[str, Any]]]:
     routes.append(("DELETE", "v2/appsessions/{id}", move_appsession_to_trash))
     for collection in ("projects", "samples", "appresults", "runs", "appsessions"):
         routes.append(("POST", f"v1pre3/{collection}/{{id}}/properties", set_properties))
+        routes.append(("DELETE", f"v2/{collection}/{{id}}/properties/{{name}}", delete_property))
     return [(m, t, _guarded(h), {}) for m, t, h in routes]

@@ -95,6 +95,9 @@ class WriteApi:
     async def restore_from_trash(self, trash_id: str) -> dict[str, Any]:
         return await self._json("POST", f"v2/trash/{path_segment(trash_id)}/restorefromtrash")
 
+    async def delete_property(self, collection: str, entity_id: str, name: str) -> None:
+        await self.client.request("DELETE", f"v2/{collection}/{path_segment(entity_id)}/properties/{path_segment(name)}")
+
     async def set_properties(self, collection: str, entity_id: str, properties: list[dict[str, Any]]) -> dict[str, Any]:
         return await self._json("POST", f"v1pre3/{collection}/{path_segment(entity_id)}/properties", json={"Properties": properties})
 

@@ -158,6 +158,9 @@ class WriteManager:
                 raise self.fail(path, errno.ENOTEMPTY, f"{name}: folder is not empty")
             self._remove_local(child)
             return
+        if self._is_property(parent, child):  # an array property: rmdir Properties/Ns.list
+            await self.delete_property(parent, child)
+            return
         if child.kind not in ENTITY_DIR_KINDS:
             self.block_deletes(path, f"cannot remove {name!r} (only entities can be moved to the trash)")
         await self.move_to_trash(child)
@@ -175,7 +178,29 @@ class WriteManager:
             if isinstance(session, Upload):
                 await session.discard()
             return
+        if self._is_property(parent, child):  # a string or reference property: rm Properties/Ns.name
+            await self.delete_property(parent, child)
+            return
         self.block_deletes(parent.path, f"cannot remove {name!r}: files in BaseSpace cannot be deleted, only entities moved to the trash")
+
+    @staticmethod
+    def _is_property(parent: Node, child: Node) -> bool:
+        return parent.kind == "properties" and bool(child.ctx.get("prop_name")) and bool(child.ctx.get("owner"))
+
+    async def delete_property(self, parent: Node, child: Node) -> None:
+        """``DELETE v2/{collection}/{id}/properties/{name}``: the property is gone from BaseSpace."""
+        collection, entity_id = child.ctx["owner"]
+        name = child.ctx["prop_name"]
+        if time.monotonic() < self._blocked_until:
+            raise self.fail(parent.path, errno.EPERM, "deletes are blocked for a few seconds after a refused delete (rm -rf guard)")
+        try:
+            await self.api.delete_property(collection, entity_id, name)
+        except Exception as exc:
+            raise self._report(parent.path, property_failure(exc, name, "deleting")) from None
+        log.info("deleted property %s of %s %s", name, collection, entity_id)
+        self._drop_properties(collection, entity_id)
+        self._drop_listing(parent.path, prefix=True)
+        self.layout.write_errors.pop(parent.path, None)
 
     # -- trash / restore / app sessions (also used by the commands) ------------------------------------
 

@@ -71,12 +71,12 @@ class PropertyWrite:
             return True
 
 
-def property_failure(exc: BaseException, name: str) -> WriteFailure:
+def property_failure(exc: BaseException, name: str, action: str = "setting") -> WriteFailure:
     if isinstance(exc, WriteFailure):
         return exc
     status = getattr(exc, "status", 0)
-    code = errno.EINVAL if status in (400, 409) else errno.EACCES if status in (401, 403) else errno.EIO
-    return WriteFailure(code, f"setting property {name} failed: {exc}")
+    code = errno.EINVAL if status in (400, 409) else errno.EACCES if status in (401, 403) else errno.ENOENT if status == 404 else errno.EIO
+    return WriteFailure(code, f"{action} property {name} failed: {exc}")
 
 
 def entity_href(node_ctx: dict[str, Any]) -> tuple[str, str]:
