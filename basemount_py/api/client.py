@@ -68,23 +68,33 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
-CERTIFICATE_FAILED = "TLS certificate verification failed"
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exceptions under ``exc`` (httpx wraps the socket's or ssl's own error)."""
+    out: list[BaseException] = []
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and len(out) < 8:  # chains are short; never loop on a cycle
+        out.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    return out
+
+
+def certificate_error(exc: BaseException, describe: str) -> CertificateError | None:
+    """A CertificateError when ``exc`` comes from a failed TLS certificate check, else None.
+    Its message is the ssl module's, which names no URL (safe for signed content URLs too)."""
+    for cause in _causes(exc):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return CertificateError(f"{describe}: TLS certificate verification failed ({cause.verify_message})")
+    return None
 
 
 def transport_detail(exc: BaseException) -> str:
     """What went wrong under an httpx transport error, which often has no message of its own
     (a TLS failure arrives as a bare ConnectError whose cause is the ssl error)."""
     text = str(exc)
-    cause = exc.__cause__ or exc.__context__
-    for _ in range(8):  # exception chains are short; never loop on a cycle
-        if cause is None:
-            break
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"{CERTIFICATE_FAILED} ({cause.verify_message})"
+    for cause in _causes(exc):
         if isinstance(cause, ssl.SSLError):
             return f"TLS error ({cause.reason or cause})"
         text = text or str(cause)
-        cause = cause.__cause__ or cause.__context__
     return text
 
 
@@ -154,9 +164,10 @@ class BaseSpaceClient:
         except httpx.TimeoutException as exc:
             raise NetworkError(f"{method} {path}: timed out ({type(exc).__name__})") from None
         except httpx.HTTPError as exc:
-            detail = transport_detail(exc)
-            kind = CertificateError if detail.startswith(CERTIFICATE_FAILED) else NetworkError
-            raise kind(f"{method} {path}: {type(exc).__name__}: {detail}") from None
+            bad_certificate = certificate_error(exc, f"{method} {path}")
+            if bad_certificate is not None:
+                raise bad_certificate from None
+            raise NetworkError(f"{method} {path}: {type(exc).__name__}: {transport_detail(exc)}") from None
         raise_for_status(response, f"{method} {path}")
         return response
 

@@ -521,6 +521,45 @@ def _trash_entries(root: str) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
+def _trash_slots(item_folder: str, info: dict[str, Any]) -> list[tuple[str, str]]:
+    """(place inside the trash item, original path relative to the account) of every folder a
+    trash item holds: ``item`` for an entity; ``items/0``, ``items/1`` … for the samples and app
+    results of an app session (``Members`` in trash.json)."""
+    if isinstance(info.get("Members"), list):
+        return [(os.path.join(item_folder, "items", str(i)), key) for i, key in enumerate(info["Members"])]
+    return [(os.path.join(item_folder, "item"), info["OriginalPath"])]
+
+
+async def _into_trash(em, info: dict[str, Any]) -> str:
+    """Move the folders ``info`` names into a new trash item (all or none); the item's id."""
+    root = em.account.root
+    tid = str(1_000_000_000 + secrets.randbelow(9_000_000_000))
+    dest = os.path.join(root, TRASH, tid)
+    pairs = [(os.path.join(root, *key.split("/")), slot) for slot, key in _trash_slots(dest, info)]
+    moved: list[tuple[str, str]] = []
+
+    def move() -> None:
+        os.makedirs(dest)
+        try:
+            for original, slot in pairs:
+                os.makedirs(os.path.dirname(slot), exist_ok=True)
+                os.rename(original, slot)
+                moved.append((original, slot))
+        except OSError:
+            undo()
+            raise
+        _write_json(os.path.join(dest, "trash.json"), info)
+
+    def undo() -> None:
+        for original, slot in reversed(moved):
+            os.rename(slot, original)
+        moved.clear()
+        shutil.rmtree(dest, True)
+
+    await _apply(em, move, undo)
+    return tid
+
+
 async def move_to_trash(em, request: Request):
     collection = request.url.path.strip("/").split("/")[1]
     kind = TRASHABLE[collection]
@@ -529,26 +568,8 @@ async def move_to_trash(em, request: Request):
         if not e.folder:
             raise _bad(f"this {render.type_name(kind)} cannot be moved to the trash by the emulator")
         size = e.total_size if kind != "project" else em.account.project_total_size(e)
-        tid = str(1_000_000_000 + secrets.randbelow(9_000_000_000))
         info = {"Kind": kind, "Name": e.name, "EntityId": e.id, "OriginalPath": e.key, "Deleted": time.time(), "Size": size}
-        root = em.account.root
-
-        dest = os.path.join(root, TRASH, tid)
-
-        def move() -> None:
-            os.makedirs(dest)
-            try:
-                os.rename(e.folder, os.path.join(dest, "item"))
-            except OSError:
-                shutil.rmtree(dest, True)
-                raise
-            _write_json(os.path.join(dest, "trash.json"), info)
-
-        def undo() -> None:
-            os.rename(os.path.join(dest, "item"), e.folder)
-            shutil.rmtree(dest, True)
-
-        await _apply(em, move, undo)
+        tid = await _into_trash(em, info)
         return _ok(em, request, _trash_item(em, request, tid, info))
 
 
@@ -556,8 +577,8 @@ async def move_appsession_to_trash(em, request: Request):
     """``DELETE v2/appsessions/{id}``: the session goes to the trash with its outputs.
 
     App sessions exist in the account folder only through their samples and app results (their
-    ``AppSession`` in .entity.json), so the trash item holds those folders (``items/0``, ``items/1``
-    …); restoring puts every one back."""
+    ``AppSession`` in .entity.json), so the trash item holds those folders; restoring puts every
+    one back."""
     from .app import json_response
 
     async with _lock(em):
@@ -565,7 +586,6 @@ async def move_appsession_to_trash(em, request: Request):
         members = [e for e in em.account.samples + em.account.appresults if e.appsession is session and e.folder]
         if not members:
             raise _bad("this app session has no samples or app results in the account folder to move")
-        tid = str(1_000_000_000 + secrets.randbelow(9_000_000_000))
         info = {
             "Kind": "appsession",
             "Name": session.name,
@@ -575,29 +595,7 @@ async def move_appsession_to_trash(em, request: Request):
             "Deleted": time.time(),
             "Size": sum(e.total_size for e in members),
         }
-        root = em.account.root
-        dest = os.path.join(root, TRASH, tid)
-        moved: list[tuple[str, str]] = []
-
-        def move() -> None:
-            os.makedirs(os.path.join(dest, "items"))
-            try:
-                for i, e in enumerate(members):
-                    target = os.path.join(dest, "items", str(i))
-                    os.rename(e.folder, target)
-                    moved.append((target, e.folder))
-            except OSError:
-                undo()
-                raise
-            _write_json(os.path.join(dest, "trash.json"), info)
-
-        def undo() -> None:
-            for target, original in reversed(moved):
-                os.rename(target, original)
-            moved.clear()
-            shutil.rmtree(dest, True)
-
-        await _apply(em, move, undo)
+        tid = await _into_trash(em, info)
         return json_response(_trash_item(em, request, tid, info))
 
 
@@ -638,58 +636,31 @@ async def restore_from_trash(em, request: Request):
     tid = request.path_params["id"]
     async with _lock(em):
         folder, info = await asyncio.to_thread(_trash_folder, em, tid)
-        if isinstance(info.get("Members"), list):
-            return await _restore_members(em, request, tid, folder, info)
-        original = os.path.join(em.account.root, *info["OriginalPath"].split("/"))
+        root = em.account.root
+        slots = [(slot, key, os.path.join(root, *key.split("/"))) for slot, key in _trash_slots(folder, info)]
+        restored: list[tuple[str, str]] = []
 
         def move() -> None:
-            if os.path.lexists(original):
-                raise WriteError(409, f"{info['OriginalPath']} exists again; cannot restore over it", "BASESPACE.TRASH.CONFLICT")
-            parent = os.path.dirname(original)
-            if info["Kind"] != "project" and info["Kind"] != "run" and not os.path.isdir(os.path.dirname(parent)):
-                raise WriteError(409, "the project of this item is not there (restore it first)", "BASESPACE.TRASH.CONFLICT")
-            os.makedirs(parent, exist_ok=True)
-            os.rename(os.path.join(folder, "item"), original)
+            for _slot, key, original in slots:
+                if os.path.lexists(original):
+                    raise WriteError(409, f"{key} exists again; cannot restore over it", "BASESPACE.TRASH.CONFLICT")
+                if info["Kind"] not in ("project", "run") and not os.path.isdir(os.path.dirname(os.path.dirname(original))):
+                    raise WriteError(409, "the project of this item is not there (restore it first)", "BASESPACE.TRASH.CONFLICT")
+            for slot, _key, original in slots:  # all checked first: all or none come back
+                os.makedirs(os.path.dirname(original), exist_ok=True)
+                os.rename(slot, original)
+                restored.append((slot, original))
 
-        await _apply(em, move, lambda: os.rename(original, os.path.join(folder, "item")))
+        def undo() -> None:
+            for slot, original in reversed(restored):
+                os.rename(original, slot)
+            restored.clear()
+
+        await _apply(em, move, undo)
         await asyncio.to_thread(shutil.rmtree, folder, True)
         item = _trash_item(em, request, tid, info)
         item["Restored"] = True
         return json_response(item)
-
-
-async def _restore_members(em, request: Request, tid: str, folder: str, info: dict[str, Any]):
-    """Restore a trashed app session: every output folder back where it was (all or none)."""
-    from .app import json_response
-
-    root = em.account.root
-    pairs = [
-        (os.path.join(folder, "items", str(i)), os.path.join(root, *key.split("/")))
-        for i, key in enumerate(info["Members"])
-    ]
-    restored: list[tuple[str, str]] = []
-
-    def move() -> None:
-        for _source, original in pairs:
-            if os.path.lexists(original):
-                raise WriteError(409, f"{os.path.relpath(original, root)} exists again; cannot restore over it", "BASESPACE.TRASH.CONFLICT")
-            if not os.path.isdir(os.path.dirname(os.path.dirname(original))):
-                raise WriteError(409, "the project of this item is not there (restore it first)", "BASESPACE.TRASH.CONFLICT")
-        for source, original in pairs:
-            os.makedirs(os.path.dirname(original), exist_ok=True)
-            os.rename(source, original)
-            restored.append((source, original))
-
-    def undo() -> None:
-        for source, original in reversed(restored):
-            os.rename(original, source)
-        restored.clear()
-
-    await _apply(em, move, undo)
-    await asyncio.to_thread(shutil.rmtree, folder, True)
-    item = _trash_item(em, request, tid, info)
-    item["Restored"] = True
-    return json_response(item)
 
 
 # -- properties and app sessions ------------------------------------------------------------------------

@@ -39,8 +39,8 @@ import cachetools
 import httpx
 import trio
 
-from ..api.client import CERTIFICATE_FAILED, BaseSpaceClient, raise_for_status, transport_detail
-from ..api.errors import ApiError, CertificateError, ContentExpiredError, NetworkError, ProtocolError
+from ..api.client import BaseSpaceClient, certificate_error, raise_for_status
+from ..api.errors import ApiError, ContentExpiredError, NetworkError, ProtocolError
 from ..api.retry import RetryPolicy, is_transient, with_retries
 
 log = logging.getLogger(__name__)
@@ -279,9 +279,9 @@ class ContentSource:
         except httpx.TimeoutException as exc:
             raise NetworkError(f"{describe}: stalled or timed out ({type(exc).__name__})") from None
         except httpx.HTTPError as exc:
-            detail = transport_detail(exc)
-            if detail.startswith(CERTIFICATE_FAILED):  # the ssl message names no URL; never retried
-                raise CertificateError(f"{describe}: {detail}") from None
+            bad_certificate = certificate_error(exc, describe)  # not transient: never retried
+            if bad_certificate is not None:
+                raise bad_certificate from None
             # Not str(exc): some httpx messages embed the request URL, whose query is a credential.
             raise NetworkError(f"{describe}: {type(exc).__name__}") from None
         if received != expected:

@@ -75,6 +75,11 @@ def _p(path: tuple[str, ...], *more: str) -> tuple[str, ...]:
     return path + tuple(more)
 
 
+
+def properties_href(collection: str, entity_id: object) -> str:
+    """The API path of an entity's properties; its long arrays' item pages lie below it."""
+    return f"v1pre3/{collection}/{path_segment(entity_id)}/properties"
+
 class Layout:
     def __init__(self, api: BaseSpaceClient, *, metadata_ttl: float = 60.0, max_listings: int = 4096):
         self.api = api
@@ -489,7 +494,7 @@ class Layout:
 
     async def _kind_properties(self, node: Node) -> list[Node]:
         collection, entity_id = node.ctx["collection"], node.ctx["id"]
-        items = await self._list(f"v1pre3/{collection}/{path_segment(entity_id)}/properties")
+        items = await self._list(properties_href(collection, entity_id))
         names = unique_names(((i, p.get("Name")) for i, p in enumerate(items)), reserved={COMMANDS_NAME})
         out = []
         for index, prop in enumerate(items):
@@ -528,7 +533,7 @@ class Layout:
         if node.ctx.get("partial") and node.ctx.get("owner"):
             collection, entity_id = node.ctx["owner"]
             name = path_segment(node.ctx["prop_name"])
-            return await self._list(f"v1pre3/{collection}/{path_segment(entity_id)}/properties/{name}/items", values=True)
+            return await self._list(f"{properties_href(collection, entity_id)}/{name}/items", values=True)
         return list(node.ctx.get("items") or [])
 
     async def _kind_propitems(self, node: Node) -> list[Node]:

@@ -32,8 +32,9 @@ from typing import Any
 
 import trio
 
-from ..api.client import BaseSpaceClient, path_segment
+from ..api.client import BaseSpaceClient
 from ..tree import DIR, SYMLINK, TEXT, Node, NotFound, Tree
+from ..tree.layout import properties_href
 from .api import WriteApi
 from .properties import ENTITY_KINDS, PropertyWrite, entity_href, item_href, property_failure
 from .upload import Upload, UploadConfig, WriteFailure
@@ -88,7 +89,7 @@ class WriteManager:
 
     def _drop_properties(self, collection: str, entity_id: str) -> None:
         """Forget an entity's properties listing and the item pages of its long arrays."""
-        base = f"v1pre3/{collection}/{path_segment(entity_id)}/properties"
+        base = properties_href(collection, entity_id)
         self.layout.lists.invalidate(lambda key: key[0] == base or key[0].startswith(base + "/"))
 
     def _require(self, node: Node, folder: tuple[str, ...], what: str) -> None:
@@ -170,6 +171,10 @@ class WriteManager:
         self._blocked_until = time.monotonic() + DELETE_GUARD_SECONDS
         raise self.fail(folder, errno.EPERM, f"{message}; deletes are blocked for {DELETE_GUARD_SECONDS:.0f} s")
 
+    def _check_delete_guard(self, folder: tuple[str, ...]) -> None:
+        if time.monotonic() < self._blocked_until:
+            raise self.fail(folder, errno.EPERM, "deletes are blocked for a few seconds after a refused delete (rm -rf guard)")
+
     async def unlink(self, parent: Node, name: str) -> None:
         child = await self.tree.child(parent, name)
         if child.type == UPLOAD:
@@ -191,8 +196,7 @@ class WriteManager:
         """``DELETE v2/{collection}/{id}/properties/{name}``: the property is gone from BaseSpace."""
         collection, entity_id = child.ctx["owner"]
         name = child.ctx["prop_name"]
-        if time.monotonic() < self._blocked_until:
-            raise self.fail(parent.path, errno.EPERM, "deletes are blocked for a few seconds after a refused delete (rm -rf guard)")
+        self._check_delete_guard(parent.path)
         try:
             await self.api.delete_property(collection, entity_id, name)
         except Exception as exc:
@@ -206,8 +210,7 @@ class WriteManager:
 
     async def move_to_trash(self, node: Node) -> None:
         folder = node.path[:-1]
-        if time.monotonic() < self._blocked_until:
-            raise self.fail(folder, errno.EPERM, "deletes are blocked for a few seconds after a refused delete (rm -rf guard)")
+        self._check_delete_guard(folder)
         if node.kind not in ENTITY_DIR_KINDS:
             raise self.fail(node.path, errno.EINVAL, "move-to-trash works on a project, sample, app result, app session or run folder")
         entity, collection = node.ctx["entity"], node.ctx["collection"]
