@@ -19,6 +19,7 @@ import trio
 
 from .api.errors import errno_for
 from .tree import COMMANDS, DIR, REMOTE, TEXT, Node, NotADirectory, NotFound, Tree
+from .tree.layout import LAZY
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext = None) -> pyfuse3.EntryAttributes:
-        return self._attrs(inode, self.tree.current(inode))
+        return self._attrs(inode, await self.tree.ready(inode))
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         try:
@@ -147,7 +148,7 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext = None) -> bytes:
-        node = self.tree.node(inode)
+        node = await self.tree.ready(inode)
         if not node.target:
             raise pyfuse3.FUSEError(errno.EINVAL)
         return os.fsencode(node.target)
@@ -180,7 +181,7 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext = None) -> pyfuse3.FileInfo:
-        node = self.tree.current(inode)
+        node = await self.tree.ready(inode)
         writing = flags & (os.O_WRONLY | os.O_RDWR)
         if node.type == COMMANDS:
             fh = self._new_fh()
@@ -204,7 +205,9 @@ class Operations(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=fh, keep_cache=True)
         if node.type == TEXT:
             self._texts[fh] = node.content
-            return pyfuse3.FileInfo(fh=fh, direct_io=bool(node.ctx.get("dynamic")), keep_cache=False)
+            # generated late (lazy) or changing (.error): the size the kernel holds may be stale
+            late = bool(node.ctx.get("dynamic") or node.ctx.get(LAZY))
+            return pyfuse3.FileInfo(fh=fh, direct_io=late, keep_cache=False)
         if node.ctx.get("upload") is not None:
             raise pyfuse3.FUSEError(errno.EBUSY)  # still being uploaded: readable once committed
         raise pyfuse3.FUSEError(errno.EISDIR if node.type == DIR else errno.EINVAL)

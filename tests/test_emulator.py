@@ -181,12 +181,18 @@ def test_samples_fields_and_overrides(api):
     assert weird["Name"] == "S05" and weird["NumReadsRaw"] == 1000 and weird["Href"] == "v1pre3/samples/123"
     assert [s["Name"] for s in samples].count("S05") == 2  # duplicate names are possible
     s0 = by_name(samples, "S00")
-    assert s0["AppSession"]["Name"] == "FASTQ Generation"
-    assert by_name(samples, "S01")["AppSession"]["Id"] == s0["AppSession"]["Id"]  # shared session
-    assert "AppSession" not in by_name(samples, "S02")
-    assert s0["Project"]["Name"] == "Alpha" and s0["TotalSize"] == 15 and s0["HrefFiles"].endswith("/files")
-    for field in ("SampleId", "SampleNumber", "ExperimentName", "Status", "IsPairedEnd", "Read1", "Read2", "NumReadsPF"):
+    # real list items: no AppSession, project, SampleNumber, HrefFiles or DateModified (GET has them)
+    for field in ("AppSession", "Project", "Projects", "SampleNumber", "HrefFiles", "DateModified"):
+        assert field not in s0
+    for field in ("SampleId", "ExperimentName", "Status", "IsPairedEnd", "Read1", "Read2", "NumReadsPF"):
         assert field in s0
+    one = lambda name: ok(api, f"v1pre3/samples/{by_name(samples, name)['Id']}")["Response"]
+    d0 = one("S00")
+    assert d0["AppSession"]["Name"] == "FASTQ Generation"
+    assert one("S01")["AppSession"]["Id"] == d0["AppSession"]["Id"]  # shared session
+    assert "AppSession" not in one("S02")
+    assert [p["Name"] for p in d0["Projects"]] == ["Alpha"] and d0["TotalSize"] == 15 and d0["HrefFiles"].endswith("/files")
+    assert isinstance(d0["SampleNumber"], int)
     assert ok(api, "v1pre3/samples/123")["Response"]["Name"] == "S05"
 
 

@@ -354,7 +354,7 @@ def _v1_entity(kind: str) -> Handler:
     async def handler(em: Emulator, request: Request) -> StreamResponse:
         e = _get(em, kind, request)
         v1 = render.V1(em.account, _base(request))
-        body = v1.entity(e)
+        body = v1.entity(e, detail=True)
         if kind == "appsession" and e.properties:
             props = v1.properties(e)
             body["Properties"] = {

@@ -109,15 +109,24 @@ class V1:
             "DateCreated": bs_date(s.created),
         }
 
-    def sample(self, s: Entity) -> dict[str, Any]:
+    def _in_projects(self, e: Entity) -> dict[str, Any]:
+        """The GET-one fields that say where a sample or app result lives (real: ``Projects[]``)."""
+        return {
+            "References": [],
+            "Projects": [self.project(e.project)] if e.project is not None else [],
+        }
+
+    def sample(self, s: Entity, detail: bool = False) -> dict[str, Any]:
+        """A sample as listed (``detail=False``) or as ``GET samples/{id}`` answers. Real list items
+        carry no SampleNumber, HrefFiles, AppSession or project (recordings, docs/emulator.md)."""
         paired = any("_R2" in f.name for f in s.files)
         total = s.total_size
         out: dict[str, Any] = {
             "Id": s.id,
             "Href": self.href(s),
+            "UserOwnedBy": self.user_compact(),
             "Name": s.name,
             "SampleId": s.name,
-            "SampleNumber": s.number,
             "ExperimentName": s.project.name if s.project else "",
             "Status": "Complete",
             "StatusSummary": "",
@@ -128,30 +137,30 @@ class V1:
             "NumReadsPF": total // 105,
             "TotalSize": total,
             "DateCreated": bs_date(s.created),
-            "DateModified": bs_date(s.modified),
-            "HrefFiles": f"v1pre3/samples/{s.id}/files",
-            "Project": self.project_compact(s.project),
         }
-        if s.appsession is not None:
-            out["AppSession"] = self.appsession_compact(s.appsession)
+        if detail:
+            out.update(SampleNumber=s.number, HrefFiles=f"v1pre3/samples/{s.id}/files", **self._in_projects(s))
+            if s.appsession is not None:
+                out["AppSession"] = self.appsession_compact(s.appsession)
         return _merge(out, s)
 
-    def appresult(self, r: Entity) -> dict[str, Any]:
+    def appresult(self, r: Entity, detail: bool = False) -> dict[str, Any]:
+        """An app result as listed (``detail=False``: real list items have their AppSession but no
+        Description, HrefFiles, DateModified or project) or as ``GET appresults/{id}`` answers."""
         out: dict[str, Any] = {
             "Id": r.id,
             "Href": self.href(r),
+            "UserOwnedBy": self.user_compact(),
             "Name": r.name,
-            "Description": "",
             "Status": "Complete",
             "StatusSummary": "",
             "TotalSize": r.total_size,
             "DateCreated": bs_date(r.created),
-            "DateModified": bs_date(r.modified),
-            "HrefFiles": f"v1pre3/appresults/{r.id}/files",
-            "Project": self.project_compact(r.project),
         }
         if r.appsession is not None:
             out["AppSession"] = self.appsession_compact(r.appsession)
+        if detail:
+            out.update(Description="", HrefFiles=f"v1pre3/appresults/{r.id}/files", **self._in_projects(r))
         return _merge(out, r)
 
     def appsession(self, s: Entity) -> dict[str, Any]:
@@ -227,11 +236,12 @@ class V1:
         out.update(f.overrides)  # NAME.file.json (hostile-data tests)
         return out
 
-    def entity(self, e: Entity) -> dict[str, Any]:
+    def entity(self, e: Entity, detail: bool = False) -> dict[str, Any]:
+        """``e`` in its list-item shape, or (``detail``) as ``GET v1pre3/{type}/{id}`` answers."""
         render = {
             "project": self.project,
-            "sample": self.sample,
-            "appresult": self.appresult,
+            "sample": lambda s: self.sample(s, detail),
+            "appresult": lambda r: self.appresult(r, detail),
             "run": self.run,
             "appsession": self.appsession,
             "dataset": lambda d: V2(self.a, self.base).dataset(d),

@@ -322,7 +322,7 @@ async def create_appresult(em, request: Request):
         key = await _apply(em, lambda: made.append(make()) or made[0], lambda: shutil.rmtree(os.path.join(em.account.root, *made[0].split("/")), True))
         r = _find(em, "appresult", key)
         assert r is not None
-        return _ok(em, request, render.V1(em.account, str(request.base_url)).appresult(r), 201)
+        return _ok(em, request, render.V1(em.account, str(request.base_url)).appresult(r, detail=True), 201)
 
 
 # -- uploads --------------------------------------------------------------------------------------

@@ -12,16 +12,12 @@ import logging
 from typing import Iterable
 
 from .cache import ListingCache
-from .layout import COMMANDS_NAME, Layout
-from .nodes import DIR, Node
+from .layout import COMMANDS_NAME, EAGER, Layout
+from .nodes import DIR, Node, NotFound
 
 log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
-
-
-class NotFound(Exception):
-    pass
 
 
 class NotADirectory(Exception):
@@ -110,14 +106,32 @@ class Tree:
             path = parent.path[:-1]
             ino = self.by_path.get(path, ROOT_INODE)
             return ino, self.nodes.get(ino, self.nodes[ROOT_INODE])
-        child = await self.child(parent, name)
+        child = await self.layout.resolve(await self.child(parent, name))
         ino = self.remember(child)
         return ino, child
 
     async def readdir(self, ino: int) -> list[tuple[str, Node]]:
         node = self.node(ino)
         entries = await self.children(node)
-        return [(name, child) for name, child in entries.items() if not child.hidden]
+        listed = []
+        for name, child in entries.items():
+            if child.hidden:
+                continue
+            if child.ctx.get(EAGER):
+                # lazy entries that share one call (a sample's GET) are completed for `ls -l`; one the
+                # server says is absent (a sample without an app session) is left out
+                try:
+                    await self.layout.resolve(child)
+                except NotFound:
+                    continue
+                except Exception as exc:  # listed unresolved; looking it up will report the error
+                    log.warning("%s: %s", "/".join(child.path), exc)
+            listed.append((name, child))
+        return listed
+
+    async def ready(self, ino: int) -> Node:
+        """The node, current and complete (a lazy one resolved): for getattr, readlink and open."""
+        return await self.layout.resolve(self.current(ino))
 
     def current(self, ino: int) -> Node:
         """The node, with dynamic content (``.error``) brought up to date."""

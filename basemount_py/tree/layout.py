@@ -11,6 +11,11 @@ included, flagged). The tree follows BaseMount (docs/tree.md, reference §3–4)
 Cost rules (why it is shaped like this):
 * An entity folder's own entries are built from the parent listing's item: listing ``Samples``
   costs the paged samples call only, never a call per sample, and so does ``ls -l`` of it.
+* What a listing item lacks is fetched *lazily*, when the entry that needs it is looked up or read
+  (``Layout.resolve``): real sample list items carry no ``AppSession``, ``SampleNumber`` or project,
+  so ``ParentAppSession`` and ``SampleProperties`` of a sample come from ``GET v1pre3/samples/{id}``
+  (one call per sample opened, shared), and a property link to a sample or app result finds the
+  referenced entity's project in the owner's project listing, else from its ``Projects[]``.
 * An entity's files are listed once (all pages, concurrently) and the nested ``Files/…`` folders
   are built from that one listing; ``Properties`` costs one call when it is opened.
 """
@@ -22,6 +27,7 @@ import shlex
 from typing import Any
 
 from ..api.client import FILES_PAGE_MAX, BaseSpaceClient, path_segment
+from ..api.errors import ProtocolError
 from .cache import ListingCache
 from .naming import sanitize, unique_names
 from .nodes import (
@@ -30,6 +36,7 @@ from .nodes import (
     SYMLINK,
     COMMANDS,
     Node,
+    NotFound,
     entity_time,
     json_bytes,
     relative_link,
@@ -69,6 +76,9 @@ ENTITY_TYPES = {  # API collection -> (singular, human type)
 ENTITY_HIDDEN = (".id", ".type", ".name", ".json", ".href", ".curl", ".error", ".status")
 LIST_HIDDEN = (".json", ".href", ".curl", ".type", ".error")
 COMMANDS_NAME = ".commands"
+LAZY = "lazy"  # Node.ctx key: what Layout.resolve fetches to complete the node
+EAGER = "eager"  # Node.ctx key: resolve while listing the folder (its lazy entries share one call)
+_ENTITY_FOLDER = {"sample": "Samples", "appresult": "AppResults"}  # property link kinds inside a project
 
 
 def _p(path: tuple[str, ...], *more: str) -> tuple[str, ...]:
@@ -107,6 +117,63 @@ class Layout:
 
     def invalidate_api(self) -> None:
         self.lists.invalidate(lambda key: True)
+
+    async def entity_detail(self, collection: str, entity_id: str) -> dict:
+        """``GET v1pre3/{collection}/{id}``: the entity's full shape (real list items are leaner:
+        a sample's ``AppSession``, ``SampleNumber`` and ``Projects[]`` come only from here).
+        Cached beside the listings, so the lazy entries of one folder share one call."""
+        href = f"v1pre3/{collection}/{path_segment(entity_id)}"
+
+        async def load() -> dict:
+            body = await self.api.get_json(href)
+            entity = body.get("Response")
+            if not isinstance(entity, dict):
+                raise ProtocolError(f"{href}: the answer holds no entity")
+            return entity
+
+        return await self.lists.get((href, (), "entity"), load)
+
+    # -- lazy entries -------------------------------------------------------------------------
+    # A node with ctx[LAZY] is complete only once ``resolve`` has run: its symlink target or text
+    # comes from a call that the folder's listing must not cost (see the module docstring).
+
+    async def resolve(self, node: Node) -> Node:
+        """Complete a lazy node in place (once per node); NotFound when the server has no such
+        thing (a sample without an app session). Other nodes are returned untouched."""
+        lazy = node.ctx.get(LAZY)
+        if lazy is None or node.ctx.get("resolved"):
+            return node
+        what, entity_id = lazy[0], lazy[1]
+        if what == "session":
+            detail = await self.entity_detail("samples", entity_id)
+            session = detail.get("AppSession")
+            if not isinstance(session, dict) or session.get("Id") is None:
+                raise NotFound(node.path)
+            node.target = _session_target(session["Id"])
+        elif what == "sampleproperties":
+            detail = await self.entity_detail("samples", entity_id)
+            node.content = _sample_properties({**node.ctx["entity"], **detail}).encode()
+        elif what == "link":
+            kind, hint = lazy[2], lazy[3]
+            project_id = await self._project_of(kind, entity_id, hint)
+            target = ("Projects", sanitize(f".id.{project_id}"), _ENTITY_FOLDER[kind], sanitize(f".id.{entity_id}"))
+            node.target = relative_link(node.path[:-1], target)
+        node.ctx["resolved"] = True
+        return node
+
+    async def _project_of(self, kind: str, entity_id: str, hint: str | None) -> str:
+        """The project a referenced sample or app result lives in. Most references point into the
+        referring entity's own project (``hint``): its listing (one call for any number of links,
+        usually cached already) tells. Otherwise the entity's own ``Projects[]`` (one GET)."""
+        collection = _ENTITY_FOLDER[kind].lower()
+        if hint is not None:
+            listed = await self._list(f"v1pre3/projects/{path_segment(hint)}/{collection}")
+            if any(str(item.get("Id")) == entity_id for item in listed):
+                return hint
+        project_id = _first_project_id(await self.entity_detail(collection, entity_id))
+        if project_id is None:
+            raise NotFound(f"{kind} {entity_id}: in no project")
+        return project_id
 
     # -- helpers that build common entries --------------------------------------------------
 
@@ -240,16 +307,19 @@ class Layout:
             Node(path=_p(path, "AppResults"), type=DIR, kind="appresults", ctx=wctx, mtime=mtime),
             Node(path=_p(path, "AppSessions"), type=DIR, kind="appsessions", ctx=wctx, mtime=mtime),
             Node(path=_p(path, "Datasets"), type=DIR, kind="datasets", ctx=ctx, mtime=mtime),
-            self._properties_dir(path, "projects", pid, mtime),
+            self._properties_dir(path, "projects", pid, mtime, project_id=pid),
         ]
         return self._entity_children(node, sub)
 
-    def _properties_dir(self, path: tuple[str, ...], collection: str, entity_id: str, mtime: float) -> Node:
+    def _properties_dir(
+        self, path: tuple[str, ...], collection: str, entity_id: str, mtime: float, project_id: str | None = None
+    ) -> Node:
+        # project_id: the project of the entity owning the properties, where its links most likely point
         return Node(
             path=_p(path, "Properties"),
             type=DIR,
             kind="properties",
-            ctx={"collection": collection, "id": entity_id, "writable": True},
+            ctx={"collection": collection, "id": entity_id, "writable": True, "project_id": project_id},
             mtime=mtime,
         )
 
@@ -278,18 +348,23 @@ class Layout:
         entity = node.ctx["entity"]
         sid, mtime, path = str(entity["Id"]), node.mtime, node.path
         sub = self._files_dirs(path, "samples", sid, mtime)
-        sub.append(self._properties_dir(path, "samples", sid, mtime))
-        sub.append(text_node(_p(path, "SampleProperties"), _sample_properties(entity), mtime))
+        sub.append(self._properties_dir(path, "samples", sid, mtime, project_id=node.ctx.get("project_id")))
+        # Real sample list items lack SampleNumber and AppSession: both come from GET samples/{id},
+        # made when one of these two entries is looked up or the sample folder is listed.
+        props = text_node(_p(path, "SampleProperties"), "", mtime)
+        props.ctx.update({LAZY: ("sampleproperties", sid), "entity": entity, EAGER: True})
+        sub.append(props)
         sub += self._parent_session_link(node)
         return self._entity_children(node, sub)
 
     def _parent_session_link(self, node: Node) -> list[Node]:
-        session = node.ctx["entity"].get("AppSession")
-        if not isinstance(session, dict) or session.get("Id") is None:
+        entity, path = node.ctx["entity"], _p(node.path, "ParentAppSession")
+        session = entity.get("AppSession")
+        if isinstance(session, dict) and session.get("Id") is not None:  # app result list items have it
+            return [Node(path=path, type=SYMLINK, target=_session_target(session["Id"]), mtime=node.mtime)]
+        if node.ctx.get("collection") != "samples":
             return []
-        # Entity folder is Projects/<p>/<Collection>/<e>: the session lives in ../../AppSessions.
-        target = "../../AppSessions/" + sanitize(f".id.{session['Id']}")
-        return [Node(path=_p(node.path, "ParentAppSession"), type=SYMLINK, target=target, mtime=node.mtime)]
+        return [Node(path=path, type=SYMLINK, mtime=node.mtime, ctx={LAZY: ("session", str(entity["Id"])), EAGER: True})]
 
     async def _kind_appresults(self, node: Node) -> list[Node]:
         pid = node.ctx["project_id"]
@@ -305,7 +380,7 @@ class Layout:
         aid, mtime, path = str(node.ctx["entity"]["Id"]), node.mtime, node.path
         running = str(node.ctx["entity"].get("Status", "Complete")).lower() != "complete"
         sub = self._files_dirs(path, "appresults", aid, mtime, writable=running)
-        sub.append(self._properties_dir(path, "appresults", aid, mtime))
+        sub.append(self._properties_dir(path, "appresults", aid, mtime, project_id=node.ctx.get("project_id")))
         sub += self._parent_session_link(node)
         return self._entity_children(node, sub)
 
@@ -322,7 +397,7 @@ class Layout:
     async def _kind_appsession(self, node: Node) -> list[Node]:
         entity, pid = node.ctx["entity"], node.ctx["project_id"]
         sid, mtime, path = str(entity["Id"]), node.mtime, node.path
-        sub = [self._properties_dir(path, "appsessions", sid, mtime)]
+        sub = [self._properties_dir(path, "appsessions", sid, mtime, project_id=pid)]
         results = await self._list(f"v1pre3/projects/{path_segment(pid)}/appresults")
         for item in results:
             session = item.get("AppSession")
@@ -497,13 +572,14 @@ class Layout:
         items = await self._list(properties_href(collection, entity_id))
         names = unique_names(((i, p.get("Name")) for i, p in enumerate(items)), reserved={COMMANDS_NAME})
         out = []
+        hint = node.ctx.get("project_id")
         for index, prop in enumerate(items):
-            child = self._property_node(_p(node.path, names[index]), prop, node.mtime)
+            child = self._property_node(_p(node.path, names[index]), prop, node.mtime, hint)
             child.ctx.update(prop_name=str(prop.get("Name", "")), owner=(collection, entity_id))
             out.append(child)
         return out
 
-    def _property_node(self, path: tuple[str, ...], prop: dict, mtime: float) -> Node:
+    def _property_node(self, path: tuple[str, ...], prop: dict, mtime: float, hint: str | None) -> Node:
         ptype = str(prop.get("Type", "string"))
         if ptype.endswith("[]") or ptype in ("map", "maps"):
             items = prop.get("Items")
@@ -513,18 +589,22 @@ class Layout:
             # The properties listing shows only the first items of a long array (BaseSpace's
             # propertyitemslimit): the folder then lists them all through .../items, paged.
             partial = isinstance(total, int) and not isinstance(total, bool) and total > len(items)
-            ctx = {"type": ptype, "items": items, "partial": partial, "writable": True}
+            ctx = {"type": ptype, "items": items, "partial": partial, "writable": True, "project_id": hint}
             return Node(path=path, type=DIR, kind="propitems", ctx=ctx, mtime=mtime)
         content = prop.get("Content")
-        return self._property_value(path, ptype, content, mtime)
+        return self._property_value(path, ptype, content, mtime, hint)
 
-    def _property_value(self, path: tuple[str, ...], ptype: str, value: Any, mtime: float) -> Node:
+    def _property_value(self, path: tuple[str, ...], ptype: str, value: Any, mtime: float, hint: str | None) -> Node:
         base = ptype.rstrip("[]")
         if base == "string" or isinstance(value, str):
             return text_node(path, "" if value is None else str(value), mtime)
-        target = self._entity_path(base, value) if isinstance(value, dict) else None
-        if target is not None:
-            return Node(path=path, type=SYMLINK, target=relative_link(path[:-1], target), mtime=mtime)
+        if isinstance(value, dict) and value.get("Id") is not None:
+            eid = str(value["Id"])
+            target = {"project": ("Projects",), "run": ("Runs",)}.get(base)
+            if target is not None:  # top-level folders: no project needed
+                return Node(path=path, type=SYMLINK, target=relative_link(path[:-1], target + (sanitize(f".id.{eid}"),)), mtime=mtime)
+            if base in _ENTITY_FOLDER:  # the project is looked up when the link is (Layout.resolve)
+                return Node(path=path, type=SYMLINK, mtime=mtime, ctx={LAZY: ("link", eid, base, hint)})
         return text_node(path, json_bytes(value), mtime)
 
     async def property_items(self, node: Node) -> list:
@@ -546,26 +626,24 @@ class Layout:
                 text = "\n".join(str(v) for v in values) + "\n" if isinstance(values, list) else json_bytes(values)
                 out.append(text_node(_p(node.path, names[i]), text, node.mtime))
             return out
+        hint = node.ctx.get("project_id")
         for i, value in enumerate(items):
-            out.append(self._property_value(_p(node.path, str(i)), ptype, value, node.mtime))
+            out.append(self._property_value(_p(node.path, str(i)), ptype, value, node.mtime, hint))
         return out
 
-    def _entity_path(self, kind: str, entity: dict) -> tuple[str, ...] | None:
-        """Mount path of a referenced entity, via the hidden .id.<id> links (no listing needed)."""
-        eid = entity.get("Id")
-        if eid is None:
-            return None
-        link = sanitize(f".id.{eid}")
-        project = entity.get("Project") if isinstance(entity.get("Project"), dict) else {}
-        pid = project.get("Id")
-        if kind == "project":
-            return ("Projects", link)
-        if kind == "run":
-            return ("Runs", link)
-        if kind in ("sample", "appresult") and pid is not None:
-            sub = "Samples" if kind == "sample" else "AppResults"
-            return ("Projects", sanitize(f".id.{pid}"), sub, link)
-        return None
+
+def _session_target(session_id: object) -> str:
+    # The entity folder is Projects/<p>/<Collection>/<e>: the session lives in ../../AppSessions.
+    return "../../AppSessions/" + sanitize(f".id.{session_id}")
+
+
+def _first_project_id(entity: dict) -> str | None:
+    """The project of a GET-one sample or app result: real ones carry ``Projects[]``."""
+    projects = entity.get("Projects")
+    for project in projects if isinstance(projects, list) else []:
+        if isinstance(project, dict) and project.get("Id") is not None:
+            return str(project["Id"])
+    return None
 
 
 def _sample_properties(entity: dict) -> str:

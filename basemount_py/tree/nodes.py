@@ -16,6 +16,10 @@ from typing import Any
 
 DIR, REMOTE, TEXT, SYMLINK, COMMANDS = "dir", "remote", "text", "symlink", "commands"
 
+
+class NotFound(Exception):
+    """No such entry (ENOENT): a name not in its folder, or a lazy entry the server says is absent."""
+
 _DATE = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)?$")
 
 

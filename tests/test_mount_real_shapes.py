@@ -1,0 +1,115 @@
+"""The mount works from the shapes real BaseSpace sends, not from fields our emulator once invented.
+
+Recorded real traffic (emedgene/fs_basespace cassettes) shows sample list items without
+``AppSession``, ``SampleNumber`` or a project, and property items referencing samples or app
+results in that same lean list shape. The emulator answers the same way; these tests check, through
+a real mount, that the entries built from those fields still work and cost calls only when used.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import write_entity, write_file
+
+from basemount_py.emulator.control import EmulatorProcess
+
+# Fields real list items never carry (recordings); the mount must not need them.
+NOT_IN_SAMPLE_LIST = {"AppSession", "Project", "Projects", "SampleNumber", "HrefFiles", "DateModified"}
+NOT_IN_APPRESULT_LIST = {"Project", "Projects", "Description", "HrefFiles", "DateModified"}
+
+
+@pytest.fixture
+def real_shapes_account(tmp_path: Path) -> Path:
+    acc = tmp_path / "account"
+    p, q = acc / "Projects" / "P", acc / "Projects" / "Q"
+    write_entity(p / "Samples" / "S1", AppSession={"Name": "FASTQ Generation"})
+    write_file(p / "Samples" / "S1" / "Files" / "S1_R1.fastq", b"@r1\nACGT\n+\nFFFF\n")
+    write_entity(p / "Samples" / "S2")  # uploaded sample: no app session
+    write_file(p / "Samples" / "S2" / "Files" / "S2_R1.fastq", b"@r2\nTTTT\n+\nFFFF\n")
+    write_entity(q / "Samples" / "T1")
+    write_file(q / "AppResults" / "Other" / "Files" / "o.txt", b"other\n")
+    write_entity(acc / "Runs" / "R1")
+    write_entity(
+        p / "AppResults" / "A",
+        Properties=[
+            {"Type": "sample[]", "Name": "Input.Samples", "Items": [{"Ref": "Projects/P/Samples/S1"}, {"Ref": "Projects/Q/Samples/T1"}]},
+            {"Type": "appresult", "Name": "Input.Result", "Content": {"Ref": "Projects/Q/AppResults/Other"}},
+            {"Type": "run", "Name": "Input.Run", "Content": {"Ref": "Runs/R1"}},
+        ],
+    )
+    write_file(p / "AppResults" / "A" / "Files" / "a.txt", b"a\n")
+    return acc
+
+
+def _api(emulator: EmulatorProcess, path: str) -> dict:
+    response = httpx.get(emulator.url.rstrip("/") + "/" + path, headers={"x-access-token": emulator.token}, timeout=30)
+    response.raise_for_status()
+    return response.json()["Response"]
+
+
+def _project_id(emulator: EmulatorProcess, name: str) -> str:
+    return next(p["Id"] for p in _api(emulator, "v1pre3/users/current/projects")["Items"] if p["Name"] == name)
+
+
+def test_the_emulator_answers_the_lean_real_list_shapes(real_shapes_account):
+    """Guard: the mount tests below run against list items without the invented fields."""
+    with EmulatorProcess(real_shapes_account) as emulator:
+        pid = _project_id(emulator, "P")
+        for sample in _api(emulator, f"v1pre3/projects/{pid}/samples")["Items"]:
+            assert not NOT_IN_SAMPLE_LIST & set(sample), sample
+        results = _api(emulator, f"v1pre3/projects/{pid}/appresults")["Items"]
+        for result in results:
+            assert not NOT_IN_APPRESULT_LIST & set(result), result
+        props = _api(emulator, f"v1pre3/appresults/{results[0]['Id']}/properties")["Items"]
+        referenced = [i for p in props for i in (p.get("Items") or [p.get("Content")]) if isinstance(i, dict)]
+        assert referenced and all(not {"Project", "Projects"} & set(i) for i in referenced)
+
+
+def test_links_parent_session_and_sample_properties_from_real_shapes(real_shapes_account, mount_factory):
+    with EmulatorProcess(real_shapes_account) as emulator:
+        m = mount_factory(emulator)
+        samples = m.path("Projects", "P", "Samples")
+        emulator.reset_counters()
+        listing = os.listdir(samples)
+        assert {"S1", "S2"} <= set(listing)
+        # reading a sample's file needs no per-sample call
+        assert (samples / "S1" / "Files" / "S1_R1.fastq").read_bytes() == b"@r1\nACGT\n+\nFFFF\n"
+        assert "GET v1pre3/samples/{id}" not in emulator.counters()["requests"]
+
+        # ParentAppSession: from GET samples/{id}, made when the entry is looked up
+        link = samples / "S1" / "ParentAppSession"
+        session_dir = Path(os.path.realpath(link))
+        session_id = (session_dir / ".id").read_text().strip()
+        assert session_dir.parent == m.path("Projects", "P", "AppSessions")
+        assert (session_dir / ".name").read_text().strip() == "FASTQ Generation"
+        s1 = _api(emulator, f"v1pre3/samples/{(samples / 'S1' / '.id').read_text().strip()}")
+        assert s1["AppSession"]["Id"] == session_id
+        # a sample without a session has no such entry
+        assert "ParentAppSession" not in os.listdir(samples / "S2")
+        with pytest.raises(OSError) as err:
+            os.lstat(samples / "S2" / "ParentAppSession")
+        assert err.value.errno == errno.ENOENT
+
+        # SampleProperties shows SampleNumber, which only GET samples/{id} carries
+        text = (samples / "S1" / "SampleProperties").read_text()
+        assert f"SampleNumber: {s1['SampleNumber']}\n" in text and text.startswith("Name: S1\n")
+        assert os.stat(samples / "S1" / "SampleProperties").st_size == len(text.encode())
+
+        # property links to samples (own and other project), an app result elsewhere, a run
+        props = m.path("Projects", "P", "AppResults", "A", "Properties")
+        own, other = props / "Input.Samples" / "0", props / "Input.Samples" / "1"
+        sid, pid = (samples / "S1" / ".id").read_text().strip(), (samples.parent / ".id").read_text().strip()
+        assert os.readlink(own) == f"../../../../../.id.{pid}/Samples/.id.{sid}"
+        assert Path(os.path.realpath(own)) == samples / "S1"
+        assert (other / ".name").read_text().strip() == "T1"
+        assert Path(os.path.realpath(other)).parent == m.path("Projects", "Q", "Samples")
+        result = props / "Input.Result"
+        assert result.is_symlink() and (result / "Files" / "o.txt").read_bytes() == b"other\n"
+        assert Path(os.path.realpath(result)).parent == m.path("Projects", "Q", "AppResults")
+        assert (props / "Input.Run" / ".type").read_text().strip() == "runs"
