@@ -198,6 +198,7 @@ class Operations(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         fh = self._new_fh()
         if node.type == REMOTE:
+            self.tree.layout.refuse_archived(node)  # EACCES, before any call
             self._files[fh] = self.reads.open(node.file_id, node.size)
             if self.direct_io:
                 return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)

@@ -9,6 +9,7 @@ a real mount, that the entries built from those fields still work and cost calls
 from __future__ import annotations
 
 import errno
+import json
 import os
 from pathlib import Path
 
@@ -44,6 +45,11 @@ def real_shapes_account(tmp_path: Path) -> Path:
         ],
     )
     write_file(p / "AppResults" / "A" / "Files" / "a.txt", b"a\n")
+    # archival storage: one file of an app result (sidecar), and a whole dataset
+    write_file(p / "AppResults" / "A" / "Files" / "old.bam", b"archived bytes")
+    (p / "AppResults" / "A" / "Files" / "old.bam.file.json").write_text('{"IsArchived": true}')
+    write_entity(p / "Datasets" / "D", IsArchived=True)
+    write_file(p / "Datasets" / "D" / "Files" / "d_R1.fastq.gz", b"gz")
     return acc
 
 
@@ -113,3 +119,34 @@ def test_links_parent_session_and_sample_properties_from_real_shapes(real_shapes
         assert result.is_symlink() and (result / "Files" / "o.txt").read_bytes() == b"other\n"
         assert Path(os.path.realpath(result)).parent == m.path("Projects", "Q", "AppResults")
         assert (props / "Input.Run" / ".type").read_text().strip() == "runs"
+
+
+def test_archived_files_are_refused_clearly_and_without_calls(real_shapes_account, mount_factory):
+    with EmulatorProcess(real_shapes_account) as emulator:
+        pid = _project_id(emulator, "P")
+        # the emulator marks them as real BaseSpace does (files and datasets), and its content host
+        # refuses an archived object as S3 does
+        headers = {"x-access-token": emulator.token}
+        (dataset,) = httpx.get(f"{emulator.url}v2/datasets", params={"projectid": pid}, headers=headers).json()["Items"]
+        assert dataset["IsArchived"] is True
+        (d_file,) = httpx.get(f"{emulator.url}v2/datasets/{dataset['Id']}/files", headers=headers).json()["Items"]
+        assert d_file["IsArchived"] is True
+        meta = _api(emulator, f"v1pre3/files/{d_file['Id']}/content?redirect=meta")
+        refused = httpx.get(meta["HrefContent"])
+        assert refused.status_code == 403 and b"InvalidObjectState" in refused.content
+        m = mount_factory(emulator)
+        files = m.path("Projects", "P", "AppResults", "A", "Files")
+        meta = json.loads((m.path("Projects", "P", "AppResults", "A", "Files.metadata", "old.bam") / ".json").read_text())
+        assert meta["Response"]["IsArchived"] is True
+        assert (files / "a.txt").read_bytes() == b"a\n"  # its sibling reads normally
+        emulator.reset_counters()
+        for archived in (files / "old.bam", m.path("Projects", "P", "Datasets", "D", "Files", "d_R1.fastq.gz")):
+            assert archived.stat().st_size > 0  # listed with its size, like any file
+            with pytest.raises(OSError) as err:
+                archived.read_bytes()
+            assert err.value.errno == errno.EACCES
+            error = (archived.parent / ".error").read_text()
+            assert f"{archived.name} is archived in BaseSpace" in error and "Restore" in error and "refresh" in error
+        counters = emulator.counters()
+        assert not any("content" in route for route in counters["requests"]), counters["requests"]
+        assert counters["content_bytes"] == 0

@@ -41,6 +41,12 @@ class ContentExpiredError(ApiError):
     errno = errno.EIO
 
 
+class ArchivedError(ApiError):
+    """The file is in BaseSpace's archival storage (``IsArchived``): unreadable until restored."""
+
+    errno = errno.EACCES
+
+
 class ServerError(ApiError):
     """5xx or 429: transient, retried."""
 

@@ -56,8 +56,9 @@ SYNTHETIC_SUFFIX = ".synthetic.json"
 # ``NAME.file.json`` next to NAME (or NAME.synthetic.json): fields merged over the API file item
 # (hostile-data tests: any Name/Path/Size; an explicit Id, duplicates allowed). Bytes still come
 # from NAME, so a Size override makes the listing disagree with the content on purpose.
+# ``IsArchived: true`` puts the file in archival storage (listed, its content refused).
 FILE_SIDECAR_SUFFIX = ".file.json"
-FILE_OVERRIDE_KEYS = ("Name", "Path", "Size", "Id")
+FILE_OVERRIDE_KEYS = ("Name", "Path", "Size", "Id", "IsArchived")
 
 # (top folder inside a project, kind)
 PROJECT_CHILDREN = (("Samples", "sample"), ("AppResults", "appresult"), ("Datasets", "dataset"))
@@ -135,6 +136,12 @@ class FileEntry:
     def etag(self) -> str:
         basis = f"{self.key}\0{self.size}\0{int(self.mtime)}\0{self.seed}"
         return hashlib.md5(basis.encode("utf-8", "surrogateescape")).hexdigest()
+
+    @property
+    def archived(self) -> bool:
+        """In archival storage: ``IsArchived: true`` in NAME.file.json, or in the ``.entity.json``
+        of its dataset or run (archiving moves a whole dataset or run)."""
+        return self.overrides.get("IsArchived") is True or self.owner.overrides.get("IsArchived") is True
 
     @property
     def content_type(self) -> str:
@@ -353,6 +360,8 @@ def _apply_file_overrides(entry: FileEntry, overrides: dict[str, Any], where: st
         if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) == "":
             raise AccountError(f"{where}: Id must be a non-empty string or integer")
         entry.explicit_id = str(value)
+    if not isinstance(overrides.get("IsArchived", False), bool):
+        raise AccountError(f"{where}: IsArchived must be true or false")
     entry.overrides = overrides
 
 

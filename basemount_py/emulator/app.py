@@ -655,6 +655,8 @@ async def content(em: Emulator, request: Request) -> StreamResponse:
     entry = em.account.files.get(file_id)
     if entry is None:  # removed by a reload after the URL was issued
         return xml_response(404, "NoSuchKey", "The specified key does not exist.")
+    if entry.archived:  # what S3 answers for an object in archival (Glacier) storage
+        return xml_response(403, "InvalidObjectState", "The operation is not valid for the object's storage class")
     headers = {
         "Content-Type": entry.content_type,
         "Accept-Ranges": "bytes",

@@ -227,7 +227,7 @@ class V1:
             "ContentType": f.content_type,
             "Size": f.size,
             "Path": f.path,
-            "IsArchived": False,
+            "IsArchived": f.archived,
             "UploadStatus": "complete",
             "DateCreated": bs_date(f.mtime),
             "DateModified": bs_date(f.mtime),
@@ -321,6 +321,7 @@ class V2:
             "DateCreated": bs_date(d.created),
             "DateModified": bs_date(d.modified),
             "QcStatus": "Undetermined",
+            "IsArchived": False,
         }
         out = _merge(out, d)
         if isinstance(out.get("DatasetType"), str):
@@ -355,6 +356,7 @@ class V2:
             "DateCreated": bs_date(f.mtime),
             "DateModified": bs_date(f.mtime),
             "ETag": f.etag,
+            "IsArchived": f.archived,
             "UploadStatus": "Complete",
         }
         if f.id.isdigit():

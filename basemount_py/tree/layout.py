@@ -27,7 +27,7 @@ import shlex
 from typing import Any
 
 from ..api.client import FILES_PAGE_MAX, BaseSpaceClient, path_segment
-from ..api.errors import ProtocolError
+from ..api.errors import ArchivedError, ProtocolError
 from .cache import ListingCache
 from .naming import sanitize, unique_names
 from .nodes import (
@@ -62,6 +62,13 @@ Write mode (docs/writes.md): mkdir Projects/NEW, mkdir Projects/P/AppResults/NEW
 its Files/, write Properties/Ns.name, rmdir an entity (trash; .Trash/ lists it), basemount-cmd.
 """
 
+ARCHIVED_MESSAGE = """\
+Error: {name} is archived in BaseSpace (IsArchived: true): its content cannot be read until it is restored.
+Restore it from archival storage in the BaseSpace web UI (open its run or dataset, then File > Archive >
+Restore; this takes about two days and is billed per TB), then refresh this folder:
+  basemount-cmd --path <mount>/{folder} refresh
+"""
+
 ENTITY_TYPES = {  # API collection -> (singular, human type)
     "projects": "project",
     "samples": "sample",
@@ -76,6 +83,7 @@ ENTITY_TYPES = {  # API collection -> (singular, human type)
 ENTITY_HIDDEN = (".id", ".type", ".name", ".json", ".href", ".curl", ".error", ".status")
 LIST_HIDDEN = (".json", ".href", ".curl", ".type", ".error")
 COMMANDS_NAME = ".commands"
+ARCHIVED = "archived"  # Node.ctx key of a file in archival storage: not readable until restored
 LAZY = "lazy"  # Node.ctx key: what Layout.resolve fetches to complete the node
 EAGER = "eager"  # Node.ctx key: resolve while listing the folder (its lazy entries share one call)
 _ENTITY_FOLDER = {"sample": "Samples", "appresult": "AppResults"}  # property link kinds inside a project
@@ -188,6 +196,15 @@ class Layout:
         node = text_node(_p(path, ".error"), self.errors.get(path, "") + self.write_errors.get(path, ""))
         node.ctx["dynamic"] = "error"
         return node
+
+    def refuse_archived(self, node: Node) -> None:
+        """An archived file is refused at open, before any call (its content URL would only be
+        refused too, and retrying cannot help): EACCES, and its folder's ``.error`` says why."""
+        if not node.ctx.get(ARCHIVED):
+            return
+        folder = node.path[:-1]
+        self.write_errors[folder] = ARCHIVED_MESSAGE.format(name=node.name, folder="/".join(folder))
+        raise ArchivedError(f"{node.name}: archived in BaseSpace; restore it to read it (see {'/'.join(folder)}/.error)")
 
     def commands_node(self, path: tuple[str, ...], hidden: bool = True) -> Node:
         return Node(path=_p(path, COMMANDS_NAME), type=COMMANDS, hidden=hidden)
@@ -536,6 +553,7 @@ class Layout:
                     mtime=entity_time(item),
                     xattrs=_entity_xattrs(item, "files"),
                     immutable=True,
+                    ctx={ARCHIVED: True} if item.get("IsArchived") is True else {},
                 )
             )
         return out
