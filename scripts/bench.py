@@ -24,6 +24,21 @@ Rows (see docs/performance.md for what each one means and what limits it):
 (e) ``samtools view -c`` of 100 random regions of an indexed BAM, through the mount vs the local file
     (one process per region, and one process for all regions).
 
+(f) re-reading a file after a remount (a second mount of the same cache), vs reading the same bytes
+    from local disk with the page cache dropped.
+
+The peer: every read row is also measured with ``rclone mount`` (http backend, ``--vfs-cache-mode
+off`` and ``full``, a fresh cache directory per run) reading the same bytes from the same emulator
+under the same profile, through the emulator's plain HTTP view of the account
+(``/_emulator/http/``, loopback only; basemount_py/emulator/http_listing.py). A second table gives
+each figure for basemount_py, ``--direct-io`` and both rclone modes, and how far ahead we are
+(the peer's figure over ours where less is better, ours over the peer's where more is better).
+
+Byte-exactness: after every timed whole-file read, 16 random 1 MiB windows and the last window
+of the file are read back through the same mount and compared with the source; every random
+``pread`` is compared; samtools counts must equal the local file's; the re-read row's file is
+compared whole (SHA-256). ``--repeat N`` interleaves N rounds of everything and reports medians.
+
 Listing figures: ``ls -l`` of a 5,000-sample project and ``find MP | wc -l`` of the demo account at
 0 and 20 ms emulator latency (wall time and API calls from the emulator's counters).
 
@@ -35,6 +50,7 @@ from this process; ``curl`` gets the signed URL (which needs no token) from a 06
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -43,6 +59,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +68,7 @@ from urllib.parse import urljoin
 import httpx
 
 from basemount_py.emulator.control import EmulatorProcess
+from basemount_py.emulator.synthetic import synthetic_bytes
 from basemount_py.mount_process import MountProcess
 
 MiB = 2**20
@@ -68,6 +86,12 @@ PREADS = 200
 PREAD_SIZE = 64 * 1024
 REGIONS = 100
 PARALLEL_RANGES = 16
+CHECK_WINDOWS = 16  # random 1 MiB windows compared with the source after every whole-file read
+CONTENT_ROUTE = "GET content"  # the emulator's counter of the mount's ranged GETs
+PEER_ROUTE = "GET http tree"  # ... and of the peer's (emulator/http_listing.py)
+# What each subject is: the daemon, the daemon with --direct-io, rclone without and with its cache.
+OURS, DIRECT, RCLONE_OFF, RCLONE_FULL = "basemount_py", "`--direct-io`", "rclone, cache off", "rclone, cache full"
+PEERS = (RCLONE_OFF, RCLONE_FULL)
 
 
 def note(message: str) -> None:
@@ -93,6 +117,8 @@ def drop_caches() -> bool:
 class BenchMount(MountProcess):
     """A real ``basemount-py mount --foreground`` daemon against the bench's emulator."""
 
+    route = CONTENT_ROUTE
+
     def __init__(self, emulator: EmulatorProcess, mountpoint: Path, *extra: str):
         super().__init__(
             mountpoint,
@@ -114,6 +140,26 @@ class BenchMount(MountProcess):
         return self.mountpoint.joinpath(*parts)
 
 
+class PeerMount(BenchMount):
+    """``rclone mount`` (http backend) of the emulator's plain HTTP view of the same account.
+
+    The mount paths are the same as ours (the account folder mirrors the BaseMount layout used
+    here). ``mode`` is rclone's ``--vfs-cache-mode`` (off or full); ``cache_dir`` its cache."""
+
+    route = PEER_ROUTE
+
+    def __init__(self, emulator: EmulatorProcess, mountpoint: Path, mode: str, cache_dir: Path):
+        super().__init__(emulator, mountpoint)
+        config = mountpoint.parent / "rclone.conf"  # empty: the remote is given on the command line
+        config.touch()
+        self.args = [
+            "rclone", "mount", ":http:", str(mountpoint),
+            "--http-url", urljoin(emulator.url, "_emulator/http/"),
+            "--read-only", "--vfs-cache-mode", mode, "--cache-dir", str(cache_dir),
+            "--config", str(config), "--log-level", "NOTICE",
+        ]
+
+
 def run(cmd: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, timeout=timeout, check=True, **kw)
 
@@ -124,9 +170,9 @@ def timed(cmd: list[str], timeout: float, **kw) -> float:
     return time.perf_counter() - t0
 
 
-def content_counters(em: EmulatorProcess) -> tuple[int, int]:
+def content_counters(em: EmulatorProcess, route: str = CONTENT_ROUTE) -> tuple[int, int]:
     c = em.counters()
-    return c["requests"].get("GET content", 0), c.get("content_bytes", 0)
+    return c["requests"].get(route, 0), c.get("content_bytes", 0)
 
 
 def api_calls(em: EmulatorProcess) -> int:
@@ -143,13 +189,17 @@ class Sizes:
     random: int
     bam_reads: int
     samples: int
+    reread: int
 
 
 def sizes_for(args: argparse.Namespace) -> Sizes:
     if args.quick:
-        return Sizes(cp=96 * MiB, reader=16 * MiB, random=256 * MiB, bam_reads=40_000, samples=500)
+        return Sizes(cp=96 * MiB, reader=16 * MiB, random=256 * MiB, bam_reads=40_000, samples=500, reread=32 * MiB)
     total = int(args.size * GiB)
-    return Sizes(cp=total, reader=max(16 * MiB, total // 4), random=max(total, GiB), bam_reads=400_000, samples=5000)
+    return Sizes(
+        cp=total, reader=max(16 * MiB, total // 4), random=max(total, GiB), bam_reads=400_000, samples=5000,
+        reread=max(16 * MiB, total // 4),
+    )
 
 
 def synthetic(folder: Path, name: str, size: int, seed: int) -> None:
@@ -160,16 +210,23 @@ def synthetic(folder: Path, name: str, size: int, seed: int) -> None:
 def build_account(root: Path, sizes: Sizes, profiles: list[str], work: Path) -> dict:
     files = root.joinpath(*SAMPLE_DIR)
     seed = 100
+    seeds = {}
     for profile in profiles:
-        synthetic(files, f"cp-{profile}.bin", sizes.cp, seed := seed + 1)
-        synthetic(files, f"random-{profile}.bin", sizes.random, seed := seed + 1)
-        for i in range(READERS):
-            synthetic(files, f"reader-{profile}-{i}.bin", sizes.reader, seed := seed + 1)
+        for name, size in [(f"cp-{profile}.bin", sizes.cp), (f"random-{profile}.bin", sizes.random)] + [
+            (f"reader-{profile}-{i}.bin", sizes.reader) for i in range(READERS)
+        ]:
+            synthetic(files, name, size, seed := seed + 1)
+            seeds[name] = (seed, size)
+        # (f) needs the same bytes on local disk: a real file, which the emulator serves from disk.
+        with open(files / f"reread-{profile}.bin", "wb") as f:
+            for _ in range(0, sizes.reread, 16 * MiB):
+                f.write(os.urandom(16 * MiB))
+            f.truncate(sizes.reread)
     bam_dir = root.joinpath(*BAM_DIR)
     bam_dir.mkdir(parents=True, exist_ok=True)
     contig_len = max(1_000_000, sizes.bam_reads * 25)
     make_bam(bam_dir / "bench.bam", sizes.bam_reads, contig_len, work)
-    return {"contig_len": contig_len}
+    return {"contig_len": contig_len, "seeds": seeds}
 
 
 def make_bam(path: Path, reads: int, contig_len: int, work: Path) -> None:
@@ -237,14 +294,14 @@ def curl_parallel(work: Path, url: str, size: int, parts: int = PARALLEL_RANGES)
 
 
 PREAD_SCRIPT = r"""
-import json, os, random, sys, time, urllib.request
-path, count, size, seed, counters_url = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+import hashlib, json, os, random, sys, time, urllib.request
+path, count, size, seed, counters_url, route = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
 def content_requests():
     with urllib.request.urlopen(counters_url, timeout=30) as r:
-        return json.load(r)["requests"].get("GET content", 0)
+        return json.load(r)["requests"].get(route, 0)
 rng = random.Random(seed)
 fd = os.open(path, os.O_RDONLY)
-latencies, requests = [], []
+latencies, requests, offsets, digest = [], [], [], hashlib.sha256()
 for _ in range(count):
     offset = rng.randrange(0, size - %(chunk)d)
     before = content_requests()
@@ -254,8 +311,10 @@ for _ in range(count):
     requests.append(content_requests() - before)
     if len(data) != %(chunk)d:
         sys.exit(f"short read at {offset}: {len(data)}")
+    offsets.append(offset)
+    digest.update(data)
 os.close(fd)
-print(json.dumps({"latencies": latencies, "requests": requests}))
+print(json.dumps({"latencies": latencies, "requests": requests, "offsets": offsets, "sha256": digest.hexdigest()}))
 """ % {"chunk": PREAD_SIZE}
 
 
@@ -266,119 +325,239 @@ def percentile(values: list[float], q: float) -> float:
 
 @dataclass
 class Results:
-    rows: dict[str, dict[str, str]] = field(default_factory=dict)  # row -> profile -> text
+    """Every figure of every round; the tables show the median of the rounds (``--repeat``)."""
+
+    rows: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # row -> profile -> values
+    formats: dict[str, str] = field(default_factory=dict)
+    peer: dict[tuple[str, str], dict[str, list[float]]] = field(default_factory=dict)  # (profile, workload) -> subject -> values
     listing: dict[str, dict[str, str]] = field(default_factory=dict)
-    raw: dict = field(default_factory=dict)
 
     def put(self, row: str, profile: str, value: float, fmt: str = "{:.2f}") -> None:
-        self.rows.setdefault(row, {})[profile] = fmt.format(value)
-        self.raw.setdefault(profile, {})[row] = value
+        self.rows.setdefault(row, {}).setdefault(profile, []).append(value)
+        self.formats[row] = fmt
+
+    def peer_put(self, profile: str, workload: str, subject: str, value: float) -> None:
+        self.peer.setdefault((profile, workload), {}).setdefault(subject, []).append(value)
+
+    def value(self, row: str, profile: str) -> float | None:
+        values = self.rows.get(row, {}).get(profile)
+        return statistics.median(values) if values else None
 
 
-def bench_profile(profile: str, em: EmulatorProcess, base: Path, work: Path, sizes: Sizes, res: Results, extra: list[str], contig_len: int) -> None:
+class Subjects:
+    """Fresh mounts of each kind: ours (with the bench's extra options) and the peer's."""
+
+    def __init__(self, em: EmulatorProcess, base: Path, extra: list[str]):
+        self.em, self.base, self.extra = em, base, extra
+        self.count = 0
+
+    def mount(self, kind: str, cache_dir: Path | None = None) -> BenchMount:
+        """A fresh mount; ``cache_dir``: a persistent cache to share with another mount."""
+        self.count += 1
+        mountpoint = self.base / f"mnt-{self.count}"
+        if kind in PEERS:
+            cache = cache_dir or self.base / f"rclone-cache-{self.count}"
+            return PeerMount(self.em, mountpoint, "off" if kind == RCLONE_OFF else "full", cache)
+        extra = list(self.extra) + (["--direct-io"] if kind == DIRECT else [])
+        if cache_dir is not None and supports_cache_dir():
+            extra.append(f"--cache-dir={cache_dir}")
+        return BenchMount(self.em, mountpoint, *extra)
+
+
+def check_windows(path: Path, seed: int, size: int, rng: random.Random) -> None:
+    """Compare random 1 MiB windows and the last one, read through the mount, with the source."""
+    window = min(MiB, size)
+    offsets = [rng.randrange(0, size - window + 1) for _ in range(CHECK_WINDOWS)] + [size - window]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for offset in offsets:
+            if os.pread(fd, window, offset) != synthetic_bytes(seed, offset, window):
+                raise RuntimeError(f"{path}: wrong bytes at offset {offset}")
+    finally:
+        os.close(fd)
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def rate(nbytes: int, seconds: float) -> float:
+    return nbytes / seconds / MB
+
+
+def bench_profile(profile: str, subjects: Subjects, base: Path, work: Path, sizes: Sizes, res: Results, info: dict) -> None:
+    em = subjects.em
     em.set_knobs(**PROFILES[profile])
     files = Path(*SAMPLE_DIR)
+    check_rng = random.Random(5)
+    seeds = info["seeds"]
     cp_name = files / f"cp-{profile}.bin"
 
     # (a)/(b): direct downloads first (they need the file id, read from the mount's xattr).
-    with BenchMount(em, base / f"mnt-{profile}-id", *extra) as m:
+    with subjects.mount(OURS) as m:
         file_id = os.getxattr(m.path(str(cp_name)), "user.basespace.id").decode()
     url = signed_url(em, file_id)
     note(f"{profile}: single-stream curl of {sizes.cp / GiB:.2f} GiB")
     t_single = _timed_curl_single(work, url, sizes.cp)
     note(f"{profile}: {PARALLEL_RANGES} parallel ranged curls")
     t_parallel = curl_parallel(work, url, sizes.cp)
-
-    note(f"{profile}: cp through the mount")
-    drop_caches()
-    with BenchMount(em, base / f"mnt-{profile}-cp", *extra) as m:
-        em.reset_counters()
-        t_cp = timed(["cp", str(m.path(str(cp_name))), "/dev/null"], 1800)
-        cp_rss = m.peak_rss()
-        requests, fetched = content_counters(em)
-    if fetched < sizes.cp:
-        raise RuntimeError(f"cp fetched only {fetched} of {sizes.cp} bytes: was it served from a cache?")
-
-    note(f"{profile}: cp through a --direct-io mount")
-    drop_caches()
-    with BenchMount(em, base / f"mnt-{profile}-cp-dio", *extra, "--direct-io") as m:
-        em.reset_counters()
-        t_cp_dio = timed(["cp", str(m.path(str(cp_name))), "/dev/null"], 1800)
-        _, fetched_dio = content_counters(em)
-    if fetched_dio < sizes.cp:
-        raise RuntimeError(f"cp --direct-io fetched only {fetched_dio} of {sizes.cp} bytes")
-    rate = lambda n, t: n / t / MB  # noqa: E731
     res.put("(a) single-stream curl, MB/s", profile, rate(sizes.cp, t_single), "{:.0f}")
     res.put("(b) 16 ranged curls, MB/s", profile, rate(sizes.cp, t_parallel), "{:.0f}")
+
+    cp_times = {}
+    for kind in (OURS, DIRECT, *PEERS):
+        note(f"{profile}: cp through {kind}")
+        drop_caches()
+        with subjects.mount(kind) as m:
+            em.reset_counters()
+            cp_times[kind] = t = timed(["cp", str(m.path(str(cp_name))), "/dev/null"], 1800)
+            rss = m.peak_rss()
+            requests, fetched = content_counters(em, m.route)
+            check_windows(m.path(str(cp_name)), *seeds[cp_name.name], check_rng)
+        if fetched < sizes.cp:
+            raise RuntimeError(f"{kind}: cp fetched only {fetched} of {sizes.cp} bytes: was it served from a cache?")
+        res.peer_put(profile, "cold `cp`, MB/s", kind, rate(sizes.cp, t))
+        res.peer_put(profile, "`cp`: peak RSS, MiB", kind, rss / MiB)
+        if kind == OURS:
+            res.put("cp: ranged GETs (avg MiB each)", profile, fetched / max(1, requests) / MiB, "{:.1f}")
+            res.put("cp: daemon peak RSS, MiB", profile, rss / MiB, "{:.0f}")
+    t_cp, t_cp_dio = cp_times[OURS], cp_times[DIRECT]
     res.put("cp through the mount, MB/s", profile, rate(sizes.cp, t_cp), "{:.0f}")
     res.put("(a) cp / single-stream", profile, t_single / t_cp)
     res.put("(b) cp / 16 ranged", profile, t_parallel / t_cp)
+    res.put("cp / rclone cache off", profile, cp_times[RCLONE_OFF] / t_cp)
     res.put("cp with `--direct-io`, MB/s", profile, rate(sizes.cp, t_cp_dio), "{:.0f}")
     res.put("(a) cp `--direct-io` / single-stream", profile, t_single / t_cp_dio)
     res.put("(b) cp `--direct-io` / 16 ranged", profile, t_parallel / t_cp_dio)
-    res.put("cp: ranged GETs (avg MiB each)", profile, fetched / max(1, requests) / MiB, "{:.1f}")
-    res.put("cp: daemon peak RSS, MiB", profile, cp_rss / MiB, "{:.0f}")
 
-    note(f"{profile}: {READERS} concurrent readers")
-    drop_caches()
-    with BenchMount(em, base / f"mnt-{profile}-readers", *extra) as m:
-        paths = [m.path(str(files / f"reader-{profile}-{i}.bin")) for i in range(READERS)]
-        em.reset_counters()
-        t0 = time.perf_counter()
-        procs = [subprocess.Popen(["cat", str(p)], stdout=subprocess.DEVNULL) for p in paths]
-        for p in procs:
-            if p.wait(timeout=1800) != 0:
-                raise RuntimeError("cat failed")
-        t_readers = time.perf_counter() - t0
-        rss = m.peak_rss()
-        _, fetched = content_counters(em)
-    if fetched < READERS * sizes.reader:
-        raise RuntimeError("the readers fetched fewer bytes than they read")
-    res.put(f"(c) {READERS} readers aggregate, MB/s", profile, rate(READERS * sizes.reader, t_readers), "{:.0f}")
-    res.put(f"(c) {READERS} readers / single-stream", profile, rate(READERS * sizes.reader, t_readers) / rate(sizes.cp, t_single))
-    res.put(f"(c) {READERS} readers: daemon peak RSS, MiB", profile, rss / MiB, "{:.0f}")
+    for kind in (OURS, *PEERS):
+        note(f"{profile}: {READERS} concurrent readers through {kind}")
+        drop_caches()
+        with subjects.mount(kind) as m:
+            names = [files / f"reader-{profile}-{i}.bin" for i in range(READERS)]
+            em.reset_counters()
+            t0 = time.perf_counter()
+            procs = [subprocess.Popen(["cat", str(m.path(str(n)))], stdout=subprocess.DEVNULL) for n in names]
+            for p in procs:
+                if p.wait(timeout=1800) != 0:
+                    raise RuntimeError("cat failed")
+            t_readers = time.perf_counter() - t0
+            rss = m.peak_rss()
+            _, fetched = content_counters(em, m.route)
+            for n in names:
+                check_windows(m.path(str(n)), *seeds[n.name], check_rng)
+        if fetched < READERS * sizes.reader:
+            raise RuntimeError(f"{kind}: the readers fetched fewer bytes than they read")
+        res.peer_put(profile, f"{READERS} readers, MB/s", kind, rate(READERS * sizes.reader, t_readers))
+        res.peer_put(profile, f"{READERS} readers: peak RSS, MiB", kind, rss / MiB)
+        if kind == OURS:
+            res.put(f"(c) {READERS} readers aggregate, MB/s", profile, rate(READERS * sizes.reader, t_readers), "{:.0f}")
+            res.put(f"(c) {READERS} readers / single-stream", profile, rate(READERS * sizes.reader, t_readers) / rate(sizes.cp, t_single))
+            res.put(f"(c) {READERS} readers: daemon peak RSS, MiB", profile, rss / MiB, "{:.0f}")
 
-    note(f"{profile}: {PREADS} random 64 KiB preads")
-    drop_caches()
-    with BenchMount(em, base / f"mnt-{profile}-pread", *extra) as m:
-        target = m.path(str(files / f"random-{profile}.bin"))
-        os.stat(target)  # the lookup's API calls are not part of the reads
-        em.reset_counters()
-        out = subprocess.run(
-            [sys.executable, "-c", PREAD_SCRIPT, str(target), str(PREADS), str(sizes.random), "7", urljoin(em.url, "_emulator/counters")],
-            capture_output=True, text=True, timeout=1800, check=True,
-        )
-        _, fetched = content_counters(em)
-    data = json.loads(out.stdout)
-    lat = [x * 1000 for x in data["latencies"]]
-    res.put("(d) pread 64 KiB median, ms", profile, statistics.median(lat))
-    res.put("(d) pread 64 KiB p99, ms", profile, percentile(lat, 0.99))
-    res.put("(d) ranged GETs per read, median", profile, statistics.median(data["requests"]), "{:.1f}")
-    res.put("(d) ranged GETs per read, mean", profile, statistics.mean(data["requests"]), "{:.2f}")
-    res.put("(d) bytes fetched / bytes read", profile, fetched / (PREADS * PREAD_SIZE))
+    random_name = files / f"random-{profile}.bin"
+    for kind in (OURS, *PEERS):
+        note(f"{profile}: {PREADS} random 64 KiB preads through {kind}")
+        drop_caches()
+        with subjects.mount(kind) as m:
+            target = m.path(str(random_name))
+            os.stat(target)  # the lookup's API calls are not part of the reads
+            em.reset_counters()
+            out = subprocess.run(
+                [sys.executable, "-c", PREAD_SCRIPT, str(target), str(PREADS), str(sizes.random), "7",
+                 urljoin(em.url, "_emulator/counters"), m.route],
+                capture_output=True, text=True, timeout=1800, check=True,
+            )
+            _, fetched = content_counters(em, m.route)
+        data = json.loads(out.stdout)
+        seed, size = seeds[random_name.name]
+        expected = hashlib.sha256()
+        for offset in data["offsets"]:
+            expected.update(synthetic_bytes(seed, offset, PREAD_SIZE))
+        if data["sha256"] != expected.hexdigest():
+            raise RuntimeError(f"{kind}: the random reads returned wrong bytes")
+        lat = [x * 1000 for x in data["latencies"]]
+        res.peer_put(profile, "random 64 KiB pread, median ms", kind, statistics.median(lat))
+        res.peer_put(profile, "random 64 KiB pread, bytes sent / byte read", kind, fetched / (PREADS * PREAD_SIZE))
+        if kind == OURS:
+            res.put("(d) pread 64 KiB median, ms", profile, statistics.median(lat))
+            res.put("(d) pread 64 KiB p99, ms", profile, percentile(lat, 0.99))
+            res.put("(d) ranged GETs per read, median", profile, statistics.median(data["requests"]), "{:.1f}")
+            res.put("(d) ranged GETs per read, mean", profile, statistics.mean(data["requests"]), "{:.2f}")
+            res.put("(d) bytes fetched / bytes read", profile, fetched / (PREADS * PREAD_SIZE))
 
     note(f"{profile}: samtools view -c of {REGIONS} regions")
     local_bam = base / "account" / Path(*BAM_DIR) / "bench.bam"
     rng = random.Random(11)
+    contig_len = info["contig_len"]
     regions = [f"chr1:{(s := rng.randrange(1, contig_len - 5000))}-{s + rng.randrange(200, 5000)}" for _ in range(REGIONS)]
     drop_caches()
     run(["cat", str(local_bam), str(local_bam) + ".bai"], 120, stdout=subprocess.DEVNULL)  # local copy: warm
     t_local_each, local_counts = _samtools_each(local_bam, regions)
     t_local_all = timed(["samtools", "view", "-c", str(local_bam), *regions], 300)
-    with BenchMount(em, base / f"mnt-{profile}-bam-each", *extra) as m:
-        mounted = m.path(str(Path(*BAM_DIR) / "bench.bam"))
-        os.stat(mounted)
-        t_mount_each, mount_counts = _samtools_each(mounted, regions)
-    with BenchMount(em, base / f"mnt-{profile}-bam-all", *extra) as m:
-        mounted = m.path(str(Path(*BAM_DIR) / "bench.bam"))
-        os.stat(mounted)
-        t_mount_all = timed(["samtools", "view", "-c", str(mounted), *regions], 300)
-    if mount_counts != local_counts:
-        raise RuntimeError("samtools counts through the mount differ from the local file")
-    res.put(f"(e) samtools, {REGIONS} processes: mount / local", profile, t_mount_each / t_local_each)
-    res.put(f"(e) samtools, {REGIONS} processes: mount s", profile, t_mount_each)
-    res.put(f"(e) samtools, 1 process {REGIONS} regions: mount / local", profile, t_mount_all / t_local_all)
-    res.put(f"(e) samtools, 1 process {REGIONS} regions: mount s", profile, t_mount_all, "{:.3f}")
+    each, together = {}, {}
+    for kind in (OURS, *PEERS):
+        note(f"{profile}: samtools through {kind}")
+        drop_caches()
+        with subjects.mount(kind) as m:
+            mounted = m.path(str(Path(*BAM_DIR) / "bench.bam"))
+            os.stat(mounted)
+            each[kind], counts = _samtools_each(mounted, regions)
+        if counts != local_counts:
+            raise RuntimeError(f"{kind}: samtools counts differ from the local file")
+        drop_caches()
+        with subjects.mount(kind) as m:
+            mounted = m.path(str(Path(*BAM_DIR) / "bench.bam"))
+            os.stat(mounted)
+            t0 = time.perf_counter()
+            out = subprocess.run(["samtools", "view", "-c", str(mounted), *regions], capture_output=True, text=True, timeout=300, check=True)
+            together[kind] = time.perf_counter() - t0
+        if int(out.stdout) != sum(local_counts):
+            raise RuntimeError(f"{kind}: samtools count of all regions differs from the local file")
+        res.peer_put(profile, f"samtools, {REGIONS} processes, s", kind, each[kind])
+        res.peer_put(profile, f"samtools, 1 process {REGIONS} regions, s", kind, together[kind])
+    res.put(f"(e) samtools, {REGIONS} processes: mount / local", profile, each[OURS] / t_local_each)
+    res.put(f"(e) samtools, {REGIONS} processes: mount s", profile, each[OURS])
+    res.put(f"(e) samtools, {REGIONS} processes: mount / rclone full", profile, each[OURS] / each[RCLONE_FULL])
+    res.put(f"(e) samtools, 1 process {REGIONS} regions: mount / local", profile, together[OURS] / t_local_all)
+    res.put(f"(e) samtools, 1 process {REGIONS} regions: mount s", profile, together[OURS], "{:.3f}")
+    res.put(f"(e) samtools, 1 process {REGIONS} regions: mount / rclone full", profile, together[OURS] / together[RCLONE_FULL])
+
+    # (f) A second mount re-reads a file the first one read: from the persistent cache when there
+    # is one, against the same bytes read from local disk (page cache dropped before each).
+    reread = files / f"reread-{profile}.bin"
+    local_copy = base / "account" / reread
+    local_sha = sha256_of(local_copy)
+    drop_caches()
+    t_local = timed(["cp", str(local_copy), "/dev/null"], 1800)
+    res.put("(f) local disk read, MB/s", profile, rate(sizes.reread, t_local), "{:.0f}")
+    for kind in (OURS, RCLONE_FULL):
+        cache = subjects.base / f"reread-cache-{subjects.count}"
+        with subjects.mount(kind, cache) as m:
+            run(["cp", str(m.path(str(reread))), "/dev/null"], 1800)
+        drop_caches()
+        with subjects.mount(kind, cache) as m:
+            em.reset_counters()
+            t = timed(["cp", str(m.path(str(reread))), "/dev/null"], 1800)
+            _, fetched = content_counters(em, m.route)
+            if sha256_of(m.path(str(reread))) != local_sha:
+                raise RuntimeError(f"{kind}: the re-read returned wrong bytes")
+        res.peer_put(profile, "second-mount re-read, MB/s", kind, rate(sizes.reread, t))
+        res.peer_put(profile, "second-mount re-read: bytes fetched again / file", kind, fetched / sizes.reread)
+        if kind == OURS:
+            res.put("(f) second-mount re-read, MB/s", profile, rate(sizes.reread, t), "{:.0f}")
+            res.put("(f) re-read / local disk", profile, t_local / t)
+
+
+@functools.cache
+def supports_cache_dir() -> bool:
+    """Whether our daemon has a persistent content cache (the re-read row then gives it one)."""
+    usage = subprocess.run([sys.executable, "-m", "basemount_py", "mount", "--help"], capture_output=True, text=True)
+    return "--cache-dir" in usage.stdout
 
 
 def _timed_curl_single(work: Path, url: str, size: int) -> float:
@@ -438,14 +617,19 @@ def bench_listing(base: Path, samples: int, res: Results, extra: list[str]) -> N
 TARGETS = {
     "(a) cp / single-stream": ("lan ≥ 0.7, wan ≥ 3", {"lan": (">=", 0.7), "wan": (">=", 3.0)}),
     "(b) cp / 16 ranged": ("wan ≥ 0.8", {"wan": (">=", 0.8)}),
+    "cp / rclone cache off": ("lan ≥ 1", {"lan": (">=", 1.0)}),
     "(a) cp `--direct-io` / single-stream": ("lan ≥ 0.7, wan ≥ 3", {"lan": (">=", 0.7), "wan": (">=", 3.0)}),
     "(b) cp `--direct-io` / 16 ranged": ("wan ≥ 0.8", {"wan": (">=", 0.8)}),
     f"(c) {READERS} readers: daemon peak RSS, MiB": ("≤ 300", {"lan": ("<=", 300), "wan": ("<=", 300)}),
     "(d) ranged GETs per read, median": ("wan ≤ 2", {"wan": ("<=", 2)}),
     "(d) bytes fetched / bytes read": ("wan ≤ 4", {"wan": ("<=", 4)}),
-    f"(e) samtools, {REGIONS} processes: mount / local": ("lan ≤ 3", {"lan": ("<=", 3)}),
+    f"(e) samtools, {REGIONS} processes: mount / local": ("lan ≤ 3, wan ≤ 3.3", {"lan": ("<=", 3), "wan": ("<=", 3.3)}),
+    f"(e) samtools, {REGIONS} processes: mount / rclone full": ("wan ≤ 1", {"wan": ("<=", 1)}),
     f"(e) samtools, 1 process {REGIONS} regions: mount / local": ("lan ≤ 3", {"lan": ("<=", 3)}),
+    f"(e) samtools, 1 process {REGIONS} regions: mount / rclone full": ("wan ≤ 1", {"wan": ("<=", 1)}),
+    "(f) re-read / local disk": ("≥ 0.8", {"lan": (">=", 0.8), "wan": (">=", 0.8)}),
 }
+SUBJECTS = (OURS, DIRECT, RCLONE_OFF, RCLONE_FULL)
 
 
 def markdown(res: Results, profiles: list[str], header: str) -> str:
@@ -454,18 +638,55 @@ def markdown(res: Results, profiles: list[str], header: str) -> str:
         target, checks = TARGETS.get(row, ("", {}))
         cells = []
         for p in profiles:
-            text = values.get(p, "–")
-            if p in checks and p in res.raw and row in res.raw[p]:
+            value = res.value(row, p)
+            if value is None:
+                cells.append("–")
+                continue
+            text = res.formats[row].format(value)
+            if p in checks:
                 op, bound = checks[p]
-                ok = res.raw[p][row] >= bound if op == ">=" else res.raw[p][row] <= bound
+                ok = value >= bound if op == ">=" else value <= bound
                 text += " ✓" if ok else " ✗"
             cells.append(text)
         lines.append(f"| {row} | " + " | ".join(cells) + f" | {target} |")
+    if res.peer:
+        lines += ["", peer_table(res, profiles)]
     if res.listing:
         lines += ["", "| Listing (issue 3) | 0 ms | 20 ms |", "|---|---:|---:|"]
         for row, values in res.listing.items():
             lines.append(f"| {row} | {values.get('0 ms', '–')} | {values.get('20 ms', '–')} |")
     return "\n".join(lines) + "\n"
+
+
+def peer_table(res: Results, profiles: list[str]) -> str:
+    """basemount_py beside rclone; "ahead ×" > 1 means basemount_py is better on that row."""
+    lines = [
+        "| Workload | " + " | ".join(SUBJECTS) + " | ahead of rclone off, × | ahead of rclone full, × |",
+        "|---|" + "---:|" * (len(SUBJECTS) + 2),
+    ]
+    for profile in profiles:
+        for (p, workload), by_subject in res.peer.items():
+            if p != profile:
+                continue
+            medians = {k: statistics.median(v) for k, v in by_subject.items()}
+            cells = [_figure(medians[k]) if k in medians else "–" for k in SUBJECTS]
+            more_is_better = workload.endswith("MB/s")
+            for peer in PEERS:
+                ours, theirs = medians.get(OURS), medians.get(peer)
+                if ours is None or theirs is None:
+                    cells.append("–")
+                elif (ours if more_is_better else theirs) == 0:
+                    cells.append("0" if (theirs if more_is_better else ours) == 0 else "∞")
+                elif more_is_better:
+                    cells.append(f"{ours / theirs:.2f}")
+                else:
+                    cells.append("∞" if ours == 0 else f"{theirs / ours:.2f}")
+            lines.append(f"| {profile} {workload} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _figure(value: float) -> str:
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.2f}" if abs(value) >= 1 else f"{value:.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -476,12 +697,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", metavar="FILE", help="also write the Markdown table here")
     parser.add_argument("--no-listing", action="store_true", help="skip the listing figures")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N", help="interleave N rounds; tables show medians")
     parser.add_argument("--mount-option", action="append", default=[], metavar="OPT",
                         help="extra option for basemount-py mount, e.g. --mount-option=--cache-size=128")
     args = parser.parse_args(argv)
     if args.size <= 0:
         parser.error("--size must be > 0")
-    for tool in ("curl", "samtools", "cp", "cat", "fusermount3"):
+    if args.repeat < 1:
+        parser.error("--repeat must be >= 1")
+    for tool in ("curl", "samtools", "cp", "cat", "fusermount3", "rclone"):
         if shutil.which(tool) is None:
             print(f"bench: {tool} is not installed (run scripts/setup)", file=sys.stderr)
             return 1
@@ -495,12 +719,16 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir()
     res = Results()
     started = time.perf_counter()
+    load_before = os.getloadavg()
     try:
         note(f"building the account in {base}")
         info = build_account(base / "account", sizes, profiles, work)
         with EmulatorProcess(base / "account") as em:
-            for profile in profiles:
-                bench_profile(profile, em, base, work, sizes, res, args.mount_option, info["contig_len"])
+            subjects = Subjects(em, base, args.mount_option)
+            for round_ in range(args.repeat):
+                for profile in profiles:
+                    note(f"round {round_ + 1} of {args.repeat}: {profile}")
+                    bench_profile(profile, subjects, base, work, sizes, res, info)
         if not args.no_listing:
             note("listing figures")
             bench_listing(base, sizes.samples, res, args.mount_option)
@@ -512,7 +740,8 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"basemount_py benchmark — cp file {sizes.cp / GiB:.2f} GiB, {READERS} readers × {sizes.reader / MiB:.0f} MiB, "
         f"{os.cpu_count()} CPUs, page cache {'dropped' if os.geteuid() == 0 else 'NOT dropped (not root; distinct files)'} "
-        f"between runs, {time.perf_counter() - started:.0f} s"
+        f"between runs, {args.repeat} round(s) (medians), {time.perf_counter() - started:.0f} s; "
+        f"load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after"
     )
     text = markdown(res, profiles, header)
     print(text)

@@ -33,6 +33,7 @@ from starlette.routing import Route, Router
 from . import render
 from .account import Account, AccountError, Entity, FileEntry, bs_date, load_account, resolve_token
 from .content import ContentSigner, StreamResponse, file_body, parse_range, xml_error
+from .http_listing import HTTP_TREE_PREFIX, http_tree
 from .knobs import Counters, FaultInjector, KnobError, Knobs
 
 __all__ = ["Emulator", "build_app", "UNAUTHORIZED_BODY"]
@@ -682,6 +683,15 @@ async def content(em: Emulator, request: Request) -> StreamResponse:
     return StreamResponse(status, headers, file_body(entry, start, end), length=end - start, on_bytes=count)
 
 
+async def http_tree_route(em: Emulator, request: Request) -> StreamResponse:
+    """The account as a plain HTTP directory tree for peer filesystems (http_listing.py)."""
+
+    def count(n: int) -> None:
+        em.counters.content_bytes += n
+
+    return http_tree(em.account, request, count)
+
+
 # -- debug endpoints ---------------------------------------------------------------------------
 
 
@@ -783,6 +793,11 @@ def build_app(emulator: Emulator) -> Router:
     starlette_routes += [
         Route("/_content/{file_id}", _endpoint(emulator, "content", content, scope="content", auth=False), methods=["GET", "HEAD"]),
         Route("/oauth/device", _endpoint(emulator, "oauth/device", device_page, **raw), methods=["GET"]),
+        Route(
+            "/" + HTTP_TREE_PREFIX + "{path:path}",
+            _endpoint(emulator, "http tree", http_tree_route, scope="content", auth=False),
+            methods=["GET", "HEAD"],
+        ),
         Route("/_emulator/counters", _debug(emulator, debug_counters), methods=["GET"]),
         Route("/_emulator/counters/reset", _debug(emulator, debug_counters_reset), methods=["POST"]),
         Route("/_emulator/knobs", _debug(emulator, debug_knobs), methods=["GET", "POST"]),
