@@ -29,6 +29,14 @@ def _add_mount_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metadata-ttl", type=_positive_float, default=60.0, metavar="S", help="listing cache lifetime (default 60 s)")
     p.add_argument("--cache-size", type=int, default=128, metavar="MiB", help="block cache size (default 128 MiB)")
     p.add_argument("--prefetch-max", type=int, default=64, metavar="MiB", help="largest sequential prefetch window (default 64 MiB)")
+    p.add_argument(
+        "--whole-file-max",
+        type=int,
+        default=64,
+        metavar="MiB",
+        help="fetch files up to this size whole, in parallel parts, when read at random or when they are an "
+        "index (.bai .csi .tbi .crai .fai .gzi); 0 = off (default 64 MiB, at most half of --cache-size)",
+    )
     p.add_argument("--max-connections", type=int, default=16, metavar="N", help="parallel HTTP connections (default 16)")
     p.add_argument(
         "--direct-io",
@@ -43,6 +51,15 @@ def _add_mount_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upload-threshold", type=_positive_float, default=25.0, metavar="MiB", help="files larger than this are uploaded multipart (default 25 MiB)")
     p.add_argument("--upload-part-size", type=_positive_float, default=8.0, metavar="MiB", help="multipart part size (default 8 MiB)")
     p.add_argument("--upload-parallel", type=int, default=8, metavar="N", help="parts uploaded in parallel per file (default 8)")
+    p.add_argument("--cache-dir", metavar="DIR", help="local root of the write spool (DIR/spool/) and the content cache (DIR/content/) (default: $XDG_CACHE_HOME/basemount_py)")
+    p.add_argument(
+        "--cache-max",
+        type=float,
+        default=0.0,
+        metavar="GiB",
+        help="disk space of the persistent content cache (DIR/content/): file blocks kept across mounts and "
+        "shared between them; 0 = none (default 0; docs/performance.md)",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-file", metavar="F", help="log file (background mode default: ~/.basespace/basemount_py.log)")
 
@@ -67,6 +84,7 @@ def _run_mount(args: argparse.Namespace) -> int:
         metadata_ttl=args.metadata_ttl,
         cache_size=max(1, args.cache_size) * MiB,
         prefetch_max=max(1, args.prefetch_max) * MiB,
+        whole_file_max=max(0, args.whole_file_max) * MiB,
         max_connections=max(1, args.max_connections),
         allow_other=args.allow_other,
         op_timeout=args.op_timeout,
@@ -76,6 +94,8 @@ def _run_mount(args: argparse.Namespace) -> int:
         upload_threshold=int(args.upload_threshold * MiB),
         upload_part_size=max(64 * 1024, int(args.upload_part_size * MiB)),
         upload_parallel=max(1, args.upload_parallel),
+        cache_dir=os.path.abspath(args.cache_dir) if args.cache_dir else "",
+        cache_max=max(0, int(args.cache_max * 2**30)),
     )
     return mount(credentials, opts, token_reloader=lambda: reload_token(credentials))
 

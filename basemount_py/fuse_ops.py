@@ -199,7 +199,7 @@ class Operations(pyfuse3.Operations):
         fh = self._new_fh()
         if node.type == REMOTE:
             self.tree.layout.refuse_archived(node)  # EACCES, before any call
-            self._files[fh] = self.reads.open(node.file_id, node.size)
+            self._files[fh] = self.reads.open(node.file_id, node.size, node.name, node.ctx.get("version"))
             if self.direct_io:
                 return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
             # Remote files never change under an id: let the kernel keep their pages.

@@ -39,6 +39,7 @@ class MountOptions:
     metadata_ttl: float = 60.0
     cache_size: int = 128 * MiB  # daemon peak RSS ≈ cache + ~90 MiB (docs/performance.md)
     prefetch_max: int = 64 * MiB
+    whole_file_max: int = 64 * MiB  # small files read at random, and indexes, are fetched whole
     max_connections: int = 16
     allow_other: bool = False
     op_timeout: float = 60.0
@@ -50,6 +51,15 @@ class MountOptions:
     upload_threshold: int = 25 * MiB  # write mode: larger files are uploaded multipart
     upload_part_size: int = 8 * MiB
     upload_parallel: int = 8  # parts in flight per file
+    # One local root for the write spool (<cache-dir>/spool/) and the content cache (<cache-dir>/content/).
+    cache_dir: str = ""  # "" = default_cache_dir()
+    cache_max: int = 0  # bytes of disk the persistent content cache may hold; 0 = no content cache
+
+
+def default_cache_dir() -> str:
+    """``$XDG_CACHE_HOME/basemount_py`` (``~/.cache/basemount_py``): the default ``--cache-dir``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "basemount_py")
 
 
 class MountError(Exception):
@@ -192,7 +202,7 @@ def _serve(credentials: object, opts: MountOptions, token_reloader, notify: int 
 
 
 async def _main(credentials, opts: MountOptions, token_reloader, notify: int | None) -> int:
-    from .read import ContentSource, ReadManager
+    from .read import ContentSource, DiskCache, PrefetchConfig, ReadManager
 
     policy, stall_timeout = timeouts_for(opts.op_timeout)
     api = BaseSpaceClient(
@@ -218,6 +228,10 @@ async def _main(credentials, opts: MountOptions, token_reloader, notify: int | N
     api.policy = policy
     user_name = (user.get("Response") or {}).get("Name", "?")
     content = ContentSource(api, policy=policy, max_connections=opts.max_connections, stall_timeout=stall_timeout)
+    disk = None
+    if opts.cache_max > 0:
+        content_dir = os.path.join(opts.cache_dir or default_cache_dir(), "content")
+        disk = await trio.to_thread.run_sync(DiskCache.open, content_dir, opts.cache_max, PrefetchConfig().block_size)
     try:
         # The ReadManager's nursery hosts every prefetch task; leaving it cancels them all.
         async with ReadManager(
@@ -225,6 +239,8 @@ async def _main(credentials, opts: MountOptions, token_reloader, notify: int | N
             fetch_blocks=content.fetch_blocks,
             cache_bytes=opts.cache_size,
             prefetch_max=opts.prefetch_max,
+            whole_file_max=opts.whole_file_max,
+            disk=disk,
             max_parallel=opts.max_connections,
         ) as reads:
             layout = Layout(api, metadata_ttl=opts.metadata_ttl)
@@ -251,6 +267,8 @@ async def _main(credentials, opts: MountOptions, token_reloader, notify: int | N
                         await closer()
                 except Exception as exc:
                     log.warning("shutdown: %s", exc)
+            if disk is not None:
+                disk.close()
 
 
 async def _run_fuse(ops: Operations, opts: MountOptions, notify: int | None, user_name: str, api_server: str) -> int:

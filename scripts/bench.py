@@ -360,7 +360,7 @@ class Subjects:
             return PeerMount(self.em, mountpoint, "off" if kind == RCLONE_OFF else "full", cache)
         extra = list(self.extra) + (["--direct-io"] if kind == DIRECT else [])
         if cache_dir is not None and supports_cache_dir():
-            extra.append(f"--cache-dir={cache_dir}")
+            extra += [f"--cache-dir={cache_dir}", "--cache-max=16"]
         return BenchMount(self.em, mountpoint, *extra)
 
 
@@ -557,7 +557,7 @@ def bench_profile(profile: str, subjects: Subjects, base: Path, work: Path, size
 def supports_cache_dir() -> bool:
     """Whether our daemon has a persistent content cache (the re-read row then gives it one)."""
     usage = subprocess.run([sys.executable, "-m", "basemount_py", "mount", "--help"], capture_output=True, text=True)
-    return "--cache-dir" in usage.stdout
+    return "--cache-max" in usage.stdout
 
 
 def _timed_curl_single(work: Path, url: str, size: int) -> float:

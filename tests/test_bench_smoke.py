@@ -26,10 +26,23 @@ EXPECTED_ROWS = [
     "(d) bytes fetched / bytes read",
     "(e) samtools, 100 processes: mount / local",
     "(e) samtools, 1 process 100 regions: mount / local",
+    "(e) samtools, 1 process 100 regions: mount / rclone full",
+    "cp / rclone cache off",
+    "(f) re-read / local disk",
     "`ls -l` 500-sample project: wall s",
     "`ls -l` 500-sample project: API calls",
     "`find MP` demo account: wall s",
     "`find MP` demo account: API calls",
+]
+# The peer table: each workload for basemount_py and rclone, and the ratio columns.
+PEER_ROWS = [
+    "lan cold `cp`, MB/s",
+    "lan `cp`: peak RSS, MiB",
+    "lan 8 readers, MB/s",
+    "lan random 64 KiB pread, median ms",
+    "lan samtools, 100 processes, s",
+    "lan samtools, 1 process 100 regions, s",
+    "lan second-mount re-read, MB/s",
 ]
 NUMBER = re.compile(r"^\d+(\.\d+)?( [✓✗])?$")
 
@@ -39,7 +52,7 @@ def test_bench_quick_prints_every_row_with_numbers(tmp_path):
     out_file = tmp_path / "bench.md"
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--profile", "lan", "--out", str(out_file)],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        capture_output=True, text=True, timeout=400, cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     table = result.stdout
@@ -54,6 +67,11 @@ def test_bench_quick_prints_every_row_with_numbers(tmp_path):
         values = rows[name][:2] if name.startswith("`") else rows[name][:1]  # listing: 0 and 20 ms
         for value in values:
             assert NUMBER.match(value), f"row {name!r} has {value!r}, not a number"
+    for name in PEER_ROWS:
+        assert name in rows, f"peer row {name!r} missing from:\n{table}"
+        ours, _direct, _off, full, _ahead_off, ahead_full = rows[name]
+        for value in (ours, full, ahead_full):
+            assert NUMBER.match(value) or value == "∞", f"peer row {name!r} has {value!r}"
     # The ratios are real measurements, not placeholders.
     assert float(rows["(d) ranged GETs per read, median"][0].split()[0]) >= 1
     assert float(rows["`ls -l` 500-sample project: API calls"][0]) >= 2

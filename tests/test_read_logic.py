@@ -398,6 +398,87 @@ async def test_sequential_reader_is_several_times_a_single_stream_at_20ms_latenc
     assert source.bytes == len(data)
 
 
+# -- whole-file fetch for random access -------------------------------------------------------
+
+
+async def background_done(manager: ReadManager) -> None:
+    """Wait (virtual time) until no background fetch is left."""
+    while manager.stats["prefetch_tasks"]:
+        await trio.sleep(0.01)
+
+
+async def test_a_random_read_of_a_small_file_fetches_it_whole_in_parallel_parts(autojump_clock):
+    data = payload(8 * MiB + 123, seed=3)
+    source = MemorySource({"bam": data}, latency=0.02, bandwidth=50e6)
+    async with ReadManager(source, whole_file_max=64 * MiB) as manager:
+        reader = manager.open("bam", len(data))
+        # The waiting read is its own small request (its blocks, widened to the random-mode minimum),
+        # not queued behind the parts.
+        assert await reader.read(5 * MiB + 7, 1000) == data[5 * MiB + 7 : 5 * MiB + 1007]
+        name, start, end = source.requests[0]
+        assert start == 5 * MiB and end - start <= 128 * KiB
+        await background_done(manager)
+        await reader.close()
+        # Everything else came in parallel parts (at most 16, each at most 4 MiB), exactly once.
+        parts = source.requests[1:]
+        assert 2 <= len(parts) <= 17 and source.peak_active >= 2
+        assert all(end - start <= 4 * MiB for _, start, end in parts)
+        assert source.bytes == len(data)
+        # Later handles (samtools: one process per region) read from memory, no request at all.
+        before = len(source.requests)
+        rng = random.Random(4)
+        for _ in range(50):
+            offset = rng.randrange(len(data))
+            again = manager.open("bam", len(data))
+            assert await again.read(offset, 70_000) == data[offset : offset + 70_000]
+            await again.close()
+        assert len(source.requests) == before
+
+
+async def test_the_whole_file_fetch_outlives_the_handle_that_started_it(autojump_clock):
+    data = payload(3 * MiB, seed=5)
+    source = MemorySource({"f": data}, latency=0.02)
+    async with ReadManager(source, whole_file_max=64 * MiB) as manager:
+        reader = manager.open("f", len(data))
+        assert await reader.read(2 * MiB, 100) == data[2 * MiB : 2 * MiB + 100]
+        await reader.close()  # one region per process: closed at once
+        await background_done(manager)
+        assert source.bytes == len(data) and source.cancelled == 0
+        assert manager.cache.cached_bytes == len(data)
+
+
+async def test_an_index_is_fetched_whole_when_opened():
+    data = payload(300 * KiB, seed=6)
+    source = MemorySource({"bai": data, "txt": data})
+    async with ReadManager(source, whole_file_max=64 * MiB) as manager:
+        plain = manager.open("txt", len(data), "notes.txt")
+        await background_done(manager)
+        assert source.requests == []  # an ordinary file: nothing before it is read
+        index = manager.open("bai", len(data), "sample.bam.BAI")
+        await background_done(manager)
+        assert {r[0] for r in source.requests} == {"bai"} and source.bytes == len(data)
+        assert await read_all(index, 64 * KiB) == data
+        assert source.bytes == len(data)
+        await plain.close()
+        await index.close()
+
+
+async def test_large_files_and_a_zero_limit_stay_on_ranged_reads():
+    data = payload(9 * MiB, seed=7)
+    for limit, cache in ((8 * MiB, 128 * MiB), (0, 128 * MiB), (64 * MiB, 16 * MiB)):
+        source = MemorySource({"f": data})
+        # The limit is capped at half the cache: a file that could not stay cached is not fetched whole.
+        async with ReadManager(source, whole_file_max=limit, cache_bytes=cache) as manager:
+            reader = manager.open("f", len(data), "big.bam")
+            rng = random.Random(8)
+            for _ in range(20):
+                offset = rng.randrange(len(data) - 64 * KiB)
+                assert await reader.read(offset, 64 * KiB) == data[offset : offset + 64 * KiB]
+            await background_done(manager)
+            assert source.bytes <= 20 * 2 * 64 * KiB, (limit, cache)
+            await reader.close()
+
+
 # -- model-based test: random operation sequences against the bytes ---------------------------
 
 SMALL = PrefetchConfig(

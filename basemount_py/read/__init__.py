@@ -36,13 +36,16 @@ Typical wiring::
 
 from .block_cache import BlockCache
 from .content import ContentSource
+from .disk_cache import ContentKey, DiskCache
 from .prefetch import AccessPattern, Plan, PrefetchConfig
 from .reader import FileReader, ReadManager
 
 __all__ = [
     "AccessPattern",
     "BlockCache",
+    "ContentKey",
     "ContentSource",
+    "DiskCache",
     "FileReader",
     "Plan",
     "PrefetchConfig",

@@ -40,6 +40,7 @@ import trio
 
 from ..api.errors import ProtocolError
 from .block_cache import BlockCache
+from .disk_cache import ContentKey, DiskCache
 from .prefetch import AccessPattern, Plan, PrefetchConfig, part_size, round_up, split_parts
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,13 @@ FetchBlocks = Callable[[str, int, int, int], Awaitable[list]]
 # How often a read re-examines its blocks after fetches it waited on did not deliver (each round
 # either obtains blocks or raises, so this only bounds pathological races).
 _MAX_ROUNDS = 4
+DISK_READ_THREADS = 4
+DISK_WRITE_BACKLOG = 64 * 2**20  # bytes waiting to be written to the disk cache; beyond, not cached
+# Whole-file fetch (ReadManager.fetch_whole; off unless the mount sets whole_file_max): the number
+# of parallel parts a file is cut into (one per connection), and the index files fetched whole as
+# soon as they are opened.
+WHOLE_FILE_PARTS = 16
+INDEX_SUFFIXES = (".bai", ".csi", ".tbi", ".crai", ".fai", ".gzi")
 _NOT_STARTED = RuntimeError("prefetch cancelled before it started")
 
 
@@ -86,14 +94,26 @@ class ReadManager:
         max_parallel: int = 16,
         config: PrefetchConfig | None = None,
         fetch_blocks: FetchBlocks | None = None,
+        whole_file_max: int = 0,
+        disk: DiskCache | None = None,
     ):
         base = config or PrefetchConfig()
         self.config = PrefetchConfig(**{**base.__dict__, "max_window": prefetch_max})
+        # Files up to this size are fetched whole (parallel parts, in the background) when read
+        # at random or when they are an index; 0 turns that off. More than half the cache could
+        # not be held while it is read, so the cap is at most half of it.
+        self.whole_file_max = max(0, min(whole_file_max, cache_bytes // 2))
         self._fetch = fetch
         # When the source can deliver block-sized buffers (ContentSource.fetch_blocks), they are
         # cached as they come instead of being cut out of one response buffer with a copy.
         self._fetch_blocks = fetch_blocks
         self.cache = BlockCache(cache_bytes)
+        # The persistent cache (disk_cache.py), consulted before the network and filled after it.
+        # Its blocking calls run in worker threads; writes are bounded in bytes and never waited for.
+        self.disk = disk
+        self._disk_readers = trio.CapacityLimiter(DISK_READ_THREADS)
+        self._disk_writer = trio.CapacityLimiter(1)
+        self._disk_backlog = 0
         self._inflight: dict[tuple[str, int], _InFlight] = {}
         self._limiter = trio.CapacityLimiter(max(1, max_parallel))
         self._nursery: trio.Nursery | None = None
@@ -112,6 +132,9 @@ class ReadManager:
             "uncached_fetches": 0,
             "fetch_errors": 0,
             "inflight_joins": 0,
+            "whole_file_fetches": 0,
+            "disk_blocks_read": 0,
+            "disk_writes_skipped": 0,
         }
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -143,10 +166,40 @@ class ReadManager:
         await self._idle.wait()
         self._nursery = None
 
-    def open(self, file_id: str, size: int) -> "FileReader":
+    def open(self, file_id: str, size: int, name: str = "", version: str | None = None) -> "FileReader":
+        """A reader for one open handle; ``name`` lets an index file be fetched whole at once;
+        ``version`` (ETag or date) pins its content, and without one the disk cache is not used."""
         if size < 0:
             raise ValueError(f"file {file_id}: negative size {size}")
-        return FileReader(self, file_id, size)
+        reader = FileReader(self, file_id, size, version)
+        if name.lower().endswith(INDEX_SUFFIXES):
+            # An index is read whole, and soon: htslib reads it right after opening it.
+            self.fetch_whole(reader)
+        return reader
+
+    def fetch_whole(self, reader: "FileReader", skip: tuple[int, int] = (0, 0)) -> bool:
+        """Fetch a small file entirely in the background; False if it is too big or out of memory.
+
+        The missing blocks are fetched as parallel parts, except ``skip`` (block indices), which
+        the caller's read is fetching itself, so the read that is waiting is not queued behind
+        the others. The fetch belongs to the mount, not the handle: a process that opens the file,
+        reads one region and closes it (samtools, one process per region) leaves it running for the
+        next one."""
+        size = reader.size
+        if not 0 < size <= self.whole_file_max:
+            return False
+        self._counters["whole_file_fetches"] += 1
+        bs = self.config.block_size
+        part = max(bs, min(self.config.part_max, round_up(-(-size // WHOLE_FILE_PARTS), bs)))
+        blocks = -(-size // bs)
+        first_skip, last_skip = skip
+        # After the waiting read first (what comes next is the likelier next read), then before it.
+        for lo, hi in ((last_skip, blocks), (0, first_skip)):
+            for first, last in self._missing_runs(reader.file_id, lo, hi):
+                for a, b in split_parts(first * bs, min(size, last * bs), part, bs):
+                    if not self._start_fetch(reader, a, b, owned=False):
+                        return False
+        return True
 
     @property
     def stats(self) -> dict:
@@ -185,17 +238,17 @@ class ReadManager:
             self._inflight[(file_id, index)] = flight
         return flight, reserved
 
-    async def _run(self, flight: _InFlight, size: int, reserved: int) -> None:
+    async def _run(self, flight: _InFlight, reader: "FileReader", reserved: int) -> None:
         """Perform a registered fetch; always leaves the in-flight table and reservation clean."""
         bs = self.config.block_size
-        start, end = flight.first * bs, min(size, flight.last * bs)
+        start, end = flight.first * bs, min(reader.size, flight.last * bs)
         try:
             self._counters["requests"] += 1
             if flight.prefetch:
                 self._counters["prefetch_requests"] += 1
             if not reserved:
                 self._counters["uncached_fetches"] += 1
-            blocks = await self._fetch_as_blocks(flight.file_id, start, end, reserved > 0)
+            blocks = await self._fetch_as_blocks(reader, start, end, reserved > 0)
             self._counters["bytes_fetched"] += end - start
             if flight.prefetch:
                 self._counters["prefetch_bytes"] += end - start
@@ -212,8 +265,51 @@ class ReadManager:
         finally:
             self._finish(flight, reserved)
 
-    async def _fetch_as_blocks(self, file_id: str, start: int, end: int, cached: bool) -> list:
-        """Bytes ``[start, end)`` as block-sized pieces, their lengths checked."""
+    async def _fetch_as_blocks(self, reader: "FileReader", start: int, end: int, cached: bool) -> list:
+        """Bytes ``[start, end)`` as block-sized pieces: from the disk cache, else the network."""
+        if self.disk is None or reader.version is None:
+            return await self._network_blocks(reader.file_id, start, end, cached)
+        bs = self.config.block_size
+        key = ContentKey(reader.file_id, reader.version, reader.size)
+        first = start // bs
+        blocks = await trio.to_thread.run_sync(self.disk.read, key, first, -(-end // bs), limiter=self._disk_readers)
+        self._counters["disk_blocks_read"] += sum(block is not None for block in blocks)
+        missing = [i for i, block in enumerate(blocks) if block is None]
+        runs: list[list[int]] = []
+        for i in missing:
+            if runs and runs[-1][1] == i:
+                runs[-1][1] = i + 1
+            else:
+                runs.append([i, i + 1])
+
+        async def fill(a: int, b: int) -> None:
+            got = await self._network_blocks(reader.file_id, start + a * bs, min(end, start + b * bs), cached)
+            blocks[a:b] = got
+            self._store(key, first + a, got)
+
+        await _run_all([lambda a=a, b=b: fill(a, b) for a, b in runs])
+        return blocks
+
+    def _store(self, key: ContentKey, first: int, blocks: list) -> None:
+        """Write fetched blocks to the disk cache in the background (skipped when it lags behind)."""
+        nbytes = sum(len(block) for block in blocks)
+        if self._nursery is None or self._closed or self._disk_backlog + nbytes > DISK_WRITE_BACKLOG:
+            self._counters["disk_writes_skipped"] += 1
+            return
+        self._disk_backlog += nbytes
+
+        async def write() -> None:
+            try:
+                await trio.to_thread.run_sync(self.disk.write, key, first, blocks, limiter=self._disk_writer)
+            except Exception as exc:  # the cache logs its own failures; this is a bug, not fatal
+                log.warning("content cache write failed: %r", exc)
+            finally:
+                self._disk_backlog -= nbytes
+
+        self._nursery.start_soon(write)
+
+    async def _network_blocks(self, file_id: str, start: int, end: int, cached: bool) -> list:
+        """Bytes ``[start, end)`` from the source as block-sized pieces, their lengths checked."""
         bs = self.config.block_size
         expected = [min(bs, end - o) for o in range(start, end, bs)]
         if self._fetch_blocks is not None:
@@ -256,8 +352,11 @@ class ReadManager:
             runs.append((run_start, last))
         return runs
 
-    def _start_prefetch(self, reader: "FileReader", start: int, end: int) -> bool:
-        """Start background fetches for the missing blocks of ``[start, end)``; False if out of memory."""
+    def _start_fetch(self, reader: "FileReader", start: int, end: int, *, owned: bool = True) -> bool:
+        """Start background fetches for the missing blocks of ``[start, end)``; False if out of memory.
+
+        ``owned``: the handle's close() cancels them (a stream's prefetch); otherwise only the
+        mount's shutdown does (a whole-file fetch)."""
         if self._nursery is None or self._closed:
             return False
         bs = self.config.block_size
@@ -267,7 +366,8 @@ class ReadManager:
                 return False  # no room: the reader's demand reads will fetch what it needs
             flight, nbytes = registered
             scope = trio.CancelScope()
-            reader._scopes.add(scope)
+            if owned:
+                reader._scopes.add(scope)
             self._scopes.add(scope)
             self._prefetch_tasks += 1
             self._idle = trio.Event() if self._idle.is_set() else self._idle
@@ -278,7 +378,7 @@ class ReadManager:
         try:
             with scope:
                 async with self._limiter:
-                    await self._run(flight, reader.size, reserved)
+                    await self._run(flight, reader, reserved)
         except Exception as exc:
             # Not fatal: the blocks stay absent and the next read fetches them itself.
             log.debug("prefetch of %s blocks %d-%d failed: %s", flight.file_id, flight.first, flight.last, exc)
@@ -343,7 +443,7 @@ class ReadManager:
             registered = self._register(reader.file_id, reader.size, first, last, prefetch=False)
             assert registered is not None  # demand fetches always register, cached or not
             flight, reserved = registered
-            await self._run(flight, reader.size, reserved)
+            await self._run(flight, reader, reserved)
             for index in range(first, last):
                 got[index] = flight.block(index)
 
@@ -385,14 +485,16 @@ async def _run_all(jobs: list[Callable[[], Awaitable[None]]]) -> None:
 class FileReader:
     """One open handle: its access pattern, its prefetch frontier and its prefetch cancel scopes."""
 
-    def __init__(self, manager: ReadManager, file_id: str, size: int):
+    def __init__(self, manager: ReadManager, file_id: str, size: int, version: str | None = None):
         self.manager = manager
         self.file_id = file_id
         self.size = size
+        self.version = version
         self.pattern = AccessPattern(size, manager.config)
         self._prefetched_upto = 0  # prefetch has been issued for [.., _prefetched_upto) of the stream
         self._scopes: set[trio.CancelScope] = set()
         self._closed = False
+        self._whole_requested = False  # a whole-file fetch was asked for by this handle
 
     async def read(self, offset: int, size: int) -> bytes:
         if offset < 0 or size < 0:
@@ -414,6 +516,11 @@ class FileReader:
 
         first, need = offset // bs, -(-end // bs)
         want = max(need, -(-plan.demand_end // bs))
+        if not plan.sequential and not self._whole_requested:
+            # A random read of a small file: the rest of it is likely to follow (a BAM's regions,
+            # a FASTA's records), so fetch it all now in parallel instead of one round trip a read.
+            self._whole_requested = True
+            manager.fetch_whole(self, skip=(first, want))
         blocks = await manager.get_blocks(self, first, need, want)
 
         pieces = []
@@ -447,7 +554,7 @@ class FileReader:
             # Issue whole parts only: a dribble of one block per read would be many tiny GETs.
             stop = start + (stop - start) // part * part
         for a, b in split_parts(start, stop, part, bs):
-            if not manager._start_prefetch(self, a, b):
+            if not manager._start_fetch(self, a, b):
                 break
             self._prefetched_upto = b
 

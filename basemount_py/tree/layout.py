@@ -553,7 +553,7 @@ class Layout:
                     mtime=entity_time(item),
                     xattrs=_entity_xattrs(item, "files"),
                     immutable=True,
-                    ctx={ARCHIVED: True} if item.get("IsArchived") is True else {},
+                    ctx={"version": content_version(item), **({ARCHIVED: True} if item.get("IsArchived") is True else {})},
                 )
             )
         return out
@@ -674,6 +674,15 @@ def _relative_href(href: str) -> str:
     if marker < 0:
         marker = href.find("/v2/")
     return href[marker + 1 :] if href.startswith("http") and marker >= 0 else href
+
+
+def content_version(item: dict) -> str:
+    """What pins a file's bytes besides its id: its ETag, else its modification date (the
+    persistent content cache is keyed by it, so content that changed is never served)."""
+    etag = item.get("ETag")
+    if isinstance(etag, str) and etag.strip():
+        return "etag:" + etag.strip()
+    return f"modified:{item.get('DateModified')}"
 
 
 def _entity_xattrs(entity: dict, collection: str) -> dict[str, bytes]:

@@ -1,0 +1,348 @@
+"""The persistent content cache: file blocks on local disk, shared by mounts and kept across them.
+
+Layout, under ``<cache-dir>/content/`` (the spool of uploads lives beside it in ``<cache-dir>/spool``)::
+
+    v1/<2 hex>/<key>.data   the file's bytes at their own offsets (a sparse file)
+    v1/<2 hex>/<key>.idx    one 8-byte record per block: (length, CRC-32 of the block)
+
+``key`` is a digest of the file id, its ETag and its size, so content that changed under the same
+id is a different key and never served (a file without an ETag is keyed by its modification time
+instead). A record of zeros is an absent block (a hole).
+
+Why this shape:
+
+* **Verified on read back.** Each block's CRC-32 is checked when it is read; a block that does not
+  match (disk corruption, a torn write after a crash, a record without its data) is dropped (its
+  record zeroed, a warning logged) and fetched again from the network. Corrupt bytes are never
+  returned.
+* **Shared by concurrent mounts.** Writers only ever write the same bytes at the same offset for a
+  key (the key pins the content), then the record after the data, each with one ``pwrite``; a
+  reader sees either no record, or a record whose data is already there (one page cache for all
+  processes). A file evicted by one mount while another has it open stays readable through the
+  other's descriptors until it closes them: the records and the data are opened as a pair.
+* **Bounded.** ``max_bytes`` bounds the disk space the cache holds (allocated blocks of data and
+  records). Eviction is least-recently-used by file: the index file's modification time is its last
+  use (touched at most once a minute per file), so the order survives restarts and is the same for
+  every mount sharing the directory. Other mounts' writes are picked up by a rescan at least once a
+  minute.
+* **Never in the way.** Every failure of the cache (disk full, unwritable directory, I/O error) is
+  logged and falls back to the network: a full disk suspends writing for a while after evicting
+  what it can, a cache directory that cannot be written disables the cache at mount time.
+
+Everything here is synchronous and blocking: the read path calls it through ``trio.to_thread``
+(never on the trio loop). One lock guards the table of open files and the usage accounting; the
+``pread``/``pwrite`` calls themselves run outside it.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import struct
+import threading
+import time
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+LAYOUT = "v1"
+RECORD = struct.Struct("<II")  # block length, CRC-32 of the block
+OPEN_FILES = 64  # (data, records) descriptor pairs kept open, least recently used closed first
+TOUCH_INTERVAL = 60.0  # seconds between two "last used" updates of one file
+RESCAN_INTERVAL = 60.0  # seconds between two scans of the directory (other mounts' writes)
+SUSPEND_AFTER_FULL = 30.0  # seconds without writes after the disk was found full
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+@dataclass(frozen=True)
+class ContentKey:
+    """What pins a file's content: its id, its ETag (else its modification time) and its size."""
+
+    file_id: str
+    version: str
+    size: int
+
+    def digest(self) -> str:
+        basis = f"{self.file_id}\0{self.version}\0{self.size}".encode("utf-8", "surrogateescape")
+        return hashlib.sha256(basis).hexdigest()[:40]
+
+
+class _Pair:
+    __slots__ = ("data", "records", "touched")
+
+    def __init__(self, data: int, records: int):
+        self.data = data
+        self.records = records
+        self.touched = 0.0
+
+
+class DiskCache:
+    """Blocks of ``block_size`` bytes per :class:`ContentKey`, in ``root`` (see module docstring)."""
+
+    def __init__(self, root: str | os.PathLike, max_bytes: int, block_size: int):
+        self.root = os.path.join(os.fspath(root), LAYOUT)
+        self.max_bytes = max_bytes
+        self.block_size = block_size
+        self._lock = threading.Lock()
+        self._open: OrderedDict[str, _Pair] = OrderedDict()
+        self._usage: dict[str, tuple[int, float]] = {}  # digest -> (bytes on disk, last used)
+        self._used = 0
+        self._scanned = 0.0
+        self._suspended_until = 0.0
+        self.stats = {"hits": 0, "misses": 0, "corrupt": 0, "written": 0, "write_errors": 0, "evicted": 0}
+
+    @classmethod
+    def open(cls, root: str | os.PathLike, max_bytes: int, block_size: int) -> "DiskCache | None":
+        """The cache at ``root``, or None (logged) when the directory cannot be used."""
+        try:
+            os.makedirs(os.path.join(root, LAYOUT), mode=0o700, exist_ok=True)
+            probe = os.path.join(root, LAYOUT, f".probe-{os.getpid()}")
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, b"ok")
+            finally:
+                os.close(fd)
+                os.unlink(probe)
+        except OSError as exc:
+            log.warning("content cache disabled: cannot write to %s (%s); reading from the network only", root, exc.strerror or exc)
+            return None
+        cache = cls(root, max_bytes, block_size)
+        cache._rescan()
+        log.info("content cache in %s: %.1f of %.1f GiB used", root, cache._used / 2**30, max_bytes / 2**30)
+        return cache
+
+    def close(self) -> None:
+        with self._lock:
+            while self._open:
+                self._close_pair(self._open.popitem()[1])
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def read(self, key: ContentKey, first: int, last: int) -> list[bytearray | None]:
+        """Blocks ``[first, last)`` of ``key``: a verified buffer for each cached block, else None."""
+        out: list[bytearray | None] = [None] * (last - first)
+        try:
+            pair = self._pair(key, create=False)
+            if pair is None:
+                self.stats["misses"] += last - first
+                return out
+            records = os.pread(pair.records, RECORD.size * (last - first), RECORD.size * first)
+            present = []
+            for i in range(len(records) // RECORD.size):
+                length, crc = RECORD.unpack_from(records, i * RECORD.size)
+                if 0 < length <= self.block_size and length == self._block_length(key, first + i):
+                    present.append((first + i, length, crc))
+            for run in _runs(present):
+                buffers = [bytearray(length) for _, length, _ in run]
+                got = os.preadv(pair.data, buffers, run[0][0] * self.block_size)
+                if got != sum(len(b) for b in buffers):
+                    continue  # a record without its data (a crash between the two writes)
+                for (index, _, crc), buffer in zip(run, buffers):
+                    if zlib.crc32(buffer) == crc:
+                        out[index - first] = buffer
+                    else:
+                        self._drop_block(key, pair, index)
+            self._touch(key, pair)
+        except OSError as exc:
+            log.warning("content cache: reading %s failed (%s); reading from the network", key.file_id, exc.strerror or exc)
+        hits = sum(b is not None for b in out)
+        self.stats["hits"] += hits
+        self.stats["misses"] += len(out) - hits
+        return out
+
+    def _drop_block(self, key: ContentKey, pair: _Pair, index: int) -> None:
+        self.stats["corrupt"] += 1
+        log.warning("content cache: block %d of file %s failed its checksum; dropped, fetching it again", index, key.file_id)
+        try:
+            os.pwrite(pair.records, bytes(RECORD.size), RECORD.size * index)
+        except OSError:
+            pass  # it stays unverifiable, and so is never returned
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def write(self, key: ContentKey, first: int, blocks: list) -> bool:
+        """Store consecutive blocks starting at block ``first``; False if they were not stored."""
+        nbytes = sum(len(b) for b in blocks)
+        if not blocks or time.monotonic() < self._suspended_until:
+            return False
+        if not self._make_room(key, nbytes):
+            return False
+        try:
+            pair = self._pair(key, create=True)
+            assert pair is not None
+            written = os.pwritev(pair.data, blocks, first * self.block_size)
+            if written != nbytes:
+                raise OSError(errno.ENOSPC, "short write")
+            records = b"".join(RECORD.pack(len(b), zlib.crc32(b)) for b in blocks)
+            os.pwrite(pair.records, records, RECORD.size * first)
+        except OSError as exc:
+            self.stats["write_errors"] += 1
+            self._write_failed(key, exc)
+            return False
+        self.stats["written"] += nbytes
+        with self._lock:
+            size, _ = self._usage.get(key.digest(), (0, 0.0))
+            self._usage[key.digest()] = (size + nbytes + RECORD.size * len(blocks), time.time())
+            self._used += nbytes + RECORD.size * len(blocks)
+        return True
+
+    def _write_failed(self, key: ContentKey, exc: OSError) -> None:
+        if exc.errno in NO_SPACE:
+            log.warning(
+                "content cache: the disk is full (%s); evicting old files and reading from the network for %.0f s",
+                exc.strerror or exc, SUSPEND_AFTER_FULL,
+            )
+            with self._lock:
+                # What we believed fits does not: shrink the bound to what is there now.
+                self._rescan_locked()
+                self._evict_locked(keep=key.digest(), target=int(self._used * 0.9))
+        else:
+            log.warning("content cache: writing failed (%s); reading from the network for %.0f s", exc.strerror or exc, SUSPEND_AFTER_FULL)
+        self._suspended_until = time.monotonic() + SUSPEND_AFTER_FULL
+
+    def _make_room(self, key: ContentKey, nbytes: int) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._scanned > RESCAN_INTERVAL:
+                self._rescan_locked()
+            if self._used + nbytes <= self.max_bytes:
+                return True
+            self._evict_locked(keep=key.digest(), target=self.max_bytes - nbytes)
+            return self._used + nbytes <= self.max_bytes
+
+    # -- accounting and eviction -------------------------------------------------------------
+
+    def _rescan(self) -> None:
+        with self._lock:
+            self._rescan_locked()
+
+    def _rescan_locked(self) -> None:
+        usage: dict[str, tuple[int, float]] = {}
+        try:
+            shards = list(os.scandir(self.root))
+        except OSError:
+            shards = []
+        for shard in shards:
+            if not shard.is_dir(follow_symlinks=False):
+                continue
+            try:
+                entries = list(os.scandir(shard.path))
+            except OSError:
+                continue
+            for entry in entries:
+                digest, _, kind = entry.name.partition(".")
+                if kind not in ("data", "idx"):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                size, used = usage.get(digest, (0, 0.0))
+                last = st.st_mtime if kind == "idx" else used
+                usage[digest] = (size + st.st_blocks * 512, max(used, last))
+        self._usage = usage
+        self._used = sum(size for size, _ in usage.values())
+        self._scanned = time.monotonic()
+
+    def _evict_locked(self, keep: str, target: int) -> None:
+        for digest, (size, _) in sorted(self._usage.items(), key=lambda item: item[1][1]):
+            if self._used <= target:
+                return
+            if digest == keep:
+                continue
+            base = self._path(digest)
+            for suffix in (".idx", ".data"):
+                try:
+                    os.unlink(base + suffix)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    log.warning("content cache: cannot evict %s (%s)", base + suffix, exc.strerror or exc)
+            pair = self._open.pop(digest, None)
+            if pair is not None:
+                self._close_pair(pair)
+            del self._usage[digest]
+            self._used -= size
+            self.stats["evicted"] += 1
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def _path(self, digest: str) -> str:
+        return os.path.join(self.root, digest[:2], digest)
+
+    def _pair(self, key: ContentKey, create: bool) -> _Pair | None:
+        digest = key.digest()
+        with self._lock:
+            pair = self._open.get(digest)
+            if pair is not None:
+                self._open.move_to_end(digest)
+                return pair
+        base = self._path(digest)
+        flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
+        if create:
+            os.makedirs(os.path.dirname(base), mode=0o700, exist_ok=True)
+            flags |= os.O_CREAT
+        try:
+            # Records first: a records file without its data file is harmless (every read
+            # comes up short and is refetched); the other way round cannot be told from a hole.
+            records = os.open(base + ".idx", flags, 0o600)
+        except FileNotFoundError:
+            return None
+        try:
+            data = os.open(base + ".data", flags, 0o600)
+        except OSError:
+            os.close(records)
+            if create:
+                raise
+            return None
+        pair = _Pair(data, records)
+        with self._lock:
+            existing = self._open.get(digest)
+            if existing is not None:  # another thread opened it meanwhile: keep one pair
+                self._close_pair(pair)
+                return existing
+            self._open[digest] = pair
+            self._usage.setdefault(digest, (0, time.time()))
+            while len(self._open) > OPEN_FILES:
+                self._close_pair(self._open.popitem(last=False)[1])
+        return pair
+
+    def _touch(self, key: ContentKey, pair: _Pair) -> None:
+        now = time.monotonic()
+        if now - pair.touched < TOUCH_INTERVAL:
+            return
+        pair.touched = now
+        try:
+            os.utime(pair.records)
+        except OSError:
+            return
+        with self._lock:
+            digest = key.digest()
+            if digest in self._usage:
+                self._usage[digest] = (self._usage[digest][0], time.time())
+
+    @staticmethod
+    def _close_pair(pair: _Pair) -> None:
+        for fd in (pair.data, pair.records):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _block_length(self, key: ContentKey, index: int) -> int:
+        return max(0, min(self.block_size, key.size - index * self.block_size))
+
+
+def _runs(present: list[tuple[int, int, int]]) -> list[list[tuple[int, int, int]]]:
+    """Group (index, length, crc) entries into runs of consecutive block indices."""
+    runs: list[list[tuple[int, int, int]]] = []
+    for entry in present:
+        if runs and runs[-1][-1][0] + 1 == entry[0]:
+            runs[-1].append(entry)
+        else:
+            runs.append([entry])
+    return runs

@@ -1,0 +1,257 @@
+"""The persistent content cache (basemount_py/read/disk_cache.py).
+
+In-process: blocks round-trip exactly, a corrupt block or record is never returned, a changed
+ETag or size is another key, the bound evicts the least recently used files, a full disk falls back.
+Through real mounts: a second mount re-reads from disk (no content request), a corrupt block is
+refetched, an ETag change is never served stale, two mounts share one cache directory at once, and
+an unwritable or full cache directory leaves reads exact (network only), with a log line that says so.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import random
+import subprocess
+import threading
+import time
+
+import pytest
+
+from basemount_py.emulator.control import EmulatorProcess
+from basemount_py.read.disk_cache import ContentKey, DiskCache
+from conftest import sha256_file, write_file
+
+KiB, MiB = 1024, 1024 * 1024
+BS = 64 * KiB
+
+
+def blocks_of(data: bytes, first: int, last: int) -> list[bytes]:
+    return [data[i * BS : (i + 1) * BS] for i in range(first, last)]
+
+
+def test_blocks_round_trip_and_absent_blocks_are_none(tmp_path):
+    data = random.Random(1).randbytes(10 * BS + 100)
+    key = ContentKey("f1", "etag:a", len(data))
+    cache = DiskCache.open(tmp_path, 1 << 30, BS)
+    assert cache.read(key, 0, 11) == [None] * 11
+    assert cache.write(key, 2, blocks_of(data, 2, 5))
+    assert cache.write(key, 10, blocks_of(data, 10, 11))  # the short last block
+    got = cache.read(key, 0, 11)
+    assert [g is not None for g in got] == [False, False, True, True, True] + [False] * 5 + [True]
+    assert b"".join(bytes(g) for g in got[2:5]) == data[2 * BS : 5 * BS]
+    assert bytes(got[10]) == data[10 * BS :]
+    cache.close()
+    # Another instance (another mount) over the same directory sees the same blocks.
+    again = DiskCache.open(tmp_path, 1 << 30, BS)
+    assert bytes(again.read(key, 3, 4)[0]) == data[3 * BS : 4 * BS]
+    # A changed ETag or size is a different key: nothing is served for it.
+    assert again.read(ContentKey("f1", "etag:b", len(data)), 2, 5) == [None] * 3
+    assert again.read(ContentKey("f1", "etag:a", len(data) + 1), 2, 5) == [None] * 3
+
+
+def test_a_corrupt_block_or_record_is_dropped_never_returned(tmp_path):
+    data = random.Random(2).randbytes(4 * BS)
+    key = ContentKey("f2", "etag:x", len(data))
+    cache = DiskCache.open(tmp_path, 1 << 30, BS)
+    cache.write(key, 0, blocks_of(data, 0, 4))
+    cache.close()
+    (data_file,) = glob.glob(str(tmp_path / "v1" / "*" / "*.data"))
+    (records,) = glob.glob(str(tmp_path / "v1" / "*" / "*.idx"))
+    with open(data_file, "r+b") as f:  # flip one byte of block 1
+        f.seek(BS + 777)
+        byte = f.read(1)
+        f.seek(BS + 777)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with open(records, "r+b") as f:  # a record claiming a wrong length for block 3
+        f.seek(3 * 8)
+        f.write(b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    cache = DiskCache.open(tmp_path, 1 << 30, BS)
+    got = cache.read(key, 0, 4)
+    assert got[1] is None and got[3] is None
+    assert bytes(got[0]) == data[:BS] and bytes(got[2]) == data[2 * BS : 3 * BS]
+    assert cache.stats["corrupt"] == 1
+    # The dropped block stays dropped until it is written again, then reads back exactly.
+    assert cache.read(key, 1, 2) == [None]
+    cache.write(key, 1, blocks_of(data, 1, 2))
+    assert bytes(cache.read(key, 1, 2)[0]) == data[BS : 2 * BS]
+
+
+def test_the_bound_evicts_the_least_recently_used_files(tmp_path):
+    cache = DiskCache.open(tmp_path, 1 * MiB, BS)
+    files = {f"f{i}": random.Random(i).randbytes(4 * BS) for i in range(6)}  # 256 KiB each
+    keys = {name: ContentKey(name, "etag:1", len(data)) for name, data in files.items()}
+    for name in ("f0", "f1", "f2"):
+        assert cache.write(keys[name], 0, blocks_of(files[name], 0, 4))
+        time.sleep(0.01)  # distinct last-use times (ordering only, nothing is timed)
+    cache._touch(keys["f0"], cache._pair(keys["f0"], create=False))  # f0 used again: f1 is now the coldest
+    for name in ("f3", "f4"):
+        assert cache.write(keys[name], 0, blocks_of(files[name], 0, 4))
+    used = sum(os.stat(p).st_blocks * 512 for p in glob.glob(str(tmp_path / "v1" / "*" / "*")))
+    assert used <= 1 * MiB
+    assert cache.read(keys["f1"], 0, 1) == [None]  # evicted first
+    assert bytes(cache.read(keys["f0"], 0, 1)[0]) == files["f0"][:BS]
+    assert bytes(cache.read(keys["f4"], 3, 4)[0]) == files["f4"][3 * BS :]
+    # A write larger than the whole bound is refused, not half stored.
+    big = random.Random(9).randbytes(20 * BS)
+    assert not cache.write(ContentKey("big", "etag:1", len(big)), 0, blocks_of(big, 0, 20))
+
+
+def test_an_unusable_directory_disables_the_cache(tmp_path, caplog):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    assert DiskCache.open(not_a_dir, 1 << 30, BS) is None
+    assert "content cache disabled" in caplog.text
+
+
+# -- through real mounts ---------------------------------------------------------------------------
+
+FILES = ("Projects", "P", "Samples", "S", "Files")
+
+
+@pytest.fixture
+def account(tmp_path):
+    root = tmp_path / "account"
+    data = random.Random(7).randbytes(5 * MiB + 4321)
+    write_file(root.joinpath(*FILES, "reads.bin"), data)
+    return root, data
+
+
+def mounted(m, name="reads.bin"):
+    return m.path(*FILES, name)
+
+
+def content_bytes(em) -> int:
+    return em.counters()["content_bytes"]
+
+
+def cache_opts(cache_dir) -> tuple[str, ...]:
+    return (f"--cache-dir={cache_dir}", "--cache-max=1")
+
+
+def read_through(mount_factory, em, cache_dir, name: str, path_name: str = "reads.bin"):
+    """Mount, read the file whole, unmount (so every background cache write is finished)."""
+    m = mount_factory(em, *cache_opts(cache_dir), name=name)
+    try:
+        with open(mounted(m, path_name), "rb") as f:
+            data = f.read()
+    finally:
+        m.stop()
+    return data, m
+
+
+def test_a_second_mount_rereads_from_the_cache_without_the_network(account, mount_factory, tmp_path):
+    root, data = account
+    cache_dir = tmp_path / "cache"
+    with EmulatorProcess(root) as em:
+        assert read_through(mount_factory, em, cache_dir, "m1")[0] == data
+        assert content_bytes(em) >= len(data)
+        em.reset_counters()
+        assert read_through(mount_factory, em, cache_dir, "m2")[0] == data
+        assert content_bytes(em) == 0
+    assert glob.glob(str(cache_dir / "content" / "v1" / "*" / "*.data"))
+    # Private: the cache holds file contents.
+    for path in glob.glob(str(cache_dir / "content" / "v1" / "*" / "*")):
+        assert os.stat(path).st_mode & 0o077 == 0
+
+
+def test_a_corrupt_cache_block_is_refetched_never_returned(account, mount_factory, tmp_path):
+    root, data = account
+    cache_dir = tmp_path / "cache"
+    with EmulatorProcess(root) as em:
+        read_through(mount_factory, em, cache_dir, "m1")
+        (data_file,) = glob.glob(str(cache_dir / "content" / "v1" / "*" / "*.data"))
+        with open(data_file, "r+b") as f:
+            for offset in (0, 3 * MiB + 5):
+                f.seek(offset)
+                byte = f.read(1)
+                f.seek(offset)
+                f.write(bytes([byte[0] ^ 0x5A]))
+        em.reset_counters()
+        again, m = read_through(mount_factory, em, cache_dir, "m2")
+        assert again == data
+        assert 0 < content_bytes(em) <= 4 * BS  # the two bad blocks (and their read widening)
+        assert "failed its checksum" in m.log.read_text()
+
+
+def test_changed_content_under_the_same_id_is_never_served_from_the_cache(account, mount_factory, tmp_path):
+    root, data = account
+    cache_dir = tmp_path / "cache"
+    path = root.joinpath(*FILES, "reads.bin")
+    with EmulatorProcess(root) as em:
+        read_through(mount_factory, em, cache_dir, "m1")
+        new = bytes(b ^ 0xFF for b in data[:4096]) + data[4096:]  # same size, new bytes
+        write_file(path, new, mtime=1_800_000_000)  # a new ETag
+        em.reload()
+        assert read_through(mount_factory, em, cache_dir, "m2")[0] == new
+
+
+def test_two_mounts_share_one_cache_directory_at_once(account, mount_factory, tmp_path):
+    root, data = account
+    cache_dir = tmp_path / "cache"
+    with EmulatorProcess(root) as em:
+        a = mount_factory(em, *cache_opts(cache_dir), name="a")
+        b = mount_factory(em, *cache_opts(cache_dir), name="b")
+        results = {}
+
+        def read(m, tag):
+            results[tag] = [sha256_file(mounted(m)) for _ in range(3)]
+
+        threads = [threading.Thread(target=read, args=(m, tag)) for m, tag in ((a, "a"), (b, "b"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        a.stop()
+        b.stop()
+        expected = __import__("hashlib").sha256(data).hexdigest()
+        assert results == {"a": [expected] * 3, "b": [expected] * 3}
+        em.reset_counters()
+        assert read_through(mount_factory, em, cache_dir, "c")[0] == data
+        assert content_bytes(em) == 0
+
+
+def test_an_unwritable_cache_directory_falls_back_to_the_network(account, mount_factory, tmp_path):
+    root, data = account
+    not_a_dir = tmp_path / "cache-file"
+    not_a_dir.write_text("a file where the cache directory should be")
+    with EmulatorProcess(root) as em:
+        got, m = read_through(mount_factory, em, not_a_dir, "m1")
+        assert got == data
+        assert "content cache disabled" in m.log.read_text()
+
+
+def _tiny_tmpfs(path, size: str, *options: str):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tiny tmpfs as the cache directory needs root")
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join((f"size={size}", "mode=0700", *options)), "tmpfs", str(path)], check=True)
+
+
+def test_a_full_cache_disk_falls_back_to_the_network(account, mount_factory, tmp_path):
+    root, data = account
+    cache_dir = tmp_path / "tiny"
+    _tiny_tmpfs(cache_dir, "1m")  # room for a fifth of the file; --cache-max says 1 GiB
+    try:
+        with EmulatorProcess(root) as em:
+            got, m = read_through(mount_factory, em, cache_dir, "m1")
+            assert got == data
+            assert "disk is full" in m.log.read_text()
+            em.reset_counters()
+            assert read_through(mount_factory, em, cache_dir, "m2")[0] == data
+            assert content_bytes(em) > 0  # what did not fit came from the network again
+    finally:
+        subprocess.run(["umount", "-l", str(cache_dir)], check=False)
+
+
+def test_a_read_only_cache_disk_falls_back_to_the_network(account, mount_factory, tmp_path):
+    root, data = account
+    cache_dir = tmp_path / "ro"
+    _tiny_tmpfs(cache_dir, "1m", "ro")
+    try:
+        with EmulatorProcess(root) as em:
+            got, m = read_through(mount_factory, em, cache_dir, "m1")
+            assert got == data
+            assert "content cache disabled" in m.log.read_text()
+    finally:
+        subprocess.run(["umount", "-l", str(cache_dir)], check=False)
