@@ -61,7 +61,7 @@ def _add_mount_arguments(p: argparse.ArgumentParser) -> None:
         "shared between them; 0 = none (default 0; docs/performance.md)",
     )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    p.add_argument("--log-file", metavar="F", help="log file (background mode default: ~/.basespace/basemount_py.log)")
+    p.add_argument("--log-file", metavar="F", help="log file, created 0600 (default in the background: ~/.basespace/basemount_py.log; in the foreground: stderr only)")
 
 
 def _run_mount(args: argparse.Namespace) -> int:
@@ -73,11 +73,6 @@ def _run_mount(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"basemount-py: {exc}", file=sys.stderr)
         return 1
-    log_file = args.log_file
-    if log_file is None and not args.foreground:
-        log_dir = os.path.expanduser("~/.basespace")
-        os.makedirs(log_dir, mode=0o700, exist_ok=True)
-        log_file = os.path.join(log_dir, "basemount_py.log")
     opts = MountOptions(
         mountpoint=args.mountpoint,
         foreground=args.foreground,
@@ -90,7 +85,7 @@ def _run_mount(args: argparse.Namespace) -> int:
         op_timeout=args.op_timeout,
         direct_io=args.direct_io,
         log_level=args.log_level,
-        log_file=log_file,
+        log_file=args.log_file,
         upload_threshold=int(args.upload_threshold * MiB),
         upload_part_size=max(64 * 1024, int(args.upload_part_size * MiB)),
         upload_parallel=max(1, args.upload_parallel),

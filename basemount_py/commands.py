@@ -121,7 +121,11 @@ class CommandRunner:
             if len(child_path) > n and child_path[:n] == path:
                 parent = self.tree.by_path.get(child_path[:-1])
                 if parent is not None:
+                    # ignore_enoent: the kernel has often forgotten the name already, which is
+                    # normal; pyfuse3 would otherwise log that as an ERROR with a traceback.
                     try:
-                        pyfuse3.invalidate_entry_async(parent, child_path[-1].encode("utf-8", "surrogateescape"))
-                    except Exception as exc:  # the kernel may have dropped it already
+                        pyfuse3.invalidate_entry_async(
+                            parent, child_path[-1].encode("utf-8", "surrogateescape"), ignore_enoent=True
+                        )
+                    except Exception as exc:
                         log.debug("invalidate %s: %s", child_path, exc)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import signal
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -25,6 +25,7 @@ from .api.errors import ApiError, CertificateError
 from .api.retry import RetryPolicy
 from .commands import CommandRunner
 from .fuse_ops import Operations
+from .mount_table import FS_NAME, MountBusy, MountEntry, MountLock, mount_entry
 from .tree import Layout, Tree
 
 log = logging.getLogger("basemount_py")
@@ -67,26 +68,44 @@ class MountError(Exception):
 
 
 def check_mountpoint(path: str) -> None:
+    entry = mount_entry(path)
     try:
         st = os.stat(path)
     except FileNotFoundError:
         raise MountError(f"mountpoint {path} does not exist (create it with: mkdir -p {path})") from None
     except OSError as exc:
         if exc.errno == errno.ENOTCONN:
-            raise MountError(
-                f"{path} is a stale mount (Transport endpoint is not connected); clear it with: basemount-py unmount {path}"
-            ) from None
+            raise MountError(f"{path} is a stale mount (Transport endpoint is not connected); {_clear_hint(entry)}") from None
         raise MountError(f"cannot use mountpoint {path}: {exc.strerror}") from None
-    import stat as stat_mod
-
-    if not stat_mod.S_ISDIR(st.st_mode):
+    if not stat.S_ISDIR(st.st_mode):
         raise MountError(f"mountpoint {path} is not a directory")
-    if os.path.ismount(path):
-        raise MountError(f"{path} is already mounted; unmount it first with: basemount-py unmount {path}")
+    if entry is not None:
+        if entry.is_basemount:
+            raise _already_mounted(path)
+        raise MountError(f"{path} is already a mount point ({entry.fstype}); choose an empty directory")
     if os.listdir(path):
         raise MountError(f"mountpoint {path} is not empty; choose an empty directory")
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         raise MountError("/dev/fuse is not available: install fuse3 and check that you may use FUSE")
+
+
+def _already_mounted(path: str) -> MountError:
+    return MountError(f"{path} is already mounted; unmount it first with: basemount-py unmount {path}")
+
+
+def _clear_hint(entry: MountEntry | None) -> str:
+    """How to clear a stale mount: ours with our own unmount; someone else's is not ours to clear."""
+    if entry is not None and entry.is_basemount:
+        return f"clear it with: basemount-py unmount {entry.mountpoint}"
+    kind = entry.fstype if entry is not None else "unknown filesystem"
+    return f"it is not a basemount_py mount ({kind}); ask whoever mounted it, or choose another directory"
+
+
+def default_log_file() -> str:
+    """Where a background mount logs unless --log-file says otherwise (created 0600, dir 0700)."""
+    log_dir = os.path.expanduser("~/.basespace")
+    os.makedirs(log_dir, mode=0o700, exist_ok=True)
+    return os.path.join(log_dir, "basemount_py.log")
 
 
 def setup_logging(level: str, log_file: str | None, to_stderr: bool) -> None:
@@ -111,41 +130,75 @@ def mount(credentials: object, opts: MountOptions, token_reloader=None) -> int:
     """Mount and return 0 once live (background) or after unmount (foreground); 1 on failure."""
     opts.mountpoint = os.path.abspath(opts.mountpoint)
     try:
+        # The lock first: of two mounts started at the same moment, the second stops here
+        # instead of passing the "not mounted yet" check and stacking a second daemon.
+        lock = MountLock(opts.mountpoint).acquire()
+    except MountBusy as exc:
+        entry = mount_entry(opts.mountpoint)
+        if entry is not None and entry.is_basemount:  # the usual case: mounted a while ago
+            exc = _already_mounted(opts.mountpoint)
+        print(f"basemount-py: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"basemount-py: cannot lock the mountpoint {opts.mountpoint}: {exc}", file=sys.stderr)
+        return 1
+    try:
         check_mountpoint(opts.mountpoint)
     except MountError as exc:
+        lock.release()
         print(f"basemount-py: {exc}", file=sys.stderr)
         return 1
     if opts.foreground:
         setup_logging(opts.log_level, opts.log_file, to_stderr=True)
-        return _serve(credentials, opts, token_reloader, notify=None)
+        try:
+            return _serve(credentials, opts, token_reloader, notify=None)
+        finally:
+            lock.release()
 
+    opts.log_file = opts.log_file or default_log_file()
+    try:
+        log_fd = os.open(opts.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        lock.release()
+        print(f"basemount-py: cannot open the log file {opts.log_file}: {exc.strerror}", file=sys.stderr)
+        return 1
     read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the daemon
+    if pid == 0:  # the daemon: it inherits the lock and holds it until it exits
         os.close(read_end)
         os.setsid()
-        _detach_stdio()
-        setup_logging(opts.log_level, opts.log_file, to_stderr=False)
+        lock.record_owner()
+        _detach_stdio(log_fd)
+        setup_logging(opts.log_level, None, to_stderr=True)  # stderr is the log file now
         code = 1
         try:
             code = _serve(credentials, opts, token_reloader, notify=write_end)
         finally:
             os._exit(code)
+    os.close(log_fd)
     os.close(write_end)
+    lock.release()
     with os.fdopen(read_end, "rb") as pipe:
         message = pipe.read().decode("utf-8", "replace").strip()
     if message == "OK":
-        print(f"Mounted BaseSpace at {opts.mountpoint} (unmount with: basemount-py unmount {opts.mountpoint})")
+        print(
+            f"Mounted BaseSpace at {opts.mountpoint} (log: {opts.log_file}; "
+            f"unmount with: basemount-py unmount {opts.mountpoint})"
+        )
         return 0
-    print(f"basemount-py: {message or 'the mount daemon exited before mounting'}", file=sys.stderr)
+    print(f"basemount-py: {message or 'the mount daemon exited before mounting'} (log: {opts.log_file})", file=sys.stderr)
     return 1
 
 
-def _detach_stdio() -> None:
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
+def _detach_stdio(log_fd: int) -> None:
+    """stdin from /dev/null; stdout and stderr to the log file, so that what libfuse or a dying
+    interpreter prints lands there too rather than nowhere."""
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
     os.close(devnull)
+    os.close(log_fd)
 
 
 def _notify(fd: int | None, message: str) -> None:
@@ -273,7 +326,7 @@ async def _main(credentials, opts: MountOptions, token_reloader, notify: int | N
 
 async def _run_fuse(ops: Operations, opts: MountOptions, notify: int | None, user_name: str, api_server: str) -> int:
     fuse_options = set(pyfuse3.default_options)  # default_permissions
-    fuse_options |= {"fsname=basemount_py", "subtype=basemount_py", "noatime"}
+    fuse_options |= {f"fsname={FS_NAME}", f"subtype={FS_NAME}", "noatime"}
     if opts.allow_other:
         fuse_options.add("allow_other")  # always together with default_permissions
     try:
@@ -311,31 +364,16 @@ async def _watch_signals() -> None:
             return
 
 
-def _unescape(field: str) -> str:
-    """/proc mount tables write space, tab, newline and backslash as octal escapes."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def _device_of(mountpoint: str) -> str | None:
-    """The mount's 'major:minor' from /proc/self/mountinfo (stat() on it would call ourselves)."""
-    device = None
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 4 and _unescape(fields[4]) == mountpoint:
-                device = fields[2]  # the last match is the top-most mount
-    return device
-
-
 def _tune_kernel(opts: MountOptions) -> None:
     """As root: raise the bdi readahead (default 128 KiB) and FUSE's background request limit
     (default 12) so sequential reads arrive in bigger, more parallel requests."""
     if os.geteuid() != 0:
         log.info("not root: kernel readahead and max_background left at their defaults")
         return
-    device = _device_of(opts.mountpoint)
-    if device is None:
+    entry = mount_entry(opts.mountpoint)  # not stat(): that would call into ourselves
+    if entry is None:
         return
+    device = entry.device
     minor = device.split(":")[1]
     for path, value in (
         (f"/sys/class/bdi/{device}/read_ahead_kb", opts.read_ahead_kb),
@@ -387,19 +425,17 @@ def blocking_processes(mountpoint: str) -> list[str]:
 
 
 def _is_mounted(path: str) -> bool:
-    target = path.rstrip("/") or "/"
-    with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 1 and _unescape(fields[1]) == target:
-                return True
-    return False
+    return mount_entry(path) is not None
 
 
 def unmount(mountpoint: str, lazy: bool = False) -> int:
     mountpoint = os.path.abspath(mountpoint)
-    if not _is_mounted(mountpoint):
+    entry = mount_entry(mountpoint)
+    if entry is None:
         print(f"basemount-py: {mountpoint} is not mounted", file=sys.stderr)
+        return 1
+    if not entry.is_basemount:  # a tmpfs, /, another FUSE filesystem: not ours to unmount
+        print(f"basemount-py: {mountpoint} is not a basemount_py mount ({entry.fstype}); refusing to unmount it", file=sys.stderr)
         return 1
     command = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [mountpoint]
     result = subprocess.run(command, capture_output=True, text=True)

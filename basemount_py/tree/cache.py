@@ -82,6 +82,15 @@ class ListingCache:
             del self._inflight[key]
             event.set()
 
+    def expire(self, predicate: Callable[[Hashable], bool]) -> int:
+        """Make matching entries stale without dropping them: the next access reloads, and if
+        that reload fails (``refresh`` during an outage) the old listing is still served."""
+        doomed = [k for k in list(self._entries.keys()) if predicate(k)]
+        for key in doomed:
+            value, _ = self._entries[key]
+            self._entries[key] = (value, float("-inf"))
+        return len(doomed)
+
     def invalidate(self, predicate: Callable[[Hashable], bool]) -> int:
         doomed = [k for k in list(self._entries.keys()) if predicate(k)]
         for key in doomed:

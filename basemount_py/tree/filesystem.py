@@ -12,7 +12,7 @@ import logging
 from typing import Iterable
 
 from .cache import ListingCache
-from .layout import COMMANDS_NAME, EAGER, Layout
+from .layout import COMMANDS_NAME, EAGER, ERROR_NAME, Layout
 from .nodes import DIR, Node, NotFound
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class Tree:
             try:
                 listed = await self.layout.children(node)
             except Exception as exc:
-                self.layout.errors[node.path] = f"{type(exc).__name__}: {exc}\n"
+                self.layout.errors[node.path] = f"Error: listing this folder failed: {type(exc).__name__}: {exc}\n"
                 raise
             self.layout.errors.pop(node.path, None)
             return {child.name: child for child in listed}
@@ -53,7 +53,16 @@ class Tree:
         return await self.listings.get(node.path, load)
 
     async def child(self, parent: Node, name: str) -> Node:
-        entries = await self.children(parent)
+        if name == ERROR_NAME and parent.type == DIR and self.listings.peek(parent.path) is None and parent.path in self.layout.errors:
+            # The folder's listing failed and nothing is cached: .error says why, at once,
+            # without another round of retries against a server that just failed.
+            return self.layout.error_node(parent.path)
+        try:
+            entries = await self.children(parent)
+        except Exception:
+            if name == ERROR_NAME and parent.type == DIR:
+                return self.layout.error_node(parent.path)  # children() recorded the failure
+            raise
         child = entries.get(name)
         if child is None and name == COMMANDS_NAME:
             # `.commands` is reachable from every folder (BaseMount), listed only at the root.
@@ -144,10 +153,11 @@ class Tree:
     # -- refresh ----------------------------------------------------------------------------
 
     def refresh(self, path: tuple[str, ...]) -> int:
-        """Forget cached listings of ``path`` and everything below it (and the API data they
-        were built from), so the next access asks the server again."""
+        """Expire cached listings of ``path`` and everything below it (and the API data they
+        were built from), so the next access asks the server again. They are kept, not dropped:
+        while the server cannot answer, the old listing is served (ListingCache's stale fallback)."""
         n = len(path)
-        dropped = self.listings.invalidate(lambda key: key[:n] == path)
-        self.layout.invalidate_api()
-        log.info("refreshed %s: %d cached listings dropped", "/" + "/".join(path), dropped)
-        return dropped
+        expired = self.listings.expire(lambda key: key[:n] == path)
+        self.layout.expire_api()
+        log.info("refreshed %s: %d cached listings to reload", "/" + "/".join(path), expired)
+        return expired

@@ -87,6 +87,7 @@ ARCHIVED = "archived"  # Node.ctx key of a file in archival storage: not readabl
 LAZY = "lazy"  # Node.ctx key: what Layout.resolve fetches to complete the node
 EAGER = "eager"  # Node.ctx key: resolve while listing the folder (its lazy entries share one call)
 _ENTITY_FOLDER = {"sample": "Samples", "appresult": "AppResults"}  # property link kinds inside a project
+ERROR_NAME = ".error"  # every folder has one: why its listing, a write or a command failed
 
 
 def _p(path: tuple[str, ...], *more: str) -> tuple[str, ...]:
@@ -123,8 +124,9 @@ class Layout:
 
         return await self.lists.get(key, load)
 
-    def invalidate_api(self) -> None:
-        self.lists.invalidate(lambda key: True)
+    def expire_api(self) -> None:
+        """``refresh``: reload every raw listing on next use, keeping the old ones as a fallback."""
+        self.lists.expire(lambda key: True)
 
     async def entity_detail(self, collection: str, entity_id: str) -> dict:
         """``GET v1pre3/{collection}/{id}``: the entity's full shape (real list items are leaner:
@@ -193,7 +195,7 @@ class Layout:
     def error_node(self, path: tuple[str, ...]) -> Node:
         # listing errors are cleared by the next good listing; write/command errors (write mode)
         # by the next successful write or command in the folder
-        node = text_node(_p(path, ".error"), self.errors.get(path, "") + self.write_errors.get(path, ""))
+        node = text_node(_p(path, ERROR_NAME), self.errors.get(path, "") + self.write_errors.get(path, ""))
         node.ctx["dynamic"] = "error"
         return node
 
@@ -287,7 +289,7 @@ class Layout:
             if name not in names:  # the server's entry wins once it exists
                 listed.append(child)
                 names.add(name)
-        if ".error" not in names and node.type == DIR:
+        if ERROR_NAME not in names and node.type == DIR:
             # every folder has a .error (commands and writes report there), hidden unless listed
             error = self.error_node(node.path)
             error.hidden = True

@@ -1,0 +1,226 @@
+"""Mount lifecycle, as a new user meets it: which mounts `unmount` touches, where a background
+mount logs, `.error` and `refresh` during an outage, two mounts racing for one mountpoint, and a
+quiet log on refresh."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import require_fuse, write_entity, write_file
+
+from basemount_py.emulator.control import EmulatorProcess
+from basemount_py.mount_table import mount_entry
+
+CLI = [sys.executable, "-m", "basemount_py"]
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 90) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def clean_env(tmp_path: Path, emulator: EmulatorProcess | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BASESPACE_", "XDG_"))}
+    env["HOME"] = str(tmp_path / "home")
+    if emulator is not None:
+        env.update(BASESPACE_API_SERVER=emulator.url, BASESPACE_ACCESS_TOKEN=emulator.token)
+    return env
+
+
+def wait_until(condition, timeout: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def visible(folder: Path) -> list[str]:
+    return sorted(n for n in os.listdir(folder) if not n.startswith("."))
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    target = tmp_path / "tmpfs"
+    target.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "lifecycle-test", str(target)], check=True)
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+def test_unmount_refuses_a_mount_that_is_not_basemount_py(tmp_path, tmpfs):
+    (tmpfs / "keep.txt").write_text("still here")
+    r = run_cli("unmount", str(tmpfs))
+    assert r.returncode == 1 and "not a basemount_py mount (tmpfs)" in r.stderr, r.stderr
+    assert mount_entry(str(tmpfs)).fstype == "tmpfs" and (tmpfs / "keep.txt").read_text() == "still here"
+    r = run_cli("unmount", str(tmpfs), "--lazy")
+    assert r.returncode == 1 and mount_entry(str(tmpfs)) is not None
+    # `/` is never unmounted, and never suggested for unmounting
+    r = run_cli("unmount", "/")
+    assert r.returncode == 1 and "refusing" in r.stderr and mount_entry("/") is not None
+    env = dict(clean_env(tmp_path), BASESPACE_API_SERVER="http://127.0.0.1:9", BASESPACE_ACCESS_TOKEN="t")
+    for target in ("/", str(tmpfs)):
+        r = run_cli("mount", target, env=env)
+        assert r.returncode == 1 and "already a mount point" in r.stderr, r.stderr
+        assert "basemount-py unmount" not in r.stderr
+
+
+def test_a_background_mount_logs_to_a_private_file_and_says_where(tmp_path):
+    require_fuse()
+    acc = tmp_path / "account"
+    write_file(acc / "Projects" / "P" / "Samples" / "S" / "Files" / "a.txt", b"payload\n")
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    with EmulatorProcess(acc) as emulator:
+        env = clean_env(tmp_path, emulator)
+        r = run_cli("mount", str(mp), "--log-level", "DEBUG", env=env)
+        try:
+            assert r.returncode == 0, r.stderr
+            log_file = tmp_path / "home" / ".basespace" / "basemount_py.log"
+            first = r.stdout.splitlines()[0]
+            assert f"log: {log_file}" in first, first
+            assert (mp / "Projects" / "P" / "Samples" / "S" / "Files" / "a.txt").read_bytes() == b"payload\n"
+        finally:
+            u = run_cli("unmount", str(mp))
+        assert u.returncode == 0, u.stderr
+        wait_until(lambda: "unmounting" in log_file.read_text(), what="the daemon's last log line")
+    assert stat.S_IMODE(log_file.stat().st_mode) == 0o600
+    text = log_file.read_text()
+    assert "mounted " in text and emulator.token not in text and "Traceback" not in text
+
+
+def test_error_stays_readable_and_refresh_keeps_the_listing_during_an_outage(tmp_path, mount_factory):
+    acc = tmp_path / "account"
+    write_entity(acc / "Projects" / "P" / "Samples" / "S1")
+    write_entity(acc / "Projects" / "Q" / "Samples" / "T1")
+    with EmulatorProcess(acc) as emulator:
+        m = mount_factory(emulator, "--op-timeout", "4", "--metadata-ttl", "3600")
+        samples = m.path("Projects", "P", "Samples")
+        assert visible(samples) == ["S1"]
+        q_samples = m.path("Projects", "Q", "Samples")
+        assert q_samples.is_dir()  # known, but its own listing was never loaded
+        emulator.set_knobs(error_rate=1.0, fault_scope="api")  # every API call fails: an outage
+        with pytest.raises(OSError) as failed:
+            os.listdir(q_samples)
+        assert failed.value.errno == errno.EIO
+        # .error stays readable and says why (it failed with EIO, too)
+        reason = (q_samples / ".error").read_text()
+        assert "listing this folder failed" in reason and ("500" in reason or "503" in reason), reason
+        # refresh during the outage: the old listing stays until a reload succeeds
+        r = run_cli("refresh", str(samples))
+        assert r.returncode == 0, r.stderr
+        assert visible(samples) == ["S1"]
+        write_entity(acc / "Projects" / "P" / "Samples" / "S2")
+        emulator.reload()
+        emulator.set_knobs(error_rate=0.0)  # the server is back
+        r = run_cli("refresh", str(samples))
+        assert r.returncode == 0, r.stderr
+        assert visible(samples) == ["S1", "S2"]
+        assert visible(q_samples) == ["T1"]
+        assert (q_samples / ".error").read_text() == ""  # cleared by the good listing
+
+
+def test_two_mounts_started_at_once_on_one_mountpoint_the_second_fails(tmp_path):
+    require_fuse()
+    acc = tmp_path / "account"
+    write_entity(acc / "Projects" / "P")
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    with EmulatorProcess(acc) as emulator:
+        env = clean_env(tmp_path, emulator)
+        # The first mount's first API call is held for a while: it has passed every check but
+        # is not mounted yet, which is exactly when a second mount used to slip through.
+        emulator.set_knobs(stall_seconds=8, fail_next=[{"kind": "stall", "scope": "api"}])
+        first = subprocess.Popen([*CLI, "mount", str(mp)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_until(lambda: emulator.counters()["faults"].get("stall") == 1, what="the first mount's API check")
+            second = run_cli("mount", str(mp), env=env)
+            out, err = first.communicate(timeout=60)
+            assert first.returncode == 0, err
+            assert second.returncode == 1 and "already running or starting" in second.stderr, second.stdout + second.stderr
+            assert len(second.stderr.strip().splitlines()) == 1
+            assert "P" in os.listdir(mp / "Projects")
+        finally:
+            first.kill()
+            for _ in range(3):  # a stacked mount (the bug) needs more than one
+                if mount_entry(str(mp)) is None:
+                    break
+                subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
+    # the lock went with the daemon: the mountpoint is usable again at once
+    with EmulatorProcess(acc) as emulator:
+        r = run_cli("mount", str(mp), env=clean_env(tmp_path, emulator))
+        try:
+            assert r.returncode == 0, r.stderr
+        finally:
+            assert run_cli("unmount", str(mp)).returncode == 0
+
+
+def test_refresh_of_names_the_kernel_already_forgot_logs_no_error(tmp_path, mount_factory):
+    acc = tmp_path / "account"
+    for s in ("S1", "S2"):
+        write_file(acc / "Projects" / "P" / "Samples" / s / "Files" / "r.txt", s.encode())
+    with EmulatorProcess(acc) as emulator:
+        m = mount_factory(emulator, "--metadata-ttl", "3600")
+        walk = ["ls", "-laR", str(m.path("Projects"))]
+        subprocess.run(walk, capture_output=True, check=True)
+        for _ in range(2):  # the second refresh invalidates names the first one made the kernel drop
+            assert run_cli("refresh", str(m.mountpoint)).returncode == 0
+        # Invalidations are sent in order by one thread. Once the last one (S1, below) reached the
+        # kernel, a stat of it is a new LOOKUP, which reloads the expired listing from the API.
+        samples = m.path("Projects", "P", "Samples")
+        emulator.reset_counters()
+        assert run_cli("refresh", str(samples)).returncode == 0
+
+        def s1_looked_up_again() -> bool:
+            os.stat(samples / "S1")
+            return sum(emulator.counters()["requests"].values()) > 0
+
+        wait_until(s1_looked_up_again, what="the refresh's invalidations")
+    log = m.log.read_text(errors="replace")
+    assert "Failed to submit invalidate_entry" not in log and "Traceback" not in log, log[-3000:]
+
+
+def test_the_demo_tells_how_to_get_its_token_without_printing_it_and_says_what_ctrl_c_deletes(tmp_path):
+    require_fuse()
+    mp = tmp_path / "demo-mp"
+    env = clean_env(tmp_path)
+    demo = subprocess.Popen([*CLI, "demo", str(mp)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in demo.stdout:  # ends when the demo exits (then the assert below shows why)
+            lines.append(line)
+            if line.startswith("Press Ctrl-C"):
+                lines.append(demo.stdout.readline())
+                break
+        session = "".join(lines)
+        assert "Press Ctrl-C" in session, session
+        env_file = Path(next(w for w in session.split() if w.endswith("/demo.env")))
+        assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+        token = next(line.split("=", 1)[1].strip("'\n") for line in env_file.read_text().splitlines() if "ACCESS_TOKEN" in line)
+        assert token and token not in session
+        assert "deletes" in session and "including anything you wrote" in session
+        # the .curl of a folder works once demo.env is sourced (it got 401 before: no way to get the token)
+        curl = subprocess.run(["sh", "-c", f'. "{env_file}" && sh "{mp}/Projects/.curl"'], capture_output=True, text=True, timeout=60)
+        assert '"Items"' in curl.stdout and "Unauthorized" not in curl.stdout, curl.stdout[:500]
+        workdir = env_file.parent
+        demo.send_signal(signal.SIGINT)
+        rest = demo.communicate(timeout=60)[0]
+        assert demo.returncode == 0 and "deleted" in rest and token not in rest
+        assert not workdir.exists() and mount_entry(str(mp)) is None
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        if mount_entry(str(mp)) is not None:
+            subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
