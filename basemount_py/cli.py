@@ -22,7 +22,11 @@ def _positive_float(text: str) -> float:
 
 
 def _add_mount_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("mountpoint", help="empty directory to mount on")
+    p.add_argument(
+        "mountpoint",
+        nargs="?",
+        help="empty directory to mount on, or /dev/fd/N: a /dev/fuse descriptor already mounted by a privileged helper",
+    )
     p.add_argument("--config", metavar="NAME", help="use ~/.basespace/NAME.cfg (default: env vars, then default.cfg)")
     p.add_argument("--api-server", metavar="URL|ALIAS", help="API server URL or region alias (overrides the config)")
     p.add_argument("--foreground", "-f", action="store_true", help="stay attached; log to stderr")
@@ -47,6 +51,12 @@ def _add_mount_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--op-timeout", type=_positive_float, default=60.0, metavar="S", help="upper bound for any file operation (default 60 s)")
     p.add_argument("--allow-other", action="store_true", help="let other users see the mount (needs user_allow_other)")
+    p.add_argument(
+        "--fuse-socket",
+        metavar="SOCK",
+        help="get the mounted /dev/fuse descriptor from `basemount-py fuse-helper` listening on SOCK "
+        "(no mountpoint argument then; docs/configuration.md)",
+    )
     p.add_argument("--allow-insecure-http", action="store_true", help="allow a non-loopback http:// API server")
     p.add_argument("--upload-threshold", type=_positive_float, default=25.0, metavar="MiB", help="files larger than this are uploaded multipart (default 25 MiB)")
     p.add_argument("--upload-part-size", type=_positive_float, default=8.0, metavar="MiB", help="multipart part size (default 8 MiB)")
@@ -68,13 +78,17 @@ def _run_mount(args: argparse.Namespace) -> int:
     from .api.config import ConfigError, load_credentials, reload_token
     from .mount import MountOptions, mount
 
+    if bool(args.mountpoint) == bool(args.fuse_socket):
+        print("basemount-py: give a mountpoint, or --fuse-socket SOCK (the helper says where it mounted)", file=sys.stderr)
+        return 1
     try:
         credentials = load_credentials(args.config, args.api_server, allow_insecure=args.allow_insecure_http)
     except ConfigError as exc:
         print(f"basemount-py: {exc}", file=sys.stderr)
         return 1
     opts = MountOptions(
-        mountpoint=args.mountpoint,
+        mountpoint=args.mountpoint or "",
+        fuse_socket=args.fuse_socket,
         foreground=args.foreground,
         metadata_ttl=args.metadata_ttl,
         cache_size=max(1, args.cache_size) * MiB,
@@ -93,6 +107,12 @@ def _run_mount(args: argparse.Namespace) -> int:
         cache_max=max(0, int(args.cache_max * 2**30)),
     )
     return mount(credentials, opts, token_reloader=lambda: reload_token(credentials))
+
+
+def _run_fuse_helper(args: argparse.Namespace) -> int:
+    from .fuse_helper import run_helper
+
+    return run_helper(args.target, args.socket, args.user, allow_other=args.allow_other)
 
 
 def _run_unmount(args: argparse.Namespace) -> int:
@@ -169,6 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("mountpoint")
     p.add_argument("--lazy", action="store_true", help="detach now, clean up when no longer busy")
     p.set_defaults(func=_run_unmount)
+
+    p = sub.add_parser(
+        "fuse-helper",
+        help="as root: mount TARGET for USER and hand the FUSE descriptor to that user's daemon",
+        description="The privileged half of an unprivileged mount (where /dev/fuse is root-only, or in a "
+        "container): waits on SOCK for `basemount-py mount --fuse-socket SOCK` run by USER, mounts TARGET "
+        "with mount(2), passes the /dev/fuse descriptor over the socket, and unmounts when that daemon exits.",
+    )
+    p.add_argument("target", help="empty directory to mount on")
+    p.add_argument("--socket", required=True, metavar="SOCK", help="Unix socket to create (owned by USER, mode 0600)")
+    p.add_argument("--user", required=True, help="the only user (name or uid) whose daemon may connect")
+    p.add_argument("--allow-other", action="store_true", help="let other users see the mount")
+    p.set_defaults(func=_run_fuse_helper)
 
     p = sub.add_parser("refresh", help="reload a folder and its sub-folders from the API")
     p.add_argument("path")

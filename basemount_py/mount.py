@@ -24,6 +24,8 @@ from .api.client import BaseSpaceClient
 from .api.errors import ApiError, CertificateError
 from .api.retry import RetryPolicy
 from .commands import CommandRunner
+from .fuse_access import FuseAccessError, check_fuse_access, check_fuse_fd, handed_in_fd
+from .fuse_helper import FuseHelperError, receive_fuse_fd
 from .fuse_ops import Operations
 from .mount_table import FS_NAME, MountBusy, MountEntry, MountLock, mount_entry
 from .tree import Layout, Tree
@@ -55,6 +57,15 @@ class MountOptions:
     # One local root for the write spool (<cache-dir>/spool/) and the content cache (<cache-dir>/content/).
     cache_dir: str = ""  # "" = default_cache_dir()
     cache_max: int = 0  # bytes of disk the persistent content cache may hold; 0 = no content cache
+    # Handed-in FUSE devices (docs/configuration.md): mountpoint "/dev/fd/N" is a /dev/fuse
+    # descriptor someone else mounted; --fuse-socket receives one from `basemount-py fuse-helper`.
+    fuse_socket: str | None = None
+    target: str = ""  # where a /dev/fd/N mount is seen, when known (the helper says)
+
+    @property
+    def visible_path(self) -> str:
+        """The directory users see the mount at (for messages and absolute symlink targets)."""
+        return self.target or self.mountpoint
 
 
 def default_cache_dir() -> str:
@@ -85,8 +96,6 @@ def check_mountpoint(path: str) -> None:
         raise MountError(f"{path} is already a mount point ({entry.fstype}); choose an empty directory")
     if os.listdir(path):
         raise MountError(f"mountpoint {path} is not empty; choose an empty directory")
-    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
-        raise MountError("/dev/fuse is not available: install fuse3 and check that you may use FUSE")
 
 
 def _already_mounted(path: str) -> MountError:
@@ -126,9 +135,18 @@ def setup_logging(level: str, log_file: str | None, to_stderr: bool) -> None:
     logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
-def mount(credentials: object, opts: MountOptions, token_reloader=None) -> int:
-    """Mount and return 0 once live (background) or after unmount (foreground); 1 on failure."""
-    opts.mountpoint = os.path.abspath(opts.mountpoint)
+def _claim_mountpoint(opts: MountOptions) -> MountLock:
+    """Every pre-mount check, under the mountpoint's lock (returned held). Raises MountError.
+
+    A handed-in ``/dev/fd/N`` is already mounted by whoever opened it: only the descriptor is
+    checked, and there is nothing to lock (the mounter holds the target)."""
+    fd = handed_in_fd(opts.mountpoint)
+    if fd is not None:
+        try:
+            check_fuse_fd(fd)
+        except FuseAccessError as exc:
+            raise MountError(str(exc)) from None
+        return MountLock(opts.mountpoint)  # never acquired: release() is a no-op
     try:
         # The lock first: of two mounts started at the same moment, the second stops here
         # instead of passing the "not mounted yet" check and stacking a second daemon.
@@ -136,16 +154,33 @@ def mount(credentials: object, opts: MountOptions, token_reloader=None) -> int:
     except MountBusy as exc:
         entry = mount_entry(opts.mountpoint)
         if entry is not None and entry.is_basemount:  # the usual case: mounted a while ago
-            exc = _already_mounted(opts.mountpoint)
-        print(f"basemount-py: {exc}", file=sys.stderr)
-        return 1
+            raise _already_mounted(opts.mountpoint) from None
+        raise MountError(str(exc)) from None
     except OSError as exc:
-        print(f"basemount-py: cannot lock the mountpoint {opts.mountpoint}: {exc}", file=sys.stderr)
-        return 1
+        raise MountError(f"cannot lock the mountpoint {opts.mountpoint}: {exc}") from None
     try:
         check_mountpoint(opts.mountpoint)
-    except MountError as exc:
+        check_fuse_access(opts.allow_other)
+    except (MountError, FuseAccessError) as exc:
         lock.release()
+        raise MountError(str(exc)) from None
+    return lock
+
+
+def mount(credentials: object, opts: MountOptions, token_reloader=None) -> int:
+    """Mount and return 0 once live (background) or after unmount (foreground); 1 on failure."""
+    helper_channel = None  # --fuse-socket: held open for the daemon's life (the helper watches it)
+    if opts.fuse_socket:
+        try:
+            fd, opts.target, helper_channel = receive_fuse_fd(opts.fuse_socket)
+        except FuseHelperError as exc:
+            print(f"basemount-py: {exc}", file=sys.stderr)
+            return 1
+        opts.mountpoint = f"/dev/fd/{fd}"
+    opts.mountpoint = os.path.abspath(opts.mountpoint)
+    try:
+        lock = _claim_mountpoint(opts)
+    except MountError as exc:
         print(f"basemount-py: {exc}", file=sys.stderr)
         return 1
     if opts.foreground:
@@ -180,10 +215,12 @@ def mount(credentials: object, opts: MountOptions, token_reloader=None) -> int:
     lock.release()
     with os.fdopen(read_end, "rb") as pipe:
         message = pipe.read().decode("utf-8", "replace").strip()
+    if helper_channel is not None:
+        helper_channel.close()  # the daemon holds its own copy
     if message == "OK":
         print(
-            f"Mounted BaseSpace at {opts.mountpoint} (log: {opts.log_file}; "
-            f"unmount with: basemount-py unmount {opts.mountpoint})"
+            f"Mounted BaseSpace at {opts.visible_path} (log: {opts.log_file}; "
+            f"unmount with: basemount-py unmount {opts.visible_path})"
         )
         return 0
     print(f"basemount-py: {message or 'the mount daemon exited before mounting'} (log: {opts.log_file})", file=sys.stderr)
@@ -302,7 +339,7 @@ async def _main(credentials, opts: MountOptions, token_reloader, notify: int | N
 
             upload_cfg = UploadConfig(opts.upload_threshold, opts.upload_part_size, opts.upload_parallel)
             # The WriteManager's nursery hosts the part uploads of every open file.
-            async with WriteManager(tree, api, upload_cfg, mountpoint=opts.mountpoint) as writes:
+            async with WriteManager(tree, api, upload_cfg, mountpoint=opts.visible_path) as writes:
                 ops = Operations(
                     tree,
                     reads,
@@ -334,7 +371,7 @@ async def _run_fuse(ops: Operations, opts: MountOptions, notify: int | None, use
     except RuntimeError as exc:
         _notify(notify, f"mounting {opts.mountpoint} failed: {exc}")
         return 1
-    log.info("mounted %s for %s (API %s)", opts.mountpoint, user_name, api_server)
+    log.info("mounted %s for %s (API %s)", opts.visible_path, user_name, api_server)
     if opts.direct_io:
         log.info("--direct-io: BaseSpace files bypass the kernel page cache (no shared mmap)")
     _notify(notify, "OK")
@@ -348,7 +385,7 @@ async def _run_fuse(ops: Operations, opts: MountOptions, notify: int | None, use
         log.exception("the FUSE main loop failed")
         raise
     finally:
-        log.info("unmounting %s", opts.mountpoint)
+        log.info("unmounting %s", opts.visible_path)
         try:
             pyfuse3.close(unmount=True)
         except Exception as exc:

@@ -92,13 +92,12 @@ class MountLock:
     once the daemon reports, and the lock lives on in the daemon until it exits."""
 
     def __init__(self, mountpoint: str):
-        key = hashlib.sha256(os.path.realpath(mountpoint).encode("utf-8", "surrogateescape")).hexdigest()[:24]
-        self.path = os.path.join(runtime_dir(), f"mount-{key}.lock")
         self.mountpoint = mountpoint
         self.fd: int | None = None
 
     def acquire(self) -> "MountLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        key = hashlib.sha256(os.path.realpath(self.mountpoint).encode("utf-8", "surrogateescape")).hexdigest()[:24]
+        fd = os.open(os.path.join(runtime_dir(), f"mount-{key}.lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

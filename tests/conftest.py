@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,81 @@ def demo_mount(demo_emulator, tmp_path_factory):
     m.start()
     yield m
     m.stop()
+
+
+# -- users that are not root, and the FUSE device's permissions (non-root mounts, fuse-helper) --
+
+UNPRIVILEGED_USER = "bmpy-user1"
+
+
+@pytest.fixture(scope="session")
+def unprivileged_user():
+    """A system user without privileges (created with useradd when missing): pwd entry."""
+    import pwd
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("creating a user and switching to it needs root")
+    try:
+        return pwd.getpwnam(UNPRIVILEGED_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", UNPRIVILEGED_USER],
+            check=True,
+            capture_output=True,
+        )
+        return pwd.getpwnam(UNPRIVILEGED_USER)
+
+
+class fuse_device_mode:
+    """``with fuse_device_mode(0o666):`` sets /dev/fuse's permission bits and restores them
+    afterwards, even when the block fails (the distribution default is 0666; hardened nodes 0600)."""
+
+    def __init__(self, mode: int, device: str = "/dev/fuse"):
+        self.mode, self.device = mode, device
+
+    def __enter__(self) -> "fuse_device_mode":
+        self.saved = os.stat(self.device).st_mode & 0o7777
+        os.chmod(self.device, self.mode)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.chmod(self.device, self.saved)
+
+
+def user_home(tmp_root: Path, user) -> Path:
+    """A private HOME for ``user`` outside pytest's root-only temp folders."""
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="bmpy-home-", dir=tmp_root))
+    os.chown(home, user.pw_uid, user.pw_gid)
+    return home
+
+
+def _reachable_by_all(path: str) -> bool:
+    """Every directory on the way is searchable, and the file executable, by other users."""
+    real = Path(os.path.realpath(path))
+    return all(os.stat(d).st_mode & 0o001 for d in real.parents) and bool(os.stat(real).st_mode & 0o001)
+
+
+def user_python() -> str:
+    """A Python another user can run with this checkout's packages (``as_user`` sets PYTHONPATH):
+    the tests' own, or, when that lives in a private home (a pyenv under /root), the system
+    interpreter of the same version."""
+    if _reachable_by_all(sys.executable):
+        return sys.executable
+    system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    if os.path.exists(system) and _reachable_by_all(system):
+        return system
+    pytest.fail(f"no Python of version {sys.version_info.major}.{sys.version_info.minor} that other users may run")
+
+
+def as_user(user, home: Path, **env: str) -> dict:
+    """subprocess keyword arguments that run a command as ``user`` with HOME=home, able to import
+    basemount_py and its dependencies with ``user_python()``."""
+    import site
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("BASESPACE_", "XDG_"))}
+    packages = [str(ROOT), *site.getsitepackages()]
+    clean.update(HOME=str(home), USER=user.pw_name, LOGNAME=user.pw_name, PYTHONPATH=os.pathsep.join(packages), **env)
+    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": [], "env": clean, "cwd": str(home)}
