@@ -166,12 +166,14 @@ def test_projects_and_entity_envelope(api):
     alpha = by_name(projects, "Alpha")
     assert alpha["Description"] == "first project"
     assert alpha["UserOwnedBy"]["Id"] == "77" and alpha["HasCollaborators"] is False
-    assert alpha["HrefSamples"] == f"v1pre3/projects/{alpha['Id']}/samples"
+    assert "HrefSamples" not in alpha  # real list items have no Hrefs of children; GET has them
     assert alpha["TotalSize"] > BIG_SIZE
     assert len(alpha["Id"]) == 10 and alpha["Id"].isdigit()
     single = ok(api, f"v1pre3/projects/{alpha['Id']}")
     assert set(single) == {"Response", "ResponseStatus", "Notifications"}
     assert single["Response"]["Href"] == f"v1pre3/projects/{alpha['Id']}"
+    assert single["Response"]["HrefSamples"] == f"v1pre3/projects/{alpha['Id']}/samples"
+    assert single["Response"]["Properties"]["Href"] == f"v1pre3/projects/{alpha['Id']}/properties"
 
 
 def test_samples_fields_and_overrides(api):
@@ -184,16 +186,19 @@ def test_samples_fields_and_overrides(api):
     # real list items: no AppSession, project, SampleNumber, HrefFiles or DateModified (GET has them)
     for field in ("AppSession", "Project", "Projects", "SampleNumber", "HrefFiles", "DateModified"):
         assert field not in s0
-    for field in ("SampleId", "ExperimentName", "Status", "IsPairedEnd", "Read1", "Read2", "NumReadsPF"):
+    for field in ("SampleId", "ExperimentName", "Status", "IsPairedEnd", "Read1", "Read2", "NumReadsPF", "Library", "Genome"):
         assert field in s0
+    assert s0["TotalReadsRaw"] == s0["NumReadsRaw"] and s0["UserOwnedBy"]["Id"] == "77"
     one = lambda name: ok(api, f"v1pre3/samples/{by_name(samples, name)['Id']}")["Response"]
     d0 = one("S00")
     assert d0["AppSession"]["Name"] == "FASTQ Generation"
     assert one("S01")["AppSession"]["Id"] == d0["AppSession"]["Id"]  # shared session
     assert "AppSession" not in one("S02")
     assert [p["Name"] for p in d0["Projects"]] == ["Alpha"] and d0["TotalSize"] == 15 and d0["HrefFiles"].endswith("/files")
-    assert isinstance(d0["SampleNumber"], int)
-    assert ok(api, "v1pre3/samples/123")["Response"]["Name"] == "S05"
+    assert isinstance(d0["SampleNumber"], int) and "Project" not in d0
+    weird_one = ok(api, "v1pre3/samples/123")["Response"]
+    assert weird_one["Name"] == "S05" and weird_one["NumReadsRaw"] == 1000
+    assert weird_one["HrefFiles"] == "v1pre3/samples/123/files" and weird_one["Properties"]["TotalCount"] == 5
 
 
 def test_appresults_appsessions_runs(api):
@@ -203,15 +208,25 @@ def test_appresults_appsessions_runs(api):
     align = by_name(ars, "Align")
     assert align["AppSession"]["Name"] == "Align" and align["TotalSize"] == BIG_SIZE + len(SMALL)
     sessions = items(api, "v1pre3/users/current/appsessions", **{"output.projects": pid})
-    assert sorted(s["Name"] for s in sessions) == ["Align", "FASTQ Generation", "Variants"]
+    # the dataset DS1 has no sample of its name, so it gets a session of its own (real datasets
+    # always come from one)
+    assert sorted(s["Name"] for s in sessions) == ["Align", "DS1", "FASTQ Generation", "Variants"]
     session = ok(api, f"v1pre3/appsessions/{align['AppSession']['Id']}")["Response"]
     assert session["Status"] == "Complete" and session["Application"]["Name"] and session["UserCreatedBy"]["Id"] == "77"
+    assert "DateModified" not in session and session["ModifiedOn"] and session["TotalSize"] == BIG_SIZE + len(SMALL)
+    (ref,) = session["References"]
+    assert ref["Type"] == "Project" and ref["HrefContent"] == ref["Href"] == f"v1pre3/projects/{pid}"
     empty = project_id(api, "Empty")
     assert items(api, "v1pre3/users/current/appsessions", **{"output.projects": empty}) == []
     # Statuses filters (comma lists, any case)
     assert [a["Name"] for a in items(api, f"v1pre3/projects/{pid}/appresults", Statuses="running")] == ["Variants"]
     assert sorted(a["Name"] for a in items(api, f"v1pre3/projects/{pid}/appresults", Statuses="Complete,Running")) == ["Align", "Variants"]
     assert [s["Name"] for s in items(api, "v1pre3/users/current/appsessions", **{"output.projects": pid, "status": "Running"})] == ["Variants"]
+    v2_sessions = ok(api, "v2/appsessions", **{"output.projects": pid, "sortby": "Name", "limit": 2})
+    assert [s["Name"] for s in v2_sessions["Items"]] == ["Align", "DS1"] and v2_sessions["Paging"]["TotalCount"] == 4
+    assert v2_sessions["Items"][0]["ExecutionStatus"] == "Complete" and v2_sessions["Paging"]["SortBy"] == "Name"
+    page2 = ok(api, "v2/appsessions", **{"output.projects": pid, "sortby": "Name", "offset": 2, "limit": 2})
+    assert [s["Name"] for s in page2["Items"]] == ["FASTQ Generation", "Variants"]
     assert ok(api, f"v1pre3/projects/{pid}/appresults", Statuses="Aborted")["Response"]["TotalCount"] == 0
     assert ok(api, f"v1pre3/appresults/{align['Id']}")["Response"]["Id"] == align["Id"]
     (run,) = items(api, "v1pre3/users/current/runs")
@@ -229,9 +244,15 @@ def test_files_metadata_and_filters(api):
     ]
     f = by_name(files, "RunInfo.xml")
     assert f["Size"] == 10 and f["HrefContent"] == f"v1pre3/files/{f['Id']}/content"
-    assert f["IsArchived"] is False and f["UploadStatus"] == "complete" and f["ETag"]
+    assert f["IsArchived"] is False and "UploadStatus" not in f and f["IdAsLong"] == int(f["Id"])
+    assert f["ETag"] == hashlib.md5(b"<RunInfo/>").hexdigest()
     assert f["DateCreated"].endswith(".0000000Z") and len(f["DateCreated"]) == 28
-    assert ok(api, f"v1pre3/files/{f['Id']}")["Response"] == f
+    one = ok(api, f"v1pre3/files/{f['Id']}")["Response"]
+    assert one["UploadStatus"] == "complete" and one["Properties"]["TotalCount"] == 0 and "IdAsLong" not in one
+    assert {k: v for k, v in one.items() if k not in ("UploadStatus", "Properties")} == {
+        k: v for k, v in f.items() if k != "IdAsLong"
+    }
+    assert ok(api, f"v1pre3/files/{f['Id']}/properties")["Response"]["Items"] == []
     inter = items(api, f"v1pre3/runs/{run['Id']}/files", Directory="InterOp")
     assert [x["Name"] for x in inter] == ["TileMetricsOut.bin"]
     deep = items(api, f"v1pre3/runs/{run['Id']}/files", directory="/Data/Intensities/")
@@ -288,16 +309,29 @@ def test_v2_datasets_biosamples(api, emu):
     ds = body["Items"][0]
     assert ds["Id"].startswith("ds.") and len(ds["Id"]) == 35
     assert ds["Href"] == f"{emu.url}v2/datasets/{ds['Id']}"
-    assert ds["DatasetType"] == {"Id": "common.fastq", "Name": "FASTQ"} and ds["FileCount"] == 2 and ds["TotalSize"] == 5
-    assert ds["BioSample"]["BioSampleName"] == "BS-1" and ds["Project"]["Id"] == pid and "QcStatus" in ds
-    assert ok(api, f"v2/datasets/{ds['Id']}") == ds  # bare entity
+    assert ds["DatasetType"] == {
+        "Id": "common.fastq",
+        "Href": f"{emu.url}v2/datasettypes/common.fastq",
+        "Name": "FASTQ",
+        "ConformsToIds": ["common.files"],
+    }
+    assert ds["TotalSize"] == 5 and "FileCount" not in ds and "BioSample" not in ds
+    assert ds["Project"]["Id"] == pid and "QcStatus" in ds and ds["AppSession"]["Name"] == "DS1"
+    assert ok(api, f"v2/datasets/{ds['Id']}") == {**ds, "ValidationsPerformed": []}  # bare entity
     assert items(api, f"v2/projects/{pid}/datasets")[0]["Id"] == ds["Id"]
-    assert items(api, "v2/datasets", inputbiosamples=ds["BioSample"]["Id"])[0]["Id"] == ds["Id"]
+    bs_id = items(api, "v2/biosamples", projectid=pid)[0]["Id"]
+    assert items(api, "v2/datasets", inputbiosamples=bs_id)[0]["Id"] == ds["Id"]
+    assert body["Paging"]["SortBy"] == "DateCreated" and body["Paging"]["SortDir"] == "Desc"  # real default
+    assert items(api, "v2/datasets", datasettypes="~common.files")[0]["Id"] == ds["Id"]  # conforms to
+    assert items(api, "v2/datasets", datasettypes="common.files") == []  # exactly that type
+    assert items(api, "v2/datasets", datasettypes="!common.fastq") == []
+    assert items(api, "v2/datasets", appsessionids=ds["AppSession"]["Id"])[0]["Id"] == ds["Id"]
     assert items(api, "v2/datasets", projectid=project_id(api, "Empty")) == []
     files = items(api, f"v2/datasets/{ds['Id']}/files")
     assert sorted(f["Path"] for f in files) == ["r1.fastq.gz", "sub/r2.fastq.gz"]
     f = by_name(files, "r1.fastq.gz")
-    assert f["Href"].startswith(emu.url) and f["HrefContent"] == f"{emu.url}v1pre3/files/{f['Id']}/content"
+    assert f["Href"].startswith(emu.url) and f["HrefContent"] == f"{emu.url}v2/files/{f['Id']}/content"
+    assert api.get(f["HrefContent"]).status_code == 302
     assert f["IdAsLong"] == int(f["Id"])
     assert [x["Name"] for x in items(api, f"v2/datasets/{ds['Id']}/files", directory="sub")] == ["r2.fastq.gz"]
     (bs,) = items(api, "v2/biosamples", projectid=pid)
@@ -373,8 +407,9 @@ def test_auth(emu):
 def test_forbidden_and_not_found(api):
     for path, type_name in (
         ("v1pre3/samples/999", "Sample"),
-        ("v1pre3/files/999", "File"),
-        ("v1pre3/files/999/content", "File"),
+        # recorded: real BaseSpace names a *Run* resource when a file id is unknown
+        ("v1pre3/files/999", "Run"),
+        ("v1pre3/files/999/content", "Run"),
         ("v1pre3/projects/1/samples", "Project"),
         ("v2/datasets/ds.00", "Dataset"),
     ):
@@ -383,14 +418,19 @@ def test_forbidden_and_not_found(api):
         body = r.json()
         assert body["ResponseStatus"]["ErrorCode"] == "BASESPACE.COMMON.INSUFFICIENT_RESOURCE_PERMISSIONS"
         assert body["ResponseStatus"]["Message"] == f"Sorry but this requires READ access to this {type_name} resource."
-        assert body["Notifications"][0]["Type"] == "error"
+        assert body["Notifications"] == [{"Type": "error", "Item": body["ResponseStatus"]["Message"]}]
+        assert r.headers["content-type"] == "application/json; charset=utf-8"  # as recorded for 403s
     r = api.get(f"v1pre3/runs/123")  # a sample id is not a run id
     assert r.status_code == 403
     r = api.get("v1pre3/no/such/path")
     assert r.status_code == 404
     assert r.json()["ResponseStatus"]["Message"].startswith("This isn't a recognized path.")
     assert r.json()["Notifications"] == []
-    assert r.headers["x-request-id"] and r.headers["cache-control"] == "no-cache"
+    assert r.headers["x-request-id"] and r.headers["cache-control"] == "private"  # as recorded
+    ok_answer = api.get("v1pre3/users/current")
+    assert ok_answer.headers["content-type"] == "application/json"
+    assert ok_answer.headers["cache-control"] == "no-cache, no-store, must-revalidate"
+    assert ok_answer.headers["pragma"] == "no-cache" and ok_answer.headers["expires"] == "0"
 
 
 # -- content --------------------------------------------------------------------------------------
@@ -409,6 +449,36 @@ def test_redirect_and_meta(api, emu):
     assert got.headers["accept-ranges"] == "bytes" and got.headers["content-length"] == str(len(SMALL))
     assert got.headers["etag"] == f'"{f["ETag"]}"'
     assert httpx.get(location.replace("Signature=", "Signature=0")).status_code == 403
+
+
+def test_etag_is_the_content_md5_on_the_api_and_the_content_host(api, emu):
+    small, big = file_of(api, "Align", "small.bin"), file_of(api, "Align", "big.bam")
+    big_md5 = hashlib.md5()
+    for off in range(0, BIG_SIZE, 8 * 1024 * 1024):
+        big_md5.update(synthetic_bytes(BIG_SEED, off, min(8 * 1024 * 1024, BIG_SIZE - off)))
+    assert small["ETag"] == hashlib.md5(SMALL).hexdigest()
+    assert big["ETag"] == big_md5.hexdigest()  # synthetic files too
+    for f in (small, big):
+        assert ok(api, f"v1pre3/files/{f['Id']}")["Response"]["ETag"] == f["ETag"]
+        assert ok(api, f"v2/files/{f['Id']}")["ETag"] == f["ETag"]
+        head = httpx.head(content_url(api, f["Id"]))
+        assert head.headers["etag"] == f'"{f["ETag"]}"'
+        assert head.headers["content-disposition"] == f'attachment;filename="{f["Name"]}"'
+        assert "cache-control" not in head.headers  # the S3-like host sends none
+    v2_meta = ok(api, f"v2/files/{small['Id']}/content", redirect="meta")  # v2: not wrapped
+    assert httpx.get(v2_meta["HrefContent"]).content == SMALL
+
+
+def test_routes_real_basespace_has_and_the_emulator_lacked(api, emu):
+    me = ok(api, "v2/users/current")
+    assert me["Id"] == "77" and me["Name"] == "Ada" and me["Email"] == "ada@x.org" and me["Href"].startswith(emu.url)
+    run = items(api, "v1pre3/users/current/runs")[0]
+    assert [s["Name"] for s in items(api, f"v1pre3/runs/{run['Id']}/samples")] == ["S05"]  # its Input.Run
+    f = items(api, "v1pre3/samples/123/files")[0]
+    assert ok(api, f"v1pre3/files/{f['Id']}/properties")["Response"]["TotalCount"] == 0
+    # v2 biosamples: a sort field v2 does not know is ignored (recorded: sortby=Name -> Id)
+    assert ok(api, "v2/biosamples", sortby="Name")["Paging"]["SortBy"] == "Id"
+    assert ok(api, "v2/biosamples", sortby="BioSampleName", sortdir="Desc")["Paging"]["SortBy"] == "BioSampleName"
 
 
 def test_ranges(api):

@@ -4,6 +4,7 @@ multipart, out of order), upload failures, zero-byte files, read-only places."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import subprocess
@@ -86,7 +87,15 @@ def test_cp_r_300_mib_and_small_files_into_a_new_app_result(tmp_path, emulator, 
     assert counters["POST v1pre3/appresults/{id}/files"] == 4  # 3 small + the multipart start
     listed = appresult_files(emulator, app_id)
     assert {p.removeprefix("src/") for p in listed} == set(sources)
-    assert all(f["UploadStatus"] == "complete" for f in listed.values())
+    # ETag as real BaseSpace gives it: the content MD5, or S3's <md5 of the part MD5s>-<parts>
+    # after a multipart upload (here 8 MiB parts)
+    src = tmp_path / "src"
+    for rel in ("notes.txt", "nested/deeper/tiny.vcf", "mid.bin"):
+        assert listed[f"src/{rel}"]["ETag"] == hashlib.md5((src / rel).read_bytes()).hexdigest()
+    data = (src / "big.bin").read_bytes()
+    parts = [data[i : i + 8 * MiB] for i in range(0, len(data), 8 * MiB)]
+    multipart = hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest()
+    assert listed["src/big.bin"]["ETag"] == f"{multipart}-{len(parts)}"
     m.stop()
 
     # the emulator persisted it: restart it, mount afresh, compare checksums with the sources

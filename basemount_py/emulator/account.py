@@ -28,14 +28,18 @@ Design points:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import mimetypes
 import os
 import stat
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+
+from .synthetic import iter_synthetic
 
 __all__ = [
     "Account",
@@ -47,6 +51,7 @@ __all__ = [
     "resolve_token",
     "bs_date",
     "DEFAULT_TOKEN",
+    "warm_etags",
 ]
 
 DEFAULT_TOKEN = "emulator-token"
@@ -58,7 +63,7 @@ SYNTHETIC_SUFFIX = ".synthetic.json"
 # from NAME, so a Size override makes the listing disagree with the content on purpose.
 # ``IsArchived: true`` puts the file in archival storage (listed, its content refused).
 FILE_SIDECAR_SUFFIX = ".file.json"
-FILE_OVERRIDE_KEYS = ("Name", "Path", "Size", "Id", "IsArchived")
+FILE_OVERRIDE_KEYS = ("Name", "Path", "Size", "Id", "IsArchived", "ETag")  # ETag: also a multipart upload's <md5>-<parts>
 
 # (top folder inside a project, kind)
 PROJECT_CHILDREN = (("Samples", "sample"), ("AppResults", "appresult"), ("Datasets", "dataset"))
@@ -70,7 +75,12 @@ class AccountError(Exception):
 
 def bs_date(timestamp: float) -> str:
     """BaseSpace date format: whole seconds, 7 fractional digits, UTC."""
-    return datetime.fromtimestamp(int(timestamp), timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.0000000Z")
+    return _bs_date_of_second(int(timestamp))
+
+
+@functools.lru_cache(maxsize=1 << 16)  # listings render the same few dates thousands of times
+def _bs_date_of_second(second: int) -> str:
+    return datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.0000000Z")
 
 
 def display_name(disk_name: str) -> str:
@@ -134,8 +144,27 @@ class FileEntry:
 
     @property
     def etag(self) -> str:
-        basis = f"{self.key}\0{self.size}\0{int(self.mtime)}\0{self.seed}"
-        return hashlib.md5(basis.encode("utf-8", "surrogateescape")).hexdigest()
+        """The MD5 of the content, as real BaseSpace and its S3 host send it (a multipart upload's
+        ``<md5>-<parts>`` comes from its ``NAME.file.json``).  Computed once per file version and
+        kept for the process (reloads included); handlers warm it off the event loop first
+        (``warm_etags``), so this only reads the cache there."""
+        explicit = self.overrides.get("ETag")
+        if isinstance(explicit, str):
+            return explicit
+        version = self._version()
+        value = _ETAGS.get(version)
+        if value is None:
+            value = _content_md5(self)
+            with _ETAGS_LOCK:
+                _ETAGS[version] = value
+        return value
+
+    @property
+    def etag_known(self) -> bool:
+        return isinstance(self.overrides.get("ETag"), str) or self._version() in _ETAGS
+
+    def _version(self) -> tuple:
+        return (self.disk_path or self.key, self.size, self.mtime, self.seed)
 
     @property
     def archived(self) -> bool:
@@ -151,6 +180,34 @@ class FileEntry:
         if encoding == "bzip2":
             return "application/x-bzip2"
         return kind or "application/octet-stream"
+
+
+# file version -> content MD5 (see FileEntry.etag); a few dozen bytes per file
+_ETAGS: dict[tuple, str] = {}
+_ETAGS_LOCK = threading.Lock()
+_MD5_PIECE = 1 << 20
+
+
+def _content_md5(f: FileEntry) -> str:
+    h = hashlib.md5()
+    if f.seed is not None:
+        for piece in iter_synthetic(f.seed, 0, f.size, step=4 * _MD5_PIECE):
+            h.update(piece)
+        return h.hexdigest()
+    try:
+        with open(f.disk_path or "", "rb") as src:
+            while piece := src.read(_MD5_PIECE):
+                h.update(piece)
+    except OSError:
+        pass  # vanished since the load: the content route reports it; the tag is of what was read
+    return h.hexdigest()
+
+
+def warm_etags(files: list[FileEntry]) -> None:
+    """Compute the ETags not known yet (blocking: call it in a worker thread)."""
+    for f in files:
+        if not f.etag_known:
+            f.etag  # noqa: B018 (computes and caches)
 
 
 @dataclass
@@ -196,9 +253,23 @@ class Account:
         return self.by_id.get((kind, entity_id))
 
     def project_total_size(self, project: Entity) -> int:
-        return sum(
-            e.total_size for group in (self.samples, self.appresults, self.datasets) for e in group if e.project is project
-        )
+        return self._sizes[0].get(id(project), 0)
+
+    def session_total_size(self, session: Entity) -> int:
+        return self._sizes[1].get(id(session), 0)
+
+    @functools.cached_property
+    def _sizes(self) -> tuple[dict[int, int], dict[int, int]]:
+        """Bytes per project and per app session, summed once (renderers ask per item)."""
+        projects: dict[int, int] = {}
+        sessions: dict[int, int] = {}
+        for group in (self.samples, self.appresults, self.datasets):
+            for e in group:
+                if e.project is not None:
+                    projects[id(e.project)] = projects.get(id(e.project), 0) + e.total_size
+                if e.appsession is not None and e.kind != "dataset":
+                    sessions[id(e.appsession)] = sessions.get(id(e.appsession), 0) + e.total_size
+        return projects, sessions
 
 
 # -- scanning ------------------------------------------------------------------------------
@@ -499,6 +570,8 @@ def load_account(root: str, previous: dict[tuple[str, str], str] | None = None) 
             d.biosample.default_project = d.project
 
     appsessions = _build_appsessions(samples + appresults, loader)
+    _dataset_sessions(datasets, samples)
+    appsessions = _build_appsessions(datasets, loader, appsessions)
 
     ids = _assign_ids([user] + loader.entities, loader.files, loader.previous)
     by_id = {(e.kind, e.id): e for e in [user] + loader.entities}
@@ -528,15 +601,39 @@ def load_account(root: str, previous: dict[tuple[str, str], str] | None = None) 
     )
 
 
-def _build_appsessions(entities: list[Entity], loader: _Loader) -> list[Entity]:
+def _dataset_sessions(datasets: list[Entity], samples: list[Entity]) -> None:
+    """Real datasets always come from an app session.  A dataset without ``AppSession`` in its
+    ``.entity.json`` shares the session of the same-named sample of its project (the v1 view of
+    the same data), so the demo's datasets add no sessions; ``_build_appsessions`` gives the
+    others a session of their own."""
+    by_name: dict[tuple[str, str], Entity] = {}
+    for s in samples:
+        if s.appsession is not None and s.project is not None:
+            by_name.setdefault((s.project.key, s.name), s)
+    for d in datasets:
+        if "AppSession" in d.overrides or d.project is None:
+            continue
+        sample = by_name.get((d.project.key, d.name))
+        if sample is not None and sample.appsession is not None:
+            d.appsession = sample.appsession
+
+
+def _build_appsessions(
+    entities: list[Entity], loader: _Loader, existing: list[Entity] | None = None
+) -> list[Entity]:
     """Entities of one project naming the same AppSession Name share one session; an AppResult
-    without one gets its own session named after it; a Sample without one gets none."""
+    or a Dataset without one gets its own session named after it; a Sample without one gets none."""
     sessions: dict[tuple[str, str], Entity] = {}
+    for s in existing or []:
+        assert s.project is not None
+        sessions[(s.project.key, s.name)] = s
     for e in entities:
+        if e.appsession is not None:
+            continue
         spec = e.overrides.pop("AppSession", None)
         where = f"{e.folder}/.entity.json"
         if spec is None:
-            if e.kind != "appresult":
+            if e.kind == "sample":
                 continue
             spec = {}
         if not isinstance(spec, dict):

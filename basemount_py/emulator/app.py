@@ -24,6 +24,7 @@ import time
 import uuid
 from collections import OrderedDict
 from email.utils import formatdate
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs
 
@@ -31,8 +32,8 @@ from starlette.requests import Request
 from starlette.routing import Route, Router
 
 from . import render
-from .account import Account, AccountError, Entity, FileEntry, bs_date, load_account, resolve_token
-from .content import ContentSigner, StreamResponse, file_body, parse_range, xml_error
+from .account import Account, AccountError, Entity, FileEntry, Ref, bs_date, load_account, resolve_token, warm_etags
+from .content import ContentSigner, StreamResponse, content_disposition, file_body, parse_range, xml_error
 from .http_listing import HTTP_TREE_PREFIX, http_tree
 from .knobs import Counters, FaultInjector, KnobError, Knobs
 
@@ -95,8 +96,16 @@ def _json_bytes(obj: Any) -> bytes:
         return json.dumps(obj, separators=(",", ":")).encode("ascii")
 
 
+# Real BaseSpace: JSON answers say plain ``application/json``, its 403s add ``; charset=utf-8``
+# (recorded traffic, tests/conformance/recorded.json).
+JSON_TYPE = "application/json"
+ERROR_JSON_TYPE = "application/json; charset=utf-8"
+# Every API answer of real BaseSpace forbids caching this way (unknown paths say ``private``).
+NO_CACHE_HEADERS = {"Cache-Control": "no-cache, no-store, must-revalidate", "Pragma": "no-cache", "Expires": "0"}
+
+
 def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> StreamResponse:
-    h = {"Content-Type": "application/json; charset=utf-8"}
+    h = {"Content-Type": JSON_TYPE if status < 400 else ERROR_JSON_TYPE}
     h.update(headers or {})
     return StreamResponse(status, h, _json_bytes(obj))
 
@@ -122,19 +131,21 @@ def error_status(status: int, code: str | None, message: str, notifications: lis
     return json_response({"ResponseStatus": rs, "Notifications": notifications or []}, status)
 
 
-def forbidden(type_name: str, item: str) -> StreamResponse:
+def forbidden(type_name: str) -> StreamResponse:
+    """Real 403s repeat the message as the notification item (no id: it would leak nothing new)."""
+    message = f"Sorry but this requires READ access to this {type_name} resource."
     return error_status(
-        403,
-        "BASESPACE.COMMON.INSUFFICIENT_RESOURCE_PERMISSIONS",
-        f"Sorry but this requires READ access to this {type_name} resource.",
-        [{"Type": "error", "Item": f"{type_name} {item}"}],
+        403, "BASESPACE.COMMON.INSUFFICIENT_RESOURCE_PERMISSIONS", message, [{"Type": "error", "Item": message}]
     )
 
 
 def not_found() -> StreamResponse:
-    return error_status(
+    r = error_status(
         404, None, "This isn't a recognized path. Please check the documentation at https://developer.basespace.illumina.com"
     )
+    r.headers["Content-Type"] = JSON_TYPE  # recorded: the unknown-path 404 has no charset...
+    r.headers["Cache-Control"] = "private"  # ...and is the one answer marked private
+    return r
 
 
 class BadRequest(Exception):
@@ -179,6 +190,76 @@ def _sort_key(item: Entity | FileEntry, field: str) -> Any:
     raise AssertionError(field)
 
 
+@dataclass(frozen=True)
+class V2Sort:
+    """The sort fields a v2 listing accepts (swagger-private-v2.json) and its default order."""
+
+    fields: tuple[str, ...]
+    default_by: str
+    default_dir: str = "Asc"
+
+
+V2_DATASETS = V2Sort(
+    ("Name", "DateCreated", "DateModified", "AppSessionName", "ApplicationName", "ProjectName", "Size", "QcStatus"),
+    "DateCreated",
+    "Desc",  # recorded: a datasets listing without sortby comes back "DateCreated Desc"
+)
+V2_BIOSAMPLES = V2Sort(
+    ("Id", "BioSampleName", "Nickname", "DateModified", "UserOwnedBy", "Project", "Subject", "LabStatus", "Status"), "Id"
+)
+V2_APPSESSIONS = V2Sort(
+    ("Name", "Id", "AppId", "ExecutionStatus", "ModifiedOn", "DateCreated", "AppName", "TotalSize", "QcStatus", "DeliveryStatus"),
+    "Id",
+)
+V2_FILES = V2Sort(("Id", "DateCreated", "Path", "Name"), "Id")
+# Where a v2 sort field's value sits in the rendered item (the rest sort by the field of that name).
+_V2_SORT_PATH = {
+    "Size": ("TotalSize",),
+    "ProjectName": ("Project", "Name"),
+    "AppSessionName": ("AppSession", "Name"),
+    "ApplicationName": ("AppSession", "Application", "Name"),
+    "AppName": ("Application", "Name"),
+    "AppId": ("Application", "Id"),
+    "ModifiedOn": ("DateModified",),
+    "Project": ("DefaultProject", "Name"),
+    "UserOwnedBy": ("UserOwnedBy", "Name"),
+}
+
+
+def _v2_sort_value(item: dict[str, Any], field: str) -> tuple:
+    value: Any = item
+    for key in _V2_SORT_PATH.get(field, (field,)):
+        value = value.get(key) if isinstance(value, dict) else None
+    if field == "Id":
+        return _id_key(str(value))
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, value, "")
+    return (1, 0, "" if value is None else str(value))
+
+
+def _page_window(emulator: Emulator, p: dict[str, str], files: bool) -> tuple[int, int, int]:
+    """(offset, limit, how many to show): ``short_pages`` shows fewer than asked."""
+    offset = _int_param(p, "Offset", 0)
+    limit = min(_int_param(p, "Limit", DEFAULT_LIMIT), FILES_LIMIT_MAX if files else V1_LIMIT_MAX)
+    count = limit
+    if emulator.knobs.short_pages and limit > 0:
+        count = limit // 2 + 1
+    return offset, limit, min(count, limit)
+
+
+def _paging(emulator: Emulator, shown: int, total: int, offset: int, limit: int, sort_by: str, sort_dir: str) -> dict:
+    if emulator.knobs.total_count_skew:
+        total = max(0, total + emulator.knobs.total_count_skew * (offset // max(1, limit) + 1))
+    return {
+        "DisplayedCount": shown,
+        "TotalCount": total,
+        "Offset": offset,
+        "Limit": limit,
+        "SortDir": sort_dir,
+        "SortBy": sort_by,
+    }
+
+
 def paged(
     emulator: Emulator,
     request: Request,
@@ -186,13 +267,10 @@ def paged(
     render_item: Callable[[Any], dict[str, Any]],
     *,
     files: bool = False,
-    v2: bool = False,
 ) -> StreamResponse:
-    """Sort, page and wrap a listing (v1pre3 or v2 envelope)."""
+    """Sort, page and wrap a v1pre3 listing (default ``Id Asc``, as recorded)."""
     p = params(request)
-    offset = _int_param(p, "Offset", 0)
-    cap = FILES_LIMIT_MAX if files else V1_LIMIT_MAX
-    limit = min(_int_param(p, "Limit", DEFAULT_LIMIT), cap)
+    offset, limit, count = _page_window(emulator, p, files)
     allowed = ["Id", "Name", "DateCreated"] + (["Path", "Size"] if files else [])
     by_lower = {a.lower(): a for a in allowed}
     sort_by = by_lower.get(p.get("sortby", "Id").lower())
@@ -202,24 +280,41 @@ def paged(
     if sort_dir is None:
         raise BadRequest("SortDir must be Asc or Desc")
     ordered = sorted(items, key=lambda i: _sort_key(i, sort_by), reverse=sort_dir == "Desc")
-    count = limit
-    if emulator.knobs.short_pages and limit > 0:
-        count = limit // 2 + 1
-    page = [render_item(i) for i in ordered[offset : offset + min(count, limit)]]
-    total = len(items)
-    if emulator.knobs.total_count_skew:
-        total = max(0, total + emulator.knobs.total_count_skew * (offset // max(1, limit) + 1))
-    meta = {
-        "DisplayedCount": len(page),
-        "TotalCount": total,
-        "Offset": offset,
-        "Limit": limit,
-        "SortDir": sort_dir,
-        "SortBy": sort_by,
-    }
-    if v2:
-        return json_response({"Items": page, "Paging": meta})
+    page = [render_item(i) for i in ordered[offset : offset + count]]
+    meta = _paging(emulator, len(page), len(items), offset, limit, sort_by, sort_dir)
     return json_response(envelope({"Items": page, **meta}))
+
+
+def paged_v2(
+    emulator: Emulator,
+    request: Request,
+    items: list,
+    render_item: Callable[[Any], dict[str, Any]],
+    sort: V2Sort,
+    *,
+    files: bool = False,
+) -> StreamResponse:
+    """Sort, page and wrap a v2 listing (``{"Items", "Paging"}``).
+
+    Recorded behaviour: v2 ignores a sort field it does not know (``biosamples?sortby=Name``
+    comes back sorted by ``Id``), so an unknown ``sortby``/``sortdir`` falls back to the
+    listing's default instead of a 400."""
+    p = params(request)
+    offset, limit, count = _page_window(emulator, p, files)
+    by_lower = {f.lower(): f for f in sort.fields}
+    sort_by = by_lower.get(p.get("sortby", "").lower(), sort.default_by)
+    sort_dir = {"asc": "Asc", "desc": "Desc"}.get(p.get("sortdir", "").lower(), sort.default_dir)
+    rendered = [render_item(i) for i in items]
+    rendered.sort(key=lambda d: (_v2_sort_value(d, sort_by), _id_key(str(d.get("Id")))), reverse=sort_dir == "Desc")
+    page = rendered[offset : offset + count]
+    return json_response({"Items": page, "Paging": _paging(emulator, len(page), len(items), offset, limit, sort_by, sort_dir)})
+
+
+async def warm(files: list[FileEntry]) -> None:
+    """Compute the ETags (content MD5s) these files still lack, off the event loop."""
+    missing = [f for f in files if not f.etag_known]
+    if missing:
+        await asyncio.to_thread(warm_etags, missing)
 
 
 def filter_files(files: list[FileEntry], directory: str | None, extensions: str | None) -> list[FileEntry]:
@@ -307,7 +402,9 @@ def _endpoint(emulator: Emulator, template: str, handler: Handler, *, scope: str
                 except BadRequest as exc:
                     response = error_status(400, "BASESPACE.COMMON.BAD_REQUEST", str(exc))
         response.headers.setdefault("X-Request-ID", str(uuid.uuid4()))
-        response.headers.setdefault("Cache-Control", "no-cache")
+        if scope != "content":  # the S3-like content host sends no cache headers
+            for name, value in NO_CACHE_HEADERS.items():
+                response.headers.setdefault(name, value)
         if method == "HEAD":
             response.send_body = False
             response.fault = None
@@ -354,19 +451,8 @@ class _Forbidden(Exception):
 def _v1_entity(kind: str) -> Handler:
     async def handler(em: Emulator, request: Request) -> StreamResponse:
         e = _get(em, kind, request)
-        v1 = render.V1(em.account, _base(request))
-        body = v1.entity(e, detail=True)
-        if kind == "appsession" and e.properties:
-            props = v1.properties(e)
-            body["Properties"] = {
-                "Items": props,
-                "DisplayedCount": len(props),
-                "TotalCount": len(props),
-                "Offset": 0,
-                "Limit": len(props),
-                "SortDir": "Asc",
-                "SortBy": "Name",
-            }
+        await warm(_file_refs(e))
+        body = render.V1(em.account, _base(request)).entity(e)
         return json_response(envelope(body))
 
     return handler
@@ -378,12 +464,12 @@ async def users_current(em: Emulator, request: Request) -> StreamResponse:
 
 async def my_projects(em: Emulator, request: Request) -> StreamResponse:
     v1 = render.V1(em.account, _base(request))
-    return paged(em, request, em.account.projects, v1.project)
+    return paged(em, request, em.account.projects, v1.project_item)
 
 
 async def my_runs(em: Emulator, request: Request) -> StreamResponse:
     v1 = render.V1(em.account, _base(request))
-    return paged(em, request, em.account.runs, v1.run)
+    return paged(em, request, em.account.runs, v1.run_item)
 
 
 def _with_status(items: list, render_item: Callable[[Any], dict[str, Any]], statuses: str | None) -> list:
@@ -394,16 +480,19 @@ def _with_status(items: list, render_item: Callable[[Any], dict[str, Any]], stat
     return [i for i in items if str(render_item(i).get("Status", "")).lower() in wanted]
 
 
+def _sessions_of_projects(em: Emulator, p: dict[str, str]) -> list[Entity]:
+    """App sessions, filtered by ``output.projects`` (a comma list of project ids) if given."""
+    wanted = _ids_param(p, "output.projects")
+    if wanted is None:
+        return em.account.appsessions
+    return [s for s in em.account.appsessions if s.project is not None and s.project.id in wanted]
+
+
 async def my_appsessions(em: Emulator, request: Request) -> StreamResponse:
     v1 = render.V1(em.account, _base(request))
-    sessions = em.account.appsessions
     p = params(request)
-    wanted = p.get("output.projects")
-    if wanted:
-        ids = {x.strip() for x in wanted.split(",")}
-        sessions = [s for s in sessions if s.project is not None and s.project.id in ids]
-    sessions = _with_status(sessions, v1.appsession, p.get("status") or p.get("statuses"))
-    return paged(em, request, sessions, v1.appsession)
+    sessions = _with_status(_sessions_of_projects(em, p), v1.appsession_item, p.get("status") or p.get("statuses"))
+    return paged(em, request, sessions, v1.appsession_item)
 
 
 def _project_children(kind: str) -> Handler:
@@ -411,7 +500,7 @@ def _project_children(kind: str) -> Handler:
         project = _get(em, "project", request)
         v1 = render.V1(em.account, _base(request))
         group = em.account.samples if kind == "sample" else em.account.appresults
-        render_item = getattr(v1, kind)
+        render_item = v1.sample_item if kind == "sample" else v1.appresult_item
         children = _with_status([e for e in group if e.project is project], render_item, params(request).get("statuses"))
         return paged(em, request, children, render_item)
 
@@ -423,7 +512,8 @@ def _entity_files(kind: str) -> Handler:
         e = _get(em, kind, request)
         p = params(request)
         files = filter_files(e.files, p.get("directory"), p.get("extensions"))
-        return paged(em, request, files, render.V1(em.account, _base(request)).file, files=True)
+        await warm(files)
+        return paged(em, request, files, render.V1(em.account, _base(request)).file_item, files=True)
 
     return handler
 
@@ -431,6 +521,7 @@ def _entity_files(kind: str) -> Handler:
 def _entity_properties(kind: str) -> Handler:
     async def handler(em: Emulator, request: Request) -> StreamResponse:
         e = _get(em, kind, request)
+        await warm(_file_refs(e))
         p = params(request)
         shown = _int_param(p, "propertyitemslimit", render.PROPERTY_ITEMS_SHOWN)
         props = render.V1(em.account, _base(request)).properties(e, items_limit=shown)
@@ -459,6 +550,7 @@ def _property_items(kind: str) -> Handler:
 
     async def handler(em: Emulator, request: Request) -> StreamResponse:
         e = _get(em, kind, request)
+        await warm(_file_refs(e))
         values = render.V1(em.account, _base(request)).property_items(e, request.path_params["name"])
         if values is None:
             return not_found()
@@ -475,20 +567,37 @@ def _property_items(kind: str) -> Handler:
 def _file(em: Emulator, request: Request) -> FileEntry:
     f = em.account.files.get(request.path_params["id"])
     if f is None:
-        raise _Forbidden("File", request.path_params["id"])
+        # recorded: real BaseSpace answers an unknown file id with the 403 of a *Run* resource
+        raise _Forbidden("Run", request.path_params["id"])
     return f
 
 
 async def file_meta(em: Emulator, request: Request) -> StreamResponse:
-    return json_response(envelope(render.V1(em.account, _base(request)).file(_file(em, request))))
+    f = _file(em, request)
+    await warm([f])
+    return json_response(envelope(render.V1(em.account, _base(request)).file(f)))
+
+
+async def file_properties(em: Emulator, request: Request) -> StreamResponse:
+    """``GET v1pre3/files/{id}/properties``: the emulator keeps no file properties (an empty list)."""
+    f = _file(em, request)
+    p = params(request)
+    offset, limit, _count = _page_window(em, p, files=False)
+    meta = _paging(em, 0, 0, offset, limit, "Name", "Asc")
+    return json_response(envelope({"Items": [], **meta}))
 
 
 async def file_content(em: Emulator, request: Request) -> StreamResponse:
+    """``v1pre3/files/{id}/content`` and ``v2/files/{id}/content``: 302 to the signed URL, or
+    ``?redirect=meta`` for the URL as JSON (recorded: v1 envelope; ``Expires`` header = the URL's)."""
     f = _file(em, request)
+    await warm([f])  # before the URL's lifetime starts: the content host sends the ETag first
     url, expires = em.signer.url(_base(request), f.id, em.knobs.url_lifetime)
     redirect = params(request).get("redirect", "true").lower()
     if redirect == "meta":
-        return json_response(envelope({"Expires": bs_date(expires), "HrefContent": url, "SupportsRange": True}))
+        meta = {"Expires": bs_date(expires), "HrefContent": url, "SupportsRange": True}
+        body = meta if request.url.path.startswith("/v2/") else envelope(meta)
+        return json_response(body, headers={"Expires": formatdate(int(expires), usegmt=True), "Accept-Ranges": "bytes"})
     return StreamResponse(302, {"Location": url, "Content-Type": "text/plain"}, b"")
 
 
@@ -603,45 +712,113 @@ async def v2_biosamples(em: Emulator, request: Request) -> StreamResponse:
         items = [
             b for b in items if (b.default_project and b.default_project.id in projects) or b.id in with_datasets
         ]
-    return paged(em, request, items, render.V2(a, _base(request)).biosample, v2=True)
+    return paged_v2(em, request, items, render.V2(a, _base(request)).biosample, V2_BIOSAMPLES)
 
 
 async def v2_biosample(em: Emulator, request: Request) -> StreamResponse:
     return json_response(render.V2(em.account, _base(request)).biosample(_get(em, "biosample", request)))
 
 
-async def v2_datasets(em: Emulator, request: Request) -> StreamResponse:
-    a = em.account
+def _dataset_type_filter(raw: str | None, v2: render.V2):
+    """``datasettypes``: a comma list; ``x`` is that type, ``~x`` that type or any type conforming
+    to it (recorded: ``~common.fastq`` answers ``illumina.fastq.v1.8`` datasets), ``!x`` excludes x."""
+    terms = [t.strip() for t in (raw or "").split(",") if t.strip()]
+    if not terms:
+        return None
+    include = [t for t in terms if not t.startswith("!")]
+    exclude = {t[1:] for t in terms if t.startswith("!")}
+
+    def keep(d: Entity) -> bool:
+        dtype = v2.dataset_type(d)
+        ids = {dtype["Id"]} | set(dtype["ConformsToIds"])
+        if dtype["Id"] in exclude:
+            return False
+        if not include:
+            return True
+        return any(dtype["Id"] == t if not t.startswith("~") else t[1:] in ids for t in include)
+
+    return keep
+
+
+def _datasets(em: Emulator, request: Request, items: list[Entity]) -> StreamResponse:
     p = params(request)
-    items = a.datasets
+    v2 = render.V2(em.account, _base(request))
+    keep = _dataset_type_filter(p.get("datasettypes"), v2)
+    if keep is not None:
+        items = [d for d in items if keep(d)]
+    sessions = _ids_param(p, "appsessionids")
+    if sessions is not None:
+        items = [d for d in items if d.appsession is not None and d.appsession.id in sessions]
+    include = {x.strip().lower() for x in p.get("include", "").split(",")}
+    with_properties = "properties" in include
+    return paged_v2(em, request, items, lambda d: v2.dataset(d, with_properties=with_properties), V2_DATASETS)
+
+
+async def v2_datasets(em: Emulator, request: Request) -> StreamResponse:
+    p = params(request)
+    items = em.account.datasets
     projects = _ids_param(p, "projectid")
     if projects is not None:
         items = [d for d in items if d.project is not None and d.project.id in projects]
     biosamples = _ids_param(p, "inputbiosamples")
     if biosamples is not None:
         items = [d for d in items if d.biosample is not None and d.biosample.id in biosamples]
-    return paged(em, request, items, render.V2(a, _base(request)).dataset, v2=True)
+    return _datasets(em, request, items)
 
 
 async def v2_project_datasets(em: Emulator, request: Request) -> StreamResponse:
     project = _get(em, "project", request)
-    items = [d for d in em.account.datasets if d.project is project]
-    return paged(em, request, items, render.V2(em.account, _base(request)).dataset, v2=True)
+    return _datasets(em, request, [d for d in em.account.datasets if d.project is project])
 
 
 async def v2_dataset(em: Emulator, request: Request) -> StreamResponse:
-    return json_response(render.V2(em.account, _base(request)).dataset(_get(em, "dataset", request)))
+    return json_response(render.V2(em.account, _base(request)).dataset_detail(_get(em, "dataset", request)))
 
 
 async def v2_dataset_files(em: Emulator, request: Request) -> StreamResponse:
     d = _get(em, "dataset", request)
     p = params(request)
     files = filter_files(d.files, p.get("directory"), p.get("extensions"))
-    return paged(em, request, files, render.V2(em.account, _base(request)).file, files=True, v2=True)
+    await warm(files)
+    return paged_v2(em, request, files, render.V2(em.account, _base(request)).file, V2_FILES, files=True)
 
 
 async def v2_file(em: Emulator, request: Request) -> StreamResponse:
-    return json_response(render.V2(em.account, _base(request)).file(_file(em, request)))
+    f = _file(em, request)
+    await warm([f])
+    return json_response(render.V2(em.account, _base(request)).file(f))
+
+
+async def v2_appsessions(em: Emulator, request: Request) -> StreamResponse:
+    """``GET v2/appsessions``: ``output.projects`` (comma list of project ids), paged like v2."""
+    sessions = _sessions_of_projects(em, params(request))
+    return paged_v2(em, request, sessions, render.V2(em.account, _base(request)).appsession, V2_APPSESSIONS)
+
+
+async def v2_users_current(em: Emulator, request: Request) -> StreamResponse:
+    return json_response(render.V2(em.account, _base(request)).user())
+
+
+async def run_samples(em: Emulator, request: Request) -> StreamResponse:
+    """``GET v1pre3/runs/{id}/samples``: the samples whose properties name the run (``Input.Runs``)."""
+    run = _get(em, "run", request)
+    samples = [s for s in em.account.samples if run in _referenced(s.properties)]
+    return paged(em, request, samples, render.V1(em.account, _base(request)).sample_item)
+
+
+def _file_refs(e: Entity) -> list[FileEntry]:
+    return [t for t in _referenced(e.properties) if isinstance(t, FileEntry)]
+
+
+def _referenced(value: Any) -> list[Any]:
+    """Every Ref target inside property values."""
+    if isinstance(value, Ref):
+        return [value.target]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _referenced(v)]
+    if isinstance(value, list):
+        return [t for v in value for t in _referenced(v)]
+    return []
 
 
 # -- the content host --------------------------------------------------------------------------
@@ -658,8 +835,10 @@ async def content(em: Emulator, request: Request) -> StreamResponse:
         return xml_response(404, "NoSuchKey", "The specified key does not exist.")
     if entry.archived:  # what S3 answers for an object in archival (Glacier) storage
         return xml_response(403, "InvalidObjectState", "The operation is not valid for the object's storage class")
+    await warm([entry])
     headers = {
         "Content-Type": entry.content_type,
+        "Content-Disposition": content_disposition(entry.name),
         "Accept-Ranges": "bytes",
         "ETag": f'"{entry.etag}"',
         "Last-Modified": formatdate(int(entry.mtime), usegmt=True),
@@ -766,6 +945,11 @@ def build_app(emulator: Emulator) -> Router:
         ("GET", "v2/datasets/{id}/files", v2_dataset_files, {}),
         ("GET", "v2/projects/{id}/datasets", v2_project_datasets, {}),
         ("GET", "v2/files/{id}", v2_file, {}),
+        ("GET", "v2/files/{id}/content", file_content, {}),
+        ("GET", "v2/appsessions", v2_appsessions, {}),
+        ("GET", "v2/users/current", v2_users_current, {}),
+        ("GET", "v1pre3/runs/{id}/samples", run_samples, {}),
+        ("GET", "v1pre3/files/{id}/properties", file_properties, {}),
     ]
     for coll, kind in (("samples", "sample"), ("appresults", "appresult"), ("runs", "run"), ("appsessions", "appsession")):
         routes.append(("GET", f"v1pre3/{coll}/{{id}}", _v1_entity(kind), {}))
@@ -819,7 +1003,7 @@ def _forbidding(handler: Handler) -> Handler:
         try:
             return await handler(em, request)
         except _Forbidden as exc:
-            return forbidden(exc.type_name, exc.item)
+            return forbidden(exc.type_name)
 
     return wrapped
 

@@ -24,6 +24,7 @@ import socket
 import struct
 import time
 from typing import AsyncIterator, Callable
+from urllib.parse import quote
 
 from .account import FileEntry
 from .synthetic import synthetic_bytes
@@ -103,6 +104,16 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
         return "unsatisfiable"
     end = size if last == "" else min(size, int(last) + 1)
     return start, end
+
+
+def content_disposition(name: str) -> str:
+    """``attachment;filename="NAME"`` as the real content host sends it; a name that is not
+    plain ASCII also gets the RFC 5987 ``filename*`` form (headers must stay Latin-1)."""
+    ascii_name = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name)
+    value = f'attachment;filename="{ascii_name}"'
+    if ascii_name != name:
+        value += "; filename*=UTF-8''" + quote(name.encode("utf-8", "surrogateescape"), safe="")
+    return value
 
 
 def file_body(entry: FileEntry, start: int, end: int) -> Callable[[], AsyncIterator[bytes]]:

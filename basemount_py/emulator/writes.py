@@ -38,7 +38,7 @@ from typing import Any
 from starlette.requests import Request
 
 from . import render
-from .account import AccountError, Entity, SYNTHETIC_SUFFIX, bs_date
+from .account import FILE_SIDECAR_SUFFIX, SYNTHETIC_SUFFIX, AccountError, Entity, bs_date
 
 __all__ = ["write_routes"]
 
@@ -322,7 +322,7 @@ async def create_appresult(em, request: Request):
         key = await _apply(em, lambda: made.append(make()) or made[0], lambda: shutil.rmtree(os.path.join(em.account.root, *made[0].split("/")), True))
         r = _find(em, "appresult", key)
         assert r is not None
-        return _ok(em, request, render.V1(em.account, str(request.base_url)).appresult(r, detail=True), 201)
+        return _ok(em, request, render.V1(em.account, str(request.base_url)).appresult(r), 201)
 
 
 # -- uploads --------------------------------------------------------------------------------------
@@ -420,16 +420,35 @@ def _read_upload(em, file_id: str) -> tuple[str, dict[str, Any]]:
                          "BASESPACE.COMMON.INSUFFICIENT_RESOURCE_PERMISSIONS") from None
 
 
-async def _commit(em, request: Request, file_id: str, meta: dict[str, Any], data_path: str):
-    """Move the finished bytes into the app result's Files/ and serve the new file."""
+async def _commit(em, request: Request, file_id: str, meta: dict[str, Any], data_path: str, etag: str | None = None):
+    """Move the finished bytes into the app result's Files/ and serve the new file.
+
+    ``etag``: a multipart upload's ``<md5>-<parts>`` (S3's form, which real BaseSpace shows),
+    kept in the file's ``NAME.file.json``; a single upload's ETag is its content MD5."""
     async with _lock(em):
         appresult = _find(em, "appresult", meta["AppResult"])
         if appresult is None:
             raise WriteError(409, "the AppResult of this upload no longer exists", "BASESPACE.FILES.CONFLICT")
         full, key = await asyncio.to_thread(_final_path, appresult, meta["Name"], meta["Directory"])
-        await _apply(em, lambda: _install(data_path, full), lambda: os.replace(full, data_path), {("file", key): file_id})
+        sidecar = full + FILE_SIDECAR_SUFFIX
+
+        def install() -> None:
+            if etag is not None:
+                os.makedirs(os.path.dirname(full), exist_ok=True)
+                _write_json(sidecar, {"ETag": etag})
+            _install(data_path, full)
+
+        def undo() -> None:
+            os.replace(full, data_path)
+            if os.path.exists(sidecar):
+                os.unlink(sidecar)
+
+        await _apply(em, install, undo, {("file", key): file_id})
         entry = em.account.files.get(file_id)
         assert entry is not None
+        from .app import warm
+
+        await warm([entry])
         return _ok(em, request, render.V1(em.account, str(request.base_url)).file(entry), 201)
 
 
@@ -452,7 +471,8 @@ async def upload_part(em, request: Request):
     return _ok(em, request, {"Number": number, "Size": size, "ETag": md5_hex})
 
 
-def _assemble(folder: str) -> str:
+def _assemble(folder: str) -> tuple[str, str]:
+    """(path of the parts joined in order, the S3 multipart ETag ``md5(part md5s)-<parts>``)."""
     parts = sorted(
         (int(n.split(".")[1]), n) for n in os.listdir(folder) if n.startswith("part.") and n.count(".") == 1
     )
@@ -462,13 +482,18 @@ def _assemble(folder: str) -> str:
     if numbers != list(range(1, len(numbers) + 1)):
         raise _bad(f"parts must be numbered 1..N without gaps (got {numbers[:10]}...)")
     out = os.path.join(folder, "assembled")
+    digests = b""
     with open(out, "wb") as dest:
         for _, name in parts:
+            part_md5 = hashlib.md5()
             with open(os.path.join(folder, name), "rb") as src:
-                shutil.copyfileobj(src, dest, 1 << 20)
+                while piece := src.read(1 << 20):
+                    part_md5.update(piece)
+                    dest.write(piece)
+            digests += part_md5.digest()
     if os.path.getsize(out) == 0:
         raise _bad("BaseSpace does not accept zero-byte files")
-    return out
+    return out, f"{hashlib.md5(digests).hexdigest()}-{len(parts)}"
 
 
 async def file_status(em, request: Request):
@@ -480,9 +505,9 @@ async def file_status(em, request: Request):
         return _ok(em, request, {"Id": meta["Id"], "UploadStatus": "aborted"})
     if status != "complete":
         raise _bad("uploadstatus must be complete or aborted")
-    data = await asyncio.to_thread(_assemble, folder)
+    data, etag = await asyncio.to_thread(_assemble, folder)
     try:
-        return await _commit(em, request, meta["Id"], meta, data)
+        return await _commit(em, request, meta["Id"], meta, data, etag)
     finally:
         if not os.path.exists(data):  # installed: the staging folder is done
             await asyncio.to_thread(shutil.rmtree, folder, True)
