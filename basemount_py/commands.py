@@ -113,6 +113,7 @@ class CommandRunner:
                 log.debug("invalidate %s: %s", path, exc)
 
     def refresh(self, path: tuple[str, ...]) -> None:
+        path = self.tree.layout.refresh_scope(path)
         self.tree.refresh(path)
         # Drop the kernel's cached names below the folder too, so removed entities vanish now
         # rather than when their entry timeout runs out. The async variant never blocks here.

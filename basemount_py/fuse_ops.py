@@ -18,6 +18,7 @@ import pyfuse3
 import trio
 
 from .api.errors import errno_for
+from .read.concat import ConcatReader
 from .tree import COMMANDS, DIR, REMOTE, TEXT, Node, NotADirectory, NotFound, Tree
 from .tree.layout import LAZY
 
@@ -113,7 +114,8 @@ class Operations(pyfuse3.Operations):
         a.st_nlink = 2 if node.type == DIR else 1
         a.st_uid, a.st_gid = self.uid, self.gid
         a.st_size = node.st_size
-        a.st_blksize = DIRECT_IO_BLKSIZE if self.direct_io and node.type == REMOTE else 128 * 1024
+        bypasses_page_cache = node.type == REMOTE and (self.direct_io or "parts" in node.ctx)
+        a.st_blksize = DIRECT_IO_BLKSIZE if bypasses_page_cache else 128 * 1024
         a.st_blocks = (a.st_size + 511) // 512
         ns = int((node.mtime or self.mounted_at) * 1e9)
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
@@ -199,6 +201,13 @@ class Operations(pyfuse3.Operations):
         fh = self._new_fh()
         if node.type == REMOTE:
             self.tree.layout.refuse_archived(node)  # EACCES, before any call
+            parts = node.ctx.get("parts")
+            if parts is not None:
+                # A merged FASTQ: each handle reads the parts it was opened with, while a refresh
+                # may change the parts behind the same path. The page cache is per file, so it
+                # could hand one handle another's bytes: these files always bypass it.
+                self._files[fh] = ConcatReader(self.reads, parts)
+                return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
             self._files[fh] = self.reads.open(node.file_id, node.size, node.name, node.ctx.get("version"))
             if self.direct_io:
                 return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)

@@ -27,6 +27,9 @@ Rows (see docs/performance.md for what each one means and what limits it):
 (f) re-reading a file after a remount (a second mount of the same cache), vs reading the same bytes
     from local disk with the page cache dropped.
 
+(g) ``cp`` of a merged biosample FASTQ (``BioSamples/<b>/Merged/``, four parts) vs one file of the
+    same size.
+
 The peer: every read row is also measured with ``rclone mount`` (http backend, ``--vfs-cache-mode
 off`` and ``full``, a fresh cache directory per run) reading the same bytes from the same emulator
 under the same profile, through the emulator's plain HTTP view of the account
@@ -612,6 +615,55 @@ def bench_listing(base: Path, samples: int, res: Results, extra: list[str]) -> N
             res.listing.setdefault("`find MP` demo account: entries", {})[column] = str(entries)
 
 
+# -- merged biosample FASTQs (issue 12) ---------------------------------------------------------
+
+MERGED_LANES = 2  # per dataset; two datasets (runs): R1 is the concatenation of four parts
+
+
+def bench_merged(profiles: list[str], base: Path, size: int, res: Results, extra: list[str]) -> None:
+    """(g) ``cp`` of ``BioSamples/<b>/Merged/<b>_R1.fastq.gz`` (four parts: two runs, two lanes)
+    vs ``cp`` of one file of the same size, on the same mount, per profile.
+
+    Its own account (synthetic parts: the bytes need not be gzip to measure the read path), so
+    the function is self-contained. The merged file always bypasses the page cache (fuse_ops), the
+    single file uses it as any BaseSpace file does on a default mount."""
+    account = base / "merged-account"
+    part = size // (2 * MERGED_LANES)
+    fastq_type = {"Id": "illumina.fastq.v1.8", "Name": "Illumina Fastq", "ConformsToIds": ["common.files", "common.fastq"]}
+    (account / "BioSamples" / "Bench").mkdir(parents=True)
+    seed = 900
+    for run in (1, 2):
+        dataset = account / "Projects" / "Bench" / "Datasets" / f"Run{run}"
+        dataset.mkdir(parents=True)
+        (dataset / ".entity.json").write_text(json.dumps(
+            {"Name": f"Run{run}", "BioSample": "Bench", "DatasetType": fastq_type, "DateCreated": f"2024-01-0{run}T00:00:00.0000000Z"}))
+        for lane in range(1, MERGED_LANES + 1):
+            for read in (1, 2):
+                synthetic(dataset / "Files", f"Bench_S1_L{lane:03d}_R{read}_001.fastq.gz", part, seed := seed + 1)
+    for profile in profiles:
+        synthetic(account.joinpath(*SAMPLE_DIR), f"single-{profile}.bin", part * 2 * MERGED_LANES, seed := seed + 1)
+    with EmulatorProcess(account) as em:
+        for profile in profiles:
+            em.set_knobs(**PROFILES[profile])
+            note(f"{profile}: cp of a merged FASTQ vs one file of the same size")
+            drop_caches()
+            with BenchMount(em, base / f"mnt-{profile}-merged", *extra) as m:
+                merged = m.path("BioSamples", "Bench", "Merged", "Bench_R1.fastq.gz")
+                single = m.path(*SAMPLE_DIR, f"single-{profile}.bin")
+                if os.stat(merged).st_size != os.stat(single).st_size:
+                    raise RuntimeError("the merged file and the single file differ in size")
+                em.reset_counters()
+                t_merged = timed(["cp", str(merged), "/dev/null"], 1800)
+                _, fetched = content_counters(em)
+                t_single = timed(["cp", str(single), "/dev/null"], 1800)
+            if fetched < part * 2 * MERGED_LANES:
+                raise RuntimeError(f"cp of the merged file fetched only {fetched} bytes")
+            total = part * 2 * MERGED_LANES
+            res.put("(g) cp merged FASTQ (4 parts), MB/s", profile, total / t_merged / MB, "{:.0f}")
+            res.put("(g) cp one file of the same size, MB/s", profile, total / t_single / MB, "{:.0f}")
+            res.put("(g) merged / single file", profile, t_single / t_merged)
+
+
 # -- output ------------------------------------------------------------------------------------
 
 TARGETS = {
@@ -729,6 +781,7 @@ def main(argv: list[str] | None = None) -> int:
                 for profile in profiles:
                     note(f"round {round_ + 1} of {args.repeat}: {profile}")
                     bench_profile(profile, subjects, base, work, sizes, res, info)
+        bench_merged(profiles, base, sizes.cp, res, args.mount_option)
         if not args.no_listing:
             note("listing figures")
             bench_listing(base, sizes.samples, res, args.mount_option)

@@ -29,6 +29,8 @@ EXPECTED_ROWS = [
     "(e) samtools, 1 process 100 regions: mount / rclone full",
     "cp / rclone cache off",
     "(f) re-read / local disk",
+    "(g) cp merged FASTQ (4 parts), MB/s",
+    "(g) merged / single file",
     "`ls -l` 500-sample project: wall s",
     "`ls -l` 500-sample project: API calls",
     "`find MP` demo account: wall s",

@@ -9,7 +9,8 @@ so the demo mount can be explored with samtools, bcftools, tabix, zcat and frien
   Samples ``NA12878-A``, ``NA12878-B`` (its FASTQs sit under ``Files/Data/Intensities/BaseCalls/``
   to exercise nested file Paths) and ``NA12878-rep``, plus the folder ``NA12878-rep (rerun)``
   whose ``.entity.json`` also says ``"Name": "NA12878-rep"`` (a duplicate name, which the mount
-  shows as ``NA12878-rep (2)``).  One v2 dataset per sample holds a copy of its FASTQs.
+  shows as ``NA12878-rep (2)``); both NA12878-rep samples (two runs) have two lanes each.  One v2
+  dataset per sample holds a copy of its FASTQs.
 * ``Projects/Tumor-Normal Study/`` – samples ``Tumor-01`` and ``Normal-01``, their datasets and
   three app results:
     - ``Alignment & Variant Calling``: coordinate-sorted ``Tumor-01.bam`` + ``.bai`` (20k reads),
@@ -22,7 +23,8 @@ so the demo mount can be explored with samtools, bcftools, tabix, zcat and frien
 * ``Runs/Demo Run 2024-01-15 (NovaSeq) FC_A/`` – RunInfo.xml, RunParameters.xml, a v2
   SampleSheet.csv, InterOp ``*.bin`` files in the real binary layouts (tile, error, extraction
   metrics), ``s.locs``, per-tile ``.filter`` files and tiny CBCL base-call files.
-* ``BioSamples/<name>/`` – one biosample per distinct sample name.
+* ``BioSamples/<name>/`` – one biosample per distinct sample name; ``NA12878-rep`` has two
+  datasets (two runs, two lanes each), so its ``Merged/`` FASTQs concatenate four lanes per read.
 
 How the data is made: a random reference of three contigs (chr1 150 kb, chr2 90 kb, chrM
 16.6 kb) is drawn from a seeded RNG.  Each "individual" (NA12878; the tumour/normal patient) gets
@@ -64,7 +66,7 @@ import shutil
 import struct
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -130,9 +132,10 @@ class DemoSample:
     session: str = FASTQ_SESSION
     date: datetime = DATE_FASTQ
     from_demo_run: bool = True
+    lanes: int = 1  # lanes its FASTQs are split over (L001, L002...), as bcl2fastq writes them
 
-    def fastq_name(self, read: int) -> str:
-        return f"{self.name}_S{self.number}_L001_R{read}_001.fastq.gz"
+    def fastq_name(self, read: int, lane: int = 1) -> str:
+        return f"{self.name}_S{self.number}_L{lane:03d}_R{read}_001.fastq.gz"
 
 
 SAMPLES = (
@@ -141,10 +144,12 @@ SAMPLES = (
         "NA12878-B", "NA12878-B", PROJECT_WGS, 2, "NA12878", "GATCCTAG", "CAGTTCGA",
         subdir="Data/Intensities/BaseCalls",
     ),
-    DemoSample("NA12878-rep", "NA12878-rep", PROJECT_WGS, 3, "NA12878", "TGCAAGTC", "GTACGATC"),
+    # One biosample, two runs, two lanes each: BioSamples/NA12878-rep/Merged/ concatenates four
+    # lanes per read.
+    DemoSample("NA12878-rep", "NA12878-rep", PROJECT_WGS, 3, "NA12878", "TGCAAGTC", "GTACGATC", lanes=2),
     DemoSample(
         "NA12878-rep (rerun)", "NA12878-rep", PROJECT_WGS, 1, "NA12878", "TGCAAGTC", "GTACGATC",
-        flowcell=RERUN_FLOWCELL, session=RERUN_SESSION, date=DATE_RERUN, from_demo_run=False,
+        flowcell=RERUN_FLOWCELL, session=RERUN_SESSION, date=DATE_RERUN, from_demo_run=False, lanes=2,
     ),
     DemoSample("Tumor-01", "Tumor-01", PROJECT_TN, 4, "tumor", "CTAGGTAC", "AGCTTGCA"),
     DemoSample("Normal-01", "Normal-01", PROJECT_TN, 5, "patient", "AATCGGCT", "TCCATGAG"),
@@ -367,9 +372,22 @@ def _fastq_bytes(pairs: Sequence[ReadPair], read: int, index: str) -> bytes:
 
 
 def write_fastq_pair(folder: Path, sample: DemoSample, pairs: Sequence[ReadPair]) -> list[Path]:
+    """R1 and R2 of each lane; the pairs are dealt to the lanes in order, read names saying which."""
     index = f"{sample.i7}+{sample.i5}"
-    return [_write_gzip(folder / sample.fastq_name(r), _fastq_bytes(pairs, r, index))
-            for r in (1, 2)]
+    per_lane = -(-len(pairs) // sample.lanes)
+    written = []
+    for lane in range(1, sample.lanes + 1):
+        chunk = [_on_lane(p, lane) for p in pairs[(lane - 1) * per_lane:lane * per_lane]]
+        written += [_write_gzip(folder / sample.fastq_name(r, lane), _fastq_bytes(chunk, r, index))
+                    for r in (1, 2)]
+    return written
+
+
+def _on_lane(pair: ReadPair, lane: int) -> ReadPair:
+    # instrument:run:flowcell:LANE:tile:x:y
+    fields = pair.name.split(":")
+    fields[3] = str(lane)
+    return replace(pair, name=":".join(fields))
 
 
 def write_fasta(path: Path, reference: dict[str, str]) -> None:

@@ -19,6 +19,9 @@ Layers (each usable and tested on its own):
 * :mod:`.reader` — :class:`ReadManager` (one per mount: cache, in-flight table, prefetch nursery) and
   :class:`FileReader` (one per open handle). Concurrent reads of one block share one fetch; failed
   fetches leave nothing behind, so the next read simply retries.
+* :mod:`.concat` — :class:`ConcatReader`: a file that is the concatenation of others (merged
+  biosample FASTQs), mapping offsets to parts read through their own ``FileReader`` and carrying
+  a sequential stream's prefetch over into the next part.
 
 The shape follows mountpoint-s3's ``prefetch.rs`` (first request sized for the kernel's readahead,
 geometric growth, seek tolerance, parallel parts) with dxfuse's bounded memory and gcsfuse's random
@@ -35,6 +38,7 @@ Typical wiring::
 """
 
 from .block_cache import BlockCache
+from .concat import ConcatReader
 from .content import ContentSource
 from .disk_cache import ContentKey, DiskCache
 from .prefetch import AccessPattern, Plan, PrefetchConfig
@@ -43,6 +47,7 @@ from .reader import FileReader, ReadManager
 __all__ = [
     "AccessPattern",
     "BlockCache",
+    "ConcatReader",
     "ContentKey",
     "ContentSource",
     "DiskCache",

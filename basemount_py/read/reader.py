@@ -558,6 +558,21 @@ class FileReader:
                 break
             self._prefetched_upto = b
 
+    def stream_window(self) -> int:
+        """The prefetch window of this handle's live sequential stream (0: not streaming)."""
+        return self.pattern.window
+
+    def continue_stream(self, nbytes: int, window: int) -> None:
+        """This file continues another handle's sequential stream (the next part of a
+        concatenation, read/concat.py): prefetch its first ``nbytes`` now and start its window at
+        ``window``, so the stream neither stalls at the boundary nor ramps up again."""
+        if self._closed or nbytes <= 0 or self.pattern.last_end is not None:
+            return  # already being read: its own access pattern drives its prefetch
+        manager = self.manager
+        self.pattern.window = min(max(self.pattern.window, window), manager.config.max_window, manager.window_cap())
+        end = min(self.size, nbytes)
+        self._schedule_prefetch(0, Plan(True, 0, end))
+
     def _prefetch_failed(self, start: int) -> None:
         # Pull the frontier back so the next sequential read re-issues the failed part.
         self._prefetched_upto = min(self._prefetched_upto, start)

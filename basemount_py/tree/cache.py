@@ -45,6 +45,14 @@ class ListingCache:
         entry = self._entries.get(key)
         return entry[0] if entry else None
 
+    def loaded_at(self, key: Hashable) -> float | None:
+        """When the cached value was loaded (this cache's clock), None if absent."""
+        entry = self._entries.get(key)
+        return entry[1] if entry else None
+
+    def now(self) -> float:
+        return self._clock()
+
     async def get(self, key: Hashable, loader: Callable[[], Awaitable[Any]]) -> Any:
         while True:
             entry = self._entries.get(key)

@@ -34,6 +34,7 @@ class Tree:
         self.nodes: dict[int, Node] = {ROOT_INODE: root}
         self.by_path: dict[tuple[str, ...], int] = {(): ROOT_INODE}
         self.lookup_counts: dict[int, int] = {ROOT_INODE: 1}
+        self.refreshed_at: float | None = None  # listing-cache clock time of the last refresh
 
     # -- listings -------------------------------------------------------------------------
 
@@ -64,6 +65,11 @@ class Tree:
                 return self.layout.error_node(parent.path)  # children() recorded the failure
             raise
         child = entries.get(name)
+        if child is None and name.startswith(".id.") and self._listed_before_refresh(parent.path):
+            # A link from a refreshed folder (BioSamples/<b>/Datasets/<d>, Merged/.manifest paths)
+            # to an entity this older listing does not know yet: list the folder again, once.
+            self.listings.expire(lambda key: key == parent.path)
+            child = (await self.children(parent)).get(name)
         if child is None and name == COMMANDS_NAME:
             # `.commands` is reachable from every folder (BaseMount), listed only at the root.
             child = self.layout.commands_node(parent.path)
@@ -72,6 +78,10 @@ class Tree:
         if child.ctx.get("dynamic") == "error":
             child = self.layout.error_node(parent.path)
         return child
+
+    def _listed_before_refresh(self, path: tuple[str, ...]) -> bool:
+        loaded = self.listings.loaded_at(path)
+        return loaded is not None and self.refreshed_at is not None and loaded < self.refreshed_at
 
     # -- inode table ----------------------------------------------------------------------
 
@@ -156,8 +166,10 @@ class Tree:
         """Expire cached listings of ``path`` and everything below it (and the API data they
         were built from), so the next access asks the server again. They are kept, not dropped:
         while the server cannot answer, the old listing is served (ListingCache's stale fallback)."""
+        path = self.layout.refresh_scope(path)
         n = len(path)
         expired = self.listings.expire(lambda key: key[:n] == path)
+        self.refreshed_at = self.listings.now()
         self.layout.expire_api()
         log.info("refreshed %s: %d cached listings to reload", "/" + "/".join(path), expired)
         return expired

@@ -6,7 +6,7 @@ included, flagged). The tree follows BaseMount (docs/tree.md, reference §3–4)
     Projects/<p>/{Samples,AppResults,AppSessions,Datasets,Properties}/...
     Projects/<p>/Samples/<s>/{Files/…, Files.metadata/…, Properties/, SampleProperties}
     Runs/<r>/{Files/…, Properties/}
-    BioSamples/<b>/{Datasets/, DefaultProject, Status}
+    BioSamples/<b>/{Datasets/, Merged/, DefaultProject, Status}
 
 Cost rules (why it is shaped like this):
 * An entity folder's own entries are built from the parent listing's item: listing ``Samples``
@@ -26,9 +26,12 @@ import logging
 import shlex
 from typing import Any
 
+import trio
+
 from ..api.client import FILES_PAGE_MAX, BaseSpaceClient, path_segment
 from ..api.errors import ArchivedError, ProtocolError
 from .cache import ListingCache
+from .merged import DatasetFiles, is_fastq_dataset, manifest_text, merged_name, plan_merge
 from .naming import sanitize, unique_names
 from .nodes import (
     DIR,
@@ -88,6 +91,8 @@ LAZY = "lazy"  # Node.ctx key: what Layout.resolve fetches to complete the node
 EAGER = "eager"  # Node.ctx key: resolve while listing the folder (its lazy entries share one call)
 _ENTITY_FOLDER = {"sample": "Samples", "appresult": "AppResults"}  # property link kinds inside a project
 ERROR_NAME = ".error"  # every folder has one: why its listing, a write or a command failed
+MERGED_DIR = "Merged"  # BioSamples/<b>/Merged/: the biosample's FASTQs, one file per read
+MANIFEST_NAME = ".manifest"
 
 
 def _p(path: tuple[str, ...], *more: str) -> tuple[str, ...]:
@@ -107,6 +112,9 @@ class Layout:
         self.lists = ListingCache(ttl=metadata_ttl, maxsize=max_listings)
         self.errors: dict[tuple[str, ...], str] = {}
         self.write_errors: dict[tuple[str, ...], str] = {}
+        # What a successful listing found wrong with the data itself (Merged/: files that cannot
+        # be paired); replaced each time the folder is listed.
+        self.problems: dict[tuple[str, ...], str] = {}
         # Entries that exist only in this mount until the server has them (write mode): folders
         # made with mkdir inside Files/ or Properties/, files being uploaded. Folder path -> name -> Node.
         self.local: dict[tuple[str, ...], dict[str, Node]] = {}
@@ -127,6 +135,14 @@ class Layout:
     def expire_api(self) -> None:
         """``refresh``: reload every raw listing on next use, keeping the old ones as a fallback."""
         self.lists.expire(lambda key: True)
+
+    @staticmethod
+    def refresh_scope(path: tuple[str, ...]) -> tuple[str, ...]:
+        """The folder a refresh of ``path`` must reload: ``BioSamples/<b>/Merged`` is built from
+        its sibling ``Datasets/``, and its ``.manifest`` points there, so both are reloaded."""
+        if len(path) == 3 and path[0] == "BioSamples" and path[2] == MERGED_DIR:
+            return path[:2]
+        return path
 
     async def entity_detail(self, collection: str, entity_id: str) -> dict:
         """``GET v1pre3/{collection}/{id}``: the entity's full shape (real list items are leaner:
@@ -195,7 +211,8 @@ class Layout:
     def error_node(self, path: tuple[str, ...]) -> Node:
         # listing errors are cleared by the next good listing; write/command errors (write mode)
         # by the next successful write or command in the folder
-        node = text_node(_p(path, ERROR_NAME), self.errors.get(path, "") + self.write_errors.get(path, ""))
+        text = self.errors.get(path, "") + self.problems.get(path, "") + self.write_errors.get(path, "")
+        node = text_node(_p(path, ERROR_NAME), text)
         node.ctx["dynamic"] = "error"
         return node
 
@@ -454,6 +471,7 @@ class Layout:
         entity, path, mtime = node.ctx["entity"], node.path, node.mtime
         sub = [
             Node(path=_p(path, "Datasets"), type=DIR, kind="biosample_datasets", ctx={"id": str(entity["Id"])}, mtime=mtime),
+            Node(path=_p(path, MERGED_DIR), type=DIR, kind="biosample_merged", ctx={"entity": entity}, mtime=mtime),
             text_node(_p(path, "Status"), f"{entity.get('Status', '')}\n", mtime),
         ]
         project = entity.get("DefaultProject")
@@ -462,9 +480,14 @@ class Layout:
             sub.append(Node(path=_p(path, "DefaultProject"), type=SYMLINK, target=target, mtime=mtime))
         return self._entity_children(node, sub, name_key="BioSampleName")
 
-    async def _kind_biosample_datasets(self, node: Node) -> list[Node]:
-        items = await self._list("v2/datasets", {"inputbiosamples": node.ctx["id"]}, v2=True)
+    async def _biosample_datasets(self, biosample_id: str) -> tuple[list[dict], dict[str, str]]:
+        """The biosample's datasets and their entry names under ``BioSamples/<b>/Datasets/``."""
+        items = await self._list("v2/datasets", {"inputbiosamples": biosample_id}, v2=True)
         names = unique_names((str(i["Id"]), i.get("Name")) for i in items if i.get("Id") is not None)
+        return items, names
+
+    async def _kind_biosample_datasets(self, node: Node) -> list[Node]:
+        items, names = await self._biosample_datasets(node.ctx["id"])
         out = []
         for item in items:
             project = item.get("Project") if isinstance(item.get("Project"), dict) else {}
@@ -475,6 +498,41 @@ class Layout:
             )
             out.append(Node(path=_p(node.path, names[str(item["Id"])]), type=SYMLINK, target=target, mtime=entity_time(item)))
         return out
+
+    async def _kind_biosample_merged(self, node: Node) -> list[Node]:
+        """``Merged/``: one FASTQ.gz per read, concatenating the biosample's FASTQ datasets
+        (tree/merged.py). Costs the listings ``Datasets/`` and each dataset's ``Files/`` make anyway."""
+        entity, path = node.ctx["entity"], node.path
+        items, names = await self._biosample_datasets(str(entity["Id"]))
+        fastq = [i for i in items if i.get("Id") is not None and is_fastq_dataset(i)]
+        trees = await _gather([lambda i=i: self.file_tree(("datasets", str(i["Id"]), True)) for i in fastq])
+        datasets = [DatasetFiles(i, names[str(i["Id"])], list(walk_file_tree(t))) for i, t in zip(fastq, trees)]
+        plan = plan_merge(datasets)
+        versions = {str(item["Id"]): content_version(item) for ds in datasets for _, item in ds.files}
+        file_names = {read: sanitize(merged_name(str(entity.get("BioSampleName") or entity["Id"]), read)) for read in plan.reads}
+        if plan.problem:
+            self.problems[path] = f"no merged FASTQs: {plan.problem}\n"
+        else:
+            self.problems.pop(path, None)
+        out = []
+        for read, parts in plan.reads.items():
+            archived = [p for p in parts if p.archived]
+            if archived:
+                self.problems[path] = self.problems.get(path, "") + f"{file_names[read]}: part {archived[0].path} is archived; restore it in BaseSpace to read it\n"
+            out.append(
+                Node(
+                    path=_p(path, file_names[read]),
+                    type=REMOTE,
+                    kind="merged",
+                    file_id=f"merged:{entity['Id']}:{read}",
+                    size=sum(p.size for p in parts),
+                    mtime=max(p.mtime for p in parts),
+                    ctx={"parts": tuple((p.file_id, p.size, p.name, versions[p.file_id]) for p in parts), ARCHIVED: bool(archived)},
+                )
+            )
+        manifest = manifest_text(entity, file_names, plan)
+        out += [text_node(_p(path, MANIFEST_NAME), manifest, node.mtime), self.error_node(path)]
+        return out + [self.commands_node(path)]
 
     async def _kind_datasets(self, node: Node) -> list[Node]:
         pid = node.ctx["project_id"]
@@ -694,6 +752,34 @@ def _entity_xattrs(entity: dict, collection: str) -> dict[str, bytes]:
         "user.basespace.type": collection.encode(),
         "user.basespace.href": _relative_href(href).encode(),
     }
+
+
+def walk_file_tree(tree: dict, above: tuple[str, ...] = ()):
+    """Every file of a :func:`build_file_tree` tree as (entry names from the top, item)."""
+    for name, item in tree["files"].items():
+        yield above + (name,), item
+    for name, sub in tree["dirs"].items():
+        yield from walk_file_tree(sub, above + (name,))
+
+
+async def _gather(jobs: list) -> list:
+    """Run ``jobs`` (async callables) concurrently; their results in order, or the first error
+    raised as itself (never an ExceptionGroup: callers map it to one errno)."""
+    results: list = [None] * len(jobs)
+    errors: list[Exception] = []
+
+    async def run(index: int) -> None:
+        try:
+            results[index] = await jobs[index]()
+        except Exception as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for index in range(len(jobs)):
+            nursery.start_soon(run, index)
+    if errors:
+        raise errors[0]
+    return results
 
 
 def build_file_tree(items: list[dict]) -> dict:

@@ -1,0 +1,102 @@
+"""A read-only file that is the byte concatenation of other files (``BioSamples/<b>/Merged/``).
+
+:class:`ConcatReader` is a thin layer over the per-file :class:`~.reader.FileReader`: an offset
+of the merged file maps to one or more (part, offset in part) pieces (:func:`locate`), and each
+piece is read through that part's own reader, so the block cache, in-flight sharing, prefetch and
+retries are exactly those of a plain file. The parts are fixed when the handle is opened: a
+handle opened before a refresh keeps reading the parts it opened with.
+
+Crossing a boundary without a stall: while a sequential stream is within its prefetch window of
+the end of a part, the next part's reader is told to continue the stream
+(:meth:`FileReader.continue_stream`), so its first bytes (and its signed URL) are on the way
+before the reader gets there.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from typing import Sequence
+
+from .reader import FileReader, ReadManager
+
+
+def part_starts(sizes: Sequence[int]) -> list[int]:
+    """Offset of each part in the concatenation, plus the total size at the end."""
+    return [0, *itertools.accumulate(sizes)]
+
+
+def locate(starts: Sequence[int], offset: int, size: int) -> list[tuple[int, int, int]]:
+    """The pieces of ``[offset, offset + size)``: ``(part index, offset in part, length)``.
+
+    ``starts`` comes from :func:`part_starts`. Empty parts are skipped; the range is clipped at the
+    end of the concatenation."""
+    if offset < 0 or size < 0:
+        raise ValueError("offset and size must be >= 0")
+    total = starts[-1]
+    end = min(total, offset + size)
+    pieces = []
+    position = offset
+    while position < end:
+        index = bisect.bisect_right(starts, position) - 1  # last part starting at or before it
+        take = min(end, starts[index + 1]) - position
+        pieces.append((index, position - starts[index], take))
+        position += take
+    return pieces
+
+
+class ConcatReader:
+    """One open handle of a concatenation of ``parts``: ``(file_id, size, name, version)`` each,
+    as :meth:`ReadManager.open` takes them (name and version may be omitted)."""
+
+    def __init__(self, manager: ReadManager, parts: Sequence[tuple]):
+        self.manager = manager
+        self.parts = tuple(tuple(part) for part in parts)
+        self.starts = part_starts([int(part[1]) for part in self.parts])
+        self.size = self.starts[-1]
+        self._readers: dict[int, FileReader] = {}
+        self._closed = False
+
+    def _reader(self, index: int) -> FileReader:
+        reader = self._readers.get(index)
+        if reader is None:
+            reader = self._readers[index] = self.manager.open(*self.parts[index])
+        return reader
+
+    async def read(self, offset: int, size: int) -> bytes:
+        if self._closed:
+            raise ValueError("read after close")
+        pieces = locate(self.starts, offset, size)
+        if pieces:
+            await self._close_before(pieces[0][0])
+        data = []
+        for index, part_offset, length in pieces:
+            reader = self._reader(index)
+            data.append(await reader.read(part_offset, length))
+            self._continue_into_next(index, part_offset + length)
+        return b"".join(data)
+
+    def _continue_into_next(self, index: int, read_end: int) -> None:
+        """Carry a sequential stream's prefetch over into the following non-empty part(s)."""
+        reader = self._readers[index]
+        window = reader.stream_window()
+        ahead = window - (reader.size - read_end)
+        following = index + 1
+        while ahead > 0 and following < len(self.parts):
+            size = self.parts[following][1]
+            if size > 0:
+                self._reader(following).continue_stream(ahead, window)
+            ahead -= size
+            following += 1
+
+    async def _close_before(self, index: int) -> None:
+        """Close the readers of parts before ``index``: a stream that moved on must not keep
+        counting as a live stream (the cache's prefetch budget is shared among live streams);
+        a read going back simply opens a fresh reader, the cached blocks are still there."""
+        for earlier in [i for i in self._readers if i < index]:
+            await self._readers.pop(earlier).close()
+
+    async def close(self) -> None:
+        self._closed = True
+        for reader in self._readers.values():
+            await reader.close()
