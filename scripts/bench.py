@@ -781,7 +781,7 @@ def main(argv: list[str] | None = None) -> int:
                 for profile in profiles:
                     note(f"round {round_ + 1} of {args.repeat}: {profile}")
                     bench_profile(profile, subjects, base, work, sizes, res, info)
-        bench_merged(profiles, base, sizes.cp, res, args.mount_option)
+        bench_merged(profiles, base, READERS // 2 * sizes.reader, res, args.mount_option)
         if not args.no_listing:
             note("listing figures")
             bench_listing(base, sizes.samples, res, args.mount_option)

@@ -223,10 +223,16 @@ def make_account(tmp_path: Path) -> Path:
     add_dataset(account, "Good run 1", "Good", "2024-03-01T10:00:00.0000000Z", {1: (1, 2), 2: (1, 2)})
     # Orphan: lane 2 has an R1 and no R2
     add_dataset(account, "Orphan run 1", "Orphan", "2024-03-01T10:00:00.0000000Z", {1: (1, 2), 2: (1,)})
+    # Cold: its second run is in archival storage (IsArchived on the dataset's files)
+    write_entity(account / "BioSamples" / "Cold", DefaultProject="P")
+    add_dataset(account, "Cold run 1", "Cold", "2024-03-01T10:00:00.0000000Z", {1: (1, 2)})
+    add_dataset(account, "Cold run 2", "Cold", "2024-03-05T10:00:00.0000000Z", {1: (1, 2)})
+    meta = account / "Projects" / "P" / "Datasets" / "Cold run 2" / ".entity.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "IsArchived": True}))
     return account
 
 
-def test_an_unpairable_biosample_gets_no_merged_file_and_a_clear_error(tmp_path, mount_factory):
+def test_unpairable_and_archived_biosamples_get_a_clear_error(tmp_path, mount_factory):
     from basemount_py.emulator.control import EmulatorProcess
 
     account = make_account(tmp_path)
@@ -241,6 +247,12 @@ def test_an_unpairable_biosample_gets_no_merged_file_and_a_clear_error(tmp_path,
         # the paired biosample beside it is unaffected
         assert visible(m.path("BioSamples", "Good", "Merged")) == ["Good_R1.fastq.gz", "Good_R2.fastq.gz"]
         assert (m.path("BioSamples", "Good", "Merged", ".error")).read_text() == ""
+        # a biosample with an archived part: listed, refused at open (EACCES), the part named
+        cold = m.path("BioSamples", "Cold", "Merged")
+        assert visible(cold) == ["Cold_R1.fastq.gz", "Cold_R2.fastq.gz"]
+        with pytest.raises(PermissionError):
+            open(cold / "Cold_R1.fastq.gz", "rb")
+        assert "part Datasets/Cold run 2/Files/Cold_S1_L001_R1_001.fastq.gz is archived" in (cold / ".error").read_text()
 
 
 def test_a_top_up_dataset_appears_after_refresh_and_open_handles_keep_their_parts(tmp_path, mount_factory):
