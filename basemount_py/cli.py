@@ -49,6 +49,12 @@ def _add_mount_arguments(p: argparse.ArgumentParser) -> None:
         "page cache is costly (VMs); shared mmap fails (ENODEV) and re-reads come from the block cache "
         "or the network (docs/performance.md)",
     )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every whole-file sequential read against the file's ETag (its MD5); a mismatch fails "
+        "the read with EIO. Files uploaded multipart (ETag <md5>-<n>) and partial or random reads are not checked",
+    )
     p.add_argument("--op-timeout", type=_positive_float, default=60.0, metavar="S", help="upper bound for any file operation (default 60 s)")
     p.add_argument("--allow-other", action="store_true", help="let other users see the mount (needs user_allow_other)")
     p.add_argument(
@@ -98,6 +104,7 @@ def _run_mount(args: argparse.Namespace) -> int:
         allow_other=args.allow_other,
         op_timeout=args.op_timeout,
         direct_io=args.direct_io,
+        verify=args.verify,
         log_level=args.log_level,
         log_file=args.log_file,
         upload_threshold=int(args.upload_threshold * MiB),

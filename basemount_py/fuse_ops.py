@@ -208,11 +208,12 @@ class Operations(pyfuse3.Operations):
                 # could hand one handle another's bytes: these files always bypass it.
                 self._files[fh] = ConcatReader(self.reads, parts)
                 return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
-            self._files[fh] = self.reads.open(node.file_id, node.size, node.name, node.ctx.get("version"))
+            self._files[fh] = self.reads.open(node.file_id, node.size, node.name, node.ctx.get("version"), etag=node.ctx.get("etag"))
             if self.direct_io:
                 return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
-            # Remote files never change under an id: let the kernel keep their pages.
-            return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+            # Remote files never change under an id: let the kernel keep their pages. Not under
+            # --verify: pages kept from a read that failed the check would be served unchecked.
+            return pyfuse3.FileInfo(fh=fh, keep_cache=not self.reads.verify)
         if node.type == TEXT:
             self._texts[fh] = node.content
             # generated late (lazy) or changing (.error): the size the kernel holds may be stale

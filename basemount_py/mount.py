@@ -47,6 +47,7 @@ class MountOptions:
     allow_other: bool = False
     op_timeout: float = 60.0
     direct_io: bool = False  # FOPEN_DIRECT_IO on BaseSpace files instead of keep_cache
+    verify: bool = False  # check whole-file sequential reads against the ETag (MD5)
     log_level: str = "INFO"
     log_file: str | None = None
     read_ahead_kb: int = 4096
@@ -332,6 +333,7 @@ async def _main(credentials, opts: MountOptions, token_reloader, notify: int | N
             whole_file_max=opts.whole_file_max,
             disk=disk,
             max_parallel=opts.max_connections,
+            verify=opts.verify,
         ) as reads:
             layout = Layout(api, metadata_ttl=opts.metadata_ttl)
             tree = Tree(layout, metadata_ttl=opts.metadata_ttl)
@@ -374,6 +376,8 @@ async def _run_fuse(ops: Operations, opts: MountOptions, notify: int | None, use
     log.info("mounted %s for %s (API %s)", opts.visible_path, user_name, api_server)
     if opts.direct_io:
         log.info("--direct-io: BaseSpace files bypass the kernel page cache (no shared mmap)")
+    if opts.verify:
+        log.info("--verify: whole-file sequential reads are checked against the files' ETag (MD5)")
     _notify(notify, "OK")
     try:
         async with trio.open_nursery() as nursery:

@@ -47,6 +47,12 @@ class ArchivedError(ApiError):
     errno = errno.EACCES
 
 
+class IntegrityError(ApiError):
+    """The bytes read do not match the file's ETag (MD5): never handed out as if they were good."""
+
+    errno = errno.EIO
+
+
 class ServerError(ApiError):
     """5xx or 429: transient, retried."""
 

@@ -24,7 +24,7 @@ so no locking is needed.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Hashable
+from typing import Callable, Hashable
 
 
 class BlockCache:
@@ -80,6 +80,13 @@ class BlockCache:
         self._blocks[key] = block
         self.cached_bytes += size
         self._note_peak()
+
+    def discard(self, belongs: Callable[[Hashable], bool]) -> int:
+        """Drop the cached blocks whose key ``belongs`` (a file whose bytes failed a check)."""
+        doomed = [key for key in self._blocks if belongs(key)]
+        for key in doomed:
+            self.cached_bytes -= len(self._blocks.pop(key))
+        return len(doomed)
 
     def demote(self, key: Hashable) -> None:
         if key in self._blocks:

@@ -162,6 +162,21 @@ class DiskCache:
         except OSError:
             pass  # it stays unverifiable, and so is never returned
 
+    def forget(self, key: ContentKey) -> None:
+        """Remove every cached block of ``key``: its bytes failed the check against the file's
+        ETag (``--verify``), so they must be fetched again, not served from here."""
+        digest = key.digest()
+        with self._lock:
+            pair = self._open.pop(digest, None)
+            if pair is not None:
+                self._close_pair(pair)
+            self._used -= self._usage.pop(digest, (0, 0.0))[0]
+        for suffix in (".idx", ".data"):
+            try:
+                os.unlink(self._path(digest) + suffix)
+            except OSError:
+                pass  # absent already, or evicted meanwhile
+
     # -- writing -------------------------------------------------------------------------------
 
     def write(self, key: ContentKey, first: int, blocks: list) -> bool:

@@ -42,6 +42,7 @@ from ..api.errors import ProtocolError
 from .block_cache import BlockCache
 from .disk_cache import ContentKey, DiskCache
 from .prefetch import AccessPattern, Plan, PrefetchConfig, part_size, round_up, split_parts
+from .verify import VerifiedReader, plain_md5
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class ReadManager:
         fetch_blocks: FetchBlocks | None = None,
         whole_file_max: int = 0,
         disk: DiskCache | None = None,
+        verify: bool = False,
     ):
         base = config or PrefetchConfig()
         self.config = PrefetchConfig(**{**base.__dict__, "max_window": prefetch_max})
@@ -107,6 +109,7 @@ class ReadManager:
         # When the source can deliver block-sized buffers (ContentSource.fetch_blocks), they are
         # cached as they come instead of being cut out of one response buffer with a copy.
         self._fetch_blocks = fetch_blocks
+        self.verify = verify  # --verify: whole-file sequential reads are checked against the ETag
         self.cache = BlockCache(cache_bytes)
         # The persistent cache (disk_cache.py), consulted before the network and filled after it.
         # Its blocking calls run in worker threads; writes are bounded in bytes and never waited for.
@@ -166,16 +169,22 @@ class ReadManager:
         await self._idle.wait()
         self._nursery = None
 
-    def open(self, file_id: str, size: int, name: str = "", version: str | None = None) -> "FileReader":
+    def open(
+        self, file_id: str, size: int, name: str = "", version: str | None = None, etag: object = None
+    ) -> "FileReader | VerifiedReader":
         """A reader for one open handle; ``name`` lets an index file be fetched whole at once;
-        ``version`` (ETag or date) pins its content, and without one the disk cache is not used."""
+        ``version`` (ETag or date) pins its content, and without one the disk cache is not used;
+        under --verify, a plain-MD5 ``etag`` makes it a VerifiedReader."""
         if size < 0:
             raise ValueError(f"file {file_id}: negative size {size}")
         reader = FileReader(self, file_id, size, version)
         if name.lower().endswith(INDEX_SUFFIXES):
             # An index is read whole, and soon: htslib reads it right after opening it.
             self.fetch_whole(reader)
-        return reader
+        expected = plain_md5(etag) if self.verify and size > 0 else None
+        if expected is None:
+            return reader
+        return VerifiedReader(reader, file_id, size, expected, on_mismatch=self.forget_content)
 
     def fetch_whole(self, reader: "FileReader", skip: tuple[int, int] = (0, 0)) -> bool:
         """Fetch a small file entirely in the background; False if it is too big or out of memory.
@@ -200,6 +209,13 @@ class ReadManager:
                     if not self._start_fetch(reader, a, b, owned=False):
                         return False
         return True
+
+    async def forget_content(self, reader: "FileReader") -> None:
+        """Drop a file's cached blocks (memory and disk), so its next read fetches them again."""
+        self.cache.discard(lambda key: key[0] == reader.file_id)
+        if self.disk is not None and reader.version is not None:
+            key = ContentKey(reader.file_id, reader.version, reader.size)
+            await trio.to_thread.run_sync(self.disk.forget, key)
 
     @property
     def stats(self) -> dict:

@@ -613,7 +613,7 @@ class Layout:
                     mtime=entity_time(item),
                     xattrs=_entity_xattrs(item, "files"),
                     immutable=True,
-                    ctx={"version": content_version(item), **({ARCHIVED: True} if item.get("IsArchived") is True else {})},
+                    ctx={"version": content_version(item), ARCHIVED: item.get("IsArchived") is True, "etag": item.get("ETag")},
                 )
             )
         return out
