@@ -9,8 +9,10 @@ a real mount, that the entries built from those fields still work and cost calls
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -150,3 +152,33 @@ def test_archived_files_are_refused_clearly_and_without_calls(real_shapes_accoun
         counters = emulator.counters()
         assert not any("content" in route for route in counters["requests"]), counters["requests"]
         assert counters["content_bytes"] == 0
+
+
+def test_verify_checks_whole_file_reads_against_the_md5_etag(tmp_path, mount_factory):
+    """--verify: real ETags are the content's MD5. A file whose bytes do not match its ETag fails
+    with EIO and a log line, every time it is read whole; a multipart ETag (<md5>-<n>) is not
+    checkable and reads normally; without --verify nothing is checked."""
+    acc = tmp_path / "account"
+    files = acc / "Projects" / "P" / "AppResults" / "A" / "Files"
+    good = write_file(files / "good.bin", os.urandom(3 * 2**20 + 17))
+    bad = write_file(files / "bad.bin", os.urandom(2 * 2**20 + 5))
+    (files / "bad.bin.file.json").write_text(json.dumps({"ETag": hashlib.md5(b"other bytes").hexdigest()}))
+    multi = write_file(files / "multi.bin", os.urandom(2**20))
+    (files / "multi.bin.file.json").write_text(json.dumps({"ETag": hashlib.md5(b"parts").hexdigest() + "-3"}))
+    with EmulatorProcess(acc) as emulator:
+        m = mount_factory(emulator, "--verify")
+        mounted = m.path("Projects", "P", "AppResults", "A", "Files")
+        meta = json.loads((mounted.parent / "Files.metadata" / "good.bin" / ".json").read_text())["Response"]
+        assert meta["ETag"] == hashlib.md5(good.read_bytes()).hexdigest()  # the emulator's ETag is the MD5
+        assert (mounted / "good.bin").read_bytes() == good.read_bytes()
+        assert (mounted / "multi.bin").read_bytes() == multi.read_bytes()
+        for _ in range(2):  # the page cache never serves the failed bytes unchecked
+            result = subprocess.run(["cp", str(mounted / "bad.bin"), str(tmp_path / "copy")], capture_output=True, text=True)
+            assert result.returncode != 0 and "Input/output error" in result.stderr
+        # a partial read is not checked (nothing to compare it with)
+        with open(mounted / "bad.bin", "rb") as f:
+            assert f.read(4096) == bad.read_bytes()[:4096]
+        assert m.log.read_text().count("but the ETag says") >= 2  # one error line per failed check
+        # without --verify the same bytes are served as they come
+        plain = mount_factory(emulator, name="plain")
+        assert (plain.path("Projects", "P", "AppResults", "A", "Files", "bad.bin")).read_bytes() == bad.read_bytes()
