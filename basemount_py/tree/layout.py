@@ -58,6 +58,7 @@ This is a BaseSpace Sequence Hub account mounted by basemount_py.
   Projects/<project>/Datasets/                    v2 datasets
   Runs/<run>/Files/                               run folders (RunInfo.xml, InterOp/, Data/...)
   BioSamples/<biosample>/                         v2 biosamples
+  BioSamples/<biosample>/Merged/                  one R1/R2 FASTQ.gz per biosample: all its lanes and runs
 
 Hidden files in every entity folder: .id .type .name .json .href .curl .error
 Refresh a folder and its sub-folders:  basemount-py refresh PATH   (or: echo refresh > PATH/.commands)
