@@ -50,7 +50,7 @@ def real_shapes_account(tmp_path: Path) -> Path:
     # archival storage: one file of an app result (sidecar), and a whole dataset
     write_file(p / "AppResults" / "A" / "Files" / "old.bam", b"archived bytes")
     (p / "AppResults" / "A" / "Files" / "old.bam.file.json").write_text('{"IsArchived": true}')
-    write_entity(p / "Datasets" / "D", IsArchived=True)
+    write_entity(p / "Datasets" / "D", IsArchived=True, DatasetType="common.fastq")
     write_file(p / "Datasets" / "D" / "Files" / "d_R1.fastq.gz", b"gz")
     return acc
 
@@ -65,18 +65,35 @@ def _project_id(emulator: EmulatorProcess, name: str) -> str:
     return next(p["Id"] for p in _api(emulator, "v1pre3/users/current/projects")["Items"] if p["Name"] == name)
 
 
-def test_the_emulator_answers_the_lean_real_list_shapes(real_shapes_account):
-    """Guard: the mount tests below run against list items without the invented fields."""
+def test_the_emulator_answers_exactly_the_real_shapes(real_shapes_account):
+    """Guard: every answer the mount tests below build on has the shape recorded from real
+    BaseSpace (the conformance suite's checker: no field more, none less), so list items lack
+    the fields the mount once needed."""
+    from test_conformance import check
+
     with EmulatorProcess(real_shapes_account) as emulator:
+        headers = {"x-access-token": emulator.token}
+
+        def answer(route: str, path: str, **params) -> dict:
+            response = httpx.get(emulator.url + path, params=params, headers=headers, timeout=30)
+            assert check(route, response) == [], (path, check(route, response))
+            return response.json()
+
         pid = _project_id(emulator, "P")
-        for sample in _api(emulator, f"v1pre3/projects/{pid}/samples")["Items"]:
-            assert not NOT_IN_SAMPLE_LIST & set(sample), sample
-        results = _api(emulator, f"v1pre3/projects/{pid}/appresults")["Items"]
-        for result in results:
-            assert not NOT_IN_APPRESULT_LIST & set(result), result
-        props = _api(emulator, f"v1pre3/appresults/{results[0]['Id']}/properties")["Items"]
+        samples = answer("GET v1pre3/projects/{id}/samples", f"v1pre3/projects/{pid}/samples")["Response"]["Items"]
+        assert samples and all(not NOT_IN_SAMPLE_LIST & set(sample) for sample in samples)
+        results = answer("GET v1pre3/projects/{id}/appresults", f"v1pre3/projects/{pid}/appresults")["Response"]["Items"]
+        assert results and all(not NOT_IN_APPRESULT_LIST & set(result) for result in results)
+        s1 = next(s["Id"] for s in samples if s["Name"] == "S1")
+        answer("GET v1pre3/samples/{id}", f"v1pre3/samples/{s1}")
+        a = next(r["Id"] for r in results if r["Name"] == "A")
+        answer("GET v1pre3/appresults/{id}", f"v1pre3/appresults/{a}")
+        answer("GET v1pre3/appresults/{id}/files", f"v1pre3/appresults/{a}/files")
+        props = answer("GET v1pre3/appresults/{id}/properties", f"v1pre3/appresults/{a}/properties")["Response"]["Items"]
         referenced = [i for p in props for i in (p.get("Items") or [p.get("Content")]) if isinstance(i, dict)]
         assert referenced and all(not {"Project", "Projects"} & set(i) for i in referenced)
+        (dataset,) = answer("GET v2/datasets", "v2/datasets", projectid=pid)["Items"]
+        answer("GET v2/datasets/{id}/files", f"v2/datasets/{dataset['Id']}/files")
 
 
 def test_links_parent_session_and_sample_properties_from_real_shapes(real_shapes_account, mount_factory):
