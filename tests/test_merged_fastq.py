@@ -290,3 +290,19 @@ def test_a_top_up_dataset_appears_after_refresh_and_open_handles_keep_their_part
             assert mates[0] == mates[1] and len(mates[0]) == 4 * 200
         finally:
             os.close(held)
+
+
+def test_verify_checks_each_part_of_a_merged_file_against_its_md5_etag(tmp_path, mount_factory):
+    from basemount_py.emulator.control import EmulatorProcess
+
+    account = make_account(tmp_path)
+    files = account / "Projects" / "P" / "Datasets" / "Good run 1" / "Files"
+    (files / "Good_S1_L002_R1_001.fastq.gz.file.json").write_text(json.dumps({"ETag": hashlib.md5(b"other bytes").hexdigest()}))
+    with EmulatorProcess(account) as emulator:
+        m = mount_factory(emulator, "--verify")
+        merged = m.path("BioSamples", "Good", "Merged")
+        r2 = b"".join(r["path"].read_bytes() for r in manifest(merged)["Good_R2.fastq.gz"])
+        assert (merged / "Good_R2.fastq.gz").read_bytes() == r2  # every part's MD5 matches
+        result = subprocess.run(["cp", str(merged / "Good_R1.fastq.gz"), str(tmp_path / "copy")], capture_output=True, text=True)
+        assert result.returncode != 0 and "Input/output error" in result.stderr
+        assert "but the ETag says" in m.log.read_text()

@@ -66,6 +66,11 @@ class Source:
         return self.files[file_id][start:end]
 
 
+def parts_of(sizes: list[int]) -> list[tuple]:
+    """ConcatReader parts named p0, p1... (no name, version or ETag)."""
+    return [(f"p{i}", n, "", None, None) for i, n in enumerate(sizes)]
+
+
 def _files(sizes: list[int], seed: int = 1) -> dict[str, bytes]:
     rng = random.Random(seed)
     return {f"p{i}": rng.randbytes(n) for i, n in enumerate(sizes)}
@@ -86,7 +91,7 @@ def test_random_reads_of_a_concatenation_are_byte_exact(sizes, reads):
 
     async def scenario() -> None:
         async with ReadManager(Source(files, latency=0.001), cache_bytes=64 * KiB, prefetch_max=48 * KiB, config=SMALL) as manager:
-            reader = ConcatReader(manager, [(f"p{i}", n) for i, n in enumerate(sizes)])
+            reader = ConcatReader(manager, parts_of(sizes))
             assert reader.size == len(whole)
             for offset, size in reads:
                 assert await reader.read(offset, size) == whole[offset : offset + size]
@@ -115,7 +120,7 @@ async def test_sequential_read_prefetches_the_next_part_before_reaching_it(autoj
     files = _files(sizes)
     source = Source(files, latency=0.02, bandwidth=50e6)
     async with ReadManager(source, cache_bytes=256 * MiB) as manager:
-        reader = ConcatReader(manager, [(f"p{i}", n) for i, n in enumerate(sizes)])
+        reader = ConcatReader(manager, parts_of(sizes))
         assert await _stream(reader, source) == b"".join(files.values())
         await reader.close()
         assert manager.stats["bytes_fetched"] == sum(sizes)  # every byte once: no duplicate fetch
@@ -131,8 +136,8 @@ async def test_merged_stream_keeps_pace_with_one_file_of_the_same_size(autojump_
     # cost a stall: without carrying the stream into the next part, each part ramps up again.
     sizes = [8 * MiB + 3, 8 * MiB, 8 * MiB + 11, 8 * MiB, 8 * MiB + 1, 8 * MiB]
     files = _files(sizes)
-    merged = [(f"p{i}", n) for i, n in enumerate(sizes)]
-    runs = {"merged": (merged, files), "single": ([("one", sum(sizes))], {"one": b"".join(files.values())})}
+    merged = parts_of(sizes)
+    runs = {"merged": (merged, files), "single": ([("one", sum(sizes), "", None, None)], {"one": b"".join(files.values())})}
     runs["no continuation"] = runs["merged"]
     elapsed = {}
     for name, (parts, data) in runs.items():
@@ -153,7 +158,7 @@ async def test_a_handle_keeps_its_parts_and_closes_their_readers():
     files = _files([5000, 7000])
     source = Source(files)
     async with ReadManager(source, cache_bytes=MiB) as manager:
-        reader = ConcatReader(manager, [("p0", 5000), ("p1", 7000)])
+        reader = ConcatReader(manager, parts_of([5000, 7000]))
         assert await reader.read(4990, 20) == files["p0"][4990:] + files["p1"][:10]
         await reader.close()
         with pytest.raises(ValueError):

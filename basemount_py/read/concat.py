@@ -19,6 +19,7 @@ import itertools
 from typing import Sequence
 
 from .reader import FileReader, ReadManager
+from .verify import VerifiedReader
 
 
 def part_starts(sizes: Sequence[int]) -> list[int]:
@@ -45,22 +46,29 @@ def locate(starts: Sequence[int], offset: int, size: int) -> list[tuple[int, int
     return pieces
 
 
-class ConcatReader:
-    """One open handle of a concatenation of ``parts``: ``(file_id, size, name, version)`` each,
-    as :meth:`ReadManager.open` takes them (name and version may be omitted)."""
+def _file_reader(reader: FileReader | VerifiedReader) -> FileReader:
+    """The FileReader of a part's handle (``--verify`` wraps it in a VerifiedReader)."""
+    return reader.reader if isinstance(reader, VerifiedReader) else reader
 
-    def __init__(self, manager: ReadManager, parts: Sequence[tuple]):
+
+class ConcatReader:
+    """One open handle of a concatenation of ``parts``: ``(file_id, size, name, version, etag)``
+    each, as :meth:`ReadManager.open` takes them (under ``--verify`` each part whose ETag is a
+    plain MD5 is checked when it has been read whole, as a plain file is)."""
+
+    def __init__(self, manager: ReadManager, parts: Sequence[tuple[str, int, str, str | None, object]]):
         self.manager = manager
         self.parts = tuple(tuple(part) for part in parts)
         self.starts = part_starts([int(part[1]) for part in self.parts])
         self.size = self.starts[-1]
-        self._readers: dict[int, FileReader] = {}
+        self._readers: dict[int, FileReader | VerifiedReader] = {}
         self._closed = False
 
-    def _reader(self, index: int) -> FileReader:
+    def _reader(self, index: int) -> FileReader | VerifiedReader:
         reader = self._readers.get(index)
         if reader is None:
-            reader = self._readers[index] = self.manager.open(*self.parts[index])
+            file_id, size, name, version, etag = self.parts[index]
+            reader = self._readers[index] = self.manager.open(file_id, size, name, version, etag=etag)
         return reader
 
     async def read(self, offset: int, size: int) -> bytes:
@@ -78,14 +86,14 @@ class ConcatReader:
 
     def _continue_into_next(self, index: int, read_end: int) -> None:
         """Carry a sequential stream's prefetch over into the following non-empty part(s)."""
-        reader = self._readers[index]
+        reader = _file_reader(self._readers[index])
         window = reader.stream_window()
         ahead = window - (reader.size - read_end)
         following = index + 1
         while ahead > 0 and following < len(self.parts):
             size = self.parts[following][1]
             if size > 0:
-                self._reader(following).continue_stream(ahead, window)
+                _file_reader(self._reader(following)).continue_stream(ahead, window)
             ahead -= size
             following += 1
 

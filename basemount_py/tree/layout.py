@@ -509,7 +509,7 @@ class Layout:
         trees = await _gather([lambda i=i: self.file_tree(("datasets", str(i["Id"]), True)) for i in fastq])
         datasets = [DatasetFiles(i, names[str(i["Id"])], list(walk_file_tree(t))) for i, t in zip(fastq, trees)]
         plan = plan_merge(datasets)
-        versions = {str(item["Id"]): content_version(item) for ds in datasets for _, item in ds.files}
+        items = {str(item["Id"]): item for ds in datasets for _, item in ds.files}
         file_names = {read: sanitize(merged_name(str(entity.get("BioSampleName") or entity["Id"]), read)) for read in plan.reads}
         if plan.problem:
             self.problems[path] = f"no merged FASTQs: {plan.problem}\n"
@@ -528,7 +528,7 @@ class Layout:
                     file_id=f"merged:{entity['Id']}:{read}",
                     size=sum(p.size for p in parts),
                     mtime=max(p.mtime for p in parts),
-                    ctx={"parts": tuple((p.file_id, p.size, p.name, versions[p.file_id]) for p in parts), ARCHIVED: bool(archived)},
+                    ctx={"parts": tuple(_read_part(p.name, items[p.file_id]) for p in parts), ARCHIVED: bool(archived)},
                 )
             )
         manifest = manifest_text(entity, file_names, plan)
@@ -735,6 +735,11 @@ def _relative_href(href: str) -> str:
     if marker < 0:
         marker = href.find("/v2/")
     return href[marker + 1 :] if href.startswith("http") and marker >= 0 else href
+
+
+def _read_part(name: str, item: dict) -> tuple[str, int, str, str, object]:
+    """A merged file's part as read/concat.py opens it: id, size, name, version, ETag."""
+    return (str(item["Id"]), safe_size(item.get("Size")), name, content_version(item), item.get("ETag"))
 
 
 def content_version(item: dict) -> str:
