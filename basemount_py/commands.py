@@ -39,9 +39,13 @@ def valid(node: Node | None) -> list[str]:
     if kind == "trashitem":
         out.append("restore-from-trash")
     if kind in ("appresult", "appsession", "sample"):
-        session = (node.ctx.get("entity") or {}) if node is not None else {}
-        if kind != "appsession":
-            session = session.get("AppSession") if isinstance(session.get("AppSession"), dict) else None
+        entity = (node.ctx.get("entity") or {}) if node is not None else {}
+        # Whose Status says "not yet Complete": the app session's; for a sample as real lists give
+        # it (no AppSession), the sample's own (BaseMount: "samples not yet Complete").
+        if kind == "appsession" or (kind == "sample" and "AppSession" not in entity):
+            session = entity
+        else:
+            session = entity.get("AppSession") if isinstance(entity.get("AppSession"), dict) else None
         if session and str(session.get("Status", "")).lower() != "complete":
             out.append("mark-as-complete")
         if session and kind != "sample":

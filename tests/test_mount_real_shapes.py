@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -199,3 +200,23 @@ def test_verify_checks_whole_file_reads_against_the_md5_etag(tmp_path, mount_fac
         # without --verify the same bytes are served as they come
         plain = mount_factory(emulator, name="plain")
         assert (plain.path("Projects", "P", "AppResults", "A", "Files", "bad.bin")).read_bytes() == bad.read_bytes()
+
+
+def test_mark_as_complete_of_a_sample_from_its_real_list_item(tmp_path, mount_factory):
+    """Real sample list items have no AppSession: the command is offered by the sample's own
+    Status and finds the session through GET samples/{id}."""
+    acc = tmp_path / "account"
+    samples = acc / "Projects" / "P" / "Samples"
+    write_entity(samples / "Up", Status="Running", AppSession={"Name": "Upload", "Status": "Running"})
+    write_entity(samples / "Done", AppSession={"Name": "FASTQ Generation"})
+    with EmulatorProcess(acc) as emulator:
+        m = mount_factory(emulator)
+        up = m.path("Projects", "P", "Samples", "Up")
+        cmd = [str(Path(sys.executable).parent / "basemount-cmd"), "--path"]
+        listed = subprocess.run([*cmd, str(up)], capture_output=True, text=True)
+        assert "mark-as-complete" in listed.stdout, listed
+        assert "mark-as-complete" not in subprocess.run([*cmd, str(up.parent / "Done")], capture_output=True, text=True).stdout
+        run = subprocess.run([*cmd, str(up), "mark-as-complete"], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        session_id = _api(emulator, f"v1pre3/samples/{(up / '.id').read_text().strip()}")["AppSession"]["Id"]
+        assert _api(emulator, f"v1pre3/appsessions/{session_id}")["Status"] == "Complete"

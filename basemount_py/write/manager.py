@@ -234,16 +234,19 @@ class WriteManager:
         log.info("restored %s from the trash", node.name)
         self.tree.refresh(())
 
-    def _session_of(self, node: Node) -> dict:
+    async def _session_of(self, node: Node) -> dict:
         entity = node.ctx.get("entity") or {}
         if node.kind == "appsession":
             return entity
+        if node.kind == "sample" and "AppSession" not in entity and entity.get("Id") is not None:
+            # real sample list items carry no AppSession: GET samples/{id} does
+            entity = await self.layout.entity_detail("samples", str(entity["Id"]))
         if node.kind in ("appresult", "sample") and isinstance(entity.get("AppSession"), dict):
             return entity["AppSession"]
         raise self.fail(node.path, errno.EINVAL, "this folder is not an app result, sample or app session with an app session")
 
     async def mark_complete(self, node: Node) -> None:
-        session = self._session_of(node)
+        session = await self._session_of(node)
         if str(session.get("Status", "")).lower() == "complete":
             raise self.fail(node.path, errno.EINVAL, f"app session {session.get('Name', session.get('Id'))!r} is already Complete")
         try:
@@ -253,7 +256,7 @@ class WriteManager:
         self.tree.refresh(node.path[:2])
 
     async def rename_appsession(self, node: Node, new_name: str) -> None:
-        session = self._session_of(node)
+        session = await self._session_of(node)
         if not new_name.strip():
             raise self.fail(node.path, errno.EINVAL, "rename-appsession needs the new name: rename-appsession NEW NAME")
         try:
