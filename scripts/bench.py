@@ -392,14 +392,35 @@ def rate(nbytes: int, seconds: float) -> float:
     return nbytes / seconds / MB
 
 
-def bench_profile(profile: str, subjects: Subjects, base: Path, work: Path, sizes: Sizes, res: Results, info: dict) -> None:
-    em = subjects.em
-    em.set_knobs(**PROFILES[profile])
-    files = Path(*SAMPLE_DIR)
-    check_rng = random.Random(5)
-    seeds = info["seeds"]
-    cp_name = files / f"cp-{profile}.bin"
+def bench_profile(profile: str, subjects: Subjects, base: Path, work: Path, sizes: Sizes, res: Results, info: dict, only: list[str]) -> None:
+    subjects.em.set_knobs(**PROFILES[profile])
+    ctx = Context(profile, subjects, base, work, sizes, res, info, random.Random(5))
+    for name in only:
+        if name in MEASUREMENTS:  # "merged" runs once for every profile, after them (bench_merged)
+            MEASUREMENTS[name](ctx)
 
+
+@dataclass
+class Context:
+    """What every measurement of one profile needs."""
+
+    profile: str
+    subjects: Subjects
+    base: Path
+    work: Path
+    sizes: Sizes
+    res: Results
+    info: dict
+    check_rng: random.Random
+
+
+def _unpack(ctx: Context):
+    return ctx.profile, ctx.subjects, ctx.subjects.em, ctx.base, ctx.work, ctx.sizes, ctx.res, ctx.info["seeds"], ctx.check_rng, Path(*SAMPLE_DIR)
+
+def bench_cp(ctx: Context) -> None:
+    """(a), (b): curl, then cp through each subject."""
+    profile, subjects, em, base, work, sizes, res, seeds, check_rng, files = _unpack(ctx)
+    cp_name = files / f"cp-{profile}.bin"
     # (a)/(b): direct downloads first (they need the file id, read from the mount's xattr).
     with subjects.mount(OURS) as m:
         file_id = os.getxattr(m.path(str(cp_name)), "user.basespace.id").decode()
@@ -437,6 +458,10 @@ def bench_profile(profile: str, subjects: Subjects, base: Path, work: Path, size
     res.put("(a) cp `--direct-io` / single-stream", profile, t_single / t_cp_dio)
     res.put("(b) cp `--direct-io` / 16 ranged", profile, t_parallel / t_cp_dio)
 
+
+def bench_readers(ctx: Context) -> None:
+    """(c) concurrent readers."""
+    profile, subjects, em, base, work, sizes, res, seeds, check_rng, files = _unpack(ctx)
     for kind in (OURS, *PEERS):
         note(f"{profile}: {READERS} concurrent readers through {kind}")
         drop_caches()
@@ -459,9 +484,15 @@ def bench_profile(profile: str, subjects: Subjects, base: Path, work: Path, size
         res.peer_put(profile, f"{READERS} readers: peak RSS, MiB", kind, rss / MiB)
         if kind == OURS:
             res.put(f"(c) {READERS} readers aggregate, MB/s", profile, rate(READERS * sizes.reader, t_readers), "{:.0f}")
-            res.put(f"(c) {READERS} readers / single-stream", profile, rate(READERS * sizes.reader, t_readers) / rate(sizes.cp, t_single))
+            single = res.value("(a) single-stream curl, MB/s", profile)
+            if single:  # measured by bench_cp
+                res.put(f"(c) {READERS} readers / single-stream", profile, rate(READERS * sizes.reader, t_readers) / single)
             res.put(f"(c) {READERS} readers: daemon peak RSS, MiB", profile, rss / MiB, "{:.0f}")
 
+
+def bench_pread(ctx: Context) -> None:
+    """(d) random 64 KiB preads."""
+    profile, subjects, em, base, work, sizes, res, seeds, check_rng, files = _unpack(ctx)
     random_name = files / f"random-{profile}.bin"
     for kind in (OURS, *PEERS):
         note(f"{profile}: {PREADS} random 64 KiB preads through {kind}")
@@ -493,10 +524,14 @@ def bench_profile(profile: str, subjects: Subjects, base: Path, work: Path, size
             res.put("(d) ranged GETs per read, mean", profile, statistics.mean(data["requests"]), "{:.2f}")
             res.put("(d) bytes fetched / bytes read", profile, fetched / (PREADS * PREAD_SIZE))
 
+
+def bench_samtools(ctx: Context) -> None:
+    """(e) samtools region queries."""
+    profile, subjects, em, base, work, sizes, res, seeds, check_rng, files = _unpack(ctx)
     note(f"{profile}: samtools view -c of {REGIONS} regions")
     local_bam = base / "account" / Path(*BAM_DIR) / "bench.bam"
     rng = random.Random(11)
-    contig_len = info["contig_len"]
+    contig_len = ctx.info["contig_len"]
     regions = [f"chr1:{(s := rng.randrange(1, contig_len - 5000))}-{s + rng.randrange(200, 5000)}" for _ in range(REGIONS)]
     drop_caches()
     run(["cat", str(local_bam), str(local_bam) + ".bai"], 120, stdout=subprocess.DEVNULL)  # local copy: warm
@@ -530,6 +565,10 @@ def bench_profile(profile: str, subjects: Subjects, base: Path, work: Path, size
     res.put(f"(e) samtools, 1 process {REGIONS} regions: mount s", profile, together[OURS], "{:.3f}")
     res.put(f"(e) samtools, 1 process {REGIONS} regions: mount / rclone full", profile, together[OURS] / together[RCLONE_FULL])
 
+
+def bench_reread(ctx: Context) -> None:
+    """(f) a second mount re-reads."""
+    profile, subjects, em, base, work, sizes, res, seeds, check_rng, files = _unpack(ctx)
     # (f) A second mount re-reads a file the first one read: from the persistent cache when there
     # is one, against the same bytes read from local disk (page cache dropped before each).
     reread = files / f"reread-{profile}.bin"
@@ -554,6 +593,10 @@ def bench_profile(profile: str, subjects: Subjects, base: Path, work: Path, size
         if kind == OURS:
             res.put("(f) second-mount re-read, MB/s", profile, rate(sizes.reread, t), "{:.0f}")
             res.put("(f) re-read / local disk", profile, t_local / t)
+
+
+MEASUREMENTS = {"cp": bench_cp, "readers": bench_readers, "pread": bench_pread, "samtools": bench_samtools, "reread": bench_reread}
+
 
 
 @functools.cache
@@ -728,7 +771,7 @@ def peer_table(res: Results, profiles: list[str]) -> str:
                 if ours is None or theirs is None:
                     cells.append("–")
                 elif (ours if more_is_better else theirs) == 0:
-                    cells.append("0" if (theirs if more_is_better else ours) == 0 else "∞")
+                    cells.append("1.00" if (theirs if more_is_better else ours) == 0 else "∞")  # both 0: even
                 elif more_is_better:
                     cells.append(f"{ours / theirs:.2f}")
                 else:
@@ -749,6 +792,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", metavar="FILE", help="also write the Markdown table here")
     parser.add_argument("--no-listing", action="store_true", help="skip the listing figures")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
+    parser.add_argument("--only", default=",".join([*MEASUREMENTS, "merged"]), metavar="LIST",
+                        help=f"comma-separated measurements to run (default: {','.join([*MEASUREMENTS, 'merged'])})")
     parser.add_argument("--repeat", type=int, default=1, metavar="N", help="interleave N rounds; tables show medians")
     parser.add_argument("--mount-option", action="append", default=[], metavar="OPT",
                         help="extra option for basemount-py mount, e.g. --mount-option=--cache-size=128")
@@ -757,6 +802,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--size must be > 0")
     if args.repeat < 1:
         parser.error("--repeat must be >= 1")
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = [name for name in only if name not in MEASUREMENTS and name != "merged"]
+    if unknown:
+        parser.error(f"--only: unknown measurement {unknown[0]!r} (known: {', '.join(MEASUREMENTS)}, merged)")
     for tool in ("curl", "samtools", "cp", "cat", "fusermount3", "rclone"):
         if shutil.which(tool) is None:
             print(f"bench: {tool} is not installed (run scripts/setup)", file=sys.stderr)
@@ -780,8 +829,9 @@ def main(argv: list[str] | None = None) -> int:
             for round_ in range(args.repeat):
                 for profile in profiles:
                     note(f"round {round_ + 1} of {args.repeat}: {profile}")
-                    bench_profile(profile, subjects, base, work, sizes, res, info)
-        bench_merged(profiles, base, READERS // 2 * sizes.reader, res, args.mount_option)
+                    bench_profile(profile, subjects, base, work, sizes, res, info, only)
+        if "merged" in only:
+            bench_merged(profiles, base, READERS // 2 * sizes.reader, res, args.mount_option)
         if not args.no_listing:
             note("listing figures")
             bench_listing(base, sizes.samples, res, args.mount_option)

@@ -42,6 +42,7 @@ import trio
 from ..api.client import BaseSpaceClient, certificate_error, raise_for_status
 from ..api.errors import ApiError, ContentExpiredError, NetworkError, ProtocolError
 from ..api.retry import RetryPolicy, is_transient, with_retries
+from .range_threads import RangeThreads, uses_proxy
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,9 @@ class ContentSource:
             follow_redirects=False,
             headers={"User-Agent": "basemount_py", "Accept-Encoding": "identity"},
         )
+        # The ranged GETs themselves: http.client in worker threads, received straight into the
+        # blocks (range_threads.py); httpx above stays for a URL that goes through a proxy.
+        self._threads = RangeThreads(max_connections, policy.request_timeout, self.stall_timeout)
         # file_id -> (url, refresh_at on the trio clock)
         self._urls: cachetools.LRUCache = cachetools.LRUCache(maxsize=URL_CACHE_ENTRIES)
         # file_id -> (done event, [the _ResolveFailed if it failed]) of the resolution under way
@@ -155,6 +159,7 @@ class ContentSource:
         }
 
     async def aclose(self) -> None:
+        self._threads.close()
         await self._http.aclose()
 
     # -- public ------------------------------------------------------------------------------
@@ -262,6 +267,11 @@ class ContentSource:
     async def _get_range(self, url: str, start: int, end: int, block_size: int, describe: str) -> list[bytearray]:
         expected = end - start
         self.stats["range_requests"] += 1
+        if not uses_proxy(url):
+            check = lambda response: self._check_status(response, start, end, describe)  # noqa: E731
+            blocks = await self._threads.get(url, start, end, block_size, describe, check)
+            self.stats["bytes_fetched"] += expected
+            return blocks
         headers = {"Range": f"bytes={start}-{end - 1}"}
         try:
             async with self._http.stream("GET", url, headers=headers) as response:
