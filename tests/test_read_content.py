@@ -245,3 +245,17 @@ async def test_read_manager_over_content_source_reads_files_exactly(api, emulato
         assert manager.stats["bytes_fetched"] == BIG_SIZE
     assert source.stats["bytes_fetched"] == BIG_SIZE
     await source.aclose()
+
+
+def test_a_proxied_content_host_goes_through_httpx(monkeypatch):
+    # http.client does not read the proxy settings: such URLs keep the httpx path (which does).
+    from basemount_py.read.range_threads import uses_proxy
+
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    assert not uses_proxy("https://bucket.s3.amazonaws.com/key?X-Amz-Signature=1")
+    monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
+    assert uses_proxy("https://bucket.s3.amazonaws.com/key?X-Amz-Signature=1")
+    assert not uses_proxy("http://127.0.0.1:8080/_content/1")  # no proxy for plain http here
+    monkeypatch.setenv("no_proxy", "s3.amazonaws.com")
+    assert not uses_proxy("https://bucket.s3.amazonaws.com/key")
