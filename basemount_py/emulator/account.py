@@ -248,6 +248,8 @@ class Account:
     by_id: dict[tuple[str, str], Entity]
     files: dict[str, FileEntry]
     ids: dict[tuple[str, str], str]  # (kind, key) -> id, handed to the next reload
+    # JSON of list items, rendered once (app.py _item_json); dropped with the model on reload
+    rendered: dict[tuple, bytes] = field(default_factory=dict)
 
     def get(self, kind: str, entity_id: str) -> Entity | None:
         return self.by_id.get((kind, entity_id))

@@ -280,9 +280,23 @@ def paged(
     if sort_dir is None:
         raise BadRequest("SortDir must be Asc or Desc")
     ordered = sorted(items, key=lambda i: _sort_key(i, sort_by), reverse=sort_dir == "Desc")
-    page = [render_item(i) for i in ordered[offset : offset + count]]
-    meta = _paging(emulator, len(page), len(items), offset, limit, sort_by, sort_dir)
-    return json_response(envelope({"Items": page, **meta}))
+    page = [_item_json(emulator, request, render_item, i) for i in ordered[offset : offset + count]]
+    meta = _json_bytes(_paging(emulator, len(page), len(items), offset, limit, sort_by, sort_dir))
+    body = b'{"Response":{"Items":[' + b",".join(page) + b"]," + meta[1:] + b',"ResponseStatus":{},"Notifications":[]}'
+    return StreamResponse(200, {"Content-Type": JSON_TYPE}, body)
+
+
+def _item_json(emulator: Emulator, request: Request, render_item: Callable[[Any], dict[str, Any]], item: Any) -> bytes:
+    """A list item's JSON, rendered once per account model: real-shaped items are large (a
+    sample item embeds its library, genome, projects and owner) and a 5,000-sample project
+    is listed again and again.  The model never changes in place (writes reload it), so the
+    cache lives on it; the key holds the base URL (v2 Hrefs) and the item form."""
+    key = (_base(request), render_item.__name__, id(item))
+    cache = emulator.account.rendered
+    body = cache.get(key)
+    if body is None:
+        body = cache[key] = _json_bytes(render_item(item))
+    return body
 
 
 def paged_v2(
