@@ -76,6 +76,8 @@ def _add_mount_arguments(p: argparse.ArgumentParser) -> None:
         help="disk space of the persistent content cache (DIR/content/): file blocks kept across mounts and "
         "shared between them; 0 = none (default 0; docs/performance.md)",
     )
+    p.add_argument("--spool-max", type=_positive_float, default=50.0, metavar="GiB", help="bytes written but not uploaded yet that the spool may hold (default 50 GiB)")
+    p.add_argument("--write-back", type=float, default=5.0, metavar="S", help="seconds from a file's last close to its upload (default 5)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-file", metavar="F", help="log file, created 0600 (default in the background: ~/.basespace/basemount_py.log; in the foreground: stderr only)")
 
@@ -112,6 +114,8 @@ def _run_mount(args: argparse.Namespace) -> int:
         upload_parallel=max(1, args.upload_parallel),
         cache_dir=os.path.abspath(args.cache_dir) if args.cache_dir else "",
         cache_max=max(0, int(args.cache_max * 2**30)),
+        spool_max=int(args.spool_max * 2**30),
+        write_back=max(0.0, args.write_back),
     )
     return mount(credentials, opts, token_reloader=lambda: reload_token(credentials))
 
@@ -124,8 +128,28 @@ def _run_fuse_helper(args: argparse.Namespace) -> int:
 
 def _run_unmount(args: argparse.Namespace) -> int:
     from .mount import unmount
+    from .mount_table import mount_entry
+    from .pending import wait_for_uploads
 
+    entry = mount_entry(os.path.abspath(args.mountpoint))
+    try:
+        if entry is not None and entry.is_basemount:  # (anything else: unmount() refuses it)
+            wait_for_uploads(args.mountpoint, keep_pending=args.keep_pending)
+    except KeyboardInterrupt:
+        print("\nleaving the uploads in the spool: they resume at the next mount of this account", file=sys.stderr)
     return unmount(args.mountpoint, lazy=args.lazy)
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from .pending import status
+
+    return status(args.mountpoint)
+
+
+def _run_retry(args: argparse.Namespace) -> int:
+    from .pending import retry
+
+    return retry(args.path)
 
 
 def _folder_of(path: str) -> str:
@@ -195,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("unmount", help="unmount cleanly (names the processes that block it)")
     p.add_argument("mountpoint")
     p.add_argument("--lazy", action="store_true", help="detach now, clean up when no longer busy")
+    p.add_argument("--keep-pending", action="store_true", help="do not wait for pending uploads: the next mount of the account sends them")
     p.set_defaults(func=_run_unmount)
 
     p = sub.add_parser(
@@ -209,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", required=True, help="the only user (name or uid) whose daemon may connect")
     p.add_argument("--allow-other", action="store_true", help="let other users see the mount")
     p.set_defaults(func=_run_fuse_helper)
+
+    p = sub.add_parser("status", help="uploads pending, in progress, committed recently and failed")
+    p.add_argument("mountpoint")
+    p.set_defaults(func=_run_status)
+
+    p = sub.add_parser("retry", help="upload a file that failed for good again")
+    p.add_argument("path")
+    p.set_defaults(func=_run_retry)
 
     p = sub.add_parser("refresh", help="reload a folder and its sub-folders from the API")
     p.add_argument("path")

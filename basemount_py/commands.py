@@ -25,6 +25,8 @@ DESCRIPTIONS = {
     "mark-as-complete": "mark this app session (of this app result/sample) Complete: read-only",
     "rename-appsession": "rename-appsession NEW NAME: rename this app result's app session",
     "unmount": "unmount basemount_py (top folder only)",
+    "flush": "upload the files waiting in the spool now, without the write-back delay (top folder only)",
+    "retry": "retry PATH: upload a file that failed for good again (PATH from the top; top folder only)",
 }
 COMMANDS = tuple(DESCRIPTIONS)
 TRASHABLE = {"project", "sample", "appresult", "appsession", "run"}
@@ -51,7 +53,7 @@ def valid(node: Node | None) -> list[str]:
         if session and kind != "sample":
             out.append("rename-appsession")
     if kind == "root":
-        out.append("unmount")
+        out += ["unmount", "flush", "retry"]
     return out
 
 
@@ -87,6 +89,17 @@ class CommandRunner:
         elif command == "unmount":
             log.info("unmount requested through .commands")
             pyfuse3.terminate()
+        elif command in ("flush", "retry") and self.writes is not None:
+            if command == "flush":
+                self.writes.flush_all()
+            else:
+                target = tuple(p for p in argument.strip().split("/") if p and p != ".")
+                if not target:
+                    raise self._error(path, "retry needs the file: retry PATH (from the top of the mount)")
+                try:
+                    self.writes.retry(target)
+                except WriteFailure as exc:
+                    raise self._error(path, exc.message, exc.errno) from None
         else:
             if self.writes is None or node is None:
                 raise self._error(path, f"{command}: write mode is not available", errno.EROFS)

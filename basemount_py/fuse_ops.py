@@ -84,7 +84,8 @@ class Operations(pyfuse3.Operations):
         self.tree = tree
         self.reads = reads  # read.ReadManager
         self.writes = writes  # write.WriteManager (None: everything read-only)
-        self._uploads: dict[int, tuple[Any, Node]] = {}  # fh -> (upload or property session, node)
+        self._uploads: dict[int, tuple[Any, Node]] = {}  # fh -> (spool entry being written, node)
+        self._spooled: dict[int, tuple[Any, int]] = {}  # fh -> (spool entry, its own fd) opened for reading
         self.run_command = commands  # async (dir path, command text) -> None
         self.op_timeout = op_timeout
         # --direct-io: BaseSpace files bypass the page cache. Reads then go from the daemon straight
@@ -219,8 +220,10 @@ class Operations(pyfuse3.Operations):
             # generated late (lazy) or changing (.error): the size the kernel holds may be stale
             late = bool(node.ctx.get("dynamic") or node.ctx.get(LAZY))
             return pyfuse3.FileInfo(fh=fh, direct_io=late, keep_cache=False)
-        if node.ctx.get("upload") is not None:
-            raise pyfuse3.FUSEError(errno.EBUSY)  # still being uploaded: readable once committed
+        if node.ctx.get("upload") is not None and self.writes is not None:
+            entry = node.ctx["upload"]  # not uploaded yet: read from the spool
+            self._spooled[fh] = (entry, await self.writes.open_reader(entry))
+            return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         raise pyfuse3.FUSEError(errno.EISDIR if node.type == DIR else errno.EINVAL)
 
     @_guard
@@ -228,6 +231,11 @@ class Operations(pyfuse3.Operations):
         reader = self._files.get(fh)
         if reader is not None:
             return await reader.read(off, size)
+        spooled = self._spooled.get(fh)
+        if spooled is not None:
+            return await self.writes.read(spooled[0], off, size, spooled[1])
+        if fh in self._uploads:  # O_RDWR
+            return await self.writes.read(self._uploads[fh][0], off, size)
         data = self._texts.get(fh)
         if data is None:
             raise pyfuse3.FUSEError(errno.EBADF)
@@ -249,16 +257,18 @@ class Operations(pyfuse3.Operations):
 
     @_guard_long
     async def flush(self, fh: int) -> None:
-        # close(): an upload is committed here, so close() returns its outcome (EIO on failure).
+        # close(): the bytes are fsync'd into the local spool here; the upload follows in the
+        # background (docs/writes.md), so close() is fast and an API outage cannot lose the file.
         upload = self._uploads.get(fh)
         if upload is not None:
-            await self.writes.commit(*upload)
+            await self.writes.flush(*upload)
 
     @_guard_long
     async def fsync(self, fh: int, datasync: bool) -> None:
+        # fsync(fd) waits for the upload of this file and reports its error.
         upload = self._uploads.get(fh)
         if upload is not None:
-            await self.writes.commit(*upload)
+            await self.writes.fsync(*upload)
 
     async def release(self, fh: int) -> None:
         upload = self._uploads.pop(fh, None)
@@ -268,6 +278,9 @@ class Operations(pyfuse3.Operations):
             except Exception:
                 log.exception("releasing an upload failed")
         reader = self._files.pop(fh, None)
+        spooled = self._spooled.pop(fh, None)
+        if spooled is not None:
+            os.close(spooled[1])
         self._texts.pop(fh, None)
         self._command_dirs.pop(fh, None)
         if reader is not None:
@@ -286,11 +299,14 @@ class Operations(pyfuse3.Operations):
         if upload is None and node.ctx.get("upload") is not None:
             upload = (node.ctx["upload"], node)
         if upload is not None and self.writes is not None:
-            # An open upload or property: sizes go to the session; modes and times are ignored
-            # (cp -p, touch), as BaseSpace keeps neither.
+            # A file or property not uploaded yet: sizes go to the spool (ftruncate may grow it:
+            # the hole reads as zeros); modes, owners and times are ignored (cp -p, cp -a,
+            # install, tar, rsync), as BaseSpace keeps none of them.
             if fields.update_size:
-                self.writes.truncate(upload[0], upload[1], attr.st_size)
+                await self.writes.truncate(upload[0], upload[1], attr.st_size)
             return self._attrs(inode, upload[1])
+        if self.writes is not None and not fields.update_size and self.writes.accepts_attributes(node):
+            return self._attrs(inode, node)  # a file just uploaded: cp -p / rsync set times after close
         raise pyfuse3.FUSEError(errno.EROFS)
 
     # -- extended attributes, statfs ------------------------------------------------------------
@@ -353,11 +369,25 @@ class Operations(pyfuse3.Operations):
 
     # -- everything else is read-only ---------------------------------------------------------
 
+    @_guard
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes, flags: int, ctx: pyfuse3.RequestContext = None) -> None:
+        if flags:  # RENAME_NOREPLACE / RENAME_EXCHANGE: not for BaseSpace names
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        await self._writes().rename(
+            self.tree.node(parent_inode_old), os.fsdecode(name_old), self.tree.node(parent_inode_new), os.fsdecode(name_new)
+        )
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext = None) -> None:
+        node = self.tree.nodes.get(inode)
+        if node is not None and self.writes is not None and (node.ctx.get("upload") is not None or self.writes.accepts_attributes(node)):
+            raise pyfuse3.FUSEError(errno.ENOTSUP)  # cp -a, shutil.copystat: skipped quietly, then chmod
+        raise pyfuse3.FUSEError(errno.EROFS)
+
     async def _read_only(self, *args: Any) -> Any:
         raise pyfuse3.FUSEError(errno.EROFS)
 
-    rename = link = mknod = _read_only
-    setxattr = removexattr = _read_only
+    link = mknod = _read_only
+    removexattr = _read_only
 
 
 

@@ -58,6 +58,8 @@ class MountOptions:
     # One local root for the write spool (<cache-dir>/spool/) and the content cache (<cache-dir>/content/).
     cache_dir: str = ""  # "" = default_cache_dir()
     cache_max: int = 0  # bytes of disk the persistent content cache may hold; 0 = no content cache
+    spool_max: int = 50 * 2**30  # bytes the write spool may hold
+    write_back: float = 5.0  # seconds from the last close of a file to its upload
     # Handed-in FUSE devices (docs/configuration.md): mountpoint "/dev/fd/N" is a /dev/fuse
     # descriptor someone else mounted; --fuse-socket receives one from `basemount-py fuse-helper`.
     fuse_socket: str | None = None
@@ -337,11 +339,26 @@ async def _main(credentials, opts: MountOptions, token_reloader, notify: int | N
         ) as reads:
             layout = Layout(api, metadata_ttl=opts.metadata_ttl)
             tree = Tree(layout, metadata_ttl=opts.metadata_ttl)
-            from .write import UploadConfig, WriteManager
+            from .write import Spool, UploadConfig, WriteManager, account_key
 
-            upload_cfg = UploadConfig(opts.upload_threshold, opts.upload_part_size, opts.upload_parallel)
-            # The WriteManager's nursery hosts the part uploads of every open file.
-            async with WriteManager(tree, api, upload_cfg, mountpoint=opts.visible_path) as writes:
+            upload_cfg = UploadConfig(
+                small_threshold=opts.upload_threshold,
+                part_size=opts.upload_part_size,
+                parallel=opts.upload_parallel,
+                write_back=opts.write_back,
+                spool_max=opts.spool_max,
+            )
+            user_id = str((user.get("Response") or {}).get("Id", ""))
+            spool = Spool(Path(opts.cache_dir or default_cache_dir()), account_key(credentials.api_server, user_id), opts.spool_max)
+            # The WriteManager's nursery hosts the background uploads; it adopts what an earlier
+            # mount of this account left in the spool.
+            try:
+                writes_cm = WriteManager(tree, api, spool, upload_cfg, mountpoint=opts.visible_path, fetch=content.fetch)
+                writes = await writes_cm.__aenter__()
+            except OSError as exc:
+                _notify(notify, f"cannot use the upload spool under {opts.cache_dir or default_cache_dir()}: {exc}")
+                return 1
+            async with _entered(writes_cm, writes):
                 ops = Operations(
                     tree,
                     reads,
@@ -361,6 +378,19 @@ async def _main(credentials, opts: MountOptions, token_reloader, notify: int | N
                     log.warning("shutdown: %s", exc)
             if disk is not None:
                 disk.close()
+
+
+class _entered:
+    """``async with`` for a context manager already entered (its entry could fail cleanly)."""
+
+    def __init__(self, cm, value):
+        self.cm, self.value = cm, value
+
+    async def __aenter__(self):
+        return self.value
+
+    async def __aexit__(self, *exc):
+        return await self.cm.__aexit__(*exc)
 
 
 async def _run_fuse(ops: Operations, opts: MountOptions, notify: int | None, user_name: str, api_server: str) -> int:

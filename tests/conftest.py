@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,44 @@ def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
             if not block:
                 return h.hexdigest()
             h.update(block)
+
+
+# -- write mode: waiting for the upload spool (on conditions, never on the clock) ---------------------
+
+
+def wait_until(condition, what: str, timeout: float = 180.0, poll: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def status_lines(m) -> list[list[str]]:
+    text = m.path(".uploads").read_text()
+    return [line.split("\t") for line in text.splitlines() if "\t" in line]
+
+
+def flush(m) -> None:
+    fd = os.open(m.path(".commands"), os.O_WRONLY | os.O_TRUNC)
+    os.write(fd, b"flush\n")
+    os.close(fd)
+
+
+def flush_and_wait(m, timeout: float = 180.0) -> None:
+    """Upload everything pending now and wait until nothing is pending or uploading. The flush is
+    repeated: the kernel releases a closed file after close() returns, so a file may become
+    pending just after a flush."""
+
+    def done() -> bool:
+        if any(line[0] in ("pending", "open") for line in status_lines(m)):
+            flush(m)
+            return False
+        return not any(line[0] == "uploading" for line in status_lines(m))
+
+    wait_until(done, "uploads to commit", timeout, poll=0.2)
 
 
 def fuse_available() -> bool:

@@ -13,7 +13,7 @@ import pytest
 
 from basemount_py.emulator.control import EmulatorProcess
 
-from conftest import is_mounted, write_entity, write_file
+from conftest import flush_and_wait, is_mounted, write_entity, write_file
 
 BIN = Path(sys.executable).parent
 
@@ -103,6 +103,7 @@ def test_properties_written_through_the_mount_are_visible_in_the_api(emulator, m
     props = result / "Properties"
     (props / "Input.note").write_text("first value\n")
     subprocess.run(["bash", "-c", f"echo 'second value' > '{props / 'Input.note'}'"], check=True)
+    flush_and_wait(m)  # property values go through the upload spool too
     os.symlink(m.path("Projects", "Keep", "Samples", "S1"), props / "Input.sample")
     (props / "Input.samples").mkdir()
     os.symlink("../../../../Samples/S1", props / "Input.samples" / "0")
@@ -154,7 +155,7 @@ def test_commands_success_and_error_paths(emulator, mount_factory):
     assert [line.split()[0] for line in listed.stdout.splitlines()] == [
         "refresh", "move-to-trash", "mark-as-complete", "rename-appsession"
     ]
-    assert [line.split()[0] for line in cmd("--path", str(m.mountpoint)).stdout.splitlines()] == ["refresh", "unmount"]
+    assert [line.split()[0] for line in cmd("--path", str(m.mountpoint)).stdout.splitlines()] == ["refresh", "unmount", "flush", "retry"]
     assert "unknown command" in one_error_line(cmd("--path", str(result), "explode"))
     assert "needs the new name" in one_error_line(cmd("--path", str(result), "rename-appsession"))
     assert "not valid in this folder" in one_error_line(cmd("--path", str(m.path("Runs")), "mark-as-complete"))

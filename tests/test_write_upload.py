@@ -16,7 +16,7 @@ import pytest
 from basemount_py.emulator.control import EmulatorProcess
 from basemount_py.emulator.synthetic import synthetic_bytes
 
-from conftest import sha256_file, write_entity, write_file
+from conftest import flush_and_wait, sha256_file, write_entity, write_file
 
 MiB = 2**20
 SMALL = ("--upload-threshold", "1", "--upload-part-size", "0.5")  # multipart above 1 MiB, 512 KiB parts
@@ -78,6 +78,7 @@ def test_cp_r_300_mib_and_small_files_into_a_new_app_result(tmp_path, emulator, 
 
     run = subprocess.run(["cp", "-r", str(tmp_path / "src"), str(result / "Files")], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
+    flush_and_wait(m)  # closed files are in the spool; the uploads follow in the background
 
     # shows up at once in this mount, with the right sizes
     assert (result / "Files" / "src" / "big.bin").stat().st_size == 300 * MiB
@@ -126,39 +127,32 @@ def test_out_of_order_writes_spill_and_upload_correctly(tmp_path, emulator, moun
     assert listed["shuffled.bin"]["Size"] == len(data)
 
 
-def test_failed_multipart_upload_gives_eio_on_close_and_is_never_completed(emulator, mount_factory):
+def test_fsync_reports_a_failed_upload_and_the_file_still_lands_later(tmp_path, emulator, mount_factory):
+    """close() no longer waits for the server (the spool holds the bytes); fsync(fd) does, and
+    reports the failure of its attempt, while the upload goes on in the background."""
     m = mount_factory(emulator, *SMALL)
     result = new_appresult(m)
     app_id = (result / ".id").read_text().strip()
-    target = result / "Files" / "broken.bin"
-    f = open(target, "wb", buffering=0)
-    f.write(os.urandom(MiB + 1))  # past the threshold: the multipart upload has started
-    # every API request from now on fails, more often than the retries can absorb
+    data = os.urandom(3 * MiB + 1)  # multipart
+    f = open(result / "Files" / "broken.bin", "wb", buffering=0)
+    f.write(data)
     emulator.set_knobs(fail_next=[{"kind": "500", "count": 1000, "scope": "api"}])
-    f.write(os.urandom(2 * MiB))
-    with pytest.raises(OSError) as raised:
-        f.close()
-    assert raised.value.errno == errno.EIO
-    emulator.set_knobs(fail_next=[])
-    assert "broken.bin" in (result / "Files" / ".error").read_text()
-    assert "broken.bin" not in os.listdir(result / "Files")
+    try:
+        with pytest.raises(OSError) as raised:
+            os.fsync(f.fileno())
+        assert raised.value.errno == errno.EIO
+        assert "broken.bin" in (result / "Files" / ".error").read_text()
+    finally:
+        emulator.set_knobs(fail_next=[])
+    f.close()  # fine: the bytes are safe in the spool
     assert "broken.bin" not in appresult_files(emulator, app_id)  # never marked complete
-    staged = [json.loads((d / "upload.json").read_text()) for d in (Path(emulator.data_dir) / ".uploads").iterdir()]
-    assert [s["Name"] for s in staged] in ([], ["broken.bin"])  # aborted, or left pending: never a file
-
-
-def test_failed_small_upload_gives_eio_on_close(emulator, mount_factory):
-    m = mount_factory(emulator)
-    result = new_appresult(m)
-    target = result / "Files" / "small.txt"
-    f = open(target, "wb", buffering=0)
-    f.write(b"some bytes\n")
-    emulator.set_knobs(fail_next=[{"kind": "503", "count": 1000, "scope": "api"}])
-    with pytest.raises(OSError) as raised:
-        f.close()
-    emulator.set_knobs(fail_next=[])
-    assert raised.value.errno == errno.EIO
-    assert "small.txt" not in appresult_files(emulator, (result / ".id").read_text().strip())
+    flush_and_wait(m)
+    listed = appresult_files(emulator, app_id)
+    assert listed["broken.bin"]["Size"] == len(data)
+    src = tmp_path / "broken.bin"
+    src.write_bytes(data)
+    assert sha256_file(result / "Files" / "broken.bin") == sha256_file(src)
+    assert not any((Path(emulator.data_dir) / ".uploads").iterdir())  # the failed attempt: aborted
 
 
 def test_zero_byte_files_are_refused_on_close(emulator, mount_factory):

@@ -77,6 +77,8 @@ class Tree:
             raise NotFound(name)
         if child.ctx.get("dynamic") == "error":
             child = self.layout.error_node(parent.path)
+        elif child.ctx.get("render") is not None:  # generated on every access (.uploads)
+            child.content = child.ctx["render"]().encode()
         return child
 
     def _listed_before_refresh(self, path: tuple[str, ...]) -> bool:
@@ -158,6 +160,8 @@ class Tree:
         if node.ctx.get("dynamic") == "error":
             fresh = self.layout.error_node(node.path[:-1])
             node.content = fresh.content
+        elif node.ctx.get("render") is not None:
+            node.content = node.ctx["render"]().encode()
         return node
 
     # -- refresh ----------------------------------------------------------------------------

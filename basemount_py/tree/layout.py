@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import shlex
-from typing import Any
+from typing import Any, Callable
 
 import trio
 
@@ -119,6 +119,8 @@ class Layout:
         # Entries that exist only in this mount until the server has them (write mode): folders
         # made with mkdir inside Files/ or Properties/, files being uploaded. Folder path -> name -> Node.
         self.local: dict[tuple[str, ...], dict[str, Node]] = {}
+        # Write mode: the failed and retrying uploads of a folder, listed in its .error.
+        self.upload_errors: Callable[[tuple[str, ...]], str] = lambda path: ""
 
     # -- raw API listings (cached) ----------------------------------------------------------
 
@@ -212,7 +214,7 @@ class Layout:
     def error_node(self, path: tuple[str, ...]) -> Node:
         # listing errors are cleared by the next good listing; write/command errors (write mode)
         # by the next successful write or command in the folder
-        text = self.errors.get(path, "") + self.problems.get(path, "") + self.write_errors.get(path, "")
+        text = self.errors.get(path, "") + self.problems.get(path, "") + self.write_errors.get(path, "") + self.upload_errors(path)
         node = text_node(_p(path, ERROR_NAME), text)
         node.ctx["dynamic"] = "error"
         return node
@@ -304,7 +306,11 @@ class Layout:
         listed = await handler(node) if handler is not None else []
         names = {child.name for child in listed}
         for name, child in self.local.get(node.path, {}).items():
-            if name not in names:  # the server's entry wins once it exists
+            if child.ctx.get("upload") is not None and name in names:
+                # a spooled file or property not sent yet shadows the server's entry of that name
+                listed = [c for c in listed if c.name != name]
+                names.discard(name)
+            if name not in names:  # otherwise the server's entry wins once it exists
                 listed.append(child)
                 names.add(name)
         if ERROR_NAME not in names and node.type == DIR:

@@ -34,48 +34,84 @@ import trio
 
 from ..api.client import BaseSpaceClient
 from ..tree import DIR, SYMLINK, TEXT, Node, NotFound, Tree
+from ..tree.nodes import text_node
 from ..tree.layout import properties_href
 from .api import WriteApi
-from .properties import ENTITY_KINDS, PropertyWrite, entity_href, item_href, property_failure
-from .upload import Upload, UploadConfig, WriteFailure
+from .properties import ENTITY_KINDS, MAX_BYTES, entity_href, item_href, property_failure
+from .spool import COMMITTED, FAILED, FILE, OPEN, PENDING, PROPERTY, UPLOADING, Spool, SpoolEntry, SpoolFull
+from .upload import UploadConfig, WriteFailure
+from .uploader import Uploader
 
 log = logging.getLogger(__name__)
 
 UPLOAD = "upload"  # Node.type of a file being uploaded (or a property being written)
 ENTITY_DIR_KINDS = {"project", "sample", "appresult", "appsession", "run"}
 DELETE_GUARD_SECONDS = 5.0
+COMPLETE_WAIT_SECONDS = 30.0  # mark-as-complete waits this long for the app result's uploads
+STATUS_NAME = ".uploads"  # the hidden status file at the mount's top
+MAX_ERROR_LINES = 50  # .error of one folder keeps this many failures
 
 
 class WriteManager:
-    def __init__(self, tree: Tree, client: BaseSpaceClient, cfg: UploadConfig | None = None, mountpoint: str = "/"):
+    def __init__(
+        self,
+        tree: Tree,
+        client: BaseSpaceClient,
+        spool: Spool,
+        cfg: UploadConfig | None = None,
+        mountpoint: str = "/",
+        fetch: Any = None,
+    ):
         self.tree = tree
         self.layout = tree.layout
         self.api = WriteApi(client)
         self.cfg = cfg or UploadConfig()
         self.mountpoint = mountpoint.rstrip("/") or "/"
+        self.spool = spool
+        self.uploader = Uploader(self.api, client, spool, self.cfg, self._committed, self._failed, fetch)
+        self._handles: dict[str, int] = {}  # spool entry id -> open file handles
         self._nursery: trio.Nursery | None = None
         self._blocked_until = 0.0
         self.uploads_committed = 0
+        self.layout.upload_errors = self.upload_errors
+        # The hidden status file at the top (basemount-py status reads it).
+        status = text_node((STATUS_NAME,), b"", hidden=True)
+        status.ctx.update(dynamic="status", render=self.status_text)
+        self.layout.local.setdefault((), {})[STATUS_NAME] = status
 
     async def __aenter__(self) -> "WriteManager":
+        adopted = await trio.to_thread.run_sync(self.spool.open)
         self._cm = trio.open_nursery()
         self._nursery = await self._cm.__aenter__()
+        self.uploader.start(self._nursery)
+        await self._resume(adopted)
         return self
 
     async def __aexit__(self, *exc: Any) -> Any:
         assert self._nursery is not None
         self._nursery.cancel_scope.cancel()
-        return await self._cm.__aexit__(*exc)
+        try:
+            return await self._cm.__aexit__(*exc)
+        finally:
+            left = len(self.spool.entries)
+            if left:
+                log.warning("%d upload(s) left in the spool %s: they resume at the next mount of this account",
+                            left, self.spool.session)
+            self.spool.close()
 
     # -- errors and cache invalidation --------------------------------------------------------------
 
     def fail(self, folder: tuple[str, ...], code: int, message: str) -> WriteFailure:
-        self.layout.write_errors[folder] = f"Error: {message}\n"
         log.warning("%s: %s", "/" + "/".join(folder), message)
-        return WriteFailure(code, message)
+        return self._report(folder, WriteFailure(code, message))
 
     def _report(self, folder: tuple[str, ...], exc: WriteFailure) -> WriteFailure:
-        self.layout.write_errors[folder] = f"Error: {exc.message}\n"
+        # every failure in the folder, not only the last (bounded), until a write there succeeds
+        lines = [line for line in self.layout.write_errors.get(folder, "").splitlines(keepends=True) if line.strip()]
+        line = f"Error: {exc.message}\n"
+        if line not in lines:
+            lines = (lines + [line])[-MAX_ERROR_LINES:]
+        self.layout.write_errors[folder] = "".join(lines)
         return exc
 
     def _drop_listing(self, *paths: tuple[str, ...], prefix: bool = False) -> None:
@@ -178,10 +214,7 @@ class WriteManager:
     async def unlink(self, parent: Node, name: str) -> None:
         child = await self.tree.child(parent, name)
         if child.type == UPLOAD:
-            session = child.ctx.get("upload")
-            self._remove_local(child)
-            if isinstance(session, Upload):
-                await session.discard()
+            await self.remove_upload(parent, child)
             return
         if self._is_property(parent, child):  # a string or reference property: rm Properties/Ns.name
             await self.delete_property(parent, child)
@@ -249,6 +282,25 @@ class WriteManager:
         session = await self._session_of(node)
         if str(session.get("Status", "")).lower() == "complete":
             raise self.fail(node.path, errno.EINVAL, f"app session {session.get('Name', session.get('Id'))!r} is already Complete")
+        owner = str((node.ctx.get("entity") or {}).get("Id")) if node.kind == "appresult" else None
+
+        def waiting() -> list[SpoolEntry]:
+            return [e for e in self.unfinished() if e.kind == FILE and (owner is None or e.owner_id == owner)]
+
+        # Its files must be on BaseSpace first (a Complete app result takes no more): upload what
+        # is pending now and wait a while; refuse if that is not enough.
+        with trio.move_on_after(COMPLETE_WAIT_SECONDS):
+            # (not for a file still open or failed for good: waiting would not help)
+            while not any(e.state in (OPEN, FAILED) for e in waiting()):
+                busy = [e for e in waiting() if e.state in (PENDING, UPLOADING)]
+                if not busy:
+                    break
+                await self.uploader.wait_attempt(busy[0])
+        left = waiting()
+        if left:
+            names = ", ".join(e.display for e in left[:3]) + (" ..." if len(left) > 3 else "")
+            raise self.fail(node.path, errno.EBUSY, f"mark-as-complete: {len(left)} upload(s) not committed yet ({names}); "
+                            "wait for them (basemount-py status), or remove or retry the failed ones")
         try:
             await self.api.update_appsession(str(session["Id"]), status="complete")
         except Exception as exc:
@@ -272,123 +324,359 @@ class WriteManager:
         code = {400: errno.EINVAL, 409: errno.EINVAL, 401: errno.EACCES, 403: errno.EACCES}.get(status, errno.EIO)
         return self.fail(folder, code, f"{what} failed: {exc}")
 
-    # -- files: create / open / write / commit ----------------------------------------------------------
+    # -- the spool: adopted entries, status, retry ------------------------------------------------------
 
-    async def create(self, parent: Node, name: str) -> tuple[Any, Node]:
+    async def _resume(self, adopted: list[SpoolEntry]) -> None:
+        """Entries a dead or unmounted daemon of this account left: show them, upload them."""
+        if not adopted:
+            return
+        log.info("resuming %d upload(s) left in the spool by an earlier mount", len(adopted))
+        for entry in adopted:
+            if entry.state == OPEN and not entry.closed_once:
+                entry.state, entry.error = FAILED, "the writer never closed this file before the mount stopped; kept in the spool"
+            elif entry.state in (OPEN, UPLOADING):
+                entry.state = PENDING
+            await trio.to_thread.run_sync(self.spool.persist, entry)
+            self._show(entry)
+            if entry.state == PENDING:
+                self.uploader.schedule(entry, delay=0, verify=True)
+            elif entry.state == FAILED:
+                log.error("upload of %s failed earlier and is kept in the spool: %s", entry.display, entry.error)
+
+    def _show(self, entry: SpoolEntry) -> Node:
+        """The entry's node in the tree (and local folders on its way, which BaseSpace lacks)."""
+        path = tuple(entry.mount_path)
+        if entry.kind == FILE and "Files" in path:
+            files_at = len(path) - 2 - (len(entry.directory.split("/")) if entry.directory else 0)
+            for i in range(files_at + 1, len(path) - 1):
+                folder = self.layout.local.setdefault(path[:i], {})
+                if path[i] not in folder:
+                    sub = tuple(path[files_at + 1 : i + 1])
+                    ctx = {"owner": ("appresults", entry.owner_id, False), "sub": sub, "writable": True, "local": True}
+                    folder[path[i]] = Node(path=path[: i + 1], type=DIR, kind="files", ctx=ctx, mtime=entry.created)
+                    self._drop_listing(path[:i])
+        node = Node(path=path, type=UPLOAD, ctx={"dynamic": UPLOAD, "writable": True, "upload": entry},
+                    size=entry.size, mtime=entry.created)
+        self.layout.local.setdefault(path[:-1], {})[path[-1]] = node
+        self._drop_listing(path[:-1])
+        ino = self.tree.by_path.get(path)
+        if ino is not None:
+            self.tree.nodes[ino] = node
+        return node
+
+    def entry_at(self, path: tuple[str, ...]) -> SpoolEntry | None:
+        for entry in self.spool.entries.values():
+            if tuple(entry.mount_path) == path:
+                return entry
+        return None
+
+    def retry(self, path: tuple[str, ...]) -> SpoolEntry:
+        entry = self.entry_at(path)
+        if entry is None:
+            raise WriteFailure(errno.ENOENT, f"/{'/'.join(path)} is not in the upload spool")
+        if entry.state != FAILED:
+            self.uploader.flush(entry)
+            return entry
+        entry.state, entry.attempts, entry.error = PENDING, 0, ""
+        self.uploader.schedule(entry, delay=0, verify=True)
+        log.info("retrying the upload of %s", entry.display)
+        return entry
+
+    def flush_all(self) -> None:
+        """Upload every pending entry now (unmount, ``flush`` command): no write-back delay."""
+        self.uploader.flush()
+
+    def unfinished(self, owner_id: str | None = None) -> list[SpoolEntry]:
+        return [e for e in self.spool.entries.values() if owner_id is None or (e.kind == FILE and e.owner_id == owner_id)]
+
+    def status_text(self) -> str:
+        """The hidden ``.uploads`` file and ``basemount-py status``: one line per entry."""
+        entries = sorted(self.spool.entries.values(), key=lambda e: e.created)
+        counts = {s: sum(1 for e in entries if e.state == s) for s in (OPEN, PENDING, UPLOADING, FAILED)}
+        lines = [
+            f"spool: {self.spool.session}",
+            "summary: " + " ".join(f"{k}={v}" for k, v in counts.items()) + f" committed-recently={len(self.uploader.recent)}",
+        ]
+        for e in entries:
+            reason = self.uploader.last_error(e)
+            what = f"{e.state}\t{e.size}\t{e.display}"
+            if e.state == UPLOADING:
+                what += f"\tsent {self.uploader.sent(e)} of {e.size} bytes"
+            if reason:
+                what += f"\tattempt {e.attempts}: {reason}" if e.state != FAILED else f"\t{reason}"
+            lines.append(what)
+        for e in reversed(self.uploader.recent):
+            lines.append(f"committed\t{e.size}\t{e.display}")
+        return "\n".join(lines) + "\n"
+
+    def upload_errors(self, folder: tuple[str, ...]) -> str:
+        """Lines for ``.error`` of a folder: every failed (or retrying) upload in it."""
+        out = []
+        for e in self.spool.entries.values():
+            if tuple(e.mount_path[:-1]) != folder:
+                continue
+            reason = self.uploader.last_error(e)
+            if e.state == FAILED:
+                out.append(f"Error: {e.name}: upload failed for good: {reason} (kept in the spool: basemount-py retry, or rm)\n")
+            elif reason:
+                out.append(f"Error: {e.name}: upload attempt {e.attempts} failed, retrying: {reason}\n")
+        return "".join(out)
+
+    # -- files and properties: create / open / write / close ------------------------------------------
+
+    async def create(self, parent: Node, name: str) -> tuple[SpoolEntry, Node]:
         path = parent.path
         if parent.kind == "files" and parent.ctx.get("writable"):
             collection, owner_id, _v2 = parent.ctx["owner"]
             if collection != "appresults":
                 raise self.fail(path, errno.EROFS, "files can only be uploaded into an app result")
-            assert self._nursery is not None
-            session: Any = Upload(self.api, owner_id, name, "/".join(parent.ctx["sub"]), self.cfg, self._nursery)
-        elif parent.kind in ("properties",):
-            collection, entity_id = parent.ctx["collection"], parent.ctx["id"]
-            session = PropertyWrite(self.api, collection, entity_id, name)
+            fields = {"kind": FILE, "owner_id": owner_id, "directory": "/".join(parent.ctx["sub"])}
+        elif parent.kind == "properties":
+            if "." not in name.strip(".") or name.startswith("."):
+                raise self.fail(path, errno.EINVAL, f"property names need a namespace, e.g. Input.{name} (BaseSpace refuses {name!r})")
+            fields = {"kind": PROPERTY, "owner_id": parent.ctx["id"], "collection": parent.ctx["collection"]}
         else:
             raise self.fail(path, errno.EROFS, f"cannot create {name!r} here (read-only)")
-        node = Node(path=path + (name,), type=UPLOAD, ctx={"dynamic": UPLOAD, "writable": True, "upload": session}, mtime=time.time())
-        self._add_local(parent, node)
-        return session, node
+        existing = self.layout.local.get(path, {}).get(name)
+        if existing is not None and existing.type == UPLOAD:
+            await self.unlink(parent, name)  # O_CREAT over a file that was never sent: start again
+        entry = await self._spool(self.spool.create, mount_path=list(path + (name,)), name=name, **fields)
+        node = self._show(entry)
+        self._handles[entry.id] = self._handles.get(entry.id, 0) + 1
+        return entry, node
 
-    async def open_for_write(self, node: Node, truncate: bool) -> Any:
-        """Opening an existing entry for writing: only a string property can be rewritten."""
+    async def _spool(self, func: Any, *args: Any, **kw: Any) -> Any:
+        """Spool file I/O in a worker thread; a full disk or spool is ENOSPC with the reason."""
+        try:
+            return await trio.to_thread.run_sync(lambda: func(*args, **kw))
+        except SpoolFull as exc:
+            raise WriteFailure(errno.ENOSPC, f"{exc.strerror}; waiting uploads: basemount-py status") from None
+        except OSError as exc:
+            raise WriteFailure(exc.errno or errno.EIO, f"the upload spool ({self.spool.session}): {exc.strerror or exc}") from None
+
+    async def open_for_write(self, node: Node, truncate: bool) -> SpoolEntry:
+        """Opening an existing entry for writing: a file not sent yet, or a string property."""
         parent = self._parent(node)
-        if node.type == UPLOAD:
-            raise self.fail(node.path[:-1], errno.EBUSY, f"{node.name} is being uploaded")
-        if node.type == TEXT and parent is not None and parent.kind == "properties":
-            session = PropertyWrite(self.api, parent.ctx["collection"], parent.ctx["id"], node.ctx.get("prop_name") or node.name,
-                                    b"" if truncate else node.content)
+        folder = node.path[:-1]
+        entry = node.ctx.get("upload")
+        if node.type == UPLOAD and isinstance(entry, SpoolEntry) and entry.kind == PROPERTY and entry.state == UPLOADING:
+            await self.uploader.wait_attempt(entry)  # a new value follows the one being sent
+            if entry.id not in self.spool.entries:  # sent: the new value is a new entry
+                return await self._property_entry(node, parent, b"")
+        if node.type == UPLOAD and isinstance(entry, SpoolEntry):
+            if entry.state in (UPLOADING, COMMITTED) or entry.id not in self.spool.entries:
+                raise self.fail(folder, errno.EBUSY, f"{node.name} is being uploaded; BaseSpace files cannot be changed")
+            entry.state, entry.error = OPEN, ""
             if truncate:
-                session.dirty = True
-            return session
-        raise self.fail(node.path[:-1], errno.EROFS, f"{node.name} is read-only (BaseSpace files cannot be changed)")
+                await self._spool(self.spool.truncate, entry, 0)
+            self._handles[entry.id] = self._handles.get(entry.id, 0) + 1
+            node.size = entry.size
+            return entry
+        if node.type == TEXT and parent is not None and parent.kind == "properties":
+            return await self._property_entry(node, parent, b"" if truncate else node.content)
+        raise self.fail(folder, errno.EROFS, f"{node.name} is read-only (BaseSpace files cannot be changed)")
+
+    async def _property_entry(self, node: Node, parent: Node | None, initial: bytes) -> SpoolEntry:
+        """A new value of an existing string property, spooled like a file."""
+        if parent is None:
+            raise self.fail(node.path[:-1], errno.ENOENT, f"{node.name}: its Properties/ folder is gone")
+        name = node.ctx.get("prop_name") or node.name
+        entry = await self._spool(self.spool.create, kind=PROPERTY, mount_path=list(node.path), name=name,
+                                  owner_id=parent.ctx["id"], collection=parent.ctx["collection"])
+        if initial:
+            await self._spool(self.spool.write, entry, 0, initial)
+        self._show(entry)
+        self._handles[entry.id] = 1
+        return entry
 
     def _parent(self, node: Node) -> Node | None:
         ino = self.tree.by_path.get(node.path[:-1])
         return self.tree.nodes.get(ino) if ino is not None else None
 
-    async def write(self, session: Any, node: Node | None, off: int, data: bytes) -> int:
+    def accepts_attributes(self, node: Node) -> bool:
+        """chmod/chown/utimes on a file of a Running app result succeed and are ignored: tools
+        (cp -p, rsync -a, tar -x) set them right after close, maybe after the upload."""
+        if node.type == DIR:  # a folder inside a Running app result's Files/ (cp -a, tar, rsync)
+            return node.kind == "files" and bool(node.ctx.get("writable"))
+        parent = self._parent(node)
+        return parent is not None and parent.kind == "files" and bool(parent.ctx.get("writable"))
+
+    def _node_of(self, entry: SpoolEntry) -> Node | None:
+        return self.layout.local.get(tuple(entry.mount_path[:-1]), {}).get(entry.mount_path[-1])
+
+    def _writable(self, entry: SpoolEntry) -> None:
+        if entry.state != OPEN or entry.id not in self.spool.entries:
+            raise WriteFailure(errno.EIO, f"{entry.name} was already uploaded; BaseSpace files cannot be changed")
+
+    async def write(self, entry: SpoolEntry, node: Node | None, off: int, data: bytes) -> int:
         try:
-            n = await session.write(off, data)
+            self._writable(entry)
+            if entry.kind == PROPERTY and off + len(data) > MAX_BYTES:
+                raise WriteFailure(errno.EFBIG, f"property {entry.name}: values are limited to {MAX_BYTES} bytes")
+            await self._spool(self.spool.write, entry, off, data)
         except WriteFailure as exc:
-            if node is not None:
-                self._report(node.path[:-1], exc)
-            raise
+            raise self._report(tuple(entry.mount_path[:-1]), exc) from None
         if node is not None:
-            node.size = session.size
-        return n
+            node.size = entry.size
+        return len(data)
 
-    def truncate(self, session: Any, node: Node, size: int) -> None:
-        if isinstance(session, PropertyWrite):
-            session.truncate(size)
-        elif size != session.size:
-            raise self.fail(node.path[:-1], errno.EINVAL, f"{node.name}: an upload can only be written, not truncated")
-        node.size = session.size
+    async def truncate(self, entry: SpoolEntry, node: Node, size: int) -> None:
+        try:
+            self._writable(entry)
+            if entry.kind == PROPERTY and size > MAX_BYTES:
+                raise WriteFailure(errno.EFBIG, f"property {entry.name}: values are limited to {MAX_BYTES} bytes")
+            await self._spool(self.spool.truncate, entry, size)
+        except WriteFailure as exc:
+            raise self._report(tuple(entry.mount_path[:-1]), exc) from None
+        node.size = entry.size
 
-    async def commit(self, session: Any, node: Node) -> None:
-        """close()/fsync(): returns once the upload (or property) is committed; raises on failure."""
-        folder = node.path[:-1]
-        if isinstance(session, PropertyWrite):
-            try:
-                sent = await session.commit()
-            except WriteFailure as exc:
-                raise self._report(folder, exc) from None
-            if sent:
-                self._property_written(node, session)
-                await self.refreshed(node)
+    async def open_reader(self, entry: SpoolEntry) -> int:
+        """Reading a file not uploaded yet (or failed for good): from the spool."""
+        if entry.id not in self.spool.entries:
+            raise WriteFailure(errno.ESTALE, f"{entry.name} has just been uploaded: open it again")
+        return await self._spool(self.spool.open_reader, entry)
+
+    async def read(self, entry: SpoolEntry, off: int, size: int, fd: int | None = None) -> bytes:
+        if fd is not None:
+            size = max(0, min(size, entry.size - off))
+            return (await self._spool(os.pread, fd, size, off)).ljust(size, b"\0")
+        return await self._spool(self.spool.read, entry, off, size)
+
+    async def flush(self, entry: SpoolEntry, node: Node) -> None:
+        """close(): the bytes written so far are fsync'd in the spool; the upload follows later."""
+        if entry.state != OPEN or entry.id not in self.spool.entries:
             return
-        already = session.result is not None
-        try:
-            result = await session.commit()
-        except WriteFailure as exc:
-            if session.error is not None:  # failed for good: unlisted now, not at release
-                self._remove_local(node)
-            raise self._report(folder, exc) from None
-        if not already:
-            self._upload_committed(session, node, result)
-            await self.refreshed(node)  # the inode becomes the server's file (readable at once)
+        if entry.size == 0 and entry.kind == FILE:
+            # A shell's `echo x > f` closes an empty descriptor before writing through its dup:
+            # only the writer hears of it here; .error gets it if the file stays empty (release).
+            raise WriteFailure(errno.EINVAL, f"{entry.name}: BaseSpace does not accept zero-byte files; nothing was uploaded")
+        entry.closed_once = True
+        await self._spool(self.spool.sync, entry)
 
-    async def release(self, session: Any, node: Node) -> None:
-        """Last close of a handle (errors cannot reach the writer any more: logged + .error)."""
-        folder = node.path[:-1]
-        try:
-            if isinstance(session, PropertyWrite):
-                if await session.commit(force=node.type == UPLOAD):
-                    self._property_written(node, session)
-            elif session.result is None and session.error is None and session.size > 0:
-                await self.commit(session, node)
-            elif session.result is None:
-                await session.discard()
-        except WriteFailure as exc:
-            self._report(folder, exc)
-        finally:
-            if node.type == UPLOAD:
-                self._remove_local(node)
+    async def fsync(self, entry: SpoolEntry, node: Node) -> None:
+        """fsync(fd): the file is uploaded now; returns once it is committed, or its error."""
+        await self.flush(entry, node)
+        if entry.state == OPEN:
+            entry.state = PENDING
+            await self._spool(self.spool.persist, entry)
+            self.uploader.schedule(entry, delay=0)
+        if entry.id in self.spool.entries:
+            await self.uploader.wait_attempt(entry)
+        if entry.state != COMMITTED and entry.id in self.spool.entries:
+            reason = self.uploader.last_error(entry) or entry.state
+            raise self._report(tuple(entry.mount_path[:-1]), WriteFailure(errno.EIO, f"upload of {entry.name} did not complete: {reason}"))
 
-    def _upload_committed(self, session: Upload, node: Node, result: dict) -> None:
+    async def release(self, entry: SpoolEntry, node: Node) -> None:
+        """Last close of a handle: the entry is complete locally and waits for its upload."""
+        left = self._handles.get(entry.id, 1) - 1
+        if left > 0:
+            self._handles[entry.id] = left
+            return
+        self._handles.pop(entry.id, None)
+        if entry.state != OPEN or entry.id not in self.spool.entries:
+            return
+        if entry.size == 0 and entry.kind == FILE:  # touch, or a failed cp: nothing to upload
+            self._report(tuple(entry.mount_path[:-1]), WriteFailure(
+                errno.EINVAL, f"{entry.name}: BaseSpace does not accept zero-byte files; nothing was uploaded"))
+            await self._discard(entry)
+            return
+        entry.state, entry.closed_once = PENDING, True
+        await self._spool(self.spool.sync, entry)
+        # a property is never renamed: no write-back delay
+        self.uploader.schedule(entry, delay=0 if entry.kind == PROPERTY else None)
+
+    async def _discard(self, entry: SpoolEntry) -> None:
+        node = self._node_of(entry)
+        if node is not None:
+            self._remove_local(node)
+        await trio.to_thread.run_sync(self.spool.remove, entry)
+        if entry.file_id and self._nursery is not None:
+            self._nursery.start_soon(self.uploader.abort_multipart, entry)
+
+    async def remove_upload(self, parent: Node, child: Node) -> None:
+        entry = child.ctx.get("upload")
+        if isinstance(entry, SpoolEntry):
+            if entry.state == UPLOADING:
+                raise self.fail(parent.path, errno.EBUSY, f"{child.name} is being uploaded; it cannot be removed now")
+            log.info("removed %s from the upload spool (%s, never uploaded)", entry.display, entry.state)
+            await self._discard(entry)
+        else:
+            self._remove_local(child)
+
+    async def rename(self, old_parent: Node, old_name: str, new_parent: Node, new_name: str) -> None:
+        """A file not uploaded yet (the write-back delay) is renamed in the spool; nothing else can be."""
+        child = await self.tree.child(old_parent, old_name)
+        entry = child.ctx.get("upload")
+        folder = old_parent.path
+        if child.type != UPLOAD or not isinstance(entry, SpoolEntry) or entry.kind != FILE:
+            raise self.fail(folder, errno.EROFS, f"{old_name} cannot be renamed: BaseSpace files and folders keep their names once uploaded")
+        if entry.state in (UPLOADING, COMMITTED):
+            raise self.fail(folder, errno.EROFS, f"{old_name} is already being uploaded under that name; it can no longer be renamed")
+        if new_parent.kind != "files" or not new_parent.ctx.get("writable") or new_parent.ctx["owner"][1] != entry.owner_id:
+            raise self.fail(folder, errno.EXDEV, f"{old_name} can only be renamed within the Files/ folder of its app result")
+        try:
+            target = await self.tree.child(new_parent, new_name)
+        except NotFound:
+            target = None
+        if target is not None:
+            if target.type != UPLOAD or target.ctx.get("upload") is entry:
+                raise self.fail(new_parent.path, errno.EROFS, f"{new_name} already exists on BaseSpace and cannot be replaced")
+            await self.remove_upload(new_parent, target)
+        old_path = tuple(entry.mount_path)
+        node = self._node_of(entry)
+        if node is not None:
+            self._remove_local(node)
+        entry.name, entry.directory = new_name, "/".join(new_parent.ctx["sub"])
+        entry.mount_path = list(new_parent.path + (new_name,))
+        await self._spool(self.spool.persist, entry)
+        fresh = self._show(entry)
+        ino = self.tree.by_path.pop(old_path, None)
+        if ino is not None:  # the kernel keeps the inode: it now names the new path
+            self.tree.by_path[tuple(entry.mount_path)] = ino
+            self.tree.nodes[ino] = fresh
+        if entry.state == PENDING:
+            self.uploader.schedule(entry)  # a new write-back delay: rsync renames, then sets times
+        log.info("renamed %s to %s before upload", "/".join(old_path), entry.display)
+
+    # -- after the upload --------------------------------------------------------------------------------
+
+    async def _committed(self, entry: SpoolEntry, result: dict) -> None:
+        path = tuple(entry.mount_path)
+        node = self._node_of(entry)
+        if node is not None:
+            self._remove_local(node)
+        self._forget_errors(path[:-1], entry.name)
+        if entry.kind == PROPERTY:
+            log.info("set property %s of %s %s", entry.name, entry.collection, entry.owner_id)
+            self._drop_properties(entry.collection, entry.owner_id)
+            self._drop_listing(path[:-1], prefix=True)
+            return
         self.uploads_committed += 1
-        log.info("uploaded %s (%d bytes) as file %s", "/".join(node.path), session.size, result.get("Id"))
-        href = f"v1pre3/appresults/{session.appresult_id}/files"
+        log.info("uploaded %s (%d bytes) as file %s", entry.display, entry.size, result.get("Id"))
+        href = f"v1pre3/appresults/{entry.owner_id}/files"
         cached = self.layout.lists.peek((href, (), False))
-        if cached is not None and result.get("Id") is not None:
+        if cached is not None and result.get("Id") is not None and not any(str(i.get("Id")) == str(result["Id"]) for i in cached):
             cached.append(result)  # the listing now holds the file: no re-listing per uploaded file
         else:
             self._drop_api(href)
-        self._remove_local(node)
-        sub = len(self._files_parent_sub(node))
-        root = node.path[: len(node.path) - 1 - sub]
-        self._drop_listing(root, root[:-1] + ("Files.metadata",), prefix=True)
-        self.layout.write_errors.pop(node.path[:-1], None)
+        depth = len(entry.directory.split("/")) if entry.directory else 0
+        files_root = path[: len(path) - 1 - depth]
+        self._drop_listing(files_root, files_root[:-1] + ("Files.metadata",), prefix=True)
+        if path in self.tree.by_path:
+            await self.refreshed(Node(path=path, type=UPLOAD))  # the inode becomes the server's file
 
-    def _files_parent_sub(self, node: Node) -> tuple[str, ...]:
-        parent = self._parent(node)
-        return tuple(parent.ctx.get("sub", ())) if parent is not None else ()
+    def _forget_errors(self, folder: tuple[str, ...], name: str) -> None:
+        """An earlier failure of this name in the folder's .error is over: it is uploaded now."""
+        text = self.layout.write_errors.get(folder)
+        if text:
+            kept = "".join(line for line in text.splitlines(keepends=True) if not line.startswith(f"Error: {name}: "))
+            if kept:
+                self.layout.write_errors[folder] = kept
+            else:
+                self.layout.write_errors.pop(folder, None)
 
-    def _property_written(self, node: Node, session: PropertyWrite) -> None:
-        self._drop_properties(session.collection, session.entity_id)
-        self._drop_listing(node.path[:-1])
-        self.layout.write_errors.pop(node.path[:-1], None)
+    def _failed(self, entry: SpoolEntry) -> None:
+        self._drop_listing(tuple(entry.mount_path[:-1]))
 
     async def refreshed(self, node: Node) -> Node:
         """The node as the server lists it now (after a commit); the old one if not listed."""

@@ -1,0 +1,255 @@
+"""The write-back spool: every byte written into the mount is on local disk before write() returns.
+
+Layout on disk (``<cache-dir>/spool/<account>/<session>/``):
+
+* ``<account>`` is a hash of the API server and the user id, so the next mount of the same account
+  (and only that) finds what an earlier mount left;
+* ``<session>`` belongs to one running daemon, which holds an exclusive ``flock`` on its ``lock``
+  file for as long as it lives. A new daemon adopts the entries of every session whose lock it can
+  take (its daemon is gone: unmounted with ``--keep-pending``, killed, crashed), so two mounts of one
+  account never upload the same entry;
+* each entry is ``<id>.data`` (the file's bytes, sparse where the writer left holes) and
+  ``<id>.json`` (what it is, where it goes, its state), the JSON replaced atomically (write, fsync,
+  rename, fsync the folder) so a crash leaves the old or the new state, never half of one.
+
+Entry states: ``open`` (a writer has it open; durable up to its last close), ``pending`` (closed,
+waiting for the write-back delay or a retry), ``uploading``, ``committed`` (the server has it: the
+files are removed), ``failed`` (gave up: kept, readable, listed in status until removed or retried).
+
+All file I/O here is blocking and is called through ``trio.to_thread`` by the manager/uploader.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+OPEN, PENDING, UPLOADING, COMMITTED, FAILED = "open", "pending", "uploading", "committed", "failed"
+FILE, PROPERTY = "file", "property"
+
+
+def account_key(api_server: str, user_id: str) -> str:
+    """The spool folder of one account on one server (a hash: no user names on disk paths)."""
+    return hashlib.sha256(f"{api_server.rstrip('/')}\0{user_id}".encode()).hexdigest()[:16]
+
+
+@dataclass
+class SpoolEntry:
+    id: str
+    kind: str  # FILE or PROPERTY
+    mount_path: list[str]  # where it shows in the mount (status, .error, the tree after a restart)
+    name: str
+    # FILE: the app result and the folder inside its Files/; PROPERTY: the entity's collection + id
+    owner_id: str
+    directory: str = ""
+    collection: str = "appresults"
+    size: int = 0
+    state: str = OPEN
+    closed_once: bool = False  # a close() returned: the bytes up to then are what the writer meant
+    attempts: int = 0
+    error: str = ""
+    file_id: str = ""  # a multipart upload this entry started (aborted if it does not complete)
+    created: float = field(default_factory=time.time)
+    committed_at: float = 0.0
+    result_id: str = ""  # the server's file id once committed
+
+    @property
+    def remote_path(self) -> str:
+        return f"{self.directory}/{self.name}" if self.directory else self.name
+
+    @property
+    def display(self) -> str:
+        return "/".join(self.mount_path)
+
+
+class SpoolFull(OSError):
+    pass
+
+
+class Spool:
+    """The entries of one daemon's session folder; blocking methods (run them in a thread)."""
+
+    def __init__(self, root: Path, account: str, max_bytes: int):
+        self.account_dir = Path(root) / "spool" / account
+        self.max_bytes = max_bytes
+        self.session = self.account_dir / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.entries: dict[str, SpoolEntry] = {}
+        self._fds: dict[str, int] = {}
+        self._lock_fd: int | None = None
+        self._persisting = threading.Lock()  # release and rename may persist one entry at once
+
+    # -- session -------------------------------------------------------------------------------
+
+    def open(self) -> list[SpoolEntry]:
+        """Create our session folder (0700), lock it, adopt the entries of dead sessions."""
+        os.makedirs(self.account_dir, mode=0o700, exist_ok=True)
+        for parent in (self.account_dir.parent.parent, self.account_dir.parent, self.account_dir):
+            try:
+                os.chmod(parent, 0o700)
+            except OSError:
+                pass
+        self.session.mkdir(mode=0o700)
+        self._lock_fd = os.open(self.session / "lock", os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        adopted: list[SpoolEntry] = []
+        for other in sorted(self.account_dir.iterdir()):
+            if other == self.session or not other.is_dir():
+                continue
+            adopted += self._adopt(other)
+        return adopted
+
+    def _adopt(self, other: Path) -> list[SpoolEntry]:
+        try:
+            fd = os.open(other / "lock", os.O_CREAT | os.O_RDWR, 0o600)
+        except OSError:
+            return []
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return []  # a live daemon of this account owns it
+            out = []
+            for meta in sorted(other.glob("*.json")):
+                try:
+                    entry = SpoolEntry(**json.loads(meta.read_text()))
+                except (ValueError, TypeError, OSError) as exc:
+                    log.warning("spool: unreadable entry %s kept aside (%s)", meta, exc)
+                    continue
+                data = other / f"{entry.id}.data"
+                if entry.state == COMMITTED:
+                    continue
+                if not data.exists():
+                    log.warning("spool: %s has no data file; dropped", entry.display)
+                    continue
+                os.rename(data, self._data(entry.id))
+                os.rename(meta, self._meta(entry.id))
+                self.entries[entry.id] = entry
+                out.append(entry)
+            shutil.rmtree(other, ignore_errors=True)
+            return out
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        if not any(self.session.glob("*.json")):
+            shutil.rmtree(self.session, ignore_errors=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- entries -------------------------------------------------------------------------------
+
+    def _data(self, entry_id: str) -> Path:
+        return self.session / f"{entry_id}.data"
+
+    def _meta(self, entry_id: str) -> Path:
+        return self.session / f"{entry_id}.json"
+
+    def used_bytes(self) -> int:
+        return sum(e.size for e in self.entries.values() if e.state != COMMITTED)
+
+    def create(self, **fields: Any) -> SpoolEntry:
+        entry = SpoolEntry(id=uuid.uuid4().hex, **fields)
+        fd = os.open(self._data(entry.id), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        self._fds[entry.id] = fd
+        self.entries[entry.id] = entry
+        self.persist(entry)
+        return entry
+
+    def _fd(self, entry: SpoolEntry) -> int:
+        fd = self._fds.get(entry.id)
+        if fd is None:
+            fd = self._fds[entry.id] = os.open(self._data(entry.id), os.O_RDWR)
+        return fd
+
+    def _reserve(self, entry: SpoolEntry, new_size: int) -> None:
+        grow = new_size - entry.size
+        if grow > 0 and self.used_bytes() + grow > self.max_bytes:
+            raise SpoolFull(errno.ENOSPC, f"the upload spool is full (--spool-max {self.max_bytes / 2**30:.1f} GiB)")
+
+    def write(self, entry: SpoolEntry, off: int, data: bytes) -> None:
+        end = off + len(data)
+        self._reserve(entry, end)
+        fd = self._fd(entry)
+        view = memoryview(data)
+        pos = off
+        while view:
+            n = os.pwrite(fd, view, pos)
+            view, pos = view[n:], pos + n
+        entry.size = max(entry.size, end)
+
+    def truncate(self, entry: SpoolEntry, size: int) -> None:
+        self._reserve(entry, size)
+        os.ftruncate(self._fd(entry), size)  # growing leaves a hole: it reads as zeros
+        entry.size = size
+
+    def read(self, entry: SpoolEntry, off: int, size: int) -> bytes:
+        size = max(0, min(size, entry.size - off))
+        return os.pread(self._fd(entry), size, off).ljust(size, b"\0")
+
+    def open_reader(self, entry: SpoolEntry) -> int:
+        """A descriptor of its own for a reader: it keeps reading after the entry is committed
+        and its files removed (an unlinked file lives on while it is open)."""
+        return os.open(self._data(entry.id), os.O_RDONLY)
+
+    def sync(self, entry: SpoolEntry) -> None:
+        """Data and state on disk: what close() guarantees."""
+        os.fsync(self._fd(entry))
+        self.persist(entry)
+
+    def persist(self, entry: SpoolEntry) -> None:
+        with self._persisting:
+            if entry.id not in self.entries:
+                return  # removed meanwhile
+            tmp = self.session / f"{entry.id}.json.tmp"
+            with open(tmp, "w") as f:
+                json.dump(asdict(entry), f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, self._meta(entry.id))
+            dirfd = os.open(self.session, os.O_RDONLY)
+            try:
+                os.fsync(dirfd)
+            finally:
+                os.close(dirfd)
+
+    def md5(self, entry: SpoolEntry) -> str:
+        h = hashlib.md5()
+        fd = self._fd(entry)
+        off = 0
+        while off < entry.size:
+            chunk = os.pread(fd, min(8 << 20, entry.size - off), off)
+            if not chunk:  # a hole at the end that the file system did not count: zeros
+                chunk = b"\0" * min(8 << 20, entry.size - off)
+            h.update(chunk)
+            off += len(chunk)
+        return h.hexdigest()
+
+    def remove(self, entry: SpoolEntry) -> None:
+        """The bytes are no longer needed (committed, or the user removed the file)."""
+        with self._persisting:
+            self.entries.pop(entry.id, None)
+        fd = self._fds.pop(entry.id, None)
+        if fd is not None:
+            os.close(fd)
+        for path in (self._meta(entry.id), self._data(entry.id)):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass

@@ -1,0 +1,322 @@
+"""The write-back spool through a real mount: nothing written is lost (API outage, kill -9), the
+tools people copy with work, state stays true after commands, failures stay visible.
+
+Every check of the server's bytes goes through a FRESH mount (or the API), never this mount's view.
+No test waits on the clock: each waits for a condition (the status file, the emulator's counters)
+with a generous bound.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from basemount_py.emulator.control import EmulatorProcess
+
+from conftest import flush, flush_and_wait, is_mounted, sha256_file, status_lines, wait_until, write_file
+from test_write_upload import SMALL, account, api, new_appresult  # noqa: F401 (account: a fixture)
+from test_write_upload import appresult_files as server_files
+
+MiB = 2**20
+HOLD = ("--write-back", "600")  # nothing uploads until flushed (or fsync'd): no race with the clock
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def emulator(account):
+    with EmulatorProcess(account) as em:
+        yield em
+
+
+def tree_digests(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def fresh_files(em, mount_factory, name: str, *parts: str) -> Path:
+    fresh = mount_factory(em, name=name)
+    return fresh.path("Projects", "Uploads", "AppResults", "Result", "Files", *parts)
+
+
+# -- failure 1: sparse files and ftruncate ---------------------------------------------------------
+
+
+def test_sparse_file_and_ftruncate_upload_the_right_bytes(tmp_path, emulator, mount_factory):
+    sparse = tmp_path / "s.bin"
+    with open(sparse, "wb") as f:
+        f.truncate(40 * MiB)
+        f.seek(1000)
+        f.write(b"q")
+    m = mount_factory(emulator)
+    files = new_appresult(m) / "Files"
+    run = subprocess.run(["cp", str(sparse), str(files)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr  # main: "failed to extend ... Invalid argument"
+    # ftruncate to a larger size, then a write past the hole
+    fd = os.open(files / "grown.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, b"head")
+    os.ftruncate(fd, 3 * MiB)
+    os.pwrite(fd, b"tail", 3 * MiB - 4)
+    os.close(fd)
+    expected_grown = b"head" + b"\0" * (3 * MiB - 8) + b"tail"
+    assert (files / "grown.bin").read_bytes() == expected_grown  # readable from the spool meanwhile
+    flush_and_wait(m)
+    m.stop()
+    out = fresh_files(emulator, mount_factory, "fresh")
+    assert sha256_file(out / "s.bin") == sha256_file(sparse)
+    assert (out / "grown.bin").read_bytes() == expected_grown
+
+
+# -- failure 2 and the outage: writes land after the API comes back -------------------------------------
+
+
+def test_writes_during_an_api_outage_all_land_after_it(tmp_path, emulator, mount_factory):
+    src = tmp_path / "src"
+    write_file(src / "big.bin", os.urandom(3 * MiB + 17))  # multipart (SMALL)
+    write_file(src / "notes.txt", b"notes\n")
+    write_file(src / "sub" / "deep.txt", os.urandom(5000))
+    m = mount_factory(emulator, *SMALL)
+    result = new_appresult(m)
+    files = result / "Files"
+    os.listdir(files)
+    os.listdir(result / "Properties")
+    emulator.set_knobs(fail_next=[{"kind": "500", "count": 1000, "scope": "api"}])
+    try:
+        echo = subprocess.run(["bash", "-c", f"echo 'important result' > '{files / 'x.txt'}'"], capture_output=True, text=True, timeout=60)
+        assert echo.returncode == 0, echo.stderr
+        run = subprocess.run(["cp", "-r", str(src), str(files)], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        prop = subprocess.run(["bash", "-c", f"echo 'v1' > '{result / 'Properties' / 'Input.note'}'"], capture_output=True, text=True)
+        assert prop.returncode == 0, prop.stderr
+        # right away, the bytes are readable in the mount (from the spool)
+        assert (files / "x.txt").read_bytes() == b"important result\n"
+        assert sha256_file(files / "src" / "big.bin") == sha256_file(src / "big.bin")
+        # the daemon keeps trying: wait until every entry has had a failed attempt
+        wait_until(lambda: flush(m) or len([s for s in status_lines(m) if "attempt" in s[-1]]) == 5, "5 failed attempts in the status", poll=0.5)
+        assert "retrying" in (files / ".error").read_text()
+    finally:
+        emulator.set_knobs(fail_next=[])
+    flush_and_wait(m)
+    app_id = (result / ".id").read_text().strip()
+    assert set(server_files(emulator, app_id)) == {"x.txt", "src/big.bin", "src/notes.txt", "src/sub/deep.txt"}
+    m.stop()
+    out = fresh_files(emulator, mount_factory, "fresh")
+    assert (out / "x.txt").read_bytes() == b"important result\n"
+    assert tree_digests(out / "src") == tree_digests(src)
+    assert out.parent.joinpath("Properties", "Input.note").read_text().strip() == "v1"
+    assert not any((Path(emulator.data_dir) / ".uploads").iterdir())  # no parts left on the server
+
+
+def test_a_property_without_a_namespace_is_refused_at_open(emulator, mount_factory):
+    m = mount_factory(emulator)
+    result = new_appresult(m)
+    run = subprocess.run(["bash", "-c", f"echo x > '{result / 'Properties' / 'plain'}'"], capture_output=True, text=True)
+    assert run.returncode != 0 and "Invalid argument" in run.stderr  # main: exit 0, nothing set
+    assert "namespace" in (result / "Properties" / ".error").read_text()
+
+
+# -- tools ------------------------------------------------------------------------------------------
+
+
+def _source_tree(root: Path) -> Path:
+    write_file(root / "big.bin", os.urandom(2 * MiB + 333))
+    write_file(root / "a.txt", b"alpha\n")
+    write_file(root / "nested" / "b.vcf", b"##fileformat=VCFv4.2\n")
+    write_file(root / "nested" / "deeper" / "c.bin", os.urandom(70000))
+    os.chmod(root / "a.txt", 0o600)
+    return root
+
+
+def test_common_tools_give_byte_identical_files(tmp_path, emulator, mount_factory):
+    src = _source_tree(tmp_path / "src")
+    expected = tree_digests(src)
+    tarball = tmp_path / "src.tar"
+    with tarfile.open(tarball, "w") as tar:
+        tar.add(src, arcname="src")
+    m = mount_factory(emulator, *SMALL, *HOLD)
+    files = new_appresult(m) / "Files"
+    steps = {
+        "cp-r": ["cp", "-r", str(src), str(files / "cp-r")],
+        "cp-a": ["cp", "-a", str(src), str(files / "cp-a")],
+        "cp-p": ["cp", "-rp", str(src), str(files / "cp-p")],
+        "rsync": ["rsync", "-a", f"{src}/", str(files / "rsync")],
+        "rsync-inplace": ["rsync", "-a", "--inplace", f"{src}/", str(files / "rsync-inplace")],
+        "tar": ["tar", "-xf", str(tarball), "-C", str(files / "tar")],
+        "install": ["install", "-D", "-m", "0644", str(src / "big.bin"), str(files / "install" / "big.bin")],
+        "dd": ["dd", f"if={src / 'big.bin'}", f"of={files / 'dd' / 'big.bin'}", "bs=64k", "status=none"],
+        "echo": ["bash", "-c", f"echo alpha > '{files / 'echo' / 'a.txt'}'"],
+    }
+    for name, argv in steps.items():
+        if name in ("tar", "dd", "echo"):
+            (files / name).mkdir()
+        run = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, (name, run.stderr)
+    shutil.copytree(src, files / "copytree")
+    flush_and_wait(m)
+    m.stop()
+    out = fresh_files(emulator, mount_factory, "fresh")
+    for name in ("cp-r", "cp-a", "cp-p", "rsync", "rsync-inplace", "copytree"):
+        assert tree_digests(out / name) == expected, name
+    assert tree_digests(out / "tar" / "src") == expected
+    for name in ("install", "dd"):
+        assert sha256_file(out / name / "big.bin") == expected["big.bin"], name
+    assert (out / "echo" / "a.txt").read_bytes() == b"alpha\n"
+    names = [p.name for p in out.rglob("*")]
+    assert not [n for n in names if n.startswith(".big.bin.") or n.startswith(".a.txt.")]  # no rsync temp files
+
+
+def test_rename_before_upload_renames_the_spooled_file_and_after_is_erofs(emulator, mount_factory):
+    m = mount_factory(emulator, *HOLD)
+    result = new_appresult(m)
+    files = result / "Files"
+    (files / ".tmp.part").write_bytes(b"draft\n")
+    os.rename(files / ".tmp.part", files / "final.txt")
+    assert sorted(os.listdir(files)) == ["final.txt"]
+    with open(files / "kept.txt", "wb") as f:
+        f.write(b"kept\n")
+        f.flush()
+        os.fsync(f.fileno())  # fsync: uploaded now, and committed when it returns
+    app_id = (result / ".id").read_text().strip()
+    assert set(server_files(emulator, app_id)) == {"kept.txt"}
+    with pytest.raises(OSError) as raised:
+        os.rename(files / "kept.txt", files / "moved.txt")
+    assert raised.value.errno == errno.EROFS
+    assert "cannot be renamed" in (files / ".error").read_text()
+    os.chmod(files / "kept.txt", 0o600)  # accepted and ignored on an uploaded file too
+    os.utime(files / "kept.txt", (1, 1))
+    flush_and_wait(m)
+    assert {p: f["Size"] for p, f in server_files(emulator, app_id).items()} == {"kept.txt": 5, "final.txt": 6}
+
+
+# -- restarts ----------------------------------------------------------------------------------------
+
+
+def _wait_gone(m) -> None:
+    m.process.wait(timeout=30)
+    subprocess.run(["fusermount3", "-u", "-z", str(m.mountpoint)], capture_output=True)
+    wait_until(lambda: not is_mounted(m.mountpoint), "the dead mount to go")
+
+
+def test_a_daemon_killed_mid_upload_is_resumed_by_the_next_mount(tmp_path, emulator, mount_factory):
+    data = os.urandom(6 * MiB + 5)
+    src = tmp_path / "payload.bin"
+    src.write_bytes(data)
+    m = mount_factory(emulator, *SMALL, "--write-back", "0", "--upload-parallel", "1")
+    result = new_appresult(m)
+    app_id = (result / ".id").read_text().strip()
+    emulator.set_knobs(conn_bandwidth=0.5)  # 0.5 MB/s: about a second per part
+    emulator.reset_counters()
+    shutil.copyfile(src, result / "Files" / "payload.bin")
+    wait_until(lambda: emulator.counters()["requests"].get("PUT v1pre3/files/{id}/parts/{n}", 0) >= 2, "two parts sent")
+    assert emulator.counters()["requests"].get("POST v1pre3/files/{id}", 0) == 0  # not complete yet
+    os.kill(m.pid, signal.SIGKILL)
+    _wait_gone(m)
+    emulator.set_knobs(conn_bandwidth=0)
+    assert "payload.bin" not in server_files(emulator, app_id)
+    again = mount_factory(emulator, *SMALL, name="mnt")  # same HOME, so the same spool
+    flush_and_wait(again)
+    listed = server_files(emulator, app_id)
+    assert list(listed) == ["payload.bin"] and listed["payload.bin"]["Size"] == len(data)
+    again.stop()
+    out = fresh_files(emulator, mount_factory, "fresh")
+    assert sha256_file(out / "payload.bin") == sha256_file(src)
+    assert not any((Path(emulator.data_dir) / ".uploads").iterdir())  # the dead daemon's parts: aborted
+
+
+def test_an_upload_that_landed_before_the_crash_is_not_sent_twice(emulator, mount_factory):
+    m = mount_factory(emulator, *HOLD)
+    result = new_appresult(m)
+    app_id = (result / ".id").read_text().strip()
+    (result / "Files" / "same.txt").write_bytes(b"same bytes\n")
+    (result / "Files" / "other.txt").write_bytes(b"ours\n")
+    wait_until(lambda: [s[0] for s in status_lines(m)] == ["pending", "pending"], "two pending entries")
+    os.kill(m.pid, signal.SIGKILL)
+    _wait_gone(m)
+    # the earlier attempt "landed" (same bytes), and someone else wrote other.txt meanwhile
+    with api(emulator) as c:
+        for name, body in (("same.txt", b"same bytes\n"), ("other.txt", b"theirs\n")):
+            r = c.post(f"v1pre3/appresults/{app_id}/files", params={"name": name, "directory": ""}, content=body)
+            assert r.status_code in (200, 201), r.text
+    emulator.reset_counters()
+    again = mount_factory(emulator, name="mnt")
+    flush_and_wait(again)
+    assert emulator.counters()["requests"].get("POST v1pre3/appresults/{id}/files", 0) == 0  # nothing re-sent
+    lines = status_lines(again)
+    failed = [s for s in lines if s[0] == "failed"]
+    assert len(failed) == 1 and failed[0][2].endswith("Files/other.txt") and "different file" in failed[0][3]
+    files = again.path("Projects", "Uploads", "AppResults", "Result", "Files")
+    assert "other.txt" in (files / ".error").read_text()
+    assert (files / "other.txt").read_bytes() == b"ours\n"  # still readable, from the spool
+    assert {p: f["Size"] for p, f in server_files(emulator, app_id).items()} == {"same.txt": 11, "other.txt": 7}
+    retry = subprocess.run([str(BIN / "basemount-py"), "retry", str(files / "other.txt")], capture_output=True, text=True, timeout=60)
+    assert retry.returncode == 0, retry.stderr
+    wait_until(lambda: [s[0] for s in status_lines(again) if s[0] != "committed"] == ["failed"], "the retry to fail again")
+    os.unlink(files / "other.txt")  # the user gives up on it: gone from the spool and the status
+    assert [s for s in status_lines(again) if s[0] != "committed"] == []
+
+
+def test_unmount_waits_for_uploads_or_keeps_them_for_the_next_mount(emulator, mount_factory):
+    m = mount_factory(emulator, *HOLD)
+    result = new_appresult(m)
+    app_id = (result / ".id").read_text().strip()
+    (result / "Files" / "first.txt").write_bytes(b"first\n")
+    run = subprocess.run([str(BIN / "basemount-py"), "unmount", str(m.mountpoint)], capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr
+    assert "all uploads committed" in run.stderr
+    assert "first.txt" in server_files(emulator, app_id)
+    m.process.wait(timeout=30)
+
+    m2 = mount_factory(emulator, *HOLD, name="mnt")
+    files = m2.path("Projects", "Uploads", "AppResults", "Result", "Files")
+    (files / "second.txt").write_bytes(b"second\n")
+    run = subprocess.run([str(BIN / "basemount-py"), "unmount", "--keep-pending", str(m2.mountpoint)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "stay in the spool" in run.stderr
+    assert "second.txt" not in server_files(emulator, app_id)
+    m2.process.wait(timeout=30)
+    m3 = mount_factory(emulator, name="mnt")
+    flush_and_wait(m3)
+    assert "second.txt" in server_files(emulator, app_id)
+    status = subprocess.run([str(BIN / "basemount-py"), "status", str(m3.mountpoint)], capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0 and "committed\t7\t" in status.stdout
+
+
+# -- commands keep state true --------------------------------------------------------------------------
+
+
+def test_mark_as_complete_waits_for_uploads_refuses_failed_ones_and_refreshes_everything(emulator, mount_factory):
+    m = mount_factory(emulator, *HOLD)
+    result = new_appresult(m)
+    app_id = (result / ".id").read_text().strip()
+    files = result / "Files"
+    (files / "dup.txt").write_bytes(b"ours\n")
+    with api(emulator) as c:  # someone else puts a different dup.txt there: ours fails for good (409)
+        c.post(f"v1pre3/appresults/{app_id}/files", params={"name": "dup.txt", "directory": ""}, content=b"theirs\n").raise_for_status()
+    flush_and_wait(m)
+    assert [s[0] for s in status_lines(m) if s[0] != "committed"] == ["failed"]
+    run = subprocess.run([str(BIN / "basemount-cmd"), "--path", str(result), "mark-as-complete"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and "not committed yet" in run.stderr and "dup.txt" in run.stderr
+    os.unlink(files / "dup.txt")
+    run = subprocess.run([str(BIN / "basemount-cmd"), "--path", str(result), "rename-appsession", "Renamed", "run"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert json.loads((result / ".json").read_text())["Response"]["AppSession"]["Name"] == "Renamed run"
+    (files / "late.txt").write_bytes(b"late\n")  # pending (long write-back): mark-as-complete sends it first
+    run = subprocess.run([str(BIN / "basemount-cmd"), "--path", str(result), "mark-as-complete"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert server_files(emulator, app_id)["late.txt"]["Size"] == 5
+    assert (result / ".status").read_text().strip() == "Complete"
+    assert json.loads((result / ".json").read_text())["Response"]["AppSession"]["Status"] == "Complete"
+    assert not os.stat(files).st_mode & 0o200
+    with pytest.raises(OSError) as raised:
+        open(files / "more.txt", "wb")
+    assert raised.value.errno == errno.EROFS
