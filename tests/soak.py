@@ -1,5 +1,6 @@
 """The soak: 16 processes mixing ls, stat, sequential and random reads over a large synthetic tree,
-through a real mount, with the emulator injecting faults. Shared by ``tests/test_soak.py`` (a short
+and writer processes copying files into an app result, through a real mount, with the emulator
+injecting faults. Shared by ``tests/test_soak.py`` (a short
 CI run) and ``scripts/soak`` (the long run that prints the figures for docs/reliability.md).
 
 Why processes, not threads: each worker is a separate client of the kernel, as pipelines are, and a
@@ -11,7 +12,14 @@ deadline plus a grace period as hung.
 
 Usage as a module: ``run_soak(workdir, duration=…, workers=16)`` returns a ``SoakResult``.
 Usage from the shell: ``scripts/soak [--seconds 120] [--workers 16] [--no-faults] [--json F]``.
-Usage as a worker (internal): ``python soak.py worker MANIFEST SEED DEADLINE``.
+Usage as a worker (internal): ``python soak.py worker|writer MANIFEST SEED DEADLINE``.
+
+Writers create files of known (synthetic) bytes in ``Projects/Proj0/AppResults/Soak/Files/``, in
+three ways: plain sequential writes, rsync's pattern (a temp name, then ``rename``) and sparse
+(``ftruncate`` to the size first, then the parts written in random order). After the deadline
+the parent flushes the upload spool, waits for it to drain (faults still on), and then checks
+every written file on the server through the API: a file missing is *lost*, a file with other
+bytes is *wrong*.
 """
 
 from __future__ import annotations
@@ -108,6 +116,92 @@ def _diff_count(got: bytes, want: bytes) -> int:
         return 0
     n = sum(1 for a, b in zip(got, want) if a != b)
     return n + abs(len(got) - len(want))
+
+
+@dataclass
+class WriterReport:
+    written: list = field(default_factory=list)  # [name, seed, size] of every file closed without error
+    bytes_written: int = 0
+    errors: dict = field(default_factory=dict)
+    max_call: float = 0.0
+    max_call_what: str = ""
+
+
+WRITE_SIZES = [1, 4095, 65536, 300_000, 1 * MiB + 17, 3 * MiB + 5]
+WRITER_SEED_BASE = 10_000_000  # writers' content seeds: far from the account's
+
+
+def writer(manifest_path: str, seed: int, deadline: float) -> WriterReport:
+    manifest = json.loads(Path(manifest_path).read_text())
+    target = Path(manifest["mount"]) / manifest["upload_dir"]
+    rng = random.Random(seed)
+    rep = WriterReport()
+    n = 0
+    while time.time() < deadline:
+        n += 1
+        size = rng.choice(WRITE_SIZES)
+        fseed = WRITER_SEED_BASE + seed * 100_000 + n
+        name = f"w{seed}_{n}.bin"
+        how = rng.choice(["write", "rename", "sparse"])
+        data = _expected(fseed, 0, size)
+        chunk = rng.choice([4096, 65536, MiB])
+        start = time.monotonic()
+        try:
+            path = target / (f".{name}.tmp" if how == "rename" else name)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                offsets = list(range(0, size, chunk))
+                if how == "sparse":
+                    os.ftruncate(fd, size)
+                    rng.shuffle(offsets)
+                for off in offsets:
+                    os.pwrite(fd, data[off : off + chunk], off)
+            finally:
+                os.close(fd)
+            if how == "rename":
+                os.rename(path, target / name)
+            rep.written.append([name, fseed, size])
+            rep.bytes_written += size
+        except OSError as exc:
+            code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+            rep.errors[code] = rep.errors.get(code, 0) + 1
+        took = time.monotonic() - start
+        if took > rep.max_call:
+            rep.max_call, rep.max_call_what = took, f"{how} {name} ({size} B)"
+    return rep
+
+
+def check_uploads(emulator, appresult_id: str, written: list) -> tuple[int, int, list]:
+    """(lost, wrong, examples): every written file must be on the server with its exact bytes."""
+    import hashlib
+
+    import httpx
+
+    with httpx.Client(base_url=emulator.url, headers={"x-access-token": emulator.token}, timeout=60, follow_redirects=True) as c:
+        items, offset = [], 0
+        while True:
+            page = c.get(f"v1pre3/appresults/{appresult_id}/files", params={"Limit": 1000, "Offset": offset}).json()["Response"]
+            items += page["Items"]
+            offset += len(page["Items"])
+            if not page["Items"] or offset >= page["TotalCount"]:
+                break
+        on_server = {i["Path"]: i for i in items}
+        lost = wrong = 0
+        examples = []
+        for name, fseed, size in written:
+            item = on_server.get(name)
+            if item is None:
+                lost += 1
+                examples.append(f"lost {name}")
+                continue
+            body = c.get(f"v1pre3/files/{item['Id']}/content").content
+            if len(body) != size or hashlib.md5(body).digest() != hashlib.md5(_expected(fseed, 0, size)).digest():
+                wrong += 1
+                examples.append(f"wrong {name}: {len(body)} of {size} bytes")
+        extra = set(on_server) - {w[0] for w in written}
+        wrong += len(extra)  # a file nobody closed (a temp name, a duplicate) must not be there
+        examples += [f"unexpected {e}" for e in sorted(extra)[:5]]
+    return lost, wrong, examples[:10]
 
 
 def worker(manifest_path: str, seed: int, deadline: float) -> WorkerReport:
@@ -254,6 +348,17 @@ class SoakResult:
     peak_fds: int
     peak_sockets: int
     daemon_alive: bool
+    writers: int = 0
+    files_written: int = 0
+    mib_written: float = 0.0
+    write_errors: dict = field(default_factory=dict)
+    max_write: float = 0.0  # one whole file written and closed (into the spool)
+    max_write_what: str = ""
+    drain_seconds: float = 0.0  # from the deadline until every upload was committed
+    failed_uploads: int = 0  # failed for good (kept in the spool)
+    lost_files: int = 0
+    wrong_files: int = 0
+    upload_problems: list = field(default_factory=list)
 
     def summary(self) -> str:
         faults = ", ".join(f"{k} {v}" for k, v in sorted(self.faults_injected.items())) or "none"
@@ -274,6 +379,19 @@ class SoakResult:
                 f"  daemon fds        peak {self.peak_fds} open, {self.peak_sockets} sockets",
                 f"  daemon alive      {self.daemon_alive}",
             ]
+            + (
+                [
+                    f"  writers           {self.writers}: {self.files_written} files, {self.mib_written:.0f} MiB closed "
+                    f"({self.mib_written / max(self.duration, 1e-9):.1f} MiB/s into the spool), errors "
+                    + (", ".join(f"{k} {v}" for k, v in sorted(self.write_errors.items())) or "none"),
+                    f"  slowest write     {self.max_write:.2f} s ({self.max_write_what})",
+                    f"  upload drain      {self.drain_seconds:.1f} s after the deadline, {self.failed_uploads} failed for good",
+                    f"  lost files        {self.lost_files}",
+                    f"  wrong files       {self.wrong_files}" + (f" ({'; '.join(self.upload_problems)})" if self.upload_problems else ""),
+                ]
+                if self.writers
+                else []
+            )
         )
 
 
@@ -284,8 +402,9 @@ def run_soak(
     faults: dict | None = None,
     mount_args: tuple[str, ...] = (),
     log=print,
+    writers: int = 0,
 ) -> SoakResult:
-    from conftest import Mount, require_fuse  # noqa: F401  (same mount harness as the tests)
+    from conftest import Mount, flush_and_wait, require_fuse, status_lines  # noqa: F401  (same mount harness as the tests)
 
     from basemount_py.emulator.control import EmulatorProcess
 
@@ -300,11 +419,26 @@ def run_soak(
             "--op-timeout", str(SOAK_OP_TIMEOUT),
             "--cache-size", "64",
             "--metadata-ttl", "5",
+            "--upload-threshold", "1", "--upload-part-size", "0.5",  # writers' bigger files go multipart
             *mount_args,
         )
         m.start()
+        written: list = []
+        writer_reports: list = []
+        drain = 0.0
+        failed_uploads = 0
         try:
             manifest["mount"] = str(m.mountpoint)
+            manifest["upload_dir"] = "Projects/Proj0/AppResults/Soak/Files"
+            if writers:
+                for attempt in range(10):  # under faults even the mkdir may need another go
+                    try:
+                        m.path("Projects", "Proj0", "AppResults", "Soak").mkdir(exist_ok=True)
+                        if m.path(manifest["upload_dir"]).is_dir():
+                            break
+                    except OSError:
+                        pass
+                appresult_id = m.path("Projects", "Proj0", "AppResults", "Soak", ".id").read_text().strip()
             manifest_path = workdir / "manifest.json"
             manifest_path.write_text(json.dumps(manifest))
             pid = m.process.pid
@@ -314,18 +448,11 @@ def run_soak(
             start = time.time()
             deadline = start + duration
             procs = []
-            for i in range(workers):
-                out = open(workdir / f"worker{i}.json", "wb")
-                procs.append(
-                    (
-                        subprocess.Popen(
-                            [sys.executable, __file__, "worker", str(manifest_path), str(i), str(deadline)],
-                            stdout=out,
-                            stderr=subprocess.STDOUT,
-                        ),
-                        out,
-                    )
-                )
+            for kind, count in (("writer", writers), ("worker", workers)):
+                for i in range(count):
+                    out = open(workdir / f"{kind}{i}.json", "wb")
+                    argv = [sys.executable, __file__, kind, str(manifest_path), str(i), str(deadline)]
+                    procs.append((subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT), out))
             peak_rss, peak_fds, peak_sockets = rss0, 0, 0
             # A worker still running this long after the deadline is stuck in an operation that
             # outlived every bound (the op timeout plus one full sequential read).
@@ -346,8 +473,25 @@ def run_soak(
                 out.close()
             daemon_alive = m.process.poll() is None
             counters = emulator.counters()
+            if writers and daemon_alive:
+                drain_start = time.time()
+                flush_and_wait(m, timeout=600)  # faults still on: the retries must get everything through
+                drain = time.time() - drain_start
+                failed_uploads = sum(1 for line in status_lines(m) if line[0] == "failed")
         finally:
             m.stop()
+        for i in range(writers):
+            text = (workdir / f"writer{i}.json").read_text(errors="replace").strip()
+            try:
+                writer_reports.append(WriterReport(**json.loads(text.splitlines()[-1])))
+            except (ValueError, IndexError, TypeError):
+                writer_reports.append(WriterReport(errors={f"writer {i} crashed: {text[-300:]}": 1}))
+        written = [w for r in writer_reports for w in r.written]
+        lost = wrong = 0
+        problems: list = []
+        if writers:
+            emulator.set_knobs(**{k: 0.0 for k in ("error_rate", "throttle_rate", "reset_rate", "truncate_rate", "stall_rate")})
+            lost, wrong, problems = check_uploads(emulator, appresult_id, written)
 
     reports = []
     for i in range(workers):
@@ -393,6 +537,17 @@ def run_soak(
         peak_fds=peak_fds,
         peak_sockets=peak_sockets,
         daemon_alive=daemon_alive,
+        writers=writers,
+        files_written=len(written),
+        mib_written=sum(r.bytes_written for r in writer_reports) / MiB,
+        write_errors={k: v for r in writer_reports for k, v in r.errors.items()},
+        max_write=max((r.max_call for r in writer_reports), default=0.0),
+        max_write_what=max(writer_reports, key=lambda r: r.max_call).max_call_what if writer_reports else "",
+        drain_seconds=round(drain, 1),
+        failed_uploads=failed_uploads,
+        lost_files=lost,
+        wrong_files=wrong,
+        upload_problems=problems,
     )
 
 
@@ -407,13 +562,14 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="scripts/soak", description="Soak a real mount with faults; print the figures.")
     parser.add_argument("--seconds", type=float, default=120.0, help="duration (default 120)")
     parser.add_argument("--workers", type=int, default=16, help="reader processes (default 16)")
+    parser.add_argument("--writers", type=int, default=4, help="writer processes (default 4)")
     parser.add_argument("--no-faults", action="store_true", help="run without fault injection")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="basemount-soak-"))
     try:
-        result = run_soak(workdir, duration=args.seconds, workers=args.workers, faults={} if args.no_faults else None)
+        result = run_soak(workdir, duration=args.seconds, workers=args.workers, faults={} if args.no_faults else None, writers=args.writers)
     finally:
         if not args.keep:
             import shutil
@@ -425,12 +581,14 @@ def main(argv: list[str]) -> int:
     if args.json:
         Path(args.json).write_text(result_json(result))
     ok = result.wrong_bytes == 0 and result.hung_workers == 0 and result.daemon_alive and set(result.errors) <= {"EIO"}
+    ok = ok and result.lost_files == 0 and result.wrong_files == 0 and result.failed_uploads == 0
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "worker":
-        print(json.dumps(asdict(worker(sys.argv[2], int(sys.argv[3]), float(sys.argv[4])))))
+    if len(sys.argv) == 5 and sys.argv[1] in ("worker", "writer"):
+        run = worker if sys.argv[1] == "worker" else writer
+        print(json.dumps(asdict(run(sys.argv[2], int(sys.argv[3]), float(sys.argv[4])))))
     else:
         sys.exit(main(sys.argv[1:]))

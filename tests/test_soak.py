@@ -1,5 +1,5 @@
-"""The soak, short: 16 processes of ls/stat/sequential/random reads through one mount for ~25 s with
-faults on (the 2-minute run is ``scripts/soak``; its figures are in docs/reliability.md)."""
+"""The soak, short: 16 processes of ls/stat/sequential/random reads and 2 writers through one mount
+for ~25 s with faults on (the 2-minute run is ``scripts/soak``; its figures are in docs/reliability.md)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,9 @@ def _check(result) -> None:
     assert result.max_call < 2 * SOAK_OP_TIMEOUT + 5, result.max_call_what
     assert sum(result.faults_injected.values()) >= 20, result.faults_injected
     assert {"ls", "stat", "seq", "random"} <= set(result.by_kind)
+    # Writers: every file closed without error is on the server with its bytes, after the spool drained.
+    assert result.files_written > 0 and not result.write_errors, result.write_errors
+    assert (result.lost_files, result.wrong_files, result.failed_uploads) == (0, 0, 0), result.upload_problems
     # Bounded resources: the block cache is 64 MiB; connections are pooled (16 API + 16 content).
     assert result.peak_rss_mib < 400, result.peak_rss_mib
     assert result.peak_sockets <= 2 * 16 + 4, result.peak_sockets
@@ -32,10 +35,10 @@ def _check(result) -> None:
 
 def test_soak_short(tmp_path):
     require_fuse()
-    _check(run_soak(tmp_path, duration=CI_SECONDS, workers=16))
+    _check(run_soak(tmp_path, duration=CI_SECONDS, workers=16, writers=2))
 
 
 @pytest.mark.slow
 def test_soak_two_minutes(tmp_path):
     require_fuse()
-    _check(run_soak(tmp_path, duration=120, workers=16))
+    _check(run_soak(tmp_path, duration=120, workers=16, writers=4))

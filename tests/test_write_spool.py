@@ -192,6 +192,9 @@ def test_rename_before_upload_renames_the_spooled_file_and_after_is_erofs(emulat
         os.rename(files / "kept.txt", files / "moved.txt")
     assert raised.value.errno == errno.EROFS
     assert "cannot be renamed" in (files / ".error").read_text()
+    assert subprocess.run(["touch", str(files / "empty")], capture_output=True).returncode != 0
+    errors = (files / ".error").read_text()  # every failure in the folder, not only the last
+    assert "cannot be renamed" in errors and "zero-byte" in errors
     os.chmod(files / "kept.txt", 0o600)  # accepted and ignored on an uploaded file too
     os.utime(files / "kept.txt", (1, 1))
     flush_and_wait(m)
@@ -320,3 +323,23 @@ def test_mark_as_complete_waits_for_uploads_refuses_failed_ones_and_refreshes_ev
     with pytest.raises(OSError) as raised:
         open(files / "more.txt", "wb")
     assert raised.value.errno == errno.EROFS
+
+
+def test_a_full_spool_is_enospc_with_the_reason(emulator, mount_factory):
+    m = mount_factory(emulator, *HOLD, "--spool-max", "0.001")  # about 1 MiB
+    files = new_appresult(m) / "Files"
+    (files / "fits.bin").write_bytes(os.urandom(512 * 1024))
+    fd = os.open(files / "too-big.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+    with pytest.raises(OSError) as raised:
+        for _ in range(16):
+            os.write(fd, os.urandom(128 * 1024))
+    assert raised.value.errno == errno.ENOSPC
+    os.close(fd)
+    assert "spool is full" in (files / ".error").read_text()
+    # the partial file is not uploaded: it is kept as failed until the user removes it
+    wait_until(lambda: [s[0] for s in status_lines(m) if s[2].endswith("too-big.bin")] == ["failed"], "too-big.bin failed")
+    os.unlink(files / "too-big.bin")
+    flush_and_wait(m)  # what fitted is uploaded; the space comes back
+    (files / "later.bin").write_bytes(os.urandom(700 * 1024))
+    flush_and_wait(m)
+    assert sorted(n for n in os.listdir(files) if not n.startswith(".")) == ["fits.bin", "later.bin"]

@@ -515,6 +515,7 @@ class WriteManager:
                 raise WriteFailure(errno.EFBIG, f"property {entry.name}: values are limited to {MAX_BYTES} bytes")
             await self._spool(self.spool.write, entry, off, data)
         except WriteFailure as exc:
+            self._spoiled(entry, exc)
             raise self._report(tuple(entry.mount_path[:-1]), exc) from None
         if node is not None:
             node.size = entry.size
@@ -527,8 +528,16 @@ class WriteManager:
                 raise WriteFailure(errno.EFBIG, f"property {entry.name}: values are limited to {MAX_BYTES} bytes")
             await self._spool(self.spool.truncate, entry, size)
         except WriteFailure as exc:
+            self._spoiled(entry, exc)
             raise self._report(tuple(entry.mount_path[:-1]), exc) from None
         node.size = entry.size
+
+    @staticmethod
+    def _spoiled(entry: SpoolEntry, exc: WriteFailure) -> None:
+        """A write into this file failed: its bytes are not what the writer meant, so it is not
+        uploaded at close but kept as failed (rewrite it, retry it or remove it)."""
+        if entry.state == OPEN and not entry.error:
+            entry.error = f"a write failed ({exc.message}); not uploaded"
 
     async def open_reader(self, entry: SpoolEntry) -> int:
         """Reading a file not uploaded yet (or failed for good): from the spool."""
@@ -579,6 +588,12 @@ class WriteManager:
             self._report(tuple(entry.mount_path[:-1]), WriteFailure(
                 errno.EINVAL, f"{entry.name}: BaseSpace does not accept zero-byte files; nothing was uploaded"))
             await self._discard(entry)
+            return
+        if entry.error:  # a write failed: the file is incomplete
+            entry.state = FAILED
+            await self._spool(self.spool.persist, entry)
+            log.error("%s is kept in the spool, not uploaded: %s", entry.display, entry.error)
+            self._failed(entry)
             return
         entry.state, entry.closed_once = PENDING, True
         await self._spool(self.spool.sync, entry)

@@ -181,7 +181,7 @@ class Spool:
     def _reserve(self, entry: SpoolEntry, new_size: int) -> None:
         grow = new_size - entry.size
         if grow > 0 and self.used_bytes() + grow > self.max_bytes:
-            raise SpoolFull(errno.ENOSPC, f"the upload spool is full (--spool-max {self.max_bytes / 2**30:.1f} GiB)")
+            raise SpoolFull(errno.ENOSPC, f"the upload spool is full (--spool-max: {self.max_bytes / 2**20:.0f} MiB)")
 
     def write(self, entry: SpoolEntry, off: int, data: bytes) -> None:
         end = off + len(data)
