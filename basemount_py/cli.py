@@ -11,6 +11,8 @@ import os
 import sys
 from typing import Sequence
 
+from .api.budget import BudgetPolicy
+
 MiB = 2**20
 
 
@@ -43,6 +45,14 @@ def _add_mount_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-connections", type=int, default=16, metavar="N", help="parallel HTTP connections (default 16)")
     p.add_argument(
+        "--api-max-rate",
+        type=_positive_float,
+        default=BudgetPolicy.max_rate,
+        metavar="R",
+        help=f"ceiling of this mount's API request rate per second; it also slows down on 429s "
+        f"(default {BudgetPolicy.max_rate:g}; docs/cluster.md)",
+    )
+    p.add_argument(
         "--direct-io",
         action="store_true",
         help="bypass the kernel page cache for BaseSpace files: faster one-pass reads where filling the "
@@ -54,6 +64,12 @@ def _add_mount_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="check every whole-file sequential read against the file's ETag (its MD5); a mismatch fails "
         "the read with EIO. Files uploaded multipart (ETag <md5>-<n>) and partial or random reads are not checked",
+    )
+    p.add_argument(
+        "--manifest",
+        metavar="FILE",
+        help="serve the folders of this snapshot (made by: basemount-py manifest PATH > FILE) without "
+        "listing calls; only file content is fetched (docs/cluster.md)",
     )
     p.add_argument("--op-timeout", type=_positive_float, default=60.0, metavar="S", help="upper bound for any file operation (default 60 s)")
     p.add_argument("--allow-other", action="store_true", help="let other users see the mount (needs user_allow_other)")
@@ -94,6 +110,15 @@ def _run_mount(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"basemount-py: {exc}", file=sys.stderr)
         return 1
+    manifest = None
+    if args.manifest:
+        from .tree.manifest import ManifestError, load_manifest
+
+        try:
+            manifest = load_manifest(args.manifest, credentials.api_server)
+        except ManifestError as exc:
+            print(f"basemount-py: {exc}", file=sys.stderr)
+            return 1
     opts = MountOptions(
         mountpoint=args.mountpoint or "",
         fuse_socket=args.fuse_socket,
@@ -103,6 +128,8 @@ def _run_mount(args: argparse.Namespace) -> int:
         prefetch_max=max(1, args.prefetch_max) * MiB,
         whole_file_max=max(0, args.whole_file_max) * MiB,
         max_connections=max(1, args.max_connections),
+        api_max_rate=args.api_max_rate,
+        manifest=manifest,
         allow_other=args.allow_other,
         op_timeout=args.op_timeout,
         direct_io=args.direct_io,
@@ -124,6 +151,39 @@ def _run_fuse_helper(args: argparse.Namespace) -> int:
     from .fuse_helper import run_helper
 
     return run_helper(args.target, args.socket, args.user, allow_other=args.allow_other)
+
+
+def _run_manifest(args: argparse.Namespace) -> int:
+    import json
+
+    import trio
+
+    from .api.client import BaseSpaceClient
+    from .api.config import ConfigError, load_credentials
+    from .api.errors import ApiError
+    from .tree.manifest import ManifestError, make_manifest, split_path
+
+    try:
+        credentials = load_credentials(args.config, args.api_server, allow_insecure=args.allow_insecure_http)
+        path = split_path(args.path)
+    except (ConfigError, ManifestError) as exc:
+        print(f"basemount-py: {exc}", file=sys.stderr)
+        return 1
+
+    async def run() -> dict:
+        async with BaseSpaceClient(credentials.api_server, credentials.access_token) as client:
+            return await make_manifest(client, path)
+
+    try:
+        manifest = trio.run(run)
+    except (ApiError, ManifestError) as exc:
+        print(f"basemount-py: manifest of {args.path}: {exc}", file=sys.stderr)
+        return 1
+    json.dump(manifest, sys.stdout, separators=(",", ":"))
+    sys.stdout.write("\n")
+    count = len(manifest["listings"])
+    print(f"basemount-py: manifest of /{manifest['root']}: {count} listings", file=sys.stderr)
+    return 0
 
 
 def _run_unmount(args: argparse.Namespace) -> int:
@@ -215,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("mount", help="mount a BaseSpace account")
     _add_mount_arguments(p)
     p.set_defaults(func=_run_mount)
+
+    p = sub.add_parser("manifest", help="print a JSON snapshot of a folder's listings, for mount --manifest")
+    p.add_argument("path", help="folder relative to the account root, e.g. 'Projects/My Project/Samples'")
+    p.add_argument("--config", metavar="NAME", help="use ~/.basespace/NAME.cfg (default: env vars, then default.cfg)")
+    p.add_argument("--api-server", metavar="URL|ALIAS", help="API server URL or region alias (overrides the config)")
+    p.add_argument("--allow-insecure-http", action="store_true", help="allow a non-loopback http:// API server")
+    p.set_defaults(func=_run_manifest)
 
     p = sub.add_parser("unmount", help="unmount cleanly (names the processes that block it)")
     p.add_argument("mountpoint")

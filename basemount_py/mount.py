@@ -20,6 +20,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from .api.budget import BudgetPolicy, RequestBudget
 from .api.client import BaseSpaceClient
 from .api.errors import ApiError, CertificateError
 from .api.retry import RetryPolicy
@@ -29,6 +30,7 @@ from .fuse_helper import FuseHelperError, receive_fuse_fd
 from .fuse_ops import Operations
 from .mount_table import FS_NAME, MountBusy, MountEntry, MountLock, mount_entry
 from .tree import Layout, Tree
+from .tree.manifest import ManifestApi
 
 log = logging.getLogger("basemount_py")
 
@@ -44,6 +46,8 @@ class MountOptions:
     prefetch_max: int = 64 * MiB
     whole_file_max: int = 64 * MiB  # small files read at random, and indexes, are fetched whole
     max_connections: int = 16
+    api_max_rate: float = BudgetPolicy.max_rate  # requests/s ceiling of the request budget
+    manifest: dict | None = None  # a loaded --manifest (tree/manifest.py): listings without calls
     allow_other: bool = False
     op_timeout: float = 60.0
     direct_io: bool = False  # FOPEN_DIRECT_IO on BaseSpace files instead of keep_cache
@@ -304,6 +308,7 @@ async def _main(credentials, opts: MountOptions, token_reloader, notify: int | N
         policy=policy,
         max_connections=opts.max_connections,
         token_reloader=token_reloader,
+        budget=RequestBudget(BudgetPolicy.capped(opts.api_max_rate)),
     )
     # The first contact fails fast: a mistyped --api-server, no network or an unknown host is
     # reported within about 3 s, not after the whole retry budget of a file operation (13 s for
@@ -337,7 +342,8 @@ async def _main(credentials, opts: MountOptions, token_reloader, notify: int | N
             max_parallel=opts.max_connections,
             verify=opts.verify,
         ) as reads:
-            layout = Layout(api, metadata_ttl=opts.metadata_ttl)
+            listing_api = ManifestApi(api, opts.manifest) if opts.manifest else api
+            layout = Layout(listing_api, metadata_ttl=opts.metadata_ttl)  # type: ignore[arg-type]
             tree = Tree(layout, metadata_ttl=opts.metadata_ttl)
             from .write import Spool, UploadConfig, WriteManager, account_key
 
@@ -404,6 +410,8 @@ async def _run_fuse(ops: Operations, opts: MountOptions, notify: int | None, use
         _notify(notify, f"mounting {opts.mountpoint} failed: {exc}")
         return 1
     log.info("mounted %s for %s (API %s)", opts.visible_path, user_name, api_server)
+    if opts.manifest:
+        log.info("--manifest: folders come from a snapshot of /%s", opts.manifest["root"])
     if opts.direct_io:
         log.info("--direct-io: BaseSpace files bypass the kernel page cache (no shared mmap)")
     if opts.verify:

@@ -26,6 +26,7 @@ from .errors import (
     ProtocolError,
     ServerError,
 )
+from .budget import RequestBudget
 from .retry import RetryPolicy, with_retries
 
 log = logging.getLogger(__name__)
@@ -129,12 +130,17 @@ class BaseSpaceClient:
         policy: RetryPolicy = RetryPolicy(),
         max_connections: int = 16,
         token_reloader: Callable[[], str | None] | None = None,
+        budget: RequestBudget | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ):
         self.api_server = api_server.rstrip("/") + "/"
         self._token = access_token
         self.policy = policy
         self._token_reloader = token_reloader
+        # One budget per process (docs/cluster.md): every API request of this client waits for it.
+        self.budget = budget if budget is not None else RequestBudget()
         self._http = httpx.AsyncClient(
+            transport=transport,
             base_url=self.api_server,
             timeout=httpx.Timeout(policy.request_timeout),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
@@ -156,6 +162,7 @@ class BaseSpaceClient:
     # -- single requests -------------------------------------------------------------------
 
     async def _send_once(self, method: str, path: str, params: dict | None, token: str, **kwargs: Any) -> httpx.Response:
+        await self.budget.acquire()
         self.request_count += 1
         headers = {"x-access-token": token}
         headers.update(kwargs.pop("headers", {}) or {})
@@ -168,6 +175,10 @@ class BaseSpaceClient:
             if bad_certificate is not None:
                 raise bad_certificate from None
             raise NetworkError(f"{method} {path}: {type(exc).__name__}: {transport_detail(exc)}") from None
+        if response.status_code == 429:
+            self.budget.throttled(_retry_after(response))
+        elif response.status_code < 500:
+            self.budget.succeeded()
         raise_for_status(response, f"{method} {path}")
         return response
 

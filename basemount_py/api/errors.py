@@ -77,6 +77,12 @@ class ProtocolError(ApiError):
     errno = errno.EIO
 
 
+class OutsideManifestError(ApiError):
+    """A ``--manifest`` mount was asked for a listing its snapshot does not hold."""
+
+    errno = errno.EACCES
+
+
 def errno_for(exc: BaseException) -> int:
     """Map any exception to the errno a filesystem operation should fail with. Never EAGAIN."""
     if isinstance(exc, ApiError):

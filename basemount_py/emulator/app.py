@@ -35,7 +35,7 @@ from . import render
 from .account import Account, AccountError, Entity, FileEntry, Ref, bs_date, load_account, resolve_token, warm_etags
 from .content import ContentSigner, StreamResponse, content_disposition, file_body, parse_range, xml_error
 from .http_listing import HTTP_TREE_PREFIX, http_tree
-from .knobs import Counters, FaultInjector, KnobError, Knobs
+from .knobs import Counters, FaultInjector, KnobError, Knobs, RateLimiter
 
 __all__ = ["Emulator", "build_app", "UNAUTHORIZED_BODY"]
 
@@ -61,12 +61,13 @@ Handler = Callable[["Emulator", Request], Awaitable[StreamResponse]]
 class Emulator:
     """All mutable state of one emulator process."""
 
-    def __init__(self, data_dir: str, token: str | None = None, knobs: Knobs | None = None):
+    def __init__(self, data_dir: str, token: str | None = None, knobs: Knobs | None = None, clock=time.monotonic):
         self.data_dir = data_dir
         self.account: Account = load_account(data_dir)
         self.token = resolve_token(data_dir, token)
         self.knobs = knobs or Knobs()
         self.faults = FaultInjector(self.knobs)
+        self.rate_limiter = RateLimiter(self.knobs, clock)
         self.counters = Counters()
         self.signer = ContentSigner()
         self.started = time.time()
@@ -397,8 +398,12 @@ def _endpoint(emulator: Emulator, template: str, handler: Handler, *, scope: str
             fault = em.faults.decide(scope)
         if fault is not None:
             em.counters.fault(fault)
+        limited = em.rate_limiter.check(_request_token(request) or "") if scope == "api" and fault is None else None
         response: StreamResponse
-        if fault in ("500", "503"):
+        if limited is not None:
+            em.counters.fault("rate-limit")
+            response = _throttled(limited, scope)
+        elif fault in ("500", "503"):
             response = _server_error(int(fault), scope)
             fault = None
         elif fault == "429":

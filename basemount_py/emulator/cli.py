@@ -29,6 +29,7 @@ _KNOB_OPTIONS = {
     "stall_rate": ("--stall-rate", float, "fraction of responses that stall for --stall-seconds"),
     "stall_seconds": ("--stall-seconds", float, "length of a stall (default 30)"),
     "fault_seed": ("--fault-seed", int, "seed of the fault RNG (default 0: runs are reproducible)"),
+    "rate_limit": ("--rate-limit", float, "API requests/s allowed per access token; more get 429 + Retry-After (default 0 = no limit)"),
     "url_lifetime": ("--url-lifetime", float, "lifetime of signed content URLs in seconds (default 7 days)"),
 }
 

@@ -14,22 +14,31 @@ Fault decisions live in ``FaultInjector`` so they are deterministic:
   Only requests inside ``fault_scope`` draw, so the sequence of faults seen by, say, content
   requests does not depend on how many API calls were interleaved when the scope is ``content``.
 
+``rate_limit`` (requests/s per access token, API routes only; 0 = none) is a token bucket per
+token, like a real service's quota: ``RateLimiter.check`` answers how long until the next request
+would be allowed, which becomes a 429 with that ``Retry-After`` (whole seconds, as HTTP says). Its
+answers are counted as the fault kind ``rate-limit``, apart from the injected ``429``s.
+
 Counters are bounded: keys are route templates and fault kinds, never raw paths.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Knobs", "KnobError", "FaultInjector", "Counters", "FAULT_KINDS", "SCOPES"]
+__all__ = ["Knobs", "KnobError", "FaultInjector", "RateLimiter", "Counters", "FAULT_KINDS", "SCOPES"]
 
 FAULT_KINDS = ("500", "503", "429", "reset", "truncate", "stall")
 SCOPES = ("api", "content", "all")
 MAX_FAIL_NEXT = 1000  # bounded memory for the one-shot queue
+MAX_RATE_LIMITED_TOKENS = 1024  # buckets kept (least recently used dropped)
 
 
 class KnobError(ValueError):
@@ -54,10 +63,11 @@ class Knobs:
     # Hostile listings: page k (k = Offset // Limit) reports TotalCount = real + skew * (k + 1),
     # so the count changes between pages (and a huge skew makes page 0 lie about the size).
     total_count_skew: int = 0
+    rate_limit: float = 0.0  # API requests/s per access token (bucket of one second); 0 = no limit
     fail_next: list[dict[str, Any]] = field(default_factory=list)
 
     _RATES = ("error_rate", "throttle_rate", "reset_rate", "truncate_rate", "stall_rate")
-    _NON_NEGATIVE = ("latency_ms", "conn_bandwidth", "retry_after", "stall_seconds")
+    _NON_NEGATIVE = ("latency_ms", "conn_bandwidth", "retry_after", "stall_seconds", "rate_limit")
 
     def __post_init__(self) -> None:
         # bumped whenever fault_seed is set (even to the same value): the injector re-seeds,
@@ -172,6 +182,38 @@ class FaultInjector:
                     return kind
                 draw -= rate
             return None
+
+
+class RateLimiter:
+    """Per-token token buckets of ``knobs.rate_limit`` requests/s holding one second of requests.
+
+    ``clock`` is injectable so that an in-process test can drive it with trio's MockClock."""
+
+    def __init__(self, knobs: Knobs, clock=time.monotonic):
+        self.knobs = knobs
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # token -> (tokens, stamp)
+
+    def check(self, token: str) -> float | None:
+        """None if this request may go on; else the Retry-After (whole seconds, >= 1) to answer."""
+        rate = self.knobs.rate_limit
+        if rate <= 0:
+            return None
+        capacity = max(1.0, rate)
+        now = self.clock()
+        with self._lock:
+            tokens, stamp = self._buckets.pop(token, (capacity, now))
+            tokens = min(capacity, tokens + max(0.0, now - stamp) * rate)
+            allowed = tokens >= 1.0
+            if allowed:
+                tokens -= 1.0
+            self._buckets[token] = (tokens, now)
+            while len(self._buckets) > MAX_RATE_LIMITED_TOKENS:
+                self._buckets.popitem(last=False)
+        if allowed:
+            return None
+        return float(max(1, math.ceil((1.0 - tokens) / rate)))
 
 
 class Counters:

@@ -1,0 +1,124 @@
+"""A per-process request budget: a token bucket whose rate adapts to 429s (AIMD).
+
+BaseSpace documents no rate limit and sends no rate-limit headers, so N cluster nodes mounting one
+account make N times the calls against a budget nobody can see. Retrying each 429 after its
+``Retry-After`` (retry.py) keeps a single request correct, but not the process polite: every
+other request of the process would walk into the same wall. So every API request first takes a
+token from one bucket per process:
+
+* the bucket refills at ``rate`` requests/s and holds at most ``burst_seconds`` of them, so an
+  idle process cannot fire a large burst when it wakes up;
+* a 429 halves the rate (multiplicative decrease; concurrent 429s of one congestion episode count
+  once) and pauses the whole bucket for the answer's ``Retry-After``;
+* each success raises the rate by ``increase`` of itself per second of traffic (so growth is
+  proportional to what the process already gets: with many clients sharing one server budget,
+  the aggregate probes upwards gently), up to ``max_rate``;
+* until the first 429 the growth is ``slow_start_increase`` instead (TCP's slow start): a server
+  that never throttles is soon used at ``max_rate``, and the first 429 ends it for good.
+
+Requests wait in FIFO order (``trio.Lock`` is fair). The wait counts against the operation's
+retry deadline like any other part of the request, so a starved budget ends as EIO, never a hang.
+The content host (signed URLs) is not part of the API budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import trio
+
+__all__ = ["BudgetPolicy", "RequestBudget"]
+
+_EPSILON = 1e-6
+
+
+@dataclass(frozen=True)
+class BudgetPolicy:
+    """Every default of the request budget (the mount options --api-rate and --api-max-rate use them)."""
+
+    rate: float = 10.0  # requests/s at start
+    max_rate: float = 100.0  # ceiling of the additive increase
+    # Floor of the decrease: progress even when a server answers 429 at random. 16 daemons at the
+    # floor still stay under a 10 requests/s quota (tests/test_rate_limit.py).
+    min_rate: float = 0.5
+    burst_seconds: float = 1.0  # bucket size, in seconds of the current rate (at least one token)
+    decrease: float = 0.4  # rate factor on a 429
+    increase: float = 0.02  # per success, rate += increase (≈ +2 % per second of full-rate traffic)
+    slow_start_increase: float = 0.5  # the same before the first 429 (≈ +50 % per second)
+    # After a decrease, further 429s within this many seconds (or the Retry-After, if longer)
+    # belong to the same episode: requests already in flight were sent at the old rate.
+    episode_seconds: float = 1.0
+    # A Retry-After pauses the whole process, but never longer than this: one answer saying
+    # "come back in an hour" fails the request it answered (retry.py), not the whole mount.
+    max_pause: float = 10.0
+
+    @classmethod
+    def capped(cls, max_rate: float) -> "BudgetPolicy":
+        """The defaults under a ceiling of ``max_rate`` requests/s (the mount's --api-max-rate)."""
+        default = cls()
+        return cls(rate=min(default.rate, max_rate), max_rate=max_rate, min_rate=min(default.min_rate, max_rate))
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_rate <= self.rate <= self.max_rate:
+            raise ValueError("the request budget needs 0 < min_rate <= rate <= max_rate")
+        if not 0 < self.decrease < 1 or self.increase < 0 or self.burst_seconds <= 0:
+            raise ValueError("the request budget needs 0 < decrease < 1, increase >= 0, burst_seconds > 0")
+
+
+class RequestBudget:
+    def __init__(self, policy: BudgetPolicy = BudgetPolicy(), clock: Callable[[], float] = trio.current_time):
+        self.policy = policy
+        self.rate = policy.rate
+        self._clock = clock
+        self._tokens = self._capacity()
+        self._stamp: float | None = None
+        self._paused_until = 0.0
+        self._episode_until = 0.0
+        self._slow_start = True
+        self._lock = trio.Lock()
+        self.stats = {"requests": 0, "throttled": 0, "decreases": 0, "waited_seconds": 0.0}
+
+    def _capacity(self) -> float:
+        return max(1.0, self.rate * self.policy.burst_seconds)
+
+    def _refill(self, now: float) -> None:
+        if self._stamp is not None and now > self._stamp:
+            self._tokens = min(self._capacity(), self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    async def acquire(self) -> None:
+        """Wait for this process's turn to send one API request."""
+        async with self._lock:
+            started = self._clock()
+            while True:
+                now = self._clock()
+                self._refill(now)
+                if now < self._paused_until:
+                    wait = self._paused_until - now
+                elif self._tokens >= 1.0 - _EPSILON:  # float sums of refills fall just short of 1
+                    self._tokens = max(0.0, self._tokens - 1.0)
+                    self.stats["requests"] += 1
+                    self.stats["waited_seconds"] += now - started
+                    return
+                else:
+                    wait = (1.0 - self._tokens) / self.rate
+                await trio.sleep(max(wait, _EPSILON))
+
+    def succeeded(self) -> None:
+        step = self.policy.slow_start_increase if self._slow_start else self.policy.increase
+        self.rate = min(self.policy.max_rate, self.rate + step)
+
+    def throttled(self, retry_after: float | None) -> None:
+        """A 429 came back: slow the whole process down, and pause it for ``retry_after`` s."""
+        now = self._clock()
+        self.stats["throttled"] += 1
+        self._slow_start = False
+        pause = min(self.policy.max_pause, max(0.0, retry_after or 0.0))
+        if now >= self._episode_until:
+            self.rate = max(self.policy.min_rate, self.rate * self.policy.decrease)
+            self.stats["decreases"] += 1
+            self._episode_until = now + max(self.policy.episode_seconds, pause)
+            self._tokens = min(self._tokens, self._capacity())
+        if pause:
+            self._paused_until = max(self._paused_until, now + pause)
