@@ -134,3 +134,28 @@ def test_hostile_manifests_are_refused_before_mounting(emulator, manifest_file, 
     result = run_cli("mount", "--manifest", str(tmp_path / "missing.json"), str(mountpoint), emulator=emulator, home=tmp_path)
     assert result.returncode == 1 and "cannot read manifest" in result.stderr
     assert "No such file or directory" in result.stderr
+
+
+def test_demo_project_walk_with_lazy_entries_costs_no_listing_call(demo_emulator, demo_account, mount_factory, tmp_path):
+    """The demo project has the lazy entries (app session links, SampleProperties): their GETs
+    come from the manifest too, so a full walk with every link and text read costs nothing."""
+    project = "Projects/Demo Project: WGS (NA12878)"
+    result = run_cli("manifest", project, emulator=demo_emulator, home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    manifest = tmp_path / "demo.json"
+    manifest.write_text(result.stdout)
+    demo_emulator.reset_counters()
+    m = mount_factory(demo_emulator, "--manifest", str(manifest))
+    seen = 0
+    for folder, dirs, files in os.walk(m.path(*project.split("/"))):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                os.readlink(path)
+            elif name in files and not name.endswith((".gz", ".bam", ".bai", ".tbi", ".fa")):
+                with open(path, "rb") as f:  # hidden/text files, SampleProperties
+                    f.read()
+            seen += 1
+    assert seen > 20
+    counters = demo_emulator.counters()
+    assert listing_calls(counters) == {}, counters["requests"]

@@ -37,14 +37,14 @@ _EPSILON = 1e-6
 class BudgetPolicy:
     """Every default of the request budget (the mount options --api-rate and --api-max-rate use them)."""
 
-    rate: float = 10.0  # requests/s at start
+    rate: float = 5.0  # requests/s at start
     max_rate: float = 100.0  # ceiling of the additive increase
     # Floor of the decrease: progress even when a server answers 429 at random. 16 daemons at the
     # floor still stay under a 10 requests/s quota (tests/test_rate_limit.py).
     min_rate: float = 0.5
     burst_seconds: float = 1.0  # bucket size, in seconds of the current rate (at least one token)
     decrease: float = 0.4  # rate factor on a 429
-    increase: float = 0.02  # per success, rate += increase (≈ +2 % per second of full-rate traffic)
+    increase: float = 0.01  # per success, rate += increase (≈ +1 % per second of full-rate traffic)
     slow_start_increase: float = 0.5  # the same before the first 429 (≈ +50 % per second)
     # After a decrease, further 429s within this many seconds (or the Retry-After, if longer)
     # belong to the same episode: requests already in flight were sent at the old rate.
