@@ -20,6 +20,7 @@ from basemount_py.api.budget import BudgetPolicy, RequestBudget
 from basemount_py.api.client import BaseSpaceClient
 from basemount_py.api.retry import RetryPolicy
 from basemount_py.emulator import cli as emulator_cli
+from basemount_py.emulator.account import warm_etags
 from basemount_py.emulator.app import Emulator, build_app
 from basemount_py.emulator.knobs import KnobError, Knobs, RateLimiter
 from basemount_py.tree import Layout, Tree
@@ -150,6 +151,8 @@ async def walks(clients: list[BaseSpaceClient], count: int = WALKS) -> tuple[lis
 def test_16_full_walks_at_10_requests_per_second(demo_account, processes):
     """One budget per process: 16 walks sharing one daemon, and 16 daemons sharing one token."""
     emulator = Emulator(str(demo_account), clock=trio.current_time)
+    # file listings compute ETags (MD5s) on asyncio threads; done beforehand, they need none
+    warm_etags(list(emulator.account.files.values()))
     emulator.knobs.merge({"rate_limit": LIMIT})
     app = build_app(emulator)
 
