@@ -515,7 +515,7 @@ class Layout:
         trees = await _gather([lambda i=i: self.file_tree(("datasets", str(i["Id"]), True)) for i in fastq])
         datasets = [DatasetFiles(i, names[str(i["Id"])], list(walk_file_tree(t))) for i, t in zip(fastq, trees)]
         plan = plan_merge(datasets)
-        items = {str(item["Id"]): item for ds in datasets for _, item in ds.files}
+        file_items = {str(item["Id"]): item for ds in datasets for _, item in ds.files}
         file_names = {read: sanitize(merged_name(str(entity.get("BioSampleName") or entity["Id"]), read)) for read in plan.reads}
         if plan.problem:
             self.problems[path] = f"no merged FASTQs: {plan.problem}\n"
@@ -534,7 +534,7 @@ class Layout:
                     file_id=f"merged:{entity['Id']}:{read}",
                     size=sum(p.size for p in parts),
                     mtime=max(p.mtime for p in parts),
-                    ctx={"parts": tuple(_read_part(p.name, items[p.file_id]) for p in parts), ARCHIVED: bool(archived)},
+                    ctx={"parts": tuple(_read_part(p.name, file_items[p.file_id]) for p in parts), ARCHIVED: bool(archived)},
                 )
             )
         manifest = manifest_text(entity, file_names, plan)

@@ -110,7 +110,7 @@ def plan_merge(datasets: list[DatasetFiles]) -> MergePlan:
             path = "/".join(("Datasets", ds.name, "Files", *components))
             match = ILLUMINA_FASTQ.match(name)
             if match is None:
-                if FASTQ_LIKE.search(name) or name.lower().endswith((".fastq.gz", ".fq.gz")):
+                if FASTQ_LIKE.search(name):
                     plan.problem = (
                         f"unmatched file {path}: its name does not follow Illumina naming "
                         "(<sample>_S<n>_L<lane>_R<1|2>_001.fastq.gz), so it cannot be paired"
