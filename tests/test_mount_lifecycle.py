@@ -121,12 +121,14 @@ def test_error_stays_readable_and_refresh_keeps_the_listing_during_an_outage(tmp
         r = run_cli("refresh", str(samples))
         assert r.returncode == 0, r.stderr
         assert visible(samples) == ["S1"]
+        assert "reloading this folder failed, showing the earlier listing" in (samples / ".error").read_text()
         write_entity(acc / "Projects" / "P" / "Samples" / "S2")
         emulator.reload()
         emulator.set_knobs(error_rate=0.0)  # the server is back
         r = run_cli("refresh", str(samples))
         assert r.returncode == 0, r.stderr
         assert visible(samples) == ["S1", "S2"]
+        assert (samples / ".error").read_text() == ""
         assert visible(q_samples) == ["T1"]
         assert (q_samples / ".error").read_text() == ""  # cleared by the good listing
 
@@ -176,9 +178,12 @@ def test_refresh_of_names_the_kernel_already_forgot_logs_no_error(tmp_path, moun
         subprocess.run(walk, capture_output=True, check=True)
         for _ in range(2):  # the second refresh invalidates names the first one made the kernel drop
             assert run_cli("refresh", str(m.mountpoint)).returncode == 0
-        # Invalidations are sent in order by one thread. Once the last one (S1, below) reached the
-        # kernel, a stat of it is a new LOOKUP, which reloads the expired listing from the API.
+        # Invalidations are sent in order by one thread. S1 is looked up again (the kernel holds
+        # its name for an hour), then refreshed: until its invalidation reaches the kernel a stat
+        # is answered from the kernel's cache; after it, the stat is a LOOKUP that reloads the
+        # expired listing from the API. By then every earlier invalidation has been sent too.
         samples = m.path("Projects", "P", "Samples")
+        os.stat(samples / "S1")
         emulator.reset_counters()
         assert run_cli("refresh", str(samples)).returncode == 0
 

@@ -39,6 +39,7 @@ class ListingCache:
         self._errors: dict[Hashable, BaseException] = {}
         self.loads = 0
         self.stale_served = 0
+        self.last_stale_reason = ""  # why the last stale copy was served (for a folder's .error)
 
     def peek(self, key: Hashable) -> Any | None:
         """The cached value, fresh or not, without loading (None if absent)."""
@@ -76,6 +77,7 @@ class ListingCache:
             stale = self._entries.get(key)
             if stale is not None and isinstance(exc, Exception):
                 self.stale_served += 1
+                self.last_stale_reason = f"{type(exc).__name__}: {exc}"
                 log.warning("serving cached listing after a failed reload: %s", exc)
                 # Fresh again for stale_grace seconds: don't retry a dead server on every lookup.
                 self._entries[key] = (stale[0], self._clock() - self.ttl + self.stale_grace)

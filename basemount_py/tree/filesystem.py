@@ -43,12 +43,20 @@ class Tree:
             raise NotADirectory(node.path)
 
         async def load() -> dict[str, Node]:
+            stale_before = self.layout.lists.stale_served
             try:
                 listed = await self.layout.children(node)
             except Exception as exc:
                 self.layout.errors[node.path] = f"Error: listing this folder failed: {type(exc).__name__}: {exc}\n"
                 raise
-            self.layout.errors.pop(node.path, None)
+            if self.layout.lists.stale_served != stale_before:
+                # Built from an API listing that could not be reloaded (the server is down):
+                # say so in .error, while `ls` keeps showing what was there. (A folder loaded at
+                # the same moment may be told so too; that happens only during an outage.)
+                reason = self.layout.lists.last_stale_reason
+                self.layout.errors[node.path] = f"Error: reloading this folder failed, showing the earlier listing: {reason}\n"
+            else:
+                self.layout.errors.pop(node.path, None)
             return {child.name: child for child in listed}
 
         return await self.listings.get(node.path, load)
