@@ -7,6 +7,9 @@ named in the file): every missing field, extra field, wrong JSON type, wrong str
 against the recorded shape of the same entity elsewhere, widened by the fields the SDK models
 or the v2 swagger allow (``tests/conformance/models.json``); docs/emulator.md has the table.
 
+v2 answers are also checked the way a client generated from the v2 swagger reads them
+(``tests/conformance/swagger_v2.json``): required fields, declared types, formats, enums.
+
 The emulator serves the generated demo account (every kind of entity, properties that name
 samples and runs, datasets, biosamples), and every item of every list is checked.
 """
@@ -28,6 +31,7 @@ from conformance.shapes import problems
 HERE = Path(__file__).resolve().parent / "conformance"
 RECORDED = json.loads((HERE / "recorded.json").read_text())
 MODELS = json.loads((HERE / "models.json").read_text())
+
 
 def recorded(route: str) -> dict[str, Any]:
     return RECORDED["routes"][route]
@@ -299,6 +303,69 @@ def test_lists_checked_here_are_not_empty(api, ids):
             items = body.get("Items", (body.get("Response") or {}).get("Items"))
             if items is not None and route != "GET v1pre3/files/{id}/properties":
                 assert items, f"{route}: {path} lists nothing, so nothing of it is checked"
+
+
+# -- what a client generated from the v2 swagger demands ---------------------------------------
+
+SWAGGER = json.loads((HERE / "swagger_v2.json").read_text())
+SWAGGER_DATE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z?$")
+SWAGGER_TYPES = {
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+}
+
+
+def swagger_problems(value: Any, spec: dict[str, Any], path: str = "$") -> list[str]:
+    """What makes a swagger-generated client reject ``value``: a missing required field, a value
+    not of the declared type, format or enum.  Undeclared fields are ignored, as such clients do."""
+    if value is None:
+        return []
+    if "ref" in spec:
+        model = SWAGGER["definitions"][spec["ref"]]
+        if not isinstance(value, dict):
+            return [f"{path}: {type(value).__name__} where {spec['ref']} is an object"]
+        out = [f"{path}.{name}: required by {spec['ref']}, missing" for name in model["required"] if name not in value]
+        for name, sub in model["properties"].items():
+            if name in value:
+                out += swagger_problems(value[name], sub, f"{path}.{name}")
+        return out
+    kind = spec.get("type")
+    if kind and not SWAGGER_TYPES[kind](value):
+        return [f"{path}: {value!r} is not of the declared type {kind}"]
+    if spec.get("format") == "date-time" and not SWAGGER_DATE.match(value):
+        return [f"{path}: {value!r} is not a date-time"]
+    if "enum" in spec and value not in spec["enum"]:
+        return [f"{path}: {value!r} is not one of {spec['enum']}"]
+    if kind == "array" and spec.get("items"):
+        return [p for i, item in enumerate(value) for p in swagger_problems(item, spec["items"], f"{path}[{i}]")]
+    return []
+
+
+@pytest.mark.parametrize("route", sorted(SWAGGER["routes"]))
+def test_v2_route_satisfies_a_client_generated_from_the_swagger(route, api, ids):
+    model = {"ref": SWAGGER["routes"][route]}
+    for path, query in REQUESTS[route]:
+        body = api.get(path.format(**ids), params={k: str(v).format(**ids) for k, v in query.items()}).json()
+        found = swagger_problems(body, model)
+        assert found == [], f"{path}:\n  " + "\n  ".join(found)
+
+
+def test_swagger_check_catches_what_breaks_a_generated_client(api, ids):
+    body = api.get("v2/datasets", params={"limit": 1024}).json()
+    del body["Items"][0]["DatasetType"]["ConformsToIds"]
+    body["Paging"]["SortBy"] = "Id"
+    body["Items"][-1]["TotalSize"] = "5"
+    last = len(body["Items"]) - 1
+    assert swagger_problems(body, {"ref": SWAGGER["routes"]["GET v2/datasets"]}) == [
+        "$.Items[0].DatasetType.ConformsToIds: required by V2DatasetTypeCompact, missing",
+        f"$.Items[{last}].TotalSize: '5' is not of the declared type integer",
+        "$.Paging.SortBy: 'Id' is not one of "
+        + str(SWAGGER["definitions"]["V2DatasetsSortFieldsV2Paging"]["properties"]["SortBy"]["enum"]),
+    ]
 
 
 # -- the checker itself: it must catch an added or a dropped field ------------------------------

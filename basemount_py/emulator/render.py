@@ -53,7 +53,7 @@ APPLICATION = {
     "Name": "BaseSpace Emulator App",
     "CompanyName": "basemount_py",
     "VersionNumber": "1.0.0",
-    "HomepageUri": "https://github.com/basemount-py",
+    "HomepageUri": "https://example.invalid/basemount-py-emulator",
     "ShortDescription": "Sessions of the BaseSpace API emulator",
     "DateCreated": "2020-01-01T00:00:00.0000000Z",
     "DatePublished": "2020-01-01T00:00:00.0000000Z",
