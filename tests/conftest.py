@@ -188,18 +188,30 @@ def unprivileged_user():
 
 class fuse_device_mode:
     """``with fuse_device_mode(0o666):`` sets /dev/fuse's permission bits and restores them
-    afterwards, even when the block fails (the distribution default is 0666; hardened nodes 0600)."""
+    afterwards, even when the block fails (the distribution default is 0666; hardened nodes 0600).
+
+    The mode is machine-wide: the block holds an exclusive flock, so two test runs on one machine
+    take turns instead of changing the mode under each other."""
+
+    LOCK = "/tmp/basemount_py-tests-dev-fuse.lock"
 
     def __init__(self, mode: int, device: str = "/dev/fuse"):
         self.mode, self.device = mode, device
 
     def __enter__(self) -> "fuse_device_mode":
+        import fcntl
+
+        self.lock_fd = os.open(self.LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
         self.saved = os.stat(self.device).st_mode & 0o7777
         os.chmod(self.device, self.mode)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        os.chmod(self.device, self.saved)
+        try:
+            os.chmod(self.device, self.saved)
+        finally:
+            os.close(self.lock_fd)  # releases the flock
 
 
 def user_home(tmp_root: Path, user) -> Path:
