@@ -206,8 +206,13 @@ def sizes_for(args: argparse.Namespace) -> Sizes:
 
 
 def synthetic(folder: Path, name: str, size: int, seed: int) -> None:
+    """A synthetic file, with a multipart-style ETag of its own (``NAME.file.json``): without one
+    the emulator computes the content's MD5 for the first listing, minutes for the bench's ~20 GiB,
+    longer than a lookup may take."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.synthetic.json").write_text(json.dumps({"size": size, "seed": seed}))
+    etag = hashlib.md5(f"synthetic:{seed}:{size}".encode()).hexdigest() + "-1"
+    (folder / f"{name}.file.json").write_text(json.dumps({"ETag": etag}))
 
 
 def build_account(root: Path, sizes: Sizes, profiles: list[str], work: Path) -> dict:

@@ -65,9 +65,15 @@ class RangeThreads:
 
     async def get(self, url: str, start: int, end: int, block_size: int, describe: str, check: Check) -> list[bytearray]:
         """Bytes ``[start, end)`` of ``url`` as block buffers; ``check`` vets the status and headers."""
-        return await trio.to_thread.run_sync(
-            self._get, url, start, end, block_size, describe, check, limiter=self._limiter, abandon_on_cancel=True
+        # The buffers are allocated here, on the trio thread: allocated in the workers, they came
+        # from one glibc arena per thread, each keeping its freed heap (up to the trim threshold
+        # set in mount._tune_malloc), and the daemon's peak RSS doubled (docs/performance.md).
+        expected = end - start
+        blocks = [bytearray(min(block_size, expected - o)) for o in range(0, expected, block_size)]
+        await trio.to_thread.run_sync(
+            self._get, url, start, end, blocks, describe, check, limiter=self._limiter, abandon_on_cancel=True
         )
+        return blocks
 
     def close(self) -> None:
         self._closed = True
@@ -79,7 +85,7 @@ class RangeThreads:
 
     # -- in the worker thread ------------------------------------------------------------------
 
-    def _get(self, url: str, start: int, end: int, block_size: int, describe: str, check: Check) -> list[bytearray]:
+    def _get(self, url: str, start: int, end: int, blocks: list[bytearray], describe: str, check: Check) -> None:
         parts = urlsplit(url)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         origin = (parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
@@ -97,9 +103,9 @@ class RangeThreads:
                         raise
                     # The path only: the query string of a signed URL is a credential.
                     log.debug("GET %s://%s%s bytes=%d-%d: %d", parts.scheme, origin[1], parts.path, start, end - 1, response.status)
-                    blocks = self._receive(response, start, end, block_size, describe, check)
+                    self._receive(response, start, end, blocks, describe, check)
                     reusable = not response.will_close
-                    return blocks
+                    return
                 finally:
                     if reusable and not self._closed:
                         self._checkin(origin, conn)
@@ -117,7 +123,7 @@ class RangeThreads:
             raise NetworkError(f"{describe}: {type(exc).__name__}") from None
 
     @staticmethod
-    def _receive(response: http.client.HTTPResponse, start: int, end: int, block_size: int, describe: str, check: Check) -> list[bytearray]:
+    def _receive(response: http.client.HTTPResponse, start: int, end: int, blocks: list[bytearray], describe: str, check: Check) -> None:
         if response.status == 403:
             raise ContentExpiredError(f"{describe}: 403 from the content host", 403)
         if response.status >= 400:
@@ -125,7 +131,6 @@ class RangeThreads:
             raise_for_status(httpx.Response(response.status, headers=response.getheaders(), content=body), describe)
         check(httpx.Response(response.status, headers=response.getheaders()))
         expected = end - start
-        blocks = [bytearray(min(block_size, expected - o)) for o in range(0, expected, block_size)]
         received = 0
         for block in blocks:
             view = memoryview(block)
@@ -138,7 +143,6 @@ class RangeThreads:
             received += got
         if response.read(1):
             raise ProtocolError(f"{describe}: the server sent more than {expected} bytes")
-        return blocks
 
     def _checkout(self, origin: tuple[str, str, int], fresh: bool) -> tuple[http.client.HTTPConnection, bool]:
         """An idle connection to ``origin`` (unless ``fresh``) or a new one; and whether it was idle."""
