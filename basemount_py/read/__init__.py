@@ -8,6 +8,11 @@ Layers (each usable and tested on its own):
   redirect=meta`` to a signed URL, caches it until shortly before it expires, and issues bounded
   ``Range`` GETs (never open-ended: those bill the whole object) with stall timeouts, retries with
   jittered backoff, and one transparent re-resolve when the content host answers 403 (expired URL).
+* :mod:`.range_threads` — the ranged GETs themselves: ``http.client`` in worker threads, reading
+  the body with ``readinto`` straight into the block buffers (httpx stays for the API).
+* :mod:`.disk_cache` — :class:`DiskCache`, the persistent content cache (``--cache-max``): blocks
+  on local disk keyed by file id + ETag + size, CRC-checked on every read, LRU-bounded, shared by
+  concurrent mounts; every failure falls back to the network.
 * :mod:`.prefetch` — pure access-pattern logic per handle (no I/O): a sequential detector that
   tolerates the kernel's out-of-order readahead, a window starting at 1 MiB + 128 KiB that doubles
   per sequential read up to ``prefetch_max``, parts sized to the window (≤ 4 MiB) so several ranged
@@ -18,7 +23,8 @@ Layers (each usable and tested on its own):
   same bound, and memory stays bounded whatever the number of readers or the file sizes.
 * :mod:`.reader` — :class:`ReadManager` (one per mount: cache, in-flight table, prefetch nursery) and
   :class:`FileReader` (one per open handle). Concurrent reads of one block share one fetch; failed
-  fetches leave nothing behind, so the next read simply retries.
+  fetches leave nothing behind, so the next read simply retries. A small file read at random, or
+  an index, is fetched whole in parallel parts (``whole_file_max``).
 * :mod:`.concat` — :class:`ConcatReader`: a file that is the concatenation of others (merged
   biosample FASTQs), mapping offsets to parts read through their own ``FileReader`` and carrying
   a sequential stream's prefetch over into the next part.
