@@ -212,11 +212,14 @@ def test_two_mounts_share_one_cache_directory_at_once(account, mount_factory, tm
 
 
 def test_an_unwritable_cache_directory_falls_back_to_the_network(account, mount_factory, tmp_path):
+    # The content cache's own directory (<cache-dir>/content) is unusable; the write spool beside
+    # it (<cache-dir>/spool) is not, so the mount starts and reads from the network.
     root, data = account
-    not_a_dir = tmp_path / "cache-file"
-    not_a_dir.write_text("a file where the cache directory should be")
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    (cache_dir / "content").write_text("a file where the content cache's directory should be")
     with EmulatorProcess(root) as em:
-        got, m = read_through(mount_factory, em, not_a_dir, "m1")
+        got, m = read_through(mount_factory, em, cache_dir, "m1")
         assert got == data
         assert "content cache disabled" in m.log.read_text()
 
@@ -230,8 +233,9 @@ def _tiny_tmpfs(path, size: str, *options: str):
 
 def test_a_full_cache_disk_falls_back_to_the_network(account, mount_factory, tmp_path):
     root, data = account
-    cache_dir = tmp_path / "tiny"
-    _tiny_tmpfs(cache_dir, "1m")  # room for a fifth of the file; --cache-max says 1 GiB
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    _tiny_tmpfs(cache_dir / "content", "1m")  # room for a fifth of the file; --cache-max says 1 GiB
     try:
         with EmulatorProcess(root) as em:
             got, m = read_through(mount_factory, em, cache_dir, "m1")
@@ -241,17 +245,18 @@ def test_a_full_cache_disk_falls_back_to_the_network(account, mount_factory, tmp
             assert read_through(mount_factory, em, cache_dir, "m2")[0] == data
             assert content_bytes(em) > 0  # what did not fit came from the network again
     finally:
-        subprocess.run(["umount", "-l", str(cache_dir)], check=False)
+        subprocess.run(["umount", "-l", str(cache_dir / "content")], check=False)
 
 
 def test_a_read_only_cache_disk_falls_back_to_the_network(account, mount_factory, tmp_path):
     root, data = account
-    cache_dir = tmp_path / "ro"
-    _tiny_tmpfs(cache_dir, "1m", "ro")
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    _tiny_tmpfs(cache_dir / "content", "1m", "ro")
     try:
         with EmulatorProcess(root) as em:
             got, m = read_through(mount_factory, em, cache_dir, "m1")
             assert got == data
             assert "content cache disabled" in m.log.read_text()
     finally:
-        subprocess.run(["umount", "-l", str(cache_dir)], check=False)
+        subprocess.run(["umount", "-l", str(cache_dir / "content")], check=False)
