@@ -241,12 +241,42 @@ def user_python() -> str:
     pytest.fail(f"no Python of version {sys.version_info.major}.{sys.version_info.minor} that other users may run")
 
 
+_STAGED_IMPORT_PATHS: list[str] = []
+
+
+def user_import_paths() -> list[str]:
+    """Where another user's Python finds basemount_py and its dependencies: this checkout and
+    the venv's site-packages, or, when a private folder on the way hides them (a clone under
+    /root, 0700), a world-readable copy of both made once per test session."""
+    import atexit
+    import shutil
+    import site
+    import tempfile
+
+    own = [str(ROOT), *site.getsitepackages()]
+    if all(_reachable_by_all(os.path.join(p, ".")) for p in own):
+        return own
+    if not _STAGED_IMPORT_PATHS:
+        stage = Path(tempfile.mkdtemp(prefix="bmpy-imports-", dir="/tmp"))
+        atexit.register(shutil.rmtree, stage, True)
+        stage.chmod(0o755)
+        shutil.copytree(ROOT / "basemount_py", stage / "src" / "basemount_py",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        for i, packages in enumerate(site.getsitepackages()):
+            shutil.copytree(packages, stage / f"site-{i}", symlinks=True)
+        for folder, dirs, files in os.walk(stage):
+            for name in dirs + files:
+                path = os.path.join(folder, name)
+                if not os.path.islink(path):
+                    os.chmod(path, os.stat(path).st_mode | 0o444 | (0o111 if name in dirs else 0))
+        _STAGED_IMPORT_PATHS.extend([str(stage / "src"), *(str(stage / f"site-{i}") for i in range(len(site.getsitepackages())))])
+    return _STAGED_IMPORT_PATHS
+
+
 def as_user(user, home: Path, **env: str) -> dict:
     """subprocess keyword arguments that run a command as ``user`` with HOME=home, able to import
     basemount_py and its dependencies with ``user_python()``."""
-    import site
-
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("BASESPACE_", "XDG_"))}
-    packages = [str(ROOT), *site.getsitepackages()]
+    packages = user_import_paths()
     clean.update(HOME=str(home), USER=user.pw_name, LOGNAME=user.pw_name, PYTHONPATH=os.pathsep.join(packages), **env)
     return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": [], "env": clean, "cwd": str(home)}

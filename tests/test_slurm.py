@@ -17,7 +17,6 @@ import os
 import pwd
 import shutil
 import signal
-import site
 import socket
 import subprocess
 import tempfile
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, fuse_device_mode, user_python, write_file
+from conftest import ROOT, fuse_device_mode, user_import_paths, user_python, write_file
 
 from basemount_py.emulator.control import EmulatorProcess
 from basemount_py.mount_table import mount_entry
@@ -256,7 +255,7 @@ def cluster_env(tmp_path):
         path = account.joinpath(*SAMPLE_DIR, f"S{i}", "Files", f"S{i}_R1.fastq.gz")
         write_file(path, data)
         sources[i] = hashlib.sha256(data).hexdigest()
-    packages = os.pathsep.join([str(ROOT), *site.getsitepackages()])
+    packages = os.pathsep.join(user_import_paths())
     cluster = None
     with fuse_device_mode(0o666), EmulatorProcess(account) as emulator:
         users = [ensure_user(name, base / "home" / name) for name in USERS]
