@@ -134,7 +134,13 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext = None) -> pyfuse3.EntryAttributes:
-        ino, node = await self.tree.lookup(parent_inode, os.fsdecode(name))
+        if self.writes is not None:
+            # a lookup in a folder with files waiting to upload may be the start of a rename
+            # (rsync's temp files): their uploads wait until it is over
+            with self.writes.folder_activity(self.tree.node(parent_inode).path):
+                ino, node = await self.tree.lookup(parent_inode, os.fsdecode(name))
+        else:
+            ino, node = await self.tree.lookup(parent_inode, os.fsdecode(name))
         if node.path:  # the kernel never counts lookups of "." / ".." / the root
             self.tree.count_lookup(ino)
         return self._attrs(ino, node)

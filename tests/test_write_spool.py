@@ -343,3 +343,14 @@ def test_a_full_spool_is_enospc_with_the_reason(emulator, mount_factory):
     (files / "later.bin").write_bytes(os.urandom(700 * 1024))
     flush_and_wait(m)
     assert sorted(n for n in os.listdir(files) if not n.startswith(".")) == ["fits.bin", "later.bin"]
+
+
+def test_files_waiting_in_the_spool_hold_no_descriptors(emulator, mount_factory):
+    m = mount_factory(emulator, *HOLD)
+    files = new_appresult(m) / "Files"
+    for i in range(300):
+        (files / f"f{i:03d}.txt").write_bytes(b"%d\n" % i)
+    wait_until(lambda: sum(1 for s in status_lines(m) if s[0] == "pending") == 300, "300 pending files")
+    assert len(os.listdir(f"/proc/{m.pid}/fd")) < 100  # not one per waiting file (ulimit -n is often 1024)
+    flush_and_wait(m)
+    assert len([n for n in os.listdir(files) if not n.startswith(".")]) == 300

@@ -23,12 +23,13 @@ added to the cached listing) so the new entity shows up at once.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import posixpath
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import trio
 
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 UPLOAD = "upload"  # Node.type of a file being uploaded (or a property being written)
 ENTITY_DIR_KINDS = {"project", "sample", "appresult", "appsession", "run"}
 DELETE_GUARD_SECONDS = 5.0
+FOLDER_QUIET_SECONDS = 1.0  # after a lookup in a folder, its pending uploads wait this long (a rename may follow)
 COMPLETE_WAIT_SECONDS = 30.0  # mark-as-complete waits this long for the app result's uploads
 STATUS_NAME = ".uploads"  # the hidden status file at the mount's top
 MAX_ERROR_LINES = 50  # .error of one folder keeps this many failures
@@ -364,6 +366,22 @@ class WriteManager:
             self.tree.nodes[ino] = node
         return node
 
+    @contextlib.contextmanager
+    def folder_activity(self, folder: tuple[str, ...]) -> Iterator[None]:
+        """A lookup (or rename) in ``folder``: pending uploads there wait until a moment after it,
+        so the rename that follows a lookup of the new name renames the spooled file even when
+        the lookup was slow (a listing under faults) and outlasted the write-back delay."""
+        self.uploader.busy[folder] = self.uploader.busy.get(folder, 0) + 1
+        try:
+            yield
+        finally:
+            left = self.uploader.busy[folder] - 1
+            if left:
+                self.uploader.busy[folder] = left
+            else:
+                del self.uploader.busy[folder]
+            self.uploader.quiet_from[folder] = trio.current_time() + FOLDER_QUIET_SECONDS
+
     def entry_at(self, path: tuple[str, ...]) -> SpoolEntry | None:
         for entry in self.spool.entries.values():
             if tuple(entry.mount_path) == path:
@@ -597,6 +615,7 @@ class WriteManager:
             return
         entry.state, entry.closed_once = PENDING, True
         await self._spool(self.spool.sync, entry)
+        self.spool.release_fd(entry)
         # a property is never renamed: no write-back delay
         self.uploader.schedule(entry, delay=0 if entry.kind == PROPERTY else None)
 
@@ -620,6 +639,10 @@ class WriteManager:
 
     async def rename(self, old_parent: Node, old_name: str, new_parent: Node, new_name: str) -> None:
         """A file not uploaded yet (the write-back delay) is renamed in the spool; nothing else can be."""
+        with self.folder_activity(old_parent.path), self.folder_activity(new_parent.path):
+            await self._rename(old_parent, old_name, new_parent, new_name)
+
+    async def _rename(self, old_parent: Node, old_name: str, new_parent: Node, new_name: str) -> None:
         child = await self.tree.child(old_parent, old_name)
         entry = child.ctx.get("upload")
         folder = old_parent.path
@@ -633,6 +656,10 @@ class WriteManager:
             target = await self.tree.child(new_parent, new_name)
         except NotFound:
             target = None
+        except Exception as exc:  # the listing failed (API down): only the spool's own names are known;
+            # a server file of that name makes the upload fail with 409 later, visibly.
+            log.info("rename into /%s: listing failed (%s); going by the local entries", "/".join(new_parent.path), exc)
+            target = self.layout.local.get(new_parent.path, {}).get(new_name)
         if target is not None:
             if target.type != UPLOAD or target.ctx.get("upload") is entry:
                 raise self.fail(new_parent.path, errno.EROFS, f"{new_name} already exists on BaseSpace and cannot be replaced")

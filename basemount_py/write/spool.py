@@ -178,6 +178,13 @@ class Spool:
             fd = self._fds[entry.id] = os.open(self._data(entry.id), os.O_RDWR)
         return fd
 
+    def release_fd(self, entry: SpoolEntry) -> None:
+        """Nothing reads or writes the entry now: close its descriptor (thousands of files may
+        wait in the spool; each would otherwise hold one). It is reopened when needed."""
+        fd = self._fds.pop(entry.id, None)
+        if fd is not None:
+            os.close(fd)
+
     def _reserve(self, entry: SpoolEntry, new_size: int) -> None:
         grow = new_size - entry.size
         if grow > 0 and self.used_bytes() + grow > self.max_bytes:

@@ -69,6 +69,10 @@ class Uploader:
         self.progress: dict[str, _Progress] = {}
         self.files = trio.Semaphore(max(1, cfg.parallel_files))
         self.recent: list[SpoolEntry] = []  # committed in this session, newest last (status)
+        # Folders with a lookup or rename in flight, and when each becomes quiet again
+        # (WriteManager.folder_activity): a pending upload there does not start before that.
+        self.busy: dict[tuple[str, ...], int] = {}
+        self.quiet_from: dict[tuple[str, ...], float] = {}
         self._nursery: trio.Nursery | None = None
 
     def start(self, nursery: trio.Nursery) -> None:
@@ -125,6 +129,10 @@ class Uploader:
                 async with self.files:
                     if entry.state != PENDING or entry.id not in self.spool.entries:
                         break
+                    folder = tuple(entry.mount_path[:-1])
+                    if self.busy.get(folder) or trio.current_time() < self.quiet_from.get(folder, 0.0):
+                        p.ready_at = max(self.quiet_from.get(folder, 0.0), trio.current_time() + 0.05)
+                        continue  # a rename may be on its way
                     await self._attempt(entry, p)
         finally:
             p.running = False
@@ -172,6 +180,8 @@ class Uploader:
             except Exception:
                 log.exception("updating the tree after uploading %s", entry.display)
         finally:
+            if entry.id in self.spool.entries and entry.state != UPLOADING:
+                self.spool.release_fd(entry)  # the attempt's reads are over
             done.set()
 
     # -- one attempt ----------------------------------------------------------------------------
