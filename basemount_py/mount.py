@@ -361,14 +361,9 @@ async def _main(credentials, opts: MountOptions, token_reloader, notify: int | N
             user_id = str((user.get("Response") or {}).get("Id", ""))
             spool = Spool(Path(opts.cache_dir or default_cache_dir()), account_key(credentials.api_server, user_id), opts.spool_max)
             # The WriteManager's nursery hosts the background uploads; it adopts what an earlier
-            # mount of this account left in the spool.
-            try:
-                writes_cm = WriteManager(tree, api, spool, upload_cfg, mountpoint=opts.visible_path, fetch=content.fetch)
-                writes = await writes_cm.__aenter__()
-            except OSError as exc:
-                _notify(notify, f"cannot use the upload spool under {opts.cache_dir or default_cache_dir()}: {exc}")
-                return 1
-            async with _entered(writes_cm, writes):
+            # mount of this account left in the spool (an unusable spool leaves the mount read-only
+            # for files, with the reason in the log and in .error).
+            async with WriteManager(tree, api, spool, upload_cfg, mountpoint=opts.visible_path, fetch=content.fetch) as writes:
                 ops = Operations(
                     tree,
                     reads,
@@ -388,19 +383,6 @@ async def _main(credentials, opts: MountOptions, token_reloader, notify: int | N
                     log.warning("shutdown: %s", exc)
             if disk is not None:
                 disk.close()
-
-
-class _entered:
-    """``async with`` for a context manager already entered (its entry could fail cleanly)."""
-
-    def __init__(self, cm, value):
-        self.cm, self.value = cm, value
-
-    async def __aenter__(self):
-        return self.value
-
-    async def __aexit__(self, *exc):
-        return await self.cm.__aexit__(*exc)
 
 
 async def _run_fuse(ops: Operations, opts: MountOptions, notify: int | None, user_name: str, api_server: str) -> int:

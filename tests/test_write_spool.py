@@ -354,3 +354,15 @@ def test_files_waiting_in_the_spool_hold_no_descriptors(emulator, mount_factory)
     assert len(os.listdir(f"/proc/{m.pid}/fd")) < 100  # not one per waiting file (ulimit -n is often 1024)
     flush_and_wait(m)
     assert len([n for n in os.listdir(files) if not n.startswith(".")]) == 300
+
+
+def test_an_unusable_cache_dir_leaves_files_read_only_with_the_reason(tmp_path, emulator, mount_factory):
+    not_a_dir = tmp_path / "cache-file"
+    not_a_dir.write_text("a file where the cache directory should be")
+    m = mount_factory(emulator, "--cache-dir", str(not_a_dir))
+    files = new_appresult(m) / "Files"  # creating the app result needs no spool
+    with pytest.raises(OSError) as raised:
+        (files / "x.txt").write_bytes(b"x\n")
+    assert raised.value.errno == errno.EROFS
+    assert "upload spool" in (files / ".error").read_text() and "--cache-dir" in (files / ".error").read_text()
+    assert (m.path("Projects", "Existing", "Samples", "S1", "Files", "r1.fastq")).read_bytes() == b"@r\nACGT\n+\nIIII\n"

@@ -72,6 +72,7 @@ class WriteManager:
         self.spool = spool
         self.uploader = Uploader(self.api, client, spool, self.cfg, self._committed, self._failed, fetch)
         self._handles: dict[str, int] = {}  # spool entry id -> open file handles
+        self.unavailable = ""  # why the spool cannot be used (then no file can be written)
         self._nursery: trio.Nursery | None = None
         self._blocked_until = 0.0
         self.uploads_committed = 0
@@ -82,7 +83,13 @@ class WriteManager:
         self.layout.local.setdefault((), {})[STATUS_NAME] = status
 
     async def __aenter__(self) -> "WriteManager":
-        adopted = await trio.to_thread.run_sync(self.spool.open)
+        try:
+            adopted = await trio.to_thread.run_sync(self.spool.open)
+        except OSError as exc:  # the mount still reads; writing files needs the spool
+            self.unavailable = (f"the upload spool {self.spool.account_dir} cannot be used ({exc.strerror or exc}); "
+                                "files cannot be written in this mount (choose a writable --cache-dir)")
+            log.warning("%s", self.unavailable)
+            adopted = []
         self._cm = trio.open_nursery()
         self._nursery = await self._cm.__aenter__()
         self.uploader.start(self._nursery)
@@ -412,7 +419,7 @@ class WriteManager:
         entries = sorted(self.spool.entries.values(), key=lambda e: e.created)
         counts = {s: sum(1 for e in entries if e.state == s) for s in (OPEN, PENDING, UPLOADING, FAILED)}
         lines = [
-            f"spool: {self.spool.session}",
+            f"spool: {self.unavailable or self.spool.session}",
             "summary: " + " ".join(f"{k}={v}" for k, v in counts.items()) + f" committed-recently={len(self.uploader.recent)}",
         ]
         for e in entries:
@@ -444,6 +451,8 @@ class WriteManager:
 
     async def create(self, parent: Node, name: str) -> tuple[SpoolEntry, Node]:
         path = parent.path
+        if self.unavailable and parent.kind in ("files", "properties"):
+            raise self.fail(path, errno.EROFS, self.unavailable)
         if parent.kind == "files" and parent.ctx.get("writable"):
             collection, owner_id, _v2 = parent.ctx["owner"]
             if collection != "appresults":
@@ -491,6 +500,8 @@ class WriteManager:
             node.size = entry.size
             return entry
         if node.type == TEXT and parent is not None and parent.kind == "properties":
+            if self.unavailable:
+                raise self.fail(folder, errno.EROFS, self.unavailable)
             return await self._property_entry(node, parent, b"" if truncate else node.content)
         raise self.fail(folder, errno.EROFS, f"{node.name} is read-only (BaseSpace files cannot be changed)")
 

@@ -147,8 +147,11 @@ class Spool:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
-        if not any(self.session.glob("*.json")):
-            shutil.rmtree(self.session, ignore_errors=True)
+        try:
+            if not any(self.session.glob("*.json")):
+                shutil.rmtree(self.session, ignore_errors=True)
+        except OSError:  # never created (an unusable --cache-dir)
+            pass
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
