@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,14 @@ def manifest(merged: Path) -> dict[str, list[dict]]:
             {"number": int(number), "path": merged / path, "relative": path, "file_id": file_id, "size": int(size), "dataset": dataset_id, "date": dataset_date}
         )
     return rows
+
+
+def wait_for(condition, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:.0f} s: {what}")
+        time.sleep(0.1)
 
 
 def visible(folder: Path) -> list[str]:
@@ -277,11 +286,14 @@ def test_a_top_up_dataset_appears_after_refresh_and_open_handles_keep_their_part
             emulator.reload()
             assert len(manifest(merged)["Good_R1.fastq.gz"]) == 2  # cached until refreshed
             (merged / ".commands").write_text("refresh\n")
+            # the kernel forgets its cached names asynchronously: wait (bounded) until it has
+            wait_for(lambda: len(manifest(merged)["Good_R1.fastq.gz"]) == 4, "the top-up run in .manifest")
             after = manifest(merged)
             rows = after["Good_R1.fastq.gz"]
             assert len(rows) == 4 and [r["path"].parent.parent.name for r in rows[2:]] == ["Good run 2 (top-up)"] * 2
             assert "Good run 2 (top-up)" in (merged / ".manifest").read_text()
             new_bytes = b"".join(r["path"].read_bytes() for r in rows)
+            wait_for(lambda: os.stat(r1).st_size == len(new_bytes), "the merged file's new size")
             assert os.stat(r1).st_size == len(new_bytes) > len(old_bytes)
             assert md5_of([r1]) == hashlib.md5(new_bytes).hexdigest()
             # the handle opened before the refresh still reads exactly the parts it opened with
