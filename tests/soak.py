@@ -501,12 +501,12 @@ def run_soak(
                     p.kill()
                 out.close()
             daemon_alive = m.process.poll() is None
-            counters = emulator.counters()
             if writers and daemon_alive:
                 drain_start = time.time()
                 flush_and_wait(m, timeout=600)  # faults still on: the retries must get everything through
                 drain = time.time() - drain_start
                 failed_uploads = sum(1 for line in status_lines(m) if line[0] == "failed")
+            counters = emulator.counters()  # the faults of the whole run, the upload drain included
         finally:
             m.stop()
         for i in range(writers):
