@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
-from .api.budget import BudgetPolicy
+from .options import GiB, MiB, MountOptions
 
-MiB = 2**20
+DEFAULT = MountOptions  # the class attributes are the defaults (options.py)
 
 
 def _positive_float(text: str) -> float:
@@ -23,35 +23,66 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _add_account_arguments(p: argparse.ArgumentParser) -> None:
+    """Which account and API server (mount, manifest)."""
+    p.add_argument("--config", metavar="NAME", help="use ~/.basespace/NAME.cfg (default: env vars, then default.cfg)")
+    p.add_argument("--api-server", metavar="URL|ALIAS", help="API server URL or region alias (overrides the config)")
+    p.add_argument("--allow-insecure-http", action="store_true", help="allow a non-loopback http:// API server")
+
+
+# The numeric mount options: flag, MountOptions field, unit on the command line, parser, help.
+# The default is the field's (options.py), shown in the unit; "{default}" places it in the help.
+_SCALE = {"s": 1, "": 1, "MiB": MiB, "GiB": GiB}  # unit -> bytes (or 1)
+_TUNABLES: tuple[tuple[str, str, str, Callable[[str], float], str], ...] = (
+    ("--metadata-ttl", "metadata_ttl", "s", _positive_float, "listing cache lifetime (default {default} s)"),
+    ("--cache-size", "cache_size", "MiB", int, "block cache size (default {default} MiB)"),
+    ("--prefetch-max", "prefetch_max", "MiB", int, "largest sequential prefetch window (default {default} MiB)"),
+    (
+        "--whole-file-max",
+        "whole_file_max",
+        "MiB",
+        int,
+        "fetch files up to this size whole, in parallel parts, when read at random or when they are an index "
+        "(.bai .csi .tbi .crai .fai .gzi); 0 = off (default {default} MiB, at most half of --cache-size)",
+    ),
+    ("--max-connections", "max_connections", "", int, "parallel HTTP connections (default {default})"),
+    (
+        "--api-max-rate",
+        "api_max_rate",
+        "",
+        _positive_float,
+        "ceiling of this mount's API request rate per second; it also slows down on 429s (default {default}; docs/cluster.md)",
+    ),
+    ("--op-timeout", "op_timeout", "s", _positive_float, "upper bound for any file operation (default {default} s)"),
+    ("--upload-threshold", "upload_threshold", "MiB", _positive_float, "files larger than this are uploaded multipart (default {default} MiB)"),
+    ("--upload-part-size", "upload_part_size", "MiB", _positive_float, "multipart part size (default {default} MiB)"),
+    ("--upload-parallel", "upload_parallel", "", int, "parts uploaded in parallel per file (default {default})"),
+    (
+        "--cache-max",
+        "cache_max",
+        "GiB",
+        float,
+        "disk space of the persistent content cache (DIR/content/): file blocks kept across mounts and shared "
+        "between them; 0 = none (default {default}; docs/performance.md)",
+    ),
+    ("--spool-max", "spool_max", "GiB", _positive_float, "bytes written but not uploaded yet that the spool may hold (default {default} GiB)"),
+    ("--write-back", "write_back", "s", float, "seconds from a file's last close to its upload (default {default})"),
+)
+
+
 def _add_mount_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "mountpoint",
         nargs="?",
         help="empty directory to mount on, or /dev/fd/N: a /dev/fuse descriptor already mounted by a privileged helper",
     )
-    p.add_argument("--config", metavar="NAME", help="use ~/.basespace/NAME.cfg (default: env vars, then default.cfg)")
-    p.add_argument("--api-server", metavar="URL|ALIAS", help="API server URL or region alias (overrides the config)")
+    _add_account_arguments(p)
     p.add_argument("--foreground", "-f", action="store_true", help="stay attached; log to stderr")
-    p.add_argument("--metadata-ttl", type=_positive_float, default=60.0, metavar="S", help="listing cache lifetime (default 60 s)")
-    p.add_argument("--cache-size", type=int, default=128, metavar="MiB", help="block cache size (default 128 MiB)")
-    p.add_argument("--prefetch-max", type=int, default=64, metavar="MiB", help="largest sequential prefetch window (default 64 MiB)")
-    p.add_argument(
-        "--whole-file-max",
-        type=int,
-        default=64,
-        metavar="MiB",
-        help="fetch files up to this size whole, in parallel parts, when read at random or when they are an "
-        "index (.bai .csi .tbi .crai .fai .gzi); 0 = off (default 64 MiB, at most half of --cache-size)",
-    )
-    p.add_argument("--max-connections", type=int, default=16, metavar="N", help="parallel HTTP connections (default 16)")
-    p.add_argument(
-        "--api-max-rate",
-        type=_positive_float,
-        default=BudgetPolicy.max_rate,
-        metavar="R",
-        help=f"ceiling of this mount's API request rate per second; it also slows down on 429s "
-        f"(default {BudgetPolicy.max_rate:g}; docs/cluster.md)",
-    )
+    for flag, field, unit, parse, help_text in _TUNABLES:
+        value = getattr(DEFAULT, field) / _SCALE[unit]
+        default = int(value) if parse is int else value
+        metavar = {"s": "S", "": "N"}.get(unit, unit)
+        p.add_argument(flag, type=parse, default=default, metavar=metavar, help=help_text.format(default=f"{default:g}"))
     p.add_argument(
         "--direct-io",
         action="store_true",
@@ -71,7 +102,6 @@ def _add_mount_arguments(p: argparse.ArgumentParser) -> None:
         help="serve the folders of this snapshot (made by: basemount-py manifest PATH > FILE) without "
         "listing calls; only file content is fetched (docs/cluster.md)",
     )
-    p.add_argument("--op-timeout", type=_positive_float, default=60.0, metavar="S", help="upper bound for any file operation (default 60 s)")
     p.add_argument("--allow-other", action="store_true", help="let other users see the mount (needs user_allow_other)")
     p.add_argument(
         "--fuse-socket",
@@ -79,23 +109,18 @@ def _add_mount_arguments(p: argparse.ArgumentParser) -> None:
         help="get the mounted /dev/fuse descriptor from `basemount-py fuse-helper` listening on SOCK "
         "(no mountpoint argument then; docs/configuration.md)",
     )
-    p.add_argument("--allow-insecure-http", action="store_true", help="allow a non-loopback http:// API server")
-    p.add_argument("--upload-threshold", type=_positive_float, default=25.0, metavar="MiB", help="files larger than this are uploaded multipart (default 25 MiB)")
-    p.add_argument("--upload-part-size", type=_positive_float, default=8.0, metavar="MiB", help="multipart part size (default 8 MiB)")
-    p.add_argument("--upload-parallel", type=int, default=8, metavar="N", help="parts uploaded in parallel per file (default 8)")
-    p.add_argument("--cache-dir", metavar="DIR", help="local root of the write spool (DIR/spool/) and the content cache (DIR/content/) (default: $XDG_CACHE_HOME/basemount_py)")
     p.add_argument(
-        "--cache-max",
-        type=float,
-        default=0.0,
-        metavar="GiB",
-        help="disk space of the persistent content cache (DIR/content/): file blocks kept across mounts and "
-        "shared between them; 0 = none (default 0; docs/performance.md)",
+        "--cache-dir",
+        metavar="DIR",
+        help="local root of the write spool (DIR/spool/) and the content cache (DIR/content/) "
+        "(default: $XDG_CACHE_HOME/basemount_py)",
     )
-    p.add_argument("--spool-max", type=_positive_float, default=50.0, metavar="GiB", help="bytes written but not uploaded yet that the spool may hold (default 50 GiB)")
-    p.add_argument("--write-back", type=float, default=5.0, metavar="S", help="seconds from a file's last close to its upload (default 5)")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    p.add_argument("--log-file", metavar="F", help="log file, created 0600 (default in the background: ~/.basespace/basemount_py.log; in the foreground: stderr only)")
+    p.add_argument("--log-level", default=DEFAULT.log_level, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument(
+        "--log-file",
+        metavar="F",
+        help="log file, created 0600 (default in the background: ~/.basespace/basemount_py.log; in the foreground: stderr only)",
+    )
 
 
 def _run_mount(args: argparse.Namespace) -> int:
@@ -140,8 +165,8 @@ def _run_mount(args: argparse.Namespace) -> int:
         upload_part_size=max(64 * 1024, int(args.upload_part_size * MiB)),
         upload_parallel=max(1, args.upload_parallel),
         cache_dir=os.path.abspath(args.cache_dir) if args.cache_dir else "",
-        cache_max=max(0, int(args.cache_max * 2**30)),
-        spool_max=int(args.spool_max * 2**30),
+        cache_max=max(0, int(args.cache_max * GiB)),
+        spool_max=int(args.spool_max * GiB),
         write_back=max(0.0, args.write_back),
     )
     return mount(credentials, opts, token_reloader=lambda: reload_token(credentials))
@@ -250,16 +275,9 @@ def send_command(path: str, command: str) -> int:
     return 0
 
 
-def _run_trash(args: argparse.Namespace) -> int:
-    return send_command(args.path, "move-to-trash")
-
-
-def _run_restore(args: argparse.Namespace) -> int:
-    return send_command(args.path, "restore-from-trash")
-
-
-def _run_refresh(args: argparse.Namespace) -> int:
-    return send_command(args.path, "refresh")
+def _sends(command: str) -> Callable[[argparse.Namespace], int]:
+    """A subcommand that writes COMMAND to the .commands file of its path's folder."""
+    return lambda args: send_command(args.path, command)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -278,9 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("manifest", help="print a JSON snapshot of a folder's listings, for mount --manifest")
     p.add_argument("path", help="folder relative to the account root, e.g. 'Projects/My Project/Samples'")
-    p.add_argument("--config", metavar="NAME", help="use ~/.basespace/NAME.cfg (default: env vars, then default.cfg)")
-    p.add_argument("--api-server", metavar="URL|ALIAS", help="API server URL or region alias (overrides the config)")
-    p.add_argument("--allow-insecure-http", action="store_true", help="allow a non-loopback http:// API server")
+    _add_account_arguments(p)
     p.set_defaults(func=_run_manifest)
 
     p = sub.add_parser("unmount", help="unmount cleanly (names the processes that block it)")
@@ -302,25 +318,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-other", action="store_true", help="let other users see the mount")
     p.set_defaults(func=_run_fuse_helper)
 
-    p = sub.add_parser("status", help="uploads pending, in progress, committed recently and failed")
-    p.add_argument("mountpoint")
-    p.set_defaults(func=_run_status)
-
-    p = sub.add_parser("retry", help="upload a file that failed for good again")
-    p.add_argument("path")
-    p.set_defaults(func=_run_retry)
-
-    p = sub.add_parser("refresh", help="reload a folder and its sub-folders from the API")
-    p.add_argument("path")
-    p.set_defaults(func=_run_refresh)
-
-    p = sub.add_parser("trash", help="move a project/sample/app result/app session/run folder to the trash")
-    p.add_argument("path")
-    p.set_defaults(func=_run_trash)
-
-    p = sub.add_parser("restore", help="restore a MOUNT/.Trash/ITEM folder")
-    p.add_argument("path")
-    p.set_defaults(func=_run_restore)
+    # The commands that take one path and nothing else.
+    for name, help_text, run, arg in (
+        ("status", "uploads pending, in progress, committed recently and failed", _run_status, "mountpoint"),
+        ("retry", "upload a file that failed for good again", _run_retry, "path"),
+        ("refresh", "reload a folder and its sub-folders from the API", _sends("refresh"), "path"),
+        ("trash", "move a project/sample/app result/app session/run folder to the trash", _sends("move-to-trash"), "path"),
+        ("restore", "restore a MOUNT/.Trash/ITEM folder", _sends("restore-from-trash"), "path"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument(arg)
+        p.set_defaults(func=run)
 
     p = sub.add_parser("auth", help="log in with the OAuth device flow and write ~/.basespace/NAME.cfg")
     from .api import auth

@@ -14,7 +14,6 @@ import signal
 import stat
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyfuse3
@@ -29,57 +28,11 @@ from .fuse_access import FuseAccessError, check_fuse_access, check_fuse_fd, hand
 from .fuse_helper import FuseHelperError, receive_fuse_fd
 from .fuse_ops import Operations
 from .mount_table import FS_NAME, MountBusy, MountEntry, MountLock, mount_entry
+from .options import MountOptions, default_cache_dir
 from .tree import Layout, Tree
 from .tree.manifest import ManifestApi
 
 log = logging.getLogger("basemount_py")
-
-MiB = 2**20
-
-
-@dataclass
-class MountOptions:
-    mountpoint: str
-    foreground: bool = False
-    metadata_ttl: float = 60.0
-    cache_size: int = 128 * MiB  # daemon peak RSS ≈ cache + ~90 MiB (docs/performance.md)
-    prefetch_max: int = 64 * MiB
-    whole_file_max: int = 64 * MiB  # small files read at random, and indexes, are fetched whole
-    max_connections: int = 16
-    api_max_rate: float = BudgetPolicy.max_rate  # requests/s ceiling of the request budget
-    manifest: dict | None = None  # a loaded --manifest (tree/manifest.py): listings without calls
-    allow_other: bool = False
-    op_timeout: float = 60.0
-    direct_io: bool = False  # FOPEN_DIRECT_IO on BaseSpace files instead of keep_cache
-    verify: bool = False  # check whole-file sequential reads against the ETag (MD5)
-    log_level: str = "INFO"
-    log_file: str | None = None
-    read_ahead_kb: int = 4096
-    max_background: int = 64
-    upload_threshold: int = 25 * MiB  # write mode: larger files are uploaded multipart
-    upload_part_size: int = 8 * MiB
-    upload_parallel: int = 8  # parts in flight per file
-    # One local root for the write spool (<cache-dir>/spool/) and the content cache (<cache-dir>/content/).
-    cache_dir: str = ""  # "" = default_cache_dir()
-    cache_max: int = 0  # bytes of disk the persistent content cache may hold; 0 = no content cache
-    spool_max: int = 50 * 2**30  # bytes the write spool may hold
-    write_back: float = 5.0  # seconds from the last close of a file to its upload
-    # Handed-in FUSE devices (docs/configuration.md): mountpoint "/dev/fd/N" is a /dev/fuse
-    # descriptor someone else mounted; --fuse-socket receives one from `basemount-py fuse-helper`.
-    fuse_socket: str | None = None
-    target: str = ""  # where a /dev/fd/N mount is seen, when known (the helper says)
-
-    @property
-    def visible_path(self) -> str:
-        """The directory users see the mount at (for messages and absolute symlink targets)."""
-        return self.target or self.mountpoint
-
-
-def default_cache_dir() -> str:
-    """``$XDG_CACHE_HOME/basemount_py`` (``~/.cache/basemount_py``): the default ``--cache-dir``."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "basemount_py")
-
 
 class MountError(Exception):
     """A problem the user can fix; the message is the one line we print."""
@@ -347,8 +300,8 @@ async def _main(credentials, opts: MountOptions, token_reloader, notify: int | N
             verify=opts.verify,
         ) as reads:
             listing_api = ManifestApi(api, opts.manifest) if opts.manifest else api
-            layout = Layout(listing_api, metadata_ttl=opts.metadata_ttl)  # type: ignore[arg-type]
-            tree = Tree(layout, metadata_ttl=opts.metadata_ttl)
+            layout = Layout(listing_api, metadata_ttl=opts.metadata_ttl, max_listings=opts.max_listings)  # type: ignore[arg-type]
+            tree = Tree(layout, metadata_ttl=opts.metadata_ttl, max_listings=opts.max_listings)
             from .write import Spool, UploadConfig, WriteManager, account_key
 
             upload_cfg = UploadConfig(

@@ -28,6 +28,8 @@ from typing import Callable
 
 import trio
 
+from ..options import MountOptions
+
 __all__ = ["BudgetPolicy", "RequestBudget"]
 
 _EPSILON = 1e-6
@@ -38,7 +40,7 @@ class BudgetPolicy:
     """Every default of the request budget (the mount options --api-rate and --api-max-rate use them)."""
 
     rate: float = 5.0  # requests/s at start
-    max_rate: float = 100.0  # ceiling of the additive increase
+    max_rate: float = MountOptions.api_max_rate  # ceiling of the additive increase (--api-max-rate)
     # Floor of the decrease: progress even when a server answers 429 at random. 16 daemons at the
     # floor still stay under a 10 requests/s quota (tests/test_rate_limit.py).
     min_rate: float = 0.5

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import httpx
 import trio
 
+from ..options import MountOptions
 from .errors import (
     ApiError,
     AuthError,
@@ -128,7 +129,7 @@ class BaseSpaceClient:
         access_token: str,
         *,
         policy: RetryPolicy = RetryPolicy(),
-        max_connections: int = 16,
+        max_connections: int = MountOptions.max_connections,
         token_reloader: Callable[[], str | None] | None = None,
         budget: RequestBudget | None = None,
         transport: httpx.AsyncBaseTransport | None = None,

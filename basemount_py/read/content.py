@@ -42,6 +42,7 @@ import trio
 from ..api.client import BaseSpaceClient, certificate_error, raise_for_status
 from ..api.errors import ApiError, ContentExpiredError, NetworkError, ProtocolError
 from ..api.retry import RetryPolicy, is_transient, with_retries
+from ..options import MountOptions
 from .range_threads import RangeThreads, uses_proxy
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ class ContentSource:
         api: BaseSpaceClient,
         *,
         policy: RetryPolicy = RetryPolicy(),
-        max_connections: int = 16,
+        max_connections: int = MountOptions.max_connections,
         url_refresh_margin: float = 60.0,
         stall_timeout: float | None = None,
     ):

@@ -35,15 +35,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-KiB = 1024
-MiB = 1024 * KiB
+from ..options import KiB, MiB, MountOptions
 
 
 @dataclass(frozen=True)
 class PrefetchConfig:
     block_size: int = 64 * KiB
     first_window: int = 1 * MiB + 128 * KiB
-    max_window: int = 64 * MiB
+    max_window: int = MountOptions.prefetch_max
     growth: int = 2
     part_max: int = 4 * MiB
     back_tolerance: int = 256 * KiB

@@ -39,6 +39,7 @@ from typing import Awaitable, Callable
 import trio
 
 from ..api.errors import ProtocolError
+from ..options import MountOptions
 from .block_cache import BlockCache
 from .disk_cache import ContentKey, DiskCache
 from .prefetch import AccessPattern, Plan, PrefetchConfig, part_size, round_up, split_parts
@@ -90,9 +91,9 @@ class ReadManager:
         self,
         fetch: Fetch,
         *,
-        cache_bytes: int = 128 * 2**20,
-        prefetch_max: int = 64 * 2**20,
-        max_parallel: int = 16,
+        cache_bytes: int = MountOptions.cache_size,
+        prefetch_max: int = MountOptions.prefetch_max,
+        max_parallel: int = MountOptions.max_connections,
         config: PrefetchConfig | None = None,
         fetch_blocks: FetchBlocks | None = None,
         whole_file_max: int = 0,

@@ -11,6 +11,7 @@ import itertools
 import logging
 from typing import Iterable
 
+from ..options import MountOptions
 from .cache import ListingCache
 from .layout import COMMANDS_NAME, EAGER, ERROR_NAME, Layout
 from .nodes import DIR, Node, NotFound
@@ -25,7 +26,7 @@ class NotADirectory(Exception):
 
 
 class Tree:
-    def __init__(self, layout: Layout, *, metadata_ttl: float = 60.0, max_listings: int = 4096):
+    def __init__(self, layout: Layout, *, metadata_ttl: float = MountOptions.metadata_ttl, max_listings: int = MountOptions.max_listings):
         self.layout = layout
         self.metadata_ttl = metadata_ttl
         self.listings = ListingCache(ttl=metadata_ttl, maxsize=max_listings)

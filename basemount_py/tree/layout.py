@@ -30,6 +30,7 @@ import trio
 
 from ..api.client import FILES_PAGE_MAX, BaseSpaceClient, path_segment
 from ..api.errors import ArchivedError, ProtocolError
+from ..options import MountOptions
 from .cache import ListingCache
 from .merged import DatasetFiles, is_fastq_dataset, manifest_text, merged_name, plan_merge
 from .naming import sanitize, unique_names
@@ -106,7 +107,7 @@ def properties_href(collection: str, entity_id: object) -> str:
     return f"v1pre3/{collection}/{path_segment(entity_id)}/properties"
 
 class Layout:
-    def __init__(self, api: BaseSpaceClient, *, metadata_ttl: float = 60.0, max_listings: int = 4096):
+    def __init__(self, api: BaseSpaceClient, *, metadata_ttl: float = MountOptions.metadata_ttl, max_listings: int = MountOptions.max_listings):
         self.api = api
         self.api_server = api.api_server.rstrip("/")
         # Raw API listings, keyed by request: shared by every folder built from them.

@@ -13,19 +13,18 @@ import errno
 import mimetypes
 from dataclasses import dataclass
 
-MiB = 2**20
-GiB = 2**30
+from ..options import MountOptions
 
 
 @dataclass
 class UploadConfig:
-    small_threshold: int = 25 * MiB  # larger files go multipart (BaseSpace: > 25 MB)
-    part_size: int = 8 * MiB
-    parallel: int = 8  # parts in flight per file (BaseMount uploads with 8 threads per file)
+    small_threshold: int = MountOptions.upload_threshold  # larger files go multipart
+    part_size: int = MountOptions.upload_part_size
+    parallel: int = MountOptions.upload_parallel  # parts in flight per file
     parallel_files: int = 4  # files uploading at once
-    write_back: float = 5.0  # seconds between the last close and the upload (rclone's default)
+    write_back: float = MountOptions.write_back  # seconds between the last close and the upload
     attempts: int = 8  # upload attempts per file before it is "failed" (kept in the spool)
-    spool_max: int = 50 * GiB  # bytes the spool may hold before writes get ENOSPC
+    spool_max: int = MountOptions.spool_max  # bytes the spool may hold before writes get ENOSPC
 
 
 class WriteFailure(OSError):
