@@ -1,12 +1,12 @@
 """Upload throughput: ``cp`` into a mount vs. a direct multipart upload with httpx.
 
-    python -m basemount_py.write.bench [--size-mib 300] [--latency-ms 20] [--bandwidth 50]
+    .venv/bin/python scripts/bench_upload.py [--size-mib 300] [--latency-ms 20] [--bandwidth 50]
 
 Starts an emulator on a scratch account (the ``wan`` profile by default: 20 ms latency, 50 MB/s
 per connection — the emulator paces request bodies of its upload routes too), then times:
 
-* ``mount cp``: ``cp`` of a local file into a new app result of a real mount (default settings:
-  8 MiB parts, 8 in flight, ``--write-back 0``): until close() returned (the file is in the local
+* ``mount cp``: ``cp`` of a local file into a new app result of a real mount (the mount's default
+  part size and parallelism unless given, ``--write-back 0``): until close() returned (the file is in the local
   spool), and until the upload was committed (the mount's ``.uploads`` status shows nothing left);
 * ``httpx multipart``: the same calls made directly (start, parts in parallel with the same
   part size and parallelism, complete), from memory, no FUSE;
@@ -28,9 +28,8 @@ from pathlib import Path
 
 import httpx
 
-from ..emulator.control import EmulatorProcess
-
-MiB = 2**20
+from basemount_py.emulator.control import EmulatorProcess
+from basemount_py.options import MiB, MountOptions
 
 
 async def direct_upload(url: str, token: str, appresult: str, name: str, data: bytes, part: int, parallel: int) -> None:
@@ -53,12 +52,12 @@ async def direct_upload(url: str, token: str, appresult: str, name: str, data: b
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(prog="python -m basemount_py.write.bench")
+    p = argparse.ArgumentParser(prog="scripts/bench_upload.py")
     p.add_argument("--size-mib", type=int, default=300)
     p.add_argument("--latency-ms", type=float, default=20)
     p.add_argument("--bandwidth", type=float, default=50, help="MB/s per connection (emulator conn_bandwidth)")
-    p.add_argument("--part-mib", type=int, default=8)
-    p.add_argument("--parallel", type=int, default=8)
+    p.add_argument("--part-mib", type=int, default=MountOptions.upload_part_size // MiB)
+    p.add_argument("--parallel", type=int, default=MountOptions.upload_parallel)
     args = p.parse_args()
     size = args.size_mib * MiB
     work = Path(tempfile.mkdtemp(prefix="upload-bench-"))
