@@ -28,9 +28,9 @@ Design points:
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
-import json
 import mimetypes
 import os
 import stat
@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from ..jsonfile import JsonFileError, read_json_file
 from .synthetic import iter_synthetic
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "resolve_token",
     "bs_date",
     "DEFAULT_TOKEN",
+    "warm",
     "warm_etags",
 ]
 
@@ -90,16 +92,9 @@ def display_name(disk_name: str) -> str:
 
 def _read_json(path: str, what: str) -> Any:
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_JSON_BYTES + 1)
-    except OSError as exc:
-        raise AccountError(f"{path}: cannot read {what}: {exc.strerror}") from None
-    if len(raw) > MAX_JSON_BYTES:
-        raise AccountError(f"{path}: {what} is larger than {MAX_JSON_BYTES} bytes")
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise AccountError(f"{path}: {what} is not valid JSON ({exc})") from None
+        return read_json_file(path, what, MAX_JSON_BYTES)
+    except JsonFileError as exc:
+        raise AccountError(str(exc)) from None
 
 
 def _read_object(path: str, what: str) -> dict[str, Any]:
@@ -201,6 +196,13 @@ def _content_md5(f: FileEntry) -> str:
     except OSError:
         pass  # vanished since the load: the content route reports it; the tag is of what was read
     return h.hexdigest()
+
+
+async def warm(files: list[FileEntry]) -> None:
+    """Compute the ETags (content MD5s) these files still lack, off the event loop."""
+    missing = [f for f in files if not f.etag_known]
+    if missing:
+        await asyncio.to_thread(warm_etags, missing)
 
 
 def warm_etags(files: list[FileEntry]) -> None:

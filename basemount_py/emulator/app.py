@@ -32,20 +32,30 @@ from starlette.requests import Request
 from starlette.routing import Route, Router
 
 from . import render
-from .account import Account, AccountError, Entity, FileEntry, Ref, bs_date, load_account, resolve_token, warm_etags
-from .content import ContentSigner, StreamResponse, content_disposition, file_body, parse_range, xml_error
+from .account import Account, AccountError, Entity, FileEntry, Ref, bs_date, load_account, resolve_token, warm
+from .content import ContentSigner, file_response
 from .http_listing import HTTP_TREE_PREFIX, http_tree
 from .knobs import Counters, FaultInjector, KnobError, Knobs, RateLimiter
+from .responses import (
+    JSON_TYPE,
+    NO_CACHE_HEADERS,
+    UNAUTHORIZED_BODY,
+    BadRequest,
+    Forbidden,
+    HttpError,
+    StreamResponse,
+    envelope,
+    error_status,
+    html_response,
+    json_bytes,
+    json_response,
+    not_found,
+    xml_response,
+)
+from .writes import write_routes
 
 __all__ = ["Emulator", "build_app", "UNAUTHORIZED_BODY"]
 
-UNAUTHORIZED_BODY = {
-    "ResponseStatus": {
-        "ErrorCode": "BASESPACE.COMMON.UNAUTHORIZED",
-        "Message": "Please sign in to access this resource.",
-    },
-    "Notifications": [],
-}
 V1_LIMIT_MAX = 1024
 FILES_LIMIT_MAX = 1000
 DEFAULT_LIMIT = 10
@@ -79,6 +89,10 @@ class Emulator:
         """Re-read the folder; existing entities keep their ids.  On error the old model stays."""
         self.account = load_account(self.data_dir, previous=self.account.ids)
 
+    def count_content_bytes(self, n: int) -> None:
+        """File bytes sent (content URLs and the HTTP tree), for the counters."""
+        self.counters.content_bytes += n
+
     def token_info(self, token: str | None) -> dict[str, Any] | None:
         if not token:
             return None
@@ -88,69 +102,6 @@ class Emulator:
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def _json_bytes(obj: Any) -> bytes:
-    try:
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates from an .entity.json: escape them instead
-        return json.dumps(obj, separators=(",", ":")).encode("ascii")
-
-
-# Real BaseSpace: JSON answers say plain ``application/json``, its 403s add ``; charset=utf-8``
-# (recorded traffic, tests/conformance/recorded.json).
-JSON_TYPE = "application/json"
-ERROR_JSON_TYPE = "application/json; charset=utf-8"
-# Every API answer of real BaseSpace forbids caching this way (unknown paths say ``private``).
-NO_CACHE_HEADERS = {"Cache-Control": "no-cache, no-store, must-revalidate", "Pragma": "no-cache", "Expires": "0"}
-
-
-def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> StreamResponse:
-    h = {"Content-Type": JSON_TYPE if status < 400 else ERROR_JSON_TYPE}
-    h.update(headers or {})
-    return StreamResponse(status, h, _json_bytes(obj))
-
-
-def html_response(text: str, status: int = 200) -> StreamResponse:
-    return StreamResponse(status, {"Content-Type": "text/html; charset=utf-8"}, text.encode())
-
-
-def xml_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> StreamResponse:
-    h = {"Content-Type": "application/xml"}
-    h.update(headers or {})
-    return StreamResponse(status, h, xml_error(code, message))
-
-
-def envelope(response: Any) -> dict[str, Any]:
-    return {"Response": response, "ResponseStatus": {}, "Notifications": []}
-
-
-def error_status(status: int, code: str | None, message: str, notifications: list | None = None) -> StreamResponse:
-    rs: dict[str, Any] = {"Message": message}
-    if code:
-        rs = {"ErrorCode": code, "Message": message}
-    return json_response({"ResponseStatus": rs, "Notifications": notifications or []}, status)
-
-
-def forbidden(type_name: str) -> StreamResponse:
-    """Real 403s repeat the message as the notification item (no id: it would leak nothing new)."""
-    message = f"Sorry but this requires READ access to this {type_name} resource."
-    return error_status(
-        403, "BASESPACE.COMMON.INSUFFICIENT_RESOURCE_PERMISSIONS", message, [{"Type": "error", "Item": message}]
-    )
-
-
-def not_found() -> StreamResponse:
-    r = error_status(
-        404, None, "This isn't a recognized path. Please check the documentation at https://developer.basespace.illumina.com"
-    )
-    r.headers["Content-Type"] = JSON_TYPE  # recorded: the unknown-path 404 has no charset...
-    r.headers["Cache-Control"] = "private"  # ...and is the one answer marked private
-    return r
-
-
-class BadRequest(Exception):
-    pass
 
 
 def params(request: Request) -> dict[str, str]:
@@ -282,7 +233,7 @@ def paged(
         raise BadRequest("SortDir must be Asc or Desc")
     ordered = sorted(items, key=lambda i: _sort_key(i, sort_by), reverse=sort_dir == "Desc")
     page = [_item_json(emulator, request, render_item, i) for i in ordered[offset : offset + count]]
-    meta = _json_bytes(_paging(emulator, len(page), len(items), offset, limit, sort_by, sort_dir))
+    meta = json_bytes(_paging(emulator, len(page), len(items), offset, limit, sort_by, sort_dir))
     body = b'{"Response":{"Items":[' + b",".join(page) + b"]," + meta[1:] + b',"ResponseStatus":{},"Notifications":[]}'
     return StreamResponse(200, {"Content-Type": JSON_TYPE}, body)
 
@@ -296,7 +247,7 @@ def _item_json(emulator: Emulator, request: Request, render_item: Callable[[Any]
     cache = emulator.account.rendered
     body = cache.get(key)
     if body is None:
-        body = cache[key] = _json_bytes(render_item(item))
+        body = cache[key] = json_bytes(render_item(item))
     return body
 
 
@@ -323,13 +274,6 @@ def paged_v2(
     rendered.sort(key=lambda d: (_v2_sort_value(d, sort_by), _id_key(str(d.get("Id")))), reverse=sort_dir == "Desc")
     page = rendered[offset : offset + count]
     return json_response({"Items": page, "Paging": _paging(emulator, len(page), len(items), offset, limit, sort_by, sort_dir)})
-
-
-async def warm(files: list[FileEntry]) -> None:
-    """Compute the ETags (content MD5s) these files still lack, off the event loop."""
-    missing = [f for f in files if not f.etag_known]
-    if missing:
-        await asyncio.to_thread(warm_etags, missing)
 
 
 def filter_files(files: list[FileEntry], directory: str | None, extensions: str | None) -> list[FileEntry]:
@@ -418,8 +362,8 @@ def _endpoint(emulator: Emulator, template: str, handler: Handler, *, scope: str
             else:
                 try:
                     response = await handler(em, request)
-                except BadRequest as exc:
-                    response = error_status(400, "BASESPACE.COMMON.BAD_REQUEST", str(exc))
+                except HttpError as exc:  # the one path from a handler's failure to an answer
+                    response = exc.response()
         response.headers.setdefault("X-Request-ID", str(uuid.uuid4()))
         if scope != "content":  # the S3-like content host sends no cache headers
             for name, value in NO_CACHE_HEADERS.items():
@@ -458,13 +402,8 @@ def _throttled(retry_after: float, scope: str) -> StreamResponse:
 def _get(em: Emulator, kind: str, request: Request, key: str = "id") -> Entity:
     entity = em.account.get(kind, request.path_params[key])
     if entity is None:
-        raise _Forbidden(render.type_name(kind), request.path_params[key])
+        raise Forbidden(render.type_name(kind))
     return entity
-
-
-class _Forbidden(Exception):
-    def __init__(self, type_name: str, item: str):
-        self.type_name, self.item = type_name, item
 
 
 def _v1_entity(kind: str) -> Handler:
@@ -587,7 +526,7 @@ def _file(em: Emulator, request: Request) -> FileEntry:
     f = em.account.files.get(request.path_params["id"])
     if f is None:
         # recorded: real BaseSpace answers an unknown file id with the 403 of a *Run* resource
-        raise _Forbidden("Run", request.path_params["id"])
+        raise Forbidden("Run")
     return f
 
 
@@ -599,7 +538,7 @@ async def file_meta(em: Emulator, request: Request) -> StreamResponse:
 
 async def file_properties(em: Emulator, request: Request) -> StreamResponse:
     """``GET v1pre3/files/{id}/properties``: the emulator keeps no file properties (an empty list)."""
-    f = _file(em, request)
+    _file(em, request)  # an unknown id answers 403
     p = params(request)
     offset, limit, _count = _page_window(em, p, files=False)
     meta = _paging(em, 0, 0, offset, limit, "Name", "Asc")
@@ -855,39 +794,12 @@ async def content(em: Emulator, request: Request) -> StreamResponse:
     if entry.archived:  # what S3 answers for an object in archival (Glacier) storage
         return xml_response(403, "InvalidObjectState", "The operation is not valid for the object's storage class")
     await warm([entry])
-    headers = {
-        "Content-Type": entry.content_type,
-        "Content-Disposition": content_disposition(entry.name),
-        "Accept-Ranges": "bytes",
-        "ETag": f'"{entry.etag}"',
-        "Last-Modified": formatdate(int(entry.mtime), usegmt=True),
-    }
-    rng = parse_range(request.headers.get("range"), entry.size)
-    if rng == "unsatisfiable":
-        headers["Content-Range"] = f"bytes */{entry.size}"
-        r = xml_response(416, "InvalidRange", "The requested range is not satisfiable")
-        r.headers.update({k: v for k, v in headers.items() if k != "Content-Type"})
-        return r
-    status = 200
-    start, end = 0, entry.size
-    if isinstance(rng, tuple):
-        start, end = rng
-        status = 206
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{entry.size}"
-
-    def count(n: int) -> None:
-        em.counters.content_bytes += n
-
-    return StreamResponse(status, headers, file_body(entry, start, end), length=end - start, on_bytes=count)
+    return file_response(entry, request.headers.get("range"), em.count_content_bytes, attachment=True)
 
 
 async def http_tree_route(em: Emulator, request: Request) -> StreamResponse:
     """The account as a plain HTTP directory tree for peer filesystems (http_listing.py)."""
-
-    def count(n: int) -> None:
-        em.counters.content_bytes += n
-
-    return http_tree(em.account, request, count)
+    return http_tree(em.account, request, em.count_content_bytes)
 
 
 # -- debug endpoints ---------------------------------------------------------------------------
@@ -983,14 +895,12 @@ def build_app(emulator: Emulator) -> Router:
     ):
         routes.append(("GET", f"v1pre3/{coll}/{{id}}/properties", _entity_properties(kind), {}))
         routes.append(("GET", f"v1pre3/{coll}/{{id}}/properties/{{name}}/items", _property_items(kind), {}))
-    from .writes import write_routes  # projects, app results, uploads, trash, properties (writes.py)
-
-    routes += write_routes()
+    routes += write_routes()  # projects, app results, uploads, trash, properties (writes.py)
 
     starlette_routes = []
     for method, template, handler, opts in routes:
         starlette_routes.append(
-            Route("/" + template, _endpoint(emulator, template, _forbidding(handler), **opts), methods=[method])
+            Route("/" + template, _endpoint(emulator, template, handler, **opts), methods=[method])
         )
     raw = {"auth": False, "scope": "none"}
     starlette_routes += [
@@ -1013,18 +923,6 @@ def build_app(emulator: Emulator) -> Router:
         ),
     ]
     return Router(routes=starlette_routes)
-
-
-def _forbidding(handler: Handler) -> Handler:
-    """Unknown or foreign ids answer 403 like BaseSpace (never 404, which leaks existence)."""
-
-    async def wrapped(em: Emulator, request: Request) -> StreamResponse:
-        try:
-            return await handler(em, request)
-        except _Forbidden as exc:
-            return forbidden(exc.type_name)
-
-    return wrapped
 
 
 def _debug(emulator: Emulator, handler: Handler):

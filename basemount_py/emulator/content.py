@@ -1,15 +1,14 @@
-"""The S3-like content host: signed URLs, byte ranges and the streaming response.
+"""The S3-like content host: signed URLs, byte ranges and file bodies.
 
 * ``ContentSigner`` makes ``/_content/{file_id}?Expires=<unix>&Signature=<hex>`` URLs, where the
   signature is HMAC-SHA256 of ``"{file_id}:{expires}"`` with a per-process random secret (so a
   URL stops working when the emulator restarts, like a real presigned URL eventually does).
 * ``parse_range`` implements single-range ``Range`` semantics as S3 does (multi-range and
   malformed headers are ignored, i.e. the whole object is sent).
-* ``StreamResponse`` is the one ASGI response used for *every* emulator answer (JSON included),
-  because faults (reset, truncate, stall) and the per-connection bandwidth cap act on the body
-  stream.  Bodies are produced lazily in ~1 MiB pieces: file bytes with ``os.pread`` in a
-  worker thread, synthetic bytes computed on the fly, so memory stays flat whatever the size;
-  uvicorn's flow control makes ``send`` wait while the client is slow.
+* ``file_response``: a file's bytes with S3's headers, ``206``/``416`` for ranges; the one answer
+  of both the signed content URLs (app.py) and the plain HTTP tree (http_listing.py).
+* ``file_body`` produces the bytes lazily in ~1 MiB pieces: file bytes with ``os.pread`` in a
+  worker thread, synthetic bytes computed on the fly.
 """
 
 from __future__ import annotations
@@ -17,28 +16,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import logging
 import os
 import secrets
-import socket
-import struct
 import time
+from email.utils import formatdate
 from typing import AsyncIterator, Callable
 from urllib.parse import quote
 
 from .account import FileEntry
+from .responses import PIECE, StreamResponse, xml_response
 from .synthetic import synthetic_bytes
 
-__all__ = ["ContentSigner", "parse_range", "StreamResponse", "file_body", "xml_error", "TRANSPORTS"]
-
-log = logging.getLogger("basemount_py.emulator")
-
-PIECE = 1024 * 1024
-
-# Connection transports by client address, filled by server.py's protocol class, so a "reset"
-# fault can send a real TCP RST.  Without an entry we fall back to closing the connection.
-TRANSPORTS: dict[tuple[str, int], asyncio.BaseTransport] = {}
-
+__all__ = ["ContentSigner", "parse_range", "file_body", "file_response"]
 
 class ContentSigner:
     def __init__(self) -> None:
@@ -64,16 +53,6 @@ class ContentSigner:
         if expires_at < time.time():
             return "Request has expired"
         return None
-
-
-def xml_error(code: str, message: str) -> bytes:
-    def esc(s: str) -> str:
-        return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-    return (
-        f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{esc(code)}</Code>'
-        f"<Message>{esc(message)}</Message></Error>"
-    ).encode()
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
@@ -144,109 +123,27 @@ def file_body(entry: FileEntry, start: int, end: int) -> Callable[[], AsyncItera
     return synthetic if entry.seed is not None else disk
 
 
-class AbortConnection(Exception):
-    """Raised inside the ASGI app to drop the connection (uvicorn closes it)."""
-
-
-class StreamResponse:
-    """An ASGI response: status, headers, a lazily produced body, and an optional body fault.
-
-    ``fault``: None | "reset" | "truncate" | "stall" — applied once ``fault_at`` bytes of the
-    body were sent.  ``bandwidth``: bytes/s cap (0 = none).  ``on_bytes`` counts sent bytes.
-    """
-
-    def __init__(
-        self,
-        status: int,
-        headers: dict[str, str],
-        body: bytes | Callable[[], AsyncIterator[bytes]] = b"",
-        *,
-        length: int | None = None,
-        send_body: bool = True,
-        fault: str | None = None,
-        stall_seconds: float = 0.0,
-        bandwidth: float = 0.0,
-        on_bytes: Callable[[int], None] | None = None,
-    ):
-        self.status = status
-        self.headers = dict(headers)
-        self.body = body
-        self.length = len(body) if isinstance(body, bytes) else (length or 0)
-        self.headers["Content-Length"] = str(self.length)
-        self.send_body = send_body
-        self.fault = fault if send_body else None
-        self.stall_seconds = stall_seconds
-        self.bandwidth = bandwidth
-        self.on_bytes = on_bytes
-        # the fault strikes after half the body, at most 1 MiB in: a client sees some data first
-        self.fault_at = min(self.length // 2, PIECE)
-
-    async def __call__(self, scope, receive, send) -> None:
-        raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
-        await send({"type": "http.response.start", "status": self.status, "headers": raw_headers})
-        if not self.send_body or self.length == 0:
-            if self.fault in ("reset", "truncate"):
-                await self._drop(scope, reset=self.fault == "reset")
-            elif self.fault == "stall":
-                await asyncio.sleep(self.stall_seconds)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return
-        sent = 0
-        started = time.monotonic()
-        fault = self.fault
-        async for piece in self._pieces():
-            while piece:
-                take = len(piece)
-                if fault is not None and sent < self.fault_at:
-                    take = min(take, self.fault_at - sent)
-                elif fault is not None and sent >= self.fault_at:
-                    if fault == "stall":
-                        fault = None
-                        await asyncio.sleep(self.stall_seconds)
-                        continue
-                    await self._drop(scope, reset=fault == "reset")
-                    return
-                if self.bandwidth > 0:
-                    take = min(take, max(16 * 1024, int(self.bandwidth / 20)))
-                chunk, piece = piece[:take], piece[take:]
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                sent += len(chunk)
-                if self.on_bytes:
-                    self.on_bytes(len(chunk))
-                if self.bandwidth > 0:
-                    ahead = started + sent / self.bandwidth - time.monotonic()
-                    if ahead > 0:
-                        await asyncio.sleep(ahead)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def _pieces(self) -> AsyncIterator[bytes]:
-        if isinstance(self.body, bytes):
-            yield self.body
-            return
-        try:
-            async for piece in self.body():
-                yield piece
-        except OSError as exc:
-            log.warning("content stream failed: %s", exc)
-            raise AbortConnection() from None
-
-    async def _drop(self, scope, *, reset: bool) -> None:
-        """End the connection mid-body: RST (reset) or a clean FIN (truncate)."""
-        transport = TRANSPORTS.get(tuple(scope.get("client") or ()))
-        if transport is None:
-            raise AbortConnection()
-        if reset:
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                except OSError:
-                    pass
-            transport.abort()
-        else:
-            transport.close()
-        # let uvicorn notice the disconnect so it doesn't report an incomplete response
-        for _ in range(50):
-            await asyncio.sleep(0.01)
-            if transport.is_closing() and tuple(scope.get("client") or ()) not in TRANSPORTS:
-                break
+def file_response(
+    entry: FileEntry, range_header: str | None, on_bytes: Callable[[int], None], *, attachment: bool = False
+) -> StreamResponse:
+    """``entry``'s bytes as S3 sends them: ``Range`` -> 206 with ``Content-Range``, an unsatisfiable
+    range -> 416 (an XML error that still carries the object's headers), else 200. ``attachment``
+    adds the ``Content-Disposition`` of signed content URLs."""
+    headers = {
+        "Content-Type": entry.content_type,
+        "Accept-Ranges": "bytes",
+        "ETag": f'"{entry.etag}"',
+        "Last-Modified": formatdate(int(entry.mtime), usegmt=True),
+    }
+    if attachment:
+        headers["Content-Disposition"] = content_disposition(entry.name)
+    rng = parse_range(range_header, entry.size)
+    if rng == "unsatisfiable":
+        headers["Content-Range"] = f"bytes */{entry.size}"
+        del headers["Content-Type"]
+        return xml_response(416, "InvalidRange", "The requested range is not satisfiable", headers)
+    status, start, end = 200, 0, entry.size
+    if isinstance(rng, tuple):
+        status, (start, end) = 206, rng
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{entry.size}"
+    return StreamResponse(status, headers, file_body(entry, start, end), length=end - start, on_bytes=on_bytes)

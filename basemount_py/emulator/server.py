@@ -5,7 +5,7 @@ only once the socket accepts connections, with no race.  ``SO_REUSEADDR`` lets
 ``EmulatorProcess.restart()`` bind the same port again right after a stop.
 
 The protocol class extends uvicorn's httptools protocol by one thing only: it records each
-connection's transport by client address (``content.TRANSPORTS``) so the "reset" fault can
+connection's transport by client address (``responses.TRANSPORTS``) so the "reset" fault can
 send a real TCP RST.  uvicorn handles SIGINT/SIGTERM (graceful shutdown, bounded to 2 s so a
 stalled stream cannot hold the exit).
 """
@@ -23,7 +23,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .app import Emulator, build_app
-from .content import TRANSPORTS
+from .responses import TRANSPORTS
 
 __all__ = ["bind_socket", "serve", "write_ready_file"]
 

@@ -38,7 +38,8 @@ from typing import Any
 from starlette.requests import Request
 
 from . import render
-from .account import FILE_SIDECAR_SUFFIX, SYNTHETIC_SUFFIX, AccountError, Entity, bs_date
+from .account import FILE_SIDECAR_SUFFIX, SYNTHETIC_SUFFIX, AccountError, Entity, bs_date, warm
+from .responses import BadRequest, Forbidden, HttpError, envelope, json_response
 
 __all__ = ["write_routes"]
 
@@ -57,22 +58,12 @@ TRASH_TYPE = {
 TRASH_INCLUDES = "FILEDATA+METADATA"
 
 
-class WriteError(Exception):
-    def __init__(self, status: int, message: str, code: str = "BASESPACE.COMMON.BAD_REQUEST"):
-        super().__init__(message)
-        self.status, self.code = status, code
-
-
-def _bad(message: str) -> WriteError:
-    return WriteError(400, message)
-
-
 # -- small disk helpers (run in worker threads) ----------------------------------------------
 
 
 def _safe_component(name: str, what: str) -> str:
     if not name or name in (".", "..") or "/" in name or "\0" in name or len(name.encode("utf-8", "surrogateescape")) > 255:
-        raise _bad(f"{what} {name!r} is not a valid file or folder name")
+        raise BadRequest(f"{what} {name!r} is not a valid file or folder name")
     return name
 
 
@@ -83,8 +74,8 @@ def _folder_name(parent: str, name: str) -> tuple[str, bool]:
     try:
         _safe_component(name, "name")
         if name.startswith("."):
-            raise _bad("hidden")
-    except WriteError:
+            raise BadRequest("hidden")
+    except HttpError:
         base = "entity-" + hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:12]
     candidate, n = base, 1
     while os.path.lexists(os.path.join(parent, candidate)):
@@ -117,15 +108,15 @@ async def _json_body(request: Request) -> dict[str, Any]:
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_JSON_BODY:
-            raise _bad("request body too large")
+            raise BadRequest("request body too large")
     if not body.strip():
         return {}
     try:
         value = json.loads(body)
     except ValueError:
-        raise _bad("request body is not valid JSON") from None
+        raise BadRequest("request body is not valid JSON") from None
     if not isinstance(value, dict):
-        raise _bad("request body must be a JSON object")
+        raise BadRequest("request body must be a JSON object")
     return {k.lower(): v for k, v in value.items()} | {"_raw": value}
 
 
@@ -165,23 +156,21 @@ def _check_md5(request: Request, md5_hex: str) -> None:
     try:
         expected = base64.b64decode(header.strip(), validate=True).hex()
     except (ValueError, TypeError):
-        raise _bad("Content-MD5 is not base64") from None
+        raise BadRequest("Content-MD5 is not base64") from None
     if expected != md5_hex:
-        raise WriteError(400, "The Content-MD5 you specified did not match what was received.", "BASESPACE.FILES.BAD_DIGEST")
+        raise HttpError(400, "The Content-MD5 you specified did not match what was received.", "BASESPACE.FILES.BAD_DIGEST")
 
 
 def _entity(em, kind: str, entity_id: str) -> Entity:
     e = em.account.get(kind, entity_id)
     if e is None:
-        raise WriteError(403, f"Sorry but this requires WRITE access to this {render.type_name(kind)} resource.",
-                         "BASESPACE.COMMON.INSUFFICIENT_RESOURCE_PERMISSIONS")
+        raise Forbidden(render.type_name(kind), access="WRITE")
     return e
 
 
 def _upload_dir(em, file_id: str) -> str:
     if not file_id.isdigit():  # ids we hand out are digits: nothing else may reach the disk
-        raise WriteError(403, "Sorry but this requires WRITE access to this File resource.",
-                         "BASESPACE.COMMON.INSUFFICIENT_RESOURCE_PERMISSIONS")
+        raise Forbidden("File", access="WRITE")
     return os.path.join(em.account.root, UPLOADS, file_id)
 
 
@@ -200,7 +189,7 @@ async def _apply(em, do, undo, extra_ids: dict | None = None) -> Any:
         await _reload(em, extra_ids)
     except AccountError as exc:
         await asyncio.to_thread(undo)
-        raise WriteError(409, f"the change was refused: {exc}", "BASESPACE.COMMON.CONFLICT") from None
+        raise HttpError(409, f"the change was refused: {exc}", "BASESPACE.COMMON.CONFLICT") from None
     return result
 
 
@@ -238,8 +227,6 @@ def _find(em, kind: str, key: str) -> Entity | None:
 
 
 def _ok(em, request: Request, body: Any, status: int = 200):
-    from .app import envelope, json_response
-
     return json_response(envelope(body), status)
 
 
@@ -250,7 +237,7 @@ async def create_project(em, request: Request):
     body = await _json_body(request)
     name = body.get("name")
     if not isinstance(name, str) or not name.strip():
-        raise _bad("Name is required")
+        raise BadRequest("Name is required")
     v1 = lambda: render.V1(em.account, str(request.base_url))  # noqa: E731
     async with _lock(em):
         for p in em.account.projects:
@@ -280,7 +267,7 @@ async def create_appresult(em, request: Request):
     body = await _json_body(request)
     name = body.get("name")
     if not isinstance(name, str) or not name.strip():
-        raise _bad("Name is required")
+        raise BadRequest("Name is required")
     session_id = request.query_params.get("appsessionid") or request.query_params.get("appSessionId")
     async with _lock(em):
         project = _entity(em, "project", request.path_params["id"])
@@ -288,7 +275,7 @@ async def create_appresult(em, request: Request):
         if session_id:
             session = _entity(em, "appsession", session_id)
             if session.project is not project:
-                raise _bad("the app session belongs to another project")
+                raise BadRequest("the app session belongs to another project")
             session_spec = {"Name": session.name}
         else:
             taken = {s.name for s in em.account.appsessions if s.project is project}
@@ -333,10 +320,10 @@ def _upload_target(em, appresult: Entity, request: Request) -> tuple[str, str]:
     q = {k.lower(): v for k, v in request.query_params.items()}
     name = _safe_component(q.get("name", ""), "name")
     if name.endswith(SYNTHETIC_SUFFIX):
-        raise _bad(f"names ending in {SYNTHETIC_SUFFIX} are reserved by the emulator")
+        raise BadRequest(f"names ending in {SYNTHETIC_SUFFIX} are reserved by the emulator")
     directory = "/".join(_safe_component(c, "directory") for c in q.get("directory", "").split("/") if c)
     if str(appresult.overrides.get("Status", "Complete")).lower() == "complete":
-        raise WriteError(409, f"AppResult {appresult.id} is Complete: no files can be added",
+        raise HttpError(409, f"AppResult {appresult.id} is Complete: no files can be added",
                          "BASESPACE.APPRESULTS.ALREADY_COMPLETE")
     return name, directory
 
@@ -351,9 +338,9 @@ def _final_path(appresult: Entity, name: str, directory: str) -> tuple[str, str]
     for part in rel.split("/")[:-1]:
         probe = os.path.join(probe, part)
         if os.path.lexists(probe) and not os.path.isdir(probe):
-            raise WriteError(409, f"{rel}: {part} is a file", "BASESPACE.FILES.CONFLICT")
+            raise HttpError(409, f"{rel}: {part} is a file", "BASESPACE.FILES.CONFLICT")
     if os.path.lexists(full) or os.path.lexists(full + SYNTHETIC_SUFFIX):
-        raise WriteError(409, f"a file {rel} already exists in this AppResult", "BASESPACE.FILES.CONFLICT")
+        raise HttpError(409, f"a file {rel} already exists in this AppResult", "BASESPACE.FILES.CONFLICT")
     return full, f"{appresult.key}/Files/{rel}"
 
 
@@ -397,7 +384,7 @@ async def upload_file(em, request: Request):
         size, md5_hex = await _body_to_file(em, request, body_path)
         _check_md5(request, md5_hex)
         if size == 0:
-            raise _bad("BaseSpace does not accept zero-byte files")
+            raise BadRequest("BaseSpace does not accept zero-byte files")
         return await _commit(em, request, file_id, meta, body_path)
     finally:
         await asyncio.to_thread(shutil.rmtree, folder, True)
@@ -416,8 +403,7 @@ def _read_upload(em, file_id: str) -> tuple[str, dict[str, Any]]:
         with open(os.path.join(folder, "upload.json"), encoding="utf-8") as f:
             return folder, json.load(f)
     except (OSError, ValueError):
-        raise WriteError(403, "Sorry but this requires WRITE access to this File resource.",
-                         "BASESPACE.COMMON.INSUFFICIENT_RESOURCE_PERMISSIONS") from None
+        raise Forbidden("File", access="WRITE") from None
 
 
 async def _commit(em, request: Request, file_id: str, meta: dict[str, Any], data_path: str, etag: str | None = None):
@@ -428,7 +414,7 @@ async def _commit(em, request: Request, file_id: str, meta: dict[str, Any], data
     async with _lock(em):
         appresult = _find(em, "appresult", meta["AppResult"])
         if appresult is None:
-            raise WriteError(409, "the AppResult of this upload no longer exists", "BASESPACE.FILES.CONFLICT")
+            raise HttpError(409, "the AppResult of this upload no longer exists", "BASESPACE.FILES.CONFLICT")
         full, key = await asyncio.to_thread(_final_path, appresult, meta["Name"], meta["Directory"])
         sidecar = full + FILE_SIDECAR_SUFFIX
 
@@ -446,8 +432,6 @@ async def _commit(em, request: Request, file_id: str, meta: dict[str, Any], data
         await _apply(em, install, undo, {("file", key): file_id})
         entry = em.account.files.get(file_id)
         assert entry is not None
-        from .app import warm
-
         await warm([entry])
         return _ok(em, request, render.V1(em.account, str(request.base_url)).file(entry), 201)
 
@@ -459,7 +443,7 @@ async def upload_part(em, request: Request):
     except ValueError:
         number = 0
     if not 1 <= number <= MAX_PART_NUMBER:
-        raise _bad(f"part number must be between 1 and {MAX_PART_NUMBER}")
+        raise BadRequest(f"part number must be between 1 and {MAX_PART_NUMBER}")
     tmp = os.path.join(folder, f"part.{number}.{secrets.token_hex(4)}.tmp")
     try:
         size, md5_hex = await _body_to_file(em, request, tmp)
@@ -477,10 +461,10 @@ def _assemble(folder: str) -> tuple[str, str]:
         (int(n.split(".")[1]), n) for n in os.listdir(folder) if n.startswith("part.") and n.count(".") == 1
     )
     if not parts:
-        raise _bad("no parts were uploaded")
+        raise BadRequest("no parts were uploaded")
     numbers = [n for n, _ in parts]
     if numbers != list(range(1, len(numbers) + 1)):
-        raise _bad(f"parts must be numbered 1..N without gaps (got {numbers[:10]}...)")
+        raise BadRequest(f"parts must be numbered 1..N without gaps (got {numbers[:10]}...)")
     out = os.path.join(folder, "assembled")
     digests = b""
     with open(out, "wb") as dest:
@@ -492,7 +476,7 @@ def _assemble(folder: str) -> tuple[str, str]:
                     dest.write(piece)
             digests += part_md5.digest()
     if os.path.getsize(out) == 0:
-        raise _bad("BaseSpace does not accept zero-byte files")
+        raise BadRequest("BaseSpace does not accept zero-byte files")
     return out, f"{hashlib.md5(digests).hexdigest()}-{len(parts)}"
 
 
@@ -504,7 +488,7 @@ async def file_status(em, request: Request):
         await asyncio.to_thread(shutil.rmtree, folder, True)
         return _ok(em, request, {"Id": meta["Id"], "UploadStatus": "aborted"})
     if status != "complete":
-        raise _bad("uploadstatus must be complete or aborted")
+        raise BadRequest("uploadstatus must be complete or aborted")
     data, etag = await asyncio.to_thread(_assemble, folder)
     try:
         return await _commit(em, request, meta["Id"], meta, data, etag)
@@ -591,7 +575,7 @@ async def move_to_trash(em, request: Request):
     async with _lock(em):
         e = _entity(em, kind, request.path_params["id"])
         if not e.folder:
-            raise _bad(f"this {render.type_name(kind)} cannot be moved to the trash by the emulator")
+            raise BadRequest(f"this {render.type_name(kind)} cannot be moved to the trash by the emulator")
         size = e.total_size if kind != "project" else em.account.project_total_size(e)
         info = {"Kind": kind, "Name": e.name, "EntityId": e.id, "OriginalPath": e.key, "Deleted": time.time(), "Size": size}
         tid = await _into_trash(em, info)
@@ -604,13 +588,11 @@ async def move_appsession_to_trash(em, request: Request):
     App sessions exist in the account folder only through their samples and app results (their
     ``AppSession`` in .entity.json), so the trash item holds those folders; restoring puts every
     one back."""
-    from .app import json_response
-
     async with _lock(em):
         session = _entity(em, "appsession", request.path_params["id"])
         members = [e for e in em.account.samples + em.account.appresults if e.appsession is session and e.folder]
         if not members:
-            raise _bad("this app session has no samples or app results in the account folder to move")
+            raise BadRequest("this app session has no samples or app results in the account folder to move")
         info = {
             "Kind": "appsession",
             "Name": session.name,
@@ -625,8 +607,6 @@ async def move_appsession_to_trash(em, request: Request):
 
 
 async def list_trash(em, request: Request):
-    from .app import json_response
-
     entries = await asyncio.to_thread(_trash_entries, em.account.root)
     items = [_trash_item(em, request, tid, info) for tid, info in entries]
     q = {k.lower(): v for k, v in request.query_params.items()}
@@ -638,26 +618,22 @@ async def list_trash(em, request: Request):
 
 def _trash_folder(em, tid: str) -> tuple[str, dict[str, Any]]:
     if not tid.isdigit():
-        raise WriteError(404, f"no trash item {tid}", "BASESPACE.TRASH.NOT_FOUND")
+        raise HttpError(404, f"no trash item {tid}", "BASESPACE.TRASH.NOT_FOUND")
     folder = os.path.join(em.account.root, TRASH, tid)
     try:
         with open(os.path.join(folder, "trash.json"), encoding="utf-8") as f:
             return folder, json.load(f)
     except (OSError, ValueError):
-        raise WriteError(404, f"no trash item {tid}", "BASESPACE.TRASH.NOT_FOUND") from None
+        raise HttpError(404, f"no trash item {tid}", "BASESPACE.TRASH.NOT_FOUND") from None
 
 
 async def get_trash_item(em, request: Request):
-    from .app import json_response
-
     tid = request.path_params["id"]
     _folder, info = await asyncio.to_thread(_trash_folder, em, tid)
     return json_response(_trash_item(em, request, tid, info))
 
 
 async def restore_from_trash(em, request: Request):
-    from .app import json_response
-
     tid = request.path_params["id"]
     async with _lock(em):
         folder, info = await asyncio.to_thread(_trash_folder, em, tid)
@@ -668,9 +644,9 @@ async def restore_from_trash(em, request: Request):
         def move() -> None:
             for _slot, key, original in slots:
                 if os.path.lexists(original):
-                    raise WriteError(409, f"{key} exists again; cannot restore over it", "BASESPACE.TRASH.CONFLICT")
+                    raise HttpError(409, f"{key} exists again; cannot restore over it", "BASESPACE.TRASH.CONFLICT")
                 if info["Kind"] not in ("project", "run") and not os.path.isdir(os.path.dirname(os.path.dirname(original))):
-                    raise WriteError(409, "the project of this item is not there (restore it first)", "BASESPACE.TRASH.CONFLICT")
+                    raise HttpError(409, "the project of this item is not there (restore it first)", "BASESPACE.TRASH.CONFLICT")
             for slot, _key, original in slots:  # all checked first: all or none come back
                 os.makedirs(os.path.dirname(original), exist_ok=True)
                 os.rename(slot, original)
@@ -695,15 +671,15 @@ def _href_ref(em, value: Any) -> Any:
     """``"v1pre3/samples/ID"`` (or an object with Href/Id) -> a ``{"Ref": key}`` for .entity.json."""
     href = value.get("Href") if isinstance(value, dict) else value
     if not isinstance(href, str):
-        raise _bad("reference items must be Href strings like v1pre3/samples/123")
+        raise BadRequest("reference items must be Href strings like v1pre3/samples/123")
     parts = href.strip("/").split("/")
     if "v1pre3" in parts:
         parts = parts[parts.index("v1pre3") + 1 :]
     if len(parts) != 2 or parts[0] not in TRASHABLE:
-        raise _bad(f"{href!r} is not an entity Href (v1pre3/samples/ID, …)")
+        raise BadRequest(f"{href!r} is not an entity Href (v1pre3/samples/ID, …)")
     target = em.account.get(TRASHABLE[parts[0]], parts[1])
     if target is None or not target.folder:
-        raise _bad(f"{href!r} does not name an entity")
+        raise BadRequest(f"{href!r} does not name an entity")
     return {"Ref": target.key}
 
 
@@ -713,18 +689,18 @@ async def set_properties(em, request: Request):
     body = await _json_body(request)
     props = body.get("properties")
     if not isinstance(props, list) or not props:
-        raise _bad('expected {"Properties": [{"Type", "Name", "Content"|"Items"}]}')
+        raise BadRequest('expected {"Properties": [{"Type", "Name", "Content"|"Items"}]}')
     async with _lock(em):
         if kind is None:
-            raise _bad("the emulator stores properties of projects, samples, app results and runs only")
+            raise BadRequest("the emulator stores properties of projects, samples, app results and runs only")
         e = _entity(em, kind, request.path_params["id"])
         clean = []
         for prop in props:
             if not isinstance(prop, dict) or not isinstance(prop.get("Name"), str) or not isinstance(prop.get("Type"), str):
-                raise _bad("each property needs a string Type and Name")
+                raise BadRequest("each property needs a string Type and Name")
             name, ptype = prop["Name"], prop["Type"]
             if "." not in name.strip(".") or any(c in name for c in "/\0\n"):
-                raise _bad(f"property name {name!r} must be namespaced, like Input.my-value")
+                raise BadRequest(f"property name {name!r} must be namespaced, like Input.my-value")
             base = ptype[:-2] if ptype.endswith("[]") else ptype
             out: dict[str, Any] = {"Type": ptype, "Name": name, "Description": str(prop.get("Description", ""))}
             if base == "string":
@@ -738,7 +714,7 @@ async def set_properties(em, request: Request):
                 else:
                     out["Content"] = _href_ref(em, prop.get("Content"))
             else:
-                raise _bad(f"property type {ptype!r} is not supported by the emulator")
+                raise BadRequest(f"property type {ptype!r} is not supported by the emulator")
             clean.append(out)
 
         def save() -> None:
@@ -761,10 +737,10 @@ async def delete_property(em, request: Request):
     name = request.path_params["name"]
     async with _lock(em):
         if kind is None:
-            raise _bad("the emulator stores properties of projects, samples, app results and runs only")
+            raise BadRequest("the emulator stores properties of projects, samples, app results and runs only")
         e = _entity(em, kind, request.path_params["id"])
         if not any(isinstance(p, dict) and p.get("Name") == name for p in e.properties):
-            raise WriteError(404, f"{render.type_name(kind)} {e.id} has no property {name}", "BASESPACE.PROPERTIES.NOT_FOUND")
+            raise HttpError(404, f"{render.type_name(kind)} {e.id} has no property {name}", "BASESPACE.PROPERTIES.NOT_FOUND")
 
         def save() -> None:
             fields = _read_entity_json(e.folder or "")
@@ -773,8 +749,6 @@ async def delete_property(em, request: Request):
 
         undo = await asyncio.to_thread(_snapshot, [e.folder or ""])
         await _apply(em, save, undo)
-        from .app import json_response
-
         return json_response({"Name": name, "Deleted": True})
 
 
@@ -785,15 +759,15 @@ async def update_appsession(em, request: Request):
         session = _entity(em, "appsession", request.path_params["id"])
         members = [e for e in em.account.samples + em.account.appresults if e.appsession is session and e.folder]
         if not members:
-            raise _bad("this app session has no app result or sample folder to store its state in")
+            raise BadRequest("this app session has no app result or sample folder to store its state in")
         changes: dict[str, Any] = {}
         status = body.get("status")
         if status is not None:
             if not isinstance(status, str) or status.lower() not in ("complete", "aborted", "running", "needsattention"):
-                raise _bad("status must be one of complete, aborted, running, needsattention")
+                raise BadRequest("status must be one of complete, aborted, running, needsattention")
             current = str(session.overrides.get("Status", "Complete")).lower()
             if current == "complete" and status.lower() == "complete":
-                raise WriteError(409, f"AppSession {session.id} is already Complete", "BASESPACE.APPSESSIONS.ALREADY_COMPLETE")
+                raise HttpError(409, f"AppSession {session.id} is already Complete", "BASESPACE.APPSESSIONS.ALREADY_COMPLETE")
             changes["Status"] = {"complete": "Complete", "aborted": "Aborted", "running": "Running",
                                  "needsattention": "NeedsAttention"}[status.lower()]
             if body.get("statussummary") is not None:
@@ -801,12 +775,12 @@ async def update_appsession(em, request: Request):
         name = body.get("name")
         if name is not None:
             if not isinstance(name, str) or not name.strip():
-                raise _bad("Name must be a non-empty string")
+                raise BadRequest("Name must be a non-empty string")
             if any(s.name == name and s is not session for s in em.account.appsessions if s.project is session.project):
-                raise WriteError(409, f"an app session named {name!r} exists in this project", "BASESPACE.APPSESSIONS.CONFLICT")
+                raise HttpError(409, f"an app session named {name!r} exists in this project", "BASESPACE.APPSESSIONS.CONFLICT")
             changes["Name"] = name
         if not changes:
-            raise _bad("nothing to change: give status and/or Name")
+            raise BadRequest("nothing to change: give status and/or Name")
 
         def save() -> None:
             for e in members:
@@ -828,18 +802,6 @@ async def update_appsession(em, request: Request):
 # -- registration ---------------------------------------------------------------------------------------
 
 
-def _guarded(handler):
-    async def wrapped(em, request: Request):
-        from .app import error_status
-
-        try:
-            return await handler(em, request)
-        except WriteError as exc:
-            return error_status(exc.status, exc.code, str(exc))
-
-    return wrapped
-
-
 def write_routes() -> list[tuple[str, str, Any, dict[str, Any]]]:
     """(method, template, handler, options) tuples for ``app.build_app``."""
     routes = [
@@ -859,4 +821,4 @@ def write_routes() -> list[tuple[str, str, Any, dict[str, Any]]]:
     for collection in ("projects", "samples", "appresults", "runs", "appsessions"):
         routes.append(("POST", f"v1pre3/{collection}/{{id}}/properties", set_properties))
         routes.append(("DELETE", f"v2/{collection}/{{id}}/properties/{{name}}", delete_property))
-    return [(m, t, _guarded(h), {}) for m, t, h in routes]
+    return [(m, t, h, {}) for m, t, h in routes]

@@ -25,12 +25,12 @@ File format (version 1)::
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 from ..api.client import BaseSpaceClient
 from ..api.errors import OutsideManifestError
+from ..jsonfile import JsonFileError, read_json_file
 from .filesystem import NotADirectory, Tree
 from .layout import Layout
 from .nodes import DIR, Node, NotFound
@@ -158,16 +158,9 @@ async def _walk(tree: Tree, node: Node) -> None:
 def load_manifest(path: str, api_server: str) -> dict[str, Any]:
     """Read and check a manifest file; ``ManifestError`` says what is wrong with it."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_MANIFEST_BYTES + 1)
-    except OSError as exc:
-        raise ManifestError(f"cannot read manifest {path}: {exc.strerror}") from None
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise ManifestError(f"manifest {path} is larger than {MAX_MANIFEST_BYTES // 2**20} MiB")
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise ManifestError(f"manifest {path} is not valid JSON ({str(exc)[:80]})") from None
+        data = read_json_file(path, "manifest", MAX_MANIFEST_BYTES)
+    except JsonFileError as exc:
+        raise ManifestError(str(exc)) from None
     try:
         return _check(data, api_server)
     except ManifestError as exc:
