@@ -135,13 +135,32 @@ def mount_factory(tmp_path):
         m.stop()
 
 
+def shared_across_workers(tmp_path_factory, name: str, make) -> Path:
+    """``make(path)`` once per test run, even when pytest-xdist runs the tests in several worker
+    processes: the first worker builds ``name`` under the run's shared temporary root while the
+    others wait on a lock, then all use it (read only). Without xdist: a plain session folder."""
+    import fcntl
+
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        path = tmp_path_factory.mktemp(name) / "data"
+        make(path)
+        return path
+    shared = tmp_path_factory.getbasetemp().parent  # the run's root, above each worker's own
+    path = shared / name
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (shared / f"{name}.done").exists():
+            make(path)
+            (shared / f"{name}.done").touch()
+    return path
+
+
 @pytest.fixture(scope="session")
 def demo_account(tmp_path_factory):
+    """The demo account folder (read only: tests that write make their own account)."""
     from basemount_py.emulator.demo_data import generate_demo_account
 
-    path = tmp_path_factory.mktemp("demo") / "account"
-    generate_demo_account(path)
-    return path
+    return shared_across_workers(tmp_path_factory, "demo-account", generate_demo_account)
 
 
 @pytest.fixture(scope="session")
@@ -178,9 +197,10 @@ def unprivileged_user():
     try:
         return pwd.getpwnam(UNPRIVILEGED_USER)
     except KeyError:
+        # check=False: another test process (pytest-xdist) may create the same user at the same
+        # moment; useradd then fails with "already exists", and getpwnam below finds it.
         subprocess.run(
             ["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", UNPRIVILEGED_USER],
-            check=True,
             capture_output=True,
         )
         return pwd.getpwnam(UNPRIVILEGED_USER)
