@@ -31,6 +31,7 @@ from urllib.parse import parse_qs
 from starlette.requests import Request
 from starlette.routing import Route, Router
 
+from ..entities import COLLECTION, WITH_FILES, EntityKind
 from . import render
 from .account import Account, AccountError, Entity, FileEntry, Ref, bs_date, load_account, resolve_token, warm
 from .content import ContentSigner, file_response
@@ -882,19 +883,14 @@ def build_app(emulator: Emulator) -> Router:
         ("GET", "v1pre3/runs/{id}/samples", run_samples, {}),
         ("GET", "v1pre3/files/{id}/properties", file_properties, {}),
     ]
-    for coll, kind in (("samples", "sample"), ("appresults", "appresult"), ("runs", "run"), ("appsessions", "appsession")):
-        routes.append(("GET", f"v1pre3/{coll}/{{id}}", _v1_entity(kind), {}))
-    for coll, kind in (("samples", "sample"), ("appresults", "appresult"), ("runs", "run")):
-        routes.append(("GET", f"v1pre3/{coll}/{{id}}/files", _entity_files(kind), {}))
-    for coll, kind in (
-        ("samples", "sample"),
-        ("appresults", "appresult"),
-        ("runs", "run"),
-        ("appsessions", "appsession"),
-        ("projects", "project"),
-    ):
-        routes.append(("GET", f"v1pre3/{coll}/{{id}}/properties", _entity_properties(kind), {}))
-        routes.append(("GET", f"v1pre3/{coll}/{{id}}/properties/{{name}}/items", _property_items(kind), {}))
+    K = EntityKind
+    for kind in (K.SAMPLE, K.APPRESULT, K.RUN, K.APPSESSION):
+        routes.append(("GET", f"v1pre3/{COLLECTION[kind]}/{{id}}", _v1_entity(kind), {}))
+    for kind in WITH_FILES:
+        routes.append(("GET", f"v1pre3/{COLLECTION[kind]}/{{id}}/files", _entity_files(kind), {}))
+    for kind in (K.SAMPLE, K.APPRESULT, K.RUN, K.APPSESSION, K.PROJECT):
+        routes.append(("GET", f"v1pre3/{COLLECTION[kind]}/{{id}}/properties", _entity_properties(kind), {}))
+        routes.append(("GET", f"v1pre3/{COLLECTION[kind]}/{{id}}/properties/{{name}}/items", _property_items(kind), {}))
     routes += write_routes()  # projects, app results, uploads, trash, properties (writes.py)
 
     starlette_routes = []

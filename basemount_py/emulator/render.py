@@ -18,29 +18,10 @@ import functools
 import hashlib
 from typing import Any
 
+from ..entities import COLLECTION, TYPE_NAME
 from .account import Account, Entity, FileEntry, Ref, bs_date
 
 __all__ = ["V1", "V2", "PROPERTY_ITEMS_SHOWN", "type_name"]
-
-_V1_COLLECTION = {
-    "project": "projects",
-    "sample": "samples",
-    "appresult": "appresults",
-    "run": "runs",
-    "appsession": "appsessions",
-    "user": "users",
-}
-_TYPE_NAME = {
-    "project": "Project",
-    "sample": "Sample",
-    "appresult": "AppResult",
-    "run": "Run",
-    "appsession": "AppSession",
-    "dataset": "Dataset",
-    "biosample": "BioSample",
-    "file": "File",
-    "user": "User",
-}
 
 # How many items of an array property a properties listing shows (BaseSpace's `propertyitemslimit`;
 # the real default is not documented: inferred, docs/emulator.md). The rest come from HrefItems.
@@ -91,7 +72,7 @@ READ_LENGTH = 151
 
 
 def type_name(kind: str) -> str:
-    return _TYPE_NAME.get(kind, kind)
+    return TYPE_NAME.get(kind, kind)
 
 
 def _merge(generated: dict[str, Any], e: Entity) -> dict[str, Any]:
@@ -171,7 +152,7 @@ class V1(_Common):
     """v1pre3 renderers bound to one account model."""
 
     def href(self, e: Entity) -> str:
-        return f"v1pre3/{_V1_COLLECTION[e.kind]}/{e.id}"
+        return f"v1pre3/{COLLECTION[e.kind]}/{e.id}"
 
     # -- users, projects, applications -------------------------------------------------------
 

@@ -38,6 +38,7 @@ from typing import Any
 from starlette.requests import Request
 
 from . import render
+from ..entities import COLLECTION, KIND_OF, TRASHABLE, WITH_PROPERTIES, EntityKind
 from .account import FILE_SIDECAR_SUFFIX, SYNTHETIC_SUFFIX, AccountError, Entity, bs_date, warm
 from .responses import BadRequest, Forbidden, HttpError, envelope, json_response
 
@@ -47,7 +48,8 @@ UPLOADS = ".uploads"
 TRASH = ".trash"
 MAX_PART_NUMBER = 10000
 MAX_JSON_BODY = 1024 * 1024
-TRASHABLE = {"projects": "project", "samples": "sample", "appresults": "appresult", "runs": "run"}
+# collection -> kind of the entities whose properties the emulator stores (and that can be referenced)
+PROPERTY_OWNERS = {COLLECTION[kind]: kind for kind in WITH_PROPERTIES}
 TRASH_TYPE = {
     "project": "DeletedProject",
     "sample": "DeletedSample",
@@ -571,7 +573,7 @@ async def _into_trash(em, info: dict[str, Any]) -> str:
 
 async def move_to_trash(em, request: Request):
     collection = request.url.path.strip("/").split("/")[1]
-    kind = TRASHABLE[collection]
+    kind = KIND_OF[collection]
     async with _lock(em):
         e = _entity(em, kind, request.path_params["id"])
         if not e.folder:
@@ -675,9 +677,9 @@ def _href_ref(em, value: Any) -> Any:
     parts = href.strip("/").split("/")
     if "v1pre3" in parts:
         parts = parts[parts.index("v1pre3") + 1 :]
-    if len(parts) != 2 or parts[0] not in TRASHABLE:
+    if len(parts) != 2 or parts[0] not in PROPERTY_OWNERS:
         raise BadRequest(f"{href!r} is not an entity Href (v1pre3/samples/ID, …)")
-    target = em.account.get(TRASHABLE[parts[0]], parts[1])
+    target = em.account.get(PROPERTY_OWNERS[parts[0]], parts[1])
     if target is None or not target.folder:
         raise BadRequest(f"{href!r} does not name an entity")
     return {"Ref": target.key}
@@ -685,7 +687,7 @@ def _href_ref(em, value: Any) -> Any:
 
 async def set_properties(em, request: Request):
     collection = request.url.path.strip("/").split("/")[1]
-    kind = TRASHABLE.get(collection)
+    kind = PROPERTY_OWNERS.get(collection)
     body = await _json_body(request)
     props = body.get("properties")
     if not isinstance(props, list) or not props:
@@ -733,7 +735,7 @@ async def set_properties(em, request: Request):
 
 async def delete_property(em, request: Request):
     """``DELETE v2/{projects,samples,appresults,runs}/{id}/properties/{name}``."""
-    kind = TRASHABLE.get(request.url.path.strip("/").split("/")[1])
+    kind = PROPERTY_OWNERS.get(request.url.path.strip("/").split("/")[1])
     name = request.path_params["name"]
     async with _lock(em):
         if kind is None:
@@ -815,10 +817,10 @@ def write_routes() -> list[tuple[str, str, Any, dict[str, Any]]]:
         ("GET", "v2/trash/{id}", get_trash_item),
         ("POST", "v2/trash/{id}/restorefromtrash", restore_from_trash),
     ]
-    for collection in TRASHABLE:
-        routes.append(("DELETE", f"v1pre3/{collection}/{{id}}", move_to_trash))
+    for kind in TRASHABLE:
+        routes.append(("DELETE", f"v1pre3/{COLLECTION[kind]}/{{id}}", move_to_trash))
     routes.append(("DELETE", "v2/appsessions/{id}", move_appsession_to_trash))
-    for collection in ("projects", "samples", "appresults", "runs", "appsessions"):
+    for collection in (COLLECTION[kind] for kind in (*WITH_PROPERTIES, EntityKind.APPSESSION)):
         routes.append(("POST", f"v1pre3/{collection}/{{id}}/properties", set_properties))
         routes.append(("DELETE", f"v2/{collection}/{{id}}/properties/{{name}}", delete_property))
     return [(m, t, h, {}) for m, t, h in routes]

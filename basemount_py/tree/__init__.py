@@ -5,6 +5,7 @@ Plain async Python (no pyfuse3 imports) so the whole tree can be exercised witho
 
 from .filesystem import NotADirectory, NotFound, Tree, ROOT_INODE
 from .layout import Layout
-from .nodes import COMMANDS, DIR, REMOTE, SYMLINK, TEXT, Node
+from .nodes import COMMANDS, DIR, REMOTE, SYMLINK, TEXT, UPLOAD, FolderKind, Node, NodeType, Owner
 
-__all__ = ["Tree", "Layout", "Node", "NotFound", "NotADirectory", "ROOT_INODE", "DIR", "REMOTE", "TEXT", "SYMLINK", "COMMANDS"]
+__all__ = ["Tree", "Layout", "Node", "NotFound", "NotADirectory", "ROOT_INODE", "DIR", "REMOTE", "TEXT", "SYMLINK", "COMMANDS", "UPLOAD",
+           "NodeType", "FolderKind", "Owner"]

@@ -14,7 +14,7 @@ from typing import Iterable
 from ..options import MountOptions
 from .cache import ListingCache
 from .layout import COMMANDS_NAME, EAGER, ERROR_NAME, Layout
-from .nodes import DIR, Node, NotFound
+from .nodes import DIR, FolderKind, Node, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class Tree:
         self.metadata_ttl = metadata_ttl
         self.listings = ListingCache(ttl=metadata_ttl, maxsize=max_listings)
         self._next_ino = itertools.count(ROOT_INODE + 1)
-        root = Node(path=(), type=DIR, kind="root")
+        root = Node(path=(), type=DIR, kind=FolderKind.ROOT)
         self.nodes: dict[int, Node] = {ROOT_INODE: root}
         self.by_path: dict[tuple[str, ...], int] = {(): ROOT_INODE}
         self.lookup_counts: dict[int, int] = {ROOT_INODE: 1}

@@ -24,23 +24,27 @@ from __future__ import annotations
 
 import logging
 import shlex
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
 
 import trio
 
 from ..api.client import FILES_PAGE_MAX, BaseSpaceClient, path_segment
 from ..api.errors import ArchivedError, ProtocolError
+from ..entities import COLLECTION
 from ..options import MountOptions
 from .cache import ListingCache
 from .merged import DatasetFiles, is_fastq_dataset, manifest_text, merged_name, plan_merge
 from .naming import sanitize, unique_names
 from .nodes import (
+    COMMANDS,
     DIR,
     REMOTE,
     SYMLINK,
-    COMMANDS,
+    FolderKind,
     Node,
     NotFound,
+    Owner,
     entity_time,
     json_bytes,
     relative_link,
@@ -74,17 +78,6 @@ Restore; this takes about two days and is billed per TB), then refresh this fold
   basemount-cmd --path <mount>/{folder} refresh
 """
 
-ENTITY_TYPES = {  # API collection -> (singular, human type)
-    "projects": "project",
-    "samples": "sample",
-    "appresults": "appresult",
-    "appsessions": "appsession",
-    "runs": "run",
-    "datasets": "dataset",
-    "biosamples": "biosample",
-    "files": "file",
-}
-
 ENTITY_HIDDEN = (".id", ".type", ".name", ".json", ".href", ".curl", ".error", ".status")
 LIST_HIDDEN = (".json", ".href", ".curl", ".type", ".error")
 COMMANDS_NAME = ".commands"
@@ -95,6 +88,34 @@ _ENTITY_FOLDER = {"sample": "Samples", "appresult": "AppResults"}  # property li
 ERROR_NAME = ".error"  # every folder has one: why its listing, a write or a command failed
 MERGED_DIR = "Merged"  # BioSamples/<b>/Merged/: the biosample's FASTQs, one file per read
 MANIFEST_NAME = ".manifest"
+
+
+@dataclass(frozen=True)
+class EntityList:
+    """A folder that lists one API collection: an entity folder per item (``Layout._list_entities``)."""
+
+    href: str  # the listing; "{project}" stands for the project id of the folder's ctx
+    child: FolderKind  # the kind of each entity folder
+    collection: str  # API collection of the items (.type, xattrs, .href of each item)
+    v2: bool = False
+    project_param: str | None = None  # the query parameter that names the project, if any
+    name_key: str = "Name"  # the item field that names its folder
+
+
+K = FolderKind
+# Every folder kind that is "one API listing -> entity folders + the listing's hidden files".
+ENTITY_LISTS: dict[FolderKind, EntityList] = {
+    K.PROJECTS: EntityList("v1pre3/users/current/projects", K.PROJECT, "projects"),
+    K.SAMPLES: EntityList("v1pre3/projects/{project}/samples", K.SAMPLE, "samples"),
+    K.APPRESULTS: EntityList("v1pre3/projects/{project}/appresults", K.APPRESULT, "appresults"),
+    K.APPSESSIONS: EntityList("v1pre3/users/current/appsessions", K.APPSESSION, "appsessions", project_param="output.projects"),
+    K.DATASETS: EntityList("v2/datasets", K.DATASET, "datasets", v2=True, project_param="projectid"),
+    K.RUNS: EntityList("v1pre3/users/current/runs", K.RUN, "runs"),
+    K.BIOSAMPLES: EntityList("v2/biosamples", K.BIOSAMPLE, "biosamples", v2=True, name_key="BioSampleName"),
+    K.TRASH: EntityList("v2/trash", K.TRASHITEM, "trash", v2=True),
+}
+
+Lister = Callable[[Node], Awaitable[list[Node]]]
 
 
 def _p(path: tuple[str, ...], *more: str) -> tuple[str, ...]:
@@ -122,6 +143,25 @@ class Layout:
         self.local: dict[tuple[str, ...], dict[str, Node]] = {}
         # Write mode: the failed and retrying uploads of a folder, listed in its .error.
         self.upload_errors: Callable[[tuple[str, ...]], str] = lambda path: ""
+        # Which method lists each folder kind: the entity lists share one recipe, the rest have their own.
+        self._listers: dict[FolderKind, Lister] = {
+            K.ROOT: self._root,
+            K.PROJECT: self._project,
+            K.SAMPLE: self._sample,
+            K.APPRESULT: self._appresult,
+            K.APPSESSION: self._appsession,
+            K.RUN: self._run,
+            K.BIOSAMPLE: self._biosample,
+            K.BIOSAMPLE_DATASETS: self._biosample_datasets_links,
+            K.BIOSAMPLE_MERGED: self._biosample_merged,
+            K.DATASET: self._dataset,
+            K.TRASHITEM: self._trashitem,
+            K.FILES: self._files,
+            K.FILESMETA: self._filesmeta,
+            K.FILEMETA: self._filemeta,
+            K.PROPERTIES: self._properties,
+            K.PROPITEMS: self._propitems,
+        }
 
     # -- raw API listings (cached) ----------------------------------------------------------
 
@@ -195,7 +235,7 @@ class Layout:
         """The project a referenced sample or app result lives in. Most references point into the
         referring entity's own project (``hint``): its listing (one call for any number of links,
         usually cached already) tells. Otherwise the entity's own ``Projects[]`` (one GET)."""
-        collection = _ENTITY_FOLDER[kind].lower()
+        collection = COLLECTION[kind]
         if hint is not None:
             listed = await self._list(f"v1pre3/projects/{path_segment(hint)}/{collection}")
             if any(str(item.get("Id")) == entity_id for item in listed):
@@ -272,7 +312,7 @@ class Layout:
         return nodes
 
     def _entity_dirs(
-        self, path: tuple[str, ...], items: list[dict], kind: str, collection: str, name_key: str = "Name", **ctx: Any
+        self, path: tuple[str, ...], items: list[dict], kind: FolderKind, collection: str, name_key: str = "Name", **ctx: Any
     ) -> list[Node]:
         """One folder per entity (duplicates suffixed), plus hidden ``.id.<id>`` links."""
         reserved = set(LIST_HIDDEN) | {COMMANDS_NAME}
@@ -303,8 +343,7 @@ class Layout:
     # -- the tree ---------------------------------------------------------------------------
 
     async def children(self, node: Node) -> list[Node]:
-        handler = getattr(self, "_kind_" + node.kind, None)
-        listed = await handler(node) if handler is not None else []
+        listed = await self._lister(node.kind)(node)
         names = {child.name for child in listed}
         for name, child in self.local.get(node.path, {}).items():
             if child.ctx.get("upload") is not None and name in names:
@@ -321,36 +360,53 @@ class Layout:
             listed.append(error)
         return listed
 
-    async def _kind_root(self, node: Node) -> list[Node]:
+    def _lister(self, kind: FolderKind | None) -> Lister:
+        if kind is None:  # not a folder
+            return _nothing
+        spec = ENTITY_LISTS.get(kind)
+        if spec is not None:
+            return lambda node: self._list_entities(node, spec)
+        return self._listers.get(kind, _nothing)
+
+    async def _list_entities(self, node: Node, spec: EntityList) -> list[Node]:
+        """The one recipe of a collection folder: list -> entity folders -> hidden files -> commands."""
+        ctx: dict[str, Any] = {}
+        href, params, shown = spec.href, None, spec.href
+        if "{project}" in href or spec.project_param:
+            pid = node.ctx["project_id"]
+            ctx["project_id"] = pid
+            href = shown = href.format(project=path_segment(pid))
+            if spec.project_param:
+                params = {spec.project_param: pid}
+                shown = f"{href}?{spec.project_param}={pid}"
+        items = await self._list(href, params, v2=spec.v2)
+        return (
+            self._entity_dirs(node.path, items, spec.child, spec.collection, name_key=spec.name_key, **ctx)
+            + self._list_hidden(node.path, shown, spec.collection, items)
+            + [self.commands_node(node.path)]
+        )
+
+    async def _root(self, node: Node) -> list[Node]:
         path = node.path
         return [
-            Node(path=_p(path, "Projects"), type=DIR, kind="projects", ctx={"writable": True}),
-            Node(path=_p(path, "Runs"), type=DIR, kind="runs", ctx={"writable": True}),
-            Node(path=_p(path, "BioSamples"), type=DIR, kind="biosamples"),
-            Node(path=_p(path, ".Trash"), type=DIR, kind="trash"),
+            Node(path=_p(path, "Projects"), type=DIR, kind=K.PROJECTS, ctx={"writable": True}),
+            Node(path=_p(path, "Runs"), type=DIR, kind=K.RUNS, ctx={"writable": True}),
+            Node(path=_p(path, "BioSamples"), type=DIR, kind=K.BIOSAMPLES),
+            Node(path=_p(path, ".Trash"), type=DIR, kind=K.TRASH),
             text_node(_p(path, "README"), ROOT_README),
             self.commands_node(path, hidden=False),
         ]
 
-    async def _kind_projects(self, node: Node) -> list[Node]:
-        href = "v1pre3/users/current/projects"
-        items = await self._list(href)
-        return (
-            self._entity_dirs(node.path, items, "project", "projects")
-            + self._list_hidden(node.path, href, "projects", items)
-            + [self.commands_node(node.path)]
-        )
-
-    async def _kind_project(self, node: Node) -> list[Node]:
+    async def _project(self, node: Node) -> list[Node]:
         pid = str(node.ctx["entity"]["Id"])
         path, mtime = node.path, node.mtime
         ctx = {"project_id": pid}
         wctx = {**ctx, "writable": True}  # mkdir (AppResults) and rmdir = move to trash
         sub = [
-            Node(path=_p(path, "Samples"), type=DIR, kind="samples", ctx=wctx, mtime=mtime),
-            Node(path=_p(path, "AppResults"), type=DIR, kind="appresults", ctx=wctx, mtime=mtime),
-            Node(path=_p(path, "AppSessions"), type=DIR, kind="appsessions", ctx=wctx, mtime=mtime),
-            Node(path=_p(path, "Datasets"), type=DIR, kind="datasets", ctx=ctx, mtime=mtime),
+            Node(path=_p(path, "Samples"), type=DIR, kind=K.SAMPLES, ctx=wctx, mtime=mtime),
+            Node(path=_p(path, "AppResults"), type=DIR, kind=K.APPRESULTS, ctx=wctx, mtime=mtime),
+            Node(path=_p(path, "AppSessions"), type=DIR, kind=K.APPSESSIONS, ctx=wctx, mtime=mtime),
+            Node(path=_p(path, "Datasets"), type=DIR, kind=K.DATASETS, ctx=ctx, mtime=mtime),
             self._properties_dir(path, "projects", pid, mtime, project_id=pid),
         ]
         return self._entity_children(node, sub)
@@ -362,7 +418,7 @@ class Layout:
         return Node(
             path=_p(path, "Properties"),
             type=DIR,
-            kind="properties",
+            kind=K.PROPERTIES,
             ctx={"collection": collection, "id": entity_id, "writable": True, "project_id": project_id},
             mtime=mtime,
         )
@@ -370,25 +426,15 @@ class Layout:
     def _files_dirs(
         self, path: tuple[str, ...], collection: str, entity_id: str, mtime: float, v2: bool = False, writable: bool = False
     ) -> list[Node]:
-        owner = {"owner": (collection, entity_id, v2), "sub": ()}
+        owner: dict[str, Any] = {"owner": Owner(collection, entity_id, v2), "sub": ()}
         if writable:  # an app result that is not Complete yet: files can be uploaded into it
             owner["writable"] = True
         return [
-            Node(path=_p(path, "Files"), type=DIR, kind="files", ctx=owner, mtime=mtime),
-            Node(path=_p(path, "Files.metadata"), type=DIR, kind="filesmeta", ctx=owner, mtime=mtime, hidden=True),
+            Node(path=_p(path, "Files"), type=DIR, kind=K.FILES, ctx=owner, mtime=mtime),
+            Node(path=_p(path, "Files.metadata"), type=DIR, kind=K.FILESMETA, ctx=owner, mtime=mtime, hidden=True),
         ]
 
-    async def _kind_samples(self, node: Node) -> list[Node]:
-        pid = node.ctx["project_id"]
-        href = f"v1pre3/projects/{path_segment(pid)}/samples"
-        items = await self._list(href)
-        return (
-            self._entity_dirs(node.path, items, "sample", "samples", project_id=pid)
-            + self._list_hidden(node.path, href, "samples", items)
-            + [self.commands_node(node.path)]
-        )
-
-    async def _kind_sample(self, node: Node) -> list[Node]:
+    async def _sample(self, node: Node) -> list[Node]:
         entity = node.ctx["entity"]
         sid, mtime, path = str(entity["Id"]), node.mtime, node.path
         sub = self._files_dirs(path, "samples", sid, mtime)
@@ -410,17 +456,7 @@ class Layout:
             return []
         return [Node(path=path, type=SYMLINK, mtime=node.mtime, ctx={LAZY: ("session", str(entity["Id"])), EAGER: True})]
 
-    async def _kind_appresults(self, node: Node) -> list[Node]:
-        pid = node.ctx["project_id"]
-        href = f"v1pre3/projects/{path_segment(pid)}/appresults"
-        items = await self._list(href)
-        return (
-            self._entity_dirs(node.path, items, "appresult", "appresults", project_id=pid)
-            + self._list_hidden(node.path, href, "appresults", items)
-            + [self.commands_node(node.path)]
-        )
-
-    async def _kind_appresult(self, node: Node) -> list[Node]:
+    async def _appresult(self, node: Node) -> list[Node]:
         aid, mtime, path = str(node.ctx["entity"]["Id"]), node.mtime, node.path
         running = str(node.ctx["entity"].get("Status", "Complete")).lower() != "complete"
         sub = self._files_dirs(path, "appresults", aid, mtime, writable=running)
@@ -428,17 +464,7 @@ class Layout:
         sub += self._parent_session_link(node)
         return self._entity_children(node, sub)
 
-    async def _kind_appsessions(self, node: Node) -> list[Node]:
-        pid = node.ctx["project_id"]
-        href = "v1pre3/users/current/appsessions"
-        items = await self._list(href, {"output.projects": pid})
-        return (
-            self._entity_dirs(node.path, items, "appsession", "appsessions", project_id=pid)
-            + self._list_hidden(node.path, f"{href}?output.projects={pid}", "appsessions", items)
-            + [self.commands_node(node.path)]
-        )
-
-    async def _kind_appsession(self, node: Node) -> list[Node]:
+    async def _appsession(self, node: Node) -> list[Node]:
         entity, pid = node.ctx["entity"], node.ctx["project_id"]
         sid, mtime, path = str(entity["Id"]), node.mtime, node.path
         sub = [self._properties_dir(path, "appsessions", sid, mtime, project_id=pid)]
@@ -451,35 +477,17 @@ class Layout:
                 sub.append(Node(path=_p(path, name), type=SYMLINK, target=target, mtime=entity_time(item)))
         return self._entity_children(node, sub)
 
-    async def _kind_runs(self, node: Node) -> list[Node]:
-        href = "v1pre3/users/current/runs"
-        items = await self._list(href)
-        return (
-            self._entity_dirs(node.path, items, "run", "runs")
-            + self._list_hidden(node.path, href, "runs", items)
-            + [self.commands_node(node.path)]
-        )
-
-    async def _kind_run(self, node: Node) -> list[Node]:
+    async def _run(self, node: Node) -> list[Node]:
         rid, mtime, path = str(node.ctx["entity"]["Id"]), node.mtime, node.path
         sub = self._files_dirs(path, "runs", rid, mtime)
         sub.append(self._properties_dir(path, "runs", rid, mtime))
         return self._entity_children(node, sub)
 
-    async def _kind_biosamples(self, node: Node) -> list[Node]:
-        href = "v2/biosamples"
-        items = await self._list(href, v2=True)
-        return (
-            self._entity_dirs(node.path, items, "biosample", "biosamples", name_key="BioSampleName")
-            + self._list_hidden(node.path, href, "biosamples", items)
-            + [self.commands_node(node.path)]
-        )
-
-    async def _kind_biosample(self, node: Node) -> list[Node]:
+    async def _biosample(self, node: Node) -> list[Node]:
         entity, path, mtime = node.ctx["entity"], node.path, node.mtime
         sub = [
-            Node(path=_p(path, "Datasets"), type=DIR, kind="biosample_datasets", ctx={"id": str(entity["Id"])}, mtime=mtime),
-            Node(path=_p(path, MERGED_DIR), type=DIR, kind="biosample_merged", ctx={"entity": entity}, mtime=mtime),
+            Node(path=_p(path, "Datasets"), type=DIR, kind=K.BIOSAMPLE_DATASETS, ctx={"id": str(entity["Id"])}, mtime=mtime),
+            Node(path=_p(path, MERGED_DIR), type=DIR, kind=K.BIOSAMPLE_MERGED, ctx={"entity": entity}, mtime=mtime),
             text_node(_p(path, "Status"), f"{entity.get('Status', '')}\n", mtime),
         ]
         project = entity.get("DefaultProject")
@@ -494,7 +502,7 @@ class Layout:
         names = unique_names((str(i["Id"]), i.get("Name")) for i in items if i.get("Id") is not None)
         return items, names
 
-    async def _kind_biosample_datasets(self, node: Node) -> list[Node]:
+    async def _biosample_datasets_links(self, node: Node) -> list[Node]:
         items, names = await self._biosample_datasets(node.ctx["id"])
         out = []
         for item in items:
@@ -507,13 +515,13 @@ class Layout:
             out.append(Node(path=_p(node.path, names[str(item["Id"])]), type=SYMLINK, target=target, mtime=entity_time(item)))
         return out
 
-    async def _kind_biosample_merged(self, node: Node) -> list[Node]:
+    async def _biosample_merged(self, node: Node) -> list[Node]:
         """``Merged/``: one FASTQ.gz per read, concatenating the biosample's FASTQ datasets
         (tree/merged.py). Costs the listings ``Datasets/`` and each dataset's ``Files/`` make anyway."""
         entity, path = node.ctx["entity"], node.path
         items, names = await self._biosample_datasets(str(entity["Id"]))
         fastq = [i for i in items if i.get("Id") is not None and is_fastq_dataset(i)]
-        trees = await _gather([lambda i=i: self.file_tree(("datasets", str(i["Id"]), True)) for i in fastq])
+        trees = await _gather([lambda i=i: self.file_tree(Owner("datasets", str(i["Id"]), v2=True)) for i in fastq])
         datasets = [DatasetFiles(i, names[str(i["Id"])], list(walk_file_tree(t))) for i, t in zip(fastq, trees)]
         plan = plan_merge(datasets)
         file_items = {str(item["Id"]): item for ds in datasets for _, item in ds.files}
@@ -531,8 +539,7 @@ class Layout:
                 Node(
                     path=_p(path, file_names[read]),
                     type=REMOTE,
-                    kind="merged",
-                    file_id=f"merged:{entity['Id']}:{read}",
+                                        file_id=f"merged:{entity['Id']}:{read}",
                     size=sum(p.size for p in parts),
                     mtime=max(p.mtime for p in parts),
                     ctx={"parts": tuple(_read_part(p.name, file_items[p.file_id]) for p in parts), ARCHIVED: bool(archived)},
@@ -542,17 +549,7 @@ class Layout:
         out += [text_node(_p(path, MANIFEST_NAME), manifest, node.mtime), self.error_node(path)]
         return out + [self.commands_node(path)]
 
-    async def _kind_datasets(self, node: Node) -> list[Node]:
-        pid = node.ctx["project_id"]
-        href = "v2/datasets"
-        items = await self._list(href, {"projectid": pid}, v2=True)
-        return (
-            self._entity_dirs(node.path, items, "dataset", "datasets", project_id=pid)
-            + self._list_hidden(node.path, f"{href}?projectid={pid}", "datasets", items)
-            + [self.commands_node(node.path)]
-        )
-
-    async def _kind_dataset(self, node: Node) -> list[Node]:
+    async def _dataset(self, node: Node) -> list[Node]:
         entity, path, mtime = node.ctx["entity"], node.path, node.mtime
         sub = self._files_dirs(path, "datasets", str(entity["Id"]), mtime, v2=True)
         dtype = entity.get("DatasetType") if isinstance(entity.get("DatasetType"), dict) else {}
@@ -561,17 +558,7 @@ class Layout:
 
     # -- trash ------------------------------------------------------------------------------------
 
-    async def _kind_trash(self, node: Node) -> list[Node]:
-        """``.Trash/<item>/``: the account's trash (``GET v2/trash``); restore with a command."""
-        href = "v2/trash"
-        items = await self._list(href, v2=True)
-        return (
-            self._entity_dirs(node.path, items, "trashitem", "trash")
-            + self._list_hidden(node.path, href, "trash", items)
-            + [self.commands_node(node.path)]
-        )
-
-    async def _kind_trashitem(self, node: Node) -> list[Node]:
+    async def _trashitem(self, node: Node) -> list[Node]:
         entity = node.ctx["entity"]
         kind = entity.get("TrashItemType") or "Deleted"
         includes = entity.get("Includes")
@@ -581,11 +568,11 @@ class Layout:
 
     # -- files --------------------------------------------------------------------------------
 
-    async def file_tree(self, owner: tuple[str, str, bool]) -> dict:
+    async def file_tree(self, owner: Owner) -> dict:
         """The owner's files as a nested dict: {"dirs": {name: subtree}, "files": {name: item}}."""
-        collection, entity_id, v2 = owner
-        prefix = "v2" if v2 else "v1pre3"
-        items = await self._list(f"{prefix}/{collection}/{path_segment(entity_id)}/files", v2=v2, files=True)
+        prefix = "v2" if owner.v2 else "v1pre3"
+        href = f"{prefix}/{owner.collection}/{path_segment(owner.entity_id)}/files"
+        items = await self._list(href, v2=owner.v2, files=True)
         return build_file_tree(items)
 
     async def _subtree(self, node: Node) -> dict | None:
@@ -596,7 +583,7 @@ class Layout:
                 return None
         return tree
 
-    async def _kind_files(self, node: Node) -> list[Node]:
+    async def _files(self, node: Node) -> list[Node]:
         tree = await self._subtree(node)
         if tree is None:
             return []
@@ -606,7 +593,7 @@ class Layout:
                 Node(
                     path=_p(node.path, name),
                     type=DIR,
-                    kind="files",
+                    kind=K.FILES,
                     ctx={"owner": node.ctx["owner"], "sub": node.ctx["sub"] + (name,), "writable": node.ctx.get("writable", False)},
                     mtime=sub["mtime"],
                 )
@@ -626,7 +613,7 @@ class Layout:
             )
         return out
 
-    async def _kind_filesmeta(self, node: Node) -> list[Node]:
+    async def _filesmeta(self, node: Node) -> list[Node]:
         """Files.metadata/<path>/: a folder per file holding its hidden metadata files."""
         tree = await self._subtree(node)
         if tree is None:
@@ -634,13 +621,13 @@ class Layout:
         out = []
         for name, sub in tree["dirs"].items():
             ctx = {"owner": node.ctx["owner"], "sub": node.ctx["sub"] + (name,)}
-            out.append(Node(path=_p(node.path, name), type=DIR, kind="filesmeta", ctx=ctx, mtime=sub["mtime"]))
+            out.append(Node(path=_p(node.path, name), type=DIR, kind=K.FILESMETA, ctx=ctx, mtime=sub["mtime"]))
         for name, item in tree["files"].items():
             out.append(
                 Node(
                     path=_p(node.path, name),
                     type=DIR,
-                    kind="filemeta",
+                    kind=K.FILEMETA,
                     ctx={"entity": item, "collection": "files"},
                     mtime=entity_time(item),
                     xattrs=_entity_xattrs(item, "files"),
@@ -648,12 +635,12 @@ class Layout:
             )
         return out
 
-    async def _kind_filemeta(self, node: Node) -> list[Node]:
+    async def _filemeta(self, node: Node) -> list[Node]:
         return self._entity_hidden(node.path, node.ctx["entity"], "files")
 
     # -- properties ---------------------------------------------------------------------------
 
-    async def _kind_properties(self, node: Node) -> list[Node]:
+    async def _properties(self, node: Node) -> list[Node]:
         collection, entity_id = node.ctx["collection"], node.ctx["id"]
         items = await self._list(properties_href(collection, entity_id))
         names = unique_names(((i, p.get("Name")) for i, p in enumerate(items)), reserved={COMMANDS_NAME})
@@ -661,7 +648,7 @@ class Layout:
         hint = node.ctx.get("project_id")
         for index, prop in enumerate(items):
             child = self._property_node(_p(node.path, names[index]), prop, node.mtime, hint)
-            child.ctx.update(prop_name=str(prop.get("Name", "")), owner=(collection, entity_id))
+            child.ctx.update(prop_name=str(prop.get("Name", "")), owner=Owner(collection, entity_id))
             out.append(child)
         return out
 
@@ -676,7 +663,7 @@ class Layout:
             # propertyitemslimit): the folder then lists them all through .../items, paged.
             partial = isinstance(total, int) and not isinstance(total, bool) and total > len(items)
             ctx = {"type": ptype, "items": items, "partial": partial, "writable": True, "project_id": hint}
-            return Node(path=path, type=DIR, kind="propitems", ctx=ctx, mtime=mtime)
+            return Node(path=path, type=DIR, kind=K.PROPITEMS, ctx=ctx, mtime=mtime)
         content = prop.get("Content")
         return self._property_value(path, ptype, content, mtime, hint)
 
@@ -697,12 +684,12 @@ class Layout:
         """Every item of an array property's folder: the ones the properties listing showed, or,
         when it showed only the first ones, all pages of ``.../properties/{name}/items``."""
         if node.ctx.get("partial") and node.ctx.get("owner"):
-            collection, entity_id = node.ctx["owner"]
+            owner: Owner = node.ctx["owner"]
             name = path_segment(node.ctx["prop_name"])
-            return await self._list(f"{properties_href(collection, entity_id)}/{name}/items", values=True)
+            return await self._list(f"{properties_href(owner.collection, owner.entity_id)}/{name}/items", values=True)
         return list(node.ctx.get("items") or [])
 
-    async def _kind_propitems(self, node: Node) -> list[Node]:
+    async def _propitems(self, node: Node) -> list[Node]:
         ptype, items = node.ctx["type"], await self.property_items(node)
         out = []
         if ptype in ("map", "maps"):
@@ -773,6 +760,11 @@ def walk_file_tree(tree: dict, above: tuple[str, ...] = ()):
         yield above + (name,), item
     for name, sub in tree["dirs"].items():
         yield from walk_file_tree(sub, above + (name,))
+
+
+async def _nothing(node: Node) -> list[Node]:
+    """The listing of a node without a folder kind (none of its own)."""
+    return []
 
 
 async def _gather(jobs: list) -> list:

@@ -35,17 +35,16 @@ import trio
 
 from ..api.client import BaseSpaceClient
 from ..tree import DIR, SYMLINK, TEXT, Node, NotFound, Tree
-from ..tree.nodes import text_node
+from ..tree.nodes import UPLOAD, FolderKind, Owner, text_node
 from ..tree.layout import properties_href
 from .api import WriteApi
-from .properties import ENTITY_KINDS, MAX_BYTES, entity_href, item_href, property_failure
+from .properties import MAX_BYTES, entity_href, item_href, property_failure
 from .spool import COMMITTED, FAILED, FILE, OPEN, PENDING, PROPERTY, UPLOADING, Spool, SpoolEntry, SpoolFull
 from .upload import UploadConfig, WriteFailure
 from .uploader import Uploader
 
 log = logging.getLogger(__name__)
 
-UPLOAD = "upload"  # Node.type of a file being uploaded (or a property being written)
 ENTITY_DIR_KINDS = {"project", "sample", "appresult", "appsession", "run"}
 DELETE_GUARD_SECONDS = 5.0
 FOLDER_QUIET_SECONDS = 1.0  # after a lookup in a folder, its pending uploads wait this long (a rename may follow)
@@ -164,11 +163,11 @@ class WriteManager:
             return await self._created_child(parent, name, created)
         if parent.kind == "files" and parent.ctx.get("writable"):
             ctx = {"owner": parent.ctx["owner"], "sub": parent.ctx["sub"] + (name,), "writable": True, "local": True}
-            return self._add_local(parent, Node(path=path + (name,), type=DIR, kind="files", ctx=ctx, mtime=time.time()))
+            return self._add_local(parent, Node(path=path + (name,), type=DIR, kind=FolderKind.FILES, ctx=ctx, mtime=time.time()))
         if parent.kind == "properties":
-            owner = (parent.ctx["collection"], parent.ctx["id"])
+            owner = Owner(parent.ctx["collection"], parent.ctx["id"])
             ctx = {"type": "", "items": [], "writable": True, "local": True, "prop_name": name, "owner": owner}
-            return self._add_local(parent, Node(path=path + (name,), type=DIR, kind="propitems", ctx=ctx, mtime=time.time()))
+            return self._add_local(parent, Node(path=path + (name,), type=DIR, kind=FolderKind.PROPITEMS, ctx=ctx, mtime=time.time()))
         raise self.fail(path, errno.EROFS, f"cannot create folder {name!r} here (read-only)")
 
     def _add_local(self, parent: Node, node: Node) -> Node:
@@ -236,7 +235,8 @@ class WriteManager:
 
     async def delete_property(self, parent: Node, child: Node) -> None:
         """``DELETE v2/{collection}/{id}/properties/{name}``: the property is gone from BaseSpace."""
-        collection, entity_id = child.ctx["owner"]
+        owner: Owner = child.ctx["owner"]
+        collection, entity_id = owner.collection, owner.entity_id
         name = child.ctx["prop_name"]
         self._check_delete_guard(parent.path)
         try:
@@ -361,8 +361,8 @@ class WriteManager:
                 folder = self.layout.local.setdefault(path[:i], {})
                 if path[i] not in folder:
                     sub = tuple(path[files_at + 1 : i + 1])
-                    ctx = {"owner": ("appresults", entry.owner_id, False), "sub": sub, "writable": True, "local": True}
-                    folder[path[i]] = Node(path=path[: i + 1], type=DIR, kind="files", ctx=ctx, mtime=entry.created)
+                    ctx = {"owner": Owner("appresults", entry.owner_id), "sub": sub, "writable": True, "local": True}
+                    folder[path[i]] = Node(path=path[: i + 1], type=DIR, kind=FolderKind.FILES, ctx=ctx, mtime=entry.created)
                     self._drop_listing(path[:i])
         node = Node(path=path, type=UPLOAD, ctx={"dynamic": UPLOAD, "writable": True, "upload": entry},
                     size=entry.size, mtime=entry.created)
@@ -454,7 +454,8 @@ class WriteManager:
         if self.unavailable and parent.kind in ("files", "properties"):
             raise self.fail(path, errno.EROFS, self.unavailable)
         if parent.kind == "files" and parent.ctx.get("writable"):
-            collection, owner_id, _v2 = parent.ctx["owner"]
+            owner = parent.ctx["owner"]
+            collection, owner_id = owner.collection, owner.entity_id
             if collection != "appresults":
                 raise self.fail(path, errno.EROFS, "files can only be uploaded into an app result")
             fields = {"kind": FILE, "owner_id": owner_id, "directory": "/".join(parent.ctx["sub"])}
@@ -661,7 +662,7 @@ class WriteManager:
             raise self.fail(folder, errno.EROFS, f"{old_name} cannot be renamed: BaseSpace files and folders keep their names once uploaded")
         if entry.state in (UPLOADING, COMMITTED):
             raise self.fail(folder, errno.EROFS, f"{old_name} is already being uploaded under that name; it can no longer be renamed")
-        if new_parent.kind != "files" or not new_parent.ctx.get("writable") or new_parent.ctx["owner"][1] != entry.owner_id:
+        if new_parent.kind != "files" or not new_parent.ctx.get("writable") or new_parent.ctx["owner"].entity_id != entry.owner_id:
             raise self.fail(folder, errno.EXDEV, f"{old_name} can only be renamed within the Files/ folder of its app result")
         try:
             target = await self.tree.child(new_parent, new_name)
@@ -758,7 +759,7 @@ class WriteManager:
             collection, entity_id = parent.ctx["collection"], parent.ctx["id"]
             prop = {"Type": kind, "Name": name, "Description": "", "Content": href}
         else:
-            collection, entity_id = parent.ctx["owner"]
+            collection, entity_id = parent.ctx["owner"].collection, parent.ctx["owner"].entity_id
             ptype = parent.ctx.get("type") or f"{kind}[]"
             if ptype.rstrip("[]") != kind:
                 raise self.fail(path, errno.EINVAL, f"{parent.name} holds {ptype} items, not {kind}")
@@ -825,4 +826,4 @@ class WriteManager:
         return node
 
 
-__all__ = ["WriteManager", "WriteFailure", "UploadConfig", "UPLOAD", "ENTITY_KINDS"]
+__all__ = ["WriteManager", "WriteFailure", "UploadConfig", "UPLOAD"]

@@ -14,12 +14,12 @@ from typing import Any
 
 import trio
 
+from ..entities import KIND_OF, WITH_PROPERTIES
 from .api import WriteApi
 from .upload import WriteFailure
 
 MAX_BYTES = 1 << 20
 
-ENTITY_KINDS = {"project": "projects", "sample": "samples", "appresult": "appresults", "run": "runs"}
 
 
 class PropertyWrite:
@@ -82,10 +82,10 @@ def property_failure(exc: BaseException, name: str, action: str = "setting") -> 
 def entity_href(node_ctx: dict[str, Any]) -> tuple[str, str]:
     """(kind, "v1pre3/<collection>/<id>") of an entity folder node, for a reference property."""
     entity, collection = node_ctx.get("entity"), node_ctx.get("collection")
-    kinds = {v: k for k, v in ENTITY_KINDS.items()}
-    if not isinstance(entity, dict) or collection not in kinds or entity.get("Id") is None:
+    kind = KIND_OF.get(str(collection))
+    if not isinstance(entity, dict) or kind not in WITH_PROPERTIES or entity.get("Id") is None:
         raise WriteFailure(errno.EINVAL, "a property link must point to a project, sample, app result or run folder")
-    return kinds[collection], f"v1pre3/{collection}/{entity['Id']}"
+    return str(kind), f"v1pre3/{collection}/{entity['Id']}"
 
 
 def item_href(item: Any) -> str | None:
