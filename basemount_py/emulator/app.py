@@ -16,7 +16,6 @@ become file-system paths.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import secrets
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs
 
+import anyio
 from starlette.requests import Request
 from starlette.routing import Route, Router
 
@@ -339,7 +339,7 @@ def _endpoint(emulator: Emulator, template: str, handler: Handler, *, scope: str
         fault = None
         if scope != "none":  # "none": the browser page and unknown paths get no latency/faults
             if k.latency_ms > 0:
-                await asyncio.sleep(k.latency_ms / 1000)
+                await anyio.sleep(k.latency_ms / 1000)
             fault = em.faults.decide(scope)
         if fault is not None:
             em.counters.fault(fault)
@@ -356,7 +356,7 @@ def _endpoint(emulator: Emulator, template: str, handler: Handler, *, scope: str
             fault = None
         else:
             if fault == "stall" and scope == "api":
-                await asyncio.sleep(k.stall_seconds)
+                await anyio.sleep(k.stall_seconds)
                 fault = None
             if auth and em.token_info(_request_token(request)) is None:
                 response = json_response(UNAUTHORIZED_BODY, 401)

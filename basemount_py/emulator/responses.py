@@ -22,6 +22,8 @@ import struct
 import time
 from typing import Any, AsyncIterator, Callable
 
+import anyio
+
 __all__ = [
     "StreamResponse",
     "AbortConnection",
@@ -149,7 +151,13 @@ def xml_error(code: str, message: str) -> bytes:
 
 
 class AbortConnection(Exception):
-    """Raised inside the ASGI app to drop the connection (uvicorn closes it)."""
+    """Raised inside the ASGI app to drop the connection (uvicorn closes it). ``reset``: an RST
+    (the client sees a reset), else a clean FIN mid-body (the client sees a truncated body); an
+    in-process transport (tests/inprocess.py) turns each into the error a socket would give."""
+
+    def __init__(self, reset: bool = True):
+        super().__init__("reset" if reset else "truncate")
+        self.reset = reset
 
 
 class StreamResponse:
@@ -192,7 +200,7 @@ class StreamResponse:
             if self.fault in ("reset", "truncate"):
                 await self._drop(scope, reset=self.fault == "reset")
             elif self.fault == "stall":
-                await asyncio.sleep(self.stall_seconds)
+                await anyio.sleep(self.stall_seconds)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
         sent = 0
@@ -206,7 +214,7 @@ class StreamResponse:
                 elif fault is not None and sent >= self.fault_at:
                     if fault == "stall":
                         fault = None
-                        await asyncio.sleep(self.stall_seconds)
+                        await anyio.sleep(self.stall_seconds)
                         continue
                     await self._drop(scope, reset=fault == "reset")
                     return
@@ -238,7 +246,7 @@ class StreamResponse:
         """End the connection mid-body: RST (reset) or a clean FIN (truncate)."""
         transport = TRANSPORTS.get(tuple(scope.get("client") or ()))
         if transport is None:
-            raise AbortConnection()
+            raise AbortConnection(reset)
         if reset:
             sock = transport.get_extra_info("socket")
             if sock is not None:

@@ -127,6 +127,7 @@ class ContentSource:
         max_connections: int = MountOptions.max_connections,
         url_refresh_margin: float = 60.0,
         stall_timeout: float | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ):
         self.api = api
         self.policy = policy
@@ -134,6 +135,7 @@ class ContentSource:
         # No byte for this long on an open response = a stall (gcsfuse's read-stall retry).
         self.stall_timeout = stall_timeout if stall_timeout is not None else min(policy.request_timeout, 10.0)
         self._http = httpx.AsyncClient(
+            transport=transport,
             timeout=httpx.Timeout(
                 connect=policy.request_timeout,
                 read=self.stall_timeout,
@@ -145,7 +147,9 @@ class ContentSource:
             headers={"User-Agent": "basemount_py", "Accept-Encoding": "identity"},
         )
         # The ranged GETs themselves: http.client in worker threads, received straight into the
-        # blocks (range_threads.py); httpx above stays for a URL that goes through a proxy.
+        # blocks (range_threads.py); httpx above stays for a URL that goes through a proxy, and
+        # for an injected transport (an in-process emulator in tests), which carries every request.
+        self._use_threads = transport is None
         self._threads = RangeThreads(max_connections, policy.request_timeout, self.stall_timeout)
         # file_id -> (url, refresh_at on the trio clock)
         self._urls: cachetools.LRUCache = cachetools.LRUCache(maxsize=URL_CACHE_ENTRIES)
@@ -268,7 +272,7 @@ class ContentSource:
     async def _get_range(self, url: str, start: int, end: int, block_size: int, describe: str) -> list[bytearray]:
         expected = end - start
         self.stats["range_requests"] += 1
-        if not uses_proxy(url):
+        if self._use_threads and not uses_proxy(url):
             check = lambda response: self._check_status(response, start, end, describe)  # noqa: E731
             blocks = await self._threads.get(url, start, end, block_size, describe, check)
             self.stats["bytes_fetched"] += expected

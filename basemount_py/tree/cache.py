@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Awaitable, Callable, Hashable
 
 import trio
@@ -28,7 +27,8 @@ class ListingCache:
         self,
         ttl: float,
         maxsize: int = 4096,
-        clock: Callable[[], float] = time.monotonic,
+        # trio's clock: monotonic in a mount, and in tests a MockClock drives expiry in no wall time
+        clock: Callable[[], float] = trio.current_time,
         stale_grace: float | None = None,
     ):
         self.ttl = ttl

@@ -1,0 +1,100 @@
+"""The emulator in-process: its ASGI app called from trio as a socket would carry it, so that tests
+of timeouts, faults and expiry run on trio's MockClock (``autojump_threshold=0``) and cost no wall
+time, whatever the machine's load.
+
+``EmulatorTransport(app)`` is an ``httpx.AsyncBaseTransport`` for ``BaseSpaceClient(transport=)``
+and ``ContentSource(transport=)``. It turns what the app does into what a client would see on a
+socket: a connection the app drops with an RST (the emulator's ``reset`` fault) is an
+``httpx.ReadError``; one it closes mid-body (``truncate``) is the ``httpx.RemoteProtocolError``
+that h11 raises for a body shorter than its Content-Length; an answer that does not complete
+within the request's read timeout (a ``stall``, an endless ``latency_ms``) is an
+``httpx.ReadTimeout``. In-process a body takes no time to transfer, so the whole answer's time is
+the time between its bytes: the read timeout bounds it.
+
+The app must not need asyncio threads: files served from the account folder are read on them, so
+accounts for these tests use synthetic files (``conftest.write_synthetic``), and listings' ETags
+are computed beforehand (``warm_etags``, done by ``emulator_app``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import httpx
+import trio
+
+from basemount_py.emulator.account import warm_etags
+from basemount_py.emulator.app import Emulator, build_app
+from basemount_py.emulator.responses import AbortConnection
+
+BASE_URL = "http://emulator/"
+
+
+def emulator_app(account: Path) -> tuple[Emulator, object]:
+    """(the Emulator with its knobs and counters, its ASGI app); the rate limiter reads trio's clock."""
+    emulator = Emulator(str(account), clock=trio.current_time)
+    warm_etags(list(emulator.account.files.values()))
+    return emulator, build_app(emulator)
+
+
+class EmulatorTransport(httpx.AsyncBaseTransport):
+    def __init__(self, app, client: tuple[str, int] = ("127.0.0.1", 40000)):
+        self.app = app
+        self.client = client
+        self.up = True  # False: the server is gone (connections refused), as after emulator.stop()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if not self.up:
+            await trio.lowlevel.checkpoint()
+            raise httpx.ConnectError("connection refused (the in-process server is down)", request=request)
+        body = await request.aread()
+        read_timeout = (request.extensions.get("timeout") or {}).get("read")
+        status: int | None = None
+        headers: list[tuple[bytes, bytes]] = []
+        chunks: list[bytes] = []
+        request_sent = False
+
+        async def receive() -> dict:
+            nonlocal request_sent
+            if not request_sent:
+                request_sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await trio.sleep_forever()  # the client stays connected until the answer is complete
+            raise AssertionError("unreachable")
+
+        async def send(message: dict) -> None:
+            nonlocal status, headers
+            if message["type"] == "http.response.start":
+                status, headers = message["status"], list(message.get("headers") or [])
+            elif message["type"] == "http.response.body":
+                chunks.append(bytes(message.get("body", b"")))
+
+        url = request.url
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": request.method,
+            "scheme": url.scheme,
+            "path": url.path,
+            "raw_path": url.raw_path.split(b"?", 1)[0],
+            "query_string": url.query,
+            "root_path": "",
+            "headers": [(k.lower(), v) for k, v in request.headers.raw],
+            "server": (url.host, url.port or 80),
+            "client": self.client,
+        }
+        with trio.move_on_after(read_timeout if read_timeout is not None else math.inf) as waited:
+            try:
+                await self.app(scope, receive, send)
+            except AbortConnection as drop:
+                if drop.reset:
+                    raise httpx.ReadError("connection reset by peer", request=request) from None
+                raise httpx.RemoteProtocolError(
+                    "peer closed connection without sending complete message body", request=request
+                ) from None
+        if waited.cancelled_caught:
+            raise httpx.ReadTimeout(f"no answer within the read timeout ({read_timeout:g} s)", request=request)
+        assert status is not None, "the app sent no response"
+        return httpx.Response(status, headers=headers, stream=httpx.ByteStream(b"".join(chunks)), request=request)
