@@ -17,9 +17,9 @@ from typing import Any, Callable
 import pyfuse3
 import trio
 
-from .api.errors import errno_for
+from .api.errors import errno_for, expected
 from .read.concat import ConcatReader
-from .tree import COMMANDS, DIR, REMOTE, TEXT, Node, NotADirectory, NotFound, Tree
+from .tree import COMMANDS, DIR, REMOTE, TEXT, Node, Tree
 from .tree.layout import LAZY
 
 log = logging.getLogger(__name__)
@@ -43,20 +43,15 @@ def _guard(func: Callable, long: bool = False) -> Callable:
                 return await func(self, *args)
         except pyfuse3.FUSEError:
             raise
-        except NotFound:
-            raise pyfuse3.FUSEError(errno.ENOENT) from None
-        except NotADirectory:
-            raise pyfuse3.FUSEError(errno.ENOTDIR) from None
         except trio.TooSlowError:
             log.error("%s%r took longer than %.0f s; failing it with EIO", func.__name__, args[:2], self.op_timeout)
             raise pyfuse3.FUSEError(errno.EIO) from None
         except Exception as exc:
-            code = errno_for(exc)
-            if code == errno.EIO and not hasattr(exc, "status") and not isinstance(exc, OSError):
-                log.exception("unexpected error in %s%r", func.__name__, args[:2])
-            else:
+            if expected(exc):
                 log.warning("%s%r: %s", func.__name__, args[:2], exc)
-            raise pyfuse3.FUSEError(code) from None
+            else:
+                log.exception("unexpected error in %s%r", func.__name__, args[:2])
+            raise pyfuse3.FUSEError(errno_for(exc)) from None
 
     return wrapper
 

@@ -1,12 +1,49 @@
-"""One exception hierarchy for everything that can go wrong talking to BaseSpace, and the single
-place where those errors become errno values for the filesystem."""
+"""One exception hierarchy for everything a filesystem operation can fail with, and the single
+place where those errors become errno values (``errno_for``).
+
+``FsError`` is the base: API failures (``ApiError`` and below), tree failures (``NotFound``,
+``NotADirectory``) and failures that carry their own errno and one-line message
+(``OperationError``; the write side's ``WriteFailure`` is one). Every layer raises these; only the
+pyfuse3 adapter turns them into ``FUSEError``, through ``errno_for`` (like httpx's one boundary
+mapping in ``_exceptions.py``).
+"""
 
 from __future__ import annotations
 
 import errno
 
 
-class ApiError(Exception):
+class FsError(Exception):
+    """Base class: ``errno`` is what the filesystem operation fails with."""
+
+    errno = errno.EIO
+
+
+class NotFound(FsError):
+    """No such entry (ENOENT): a name not in its folder, or a lazy entry the server says is absent."""
+
+    errno = errno.ENOENT
+
+
+class NotADirectory(FsError):
+    """A folder operation on something that is not a folder."""
+
+    errno = errno.ENOTDIR
+
+
+class OperationError(OSError, FsError):
+    """A failure that knows its errno and has a one-line message for the folder's ``.error``
+    (an ``OSError``, so ``exc.errno`` is the instance's code)."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(code, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ApiError(FsError):
     """Base class. ``status`` is the HTTP status (0 when no response arrived)."""
 
     errno = errno.EIO
@@ -83,10 +120,23 @@ class OutsideManifestError(ApiError):
     errno = errno.EACCES
 
 
-def errno_for(exc: BaseException) -> int:
-    """Map any exception to the errno a filesystem operation should fail with. Never EAGAIN."""
-    if isinstance(exc, ApiError):
-        return exc.errno
+# A write (create, upload, trash, property...) names an entity the mount has listed, so it exists:
+# a 403 then means "not allowed", not "unknown id" as it does for reads; 400/409 refuse the value.
+WRITE_REFUSALS = {400: errno.EINVAL, 409: errno.EINVAL, 401: errno.EACCES, 403: errno.EACCES}
+
+
+def errno_for(exc: BaseException, *, writing: bool = False) -> int:
+    """Map any exception to the errno a filesystem operation should fail with. Never EAGAIN.
+    ``writing``: the failed call was a write to BaseSpace (see WRITE_REFUSALS)."""
+    if writing and isinstance(exc, ApiError) and exc.status in WRITE_REFUSALS:
+        return WRITE_REFUSALS[exc.status]
     if isinstance(exc, OSError) and exc.errno:
         return exc.errno
+    if isinstance(exc, FsError):
+        return exc.errno
     return errno.EIO
+
+
+def expected(exc: BaseException) -> bool:
+    """A failure the filesystem foresees (logged as one line), as opposed to a bug (traceback)."""
+    return isinstance(exc, (FsError, OSError))

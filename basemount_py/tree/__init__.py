@@ -3,7 +3,8 @@
 Plain async Python (no pyfuse3 imports) so the whole tree can be exercised without a mount.
 """
 
-from .filesystem import NotADirectory, NotFound, Tree, ROOT_INODE
+from ..api.errors import NotADirectory, NotFound
+from .filesystem import ROOT_INODE, Tree
 from .layout import Layout
 from .nodes import COMMANDS, DIR, REMOTE, SYMLINK, TEXT, UPLOAD, FolderKind, Node, NodeType, Owner
 

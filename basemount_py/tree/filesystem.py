@@ -11,18 +11,15 @@ import itertools
 import logging
 from typing import Iterable
 
+from ..api.errors import NotADirectory, NotFound
 from ..options import MountOptions
 from .cache import ListingCache
 from .layout import COMMANDS_NAME, EAGER, ERROR_NAME, Layout
-from .nodes import DIR, FolderKind, Node, NotFound
+from .nodes import DIR, FolderKind, Node
 
 log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
-
-
-class NotADirectory(Exception):
-    pass
 
 
 class Tree:

@@ -30,7 +30,7 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from ..api.client import FILES_PAGE_MAX, BaseSpaceClient, path_segment
-from ..api.errors import ArchivedError, ProtocolError
+from ..api.errors import ArchivedError, NotFound, ProtocolError
 from ..entities import COLLECTION
 from ..options import MountOptions
 from .cache import ListingCache
@@ -43,7 +43,6 @@ from .nodes import (
     SYMLINK,
     FolderKind,
     Node,
-    NotFound,
     Owner,
     entity_time,
     json_bytes,

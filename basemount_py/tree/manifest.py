@@ -29,11 +29,11 @@ import time
 from typing import Any
 
 from ..api.client import BaseSpaceClient
-from ..api.errors import OutsideManifestError
+from ..api.errors import NotADirectory, NotFound, OutsideManifestError
 from ..jsonfile import JsonFileError, read_json_file
-from .filesystem import NotADirectory, Tree
+from .filesystem import Tree
 from .layout import Layout
-from .nodes import DIR, Node, NotFound
+from .nodes import DIR, Node
 
 __all__ = ["ManifestError", "ManifestApi", "RecordingApi", "make_manifest", "load_manifest", "FORMAT", "VERSION"]
 

@@ -74,9 +74,6 @@ class Owner:
     v2: bool = False  # the files are listed by the v2 API (datasets)
 
 
-class NotFound(Exception):
-    """No such entry (ENOENT): a name not in its folder, or a lazy entry the server says is absent."""
-
 _DATE = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)?$")
 
 

@@ -34,11 +34,12 @@ from typing import Any, Iterator
 import trio
 
 from ..api.client import BaseSpaceClient
+from ..api.errors import ApiError, FsError, errno_for
 from ..tree import DIR, SYMLINK, TEXT, Node, NotFound, Tree
 from ..tree.nodes import UPLOAD, FolderKind, Owner, text_node
 from ..tree.layout import properties_href
 from .api import WriteApi
-from .properties import MAX_BYTES, entity_href, item_href, property_failure
+from .properties import MAX_BYTES, entity_href, item_href
 from .spool import COMMITTED, FAILED, FILE, OPEN, PENDING, PROPERTY, UPLOADING, Spool, SpoolEntry, SpoolFull
 from .upload import UploadConfig, WriteFailure
 from .uploader import Uploader
@@ -145,19 +146,15 @@ class WriteManager:
     async def mkdir(self, parent: Node, name: str) -> Node:
         path = parent.path
         if parent.kind == "projects":
-            try:
+            with self._api_write(path, f"creating project {name!r}"):
                 created = await self.api.create_project(name)
-            except Exception as exc:
-                raise self._api_failure(path, f"creating project {name!r}", exc) from None
             self._drop_api("v1pre3/users/current/projects")
             self._drop_listing(path)
             return await self._created_child(parent, name, created)
         if parent.kind == "appresults":
             pid = parent.ctx["project_id"]
-            try:
+            with self._api_write(path, f"creating app result {name!r}"):
                 created = await self.api.create_appresult(pid, name)
-            except Exception as exc:
-                raise self._api_failure(path, f"creating app result {name!r}", exc) from None
             self._drop_api(f"v1pre3/projects/{pid}/appresults", "v1pre3/users/current/appsessions")
             self._drop_listing(path, path[:-1] + ("AppSessions",))
             return await self._created_child(parent, name, created)
@@ -239,10 +236,8 @@ class WriteManager:
         collection, entity_id = owner.collection, owner.entity_id
         name = child.ctx["prop_name"]
         self._check_delete_guard(parent.path)
-        try:
+        with self._api_write(parent.path, f"deleting property {name}"):
             await self.api.delete_property(collection, entity_id, name)
-        except Exception as exc:
-            raise self._report(parent.path, property_failure(exc, name, "deleting")) from None
         log.info("deleted property %s of %s %s", name, collection, entity_id)
         self._drop_properties(collection, entity_id)
         self._drop_listing(parent.path, prefix=True)
@@ -256,10 +251,8 @@ class WriteManager:
         if node.kind not in ENTITY_DIR_KINDS:
             raise self.fail(node.path, errno.EINVAL, "move-to-trash works on a project, sample, app result, app session or run folder")
         entity, collection = node.ctx["entity"], node.ctx["collection"]
-        try:
+        with self._api_write(folder, f"moving {node.name!r} to the trash"):
             await self.api.move_to_trash(collection, str(entity["Id"]))
-        except Exception as exc:
-            raise self._api_failure(folder, f"moving {node.name!r} to the trash", exc) from None
         log.info("moved %s %s (%s) to the trash", collection, entity.get("Id"), node.name)
         # An app session takes its samples and app results with it: refresh the whole project.
         self.tree.refresh(folder[:-1] if node.kind == "appsession" else folder)
@@ -269,10 +262,8 @@ class WriteManager:
     async def restore(self, node: Node) -> None:
         if node.kind != "trashitem":
             raise self.fail(node.path, errno.EINVAL, "restore-from-trash works on a .Trash/<item> folder")
-        try:
+        with self._api_write(node.path, f"restoring {node.name!r}"):
             await self.api.restore_from_trash(str(node.ctx["entity"]["Id"]))
-        except Exception as exc:
-            raise self._api_failure(node.path, f"restoring {node.name!r}", exc) from None
         log.info("restored %s from the trash", node.name)
         self.tree.refresh(())
 
@@ -310,28 +301,28 @@ class WriteManager:
             names = ", ".join(e.display for e in left[:3]) + (" ..." if len(left) > 3 else "")
             raise self.fail(node.path, errno.EBUSY, f"mark-as-complete: {len(left)} upload(s) not committed yet ({names}); "
                             "wait for them (basemount-py status), or remove or retry the failed ones")
-        try:
+        with self._api_write(node.path, "mark-as-complete"):
             await self.api.update_appsession(str(session["Id"]), status="complete")
-        except Exception as exc:
-            raise self._api_failure(node.path, "mark-as-complete", exc) from None
         self.tree.refresh(node.path[:2])
 
     async def rename_appsession(self, node: Node, new_name: str) -> None:
         session = await self._session_of(node)
         if not new_name.strip():
             raise self.fail(node.path, errno.EINVAL, "rename-appsession needs the new name: rename-appsession NEW NAME")
-        try:
+        with self._api_write(node.path, "rename-appsession"):
             await self.api.update_appsession(str(session["Id"]), Name=new_name.strip())
-        except Exception as exc:
-            raise self._api_failure(node.path, "rename-appsession", exc) from None
         self.tree.refresh(node.path[:2])
 
-    def _api_failure(self, folder: tuple[str, ...], what: str, exc: Exception) -> WriteFailure:
-        if isinstance(exc, WriteFailure):
-            return self._report(folder, exc)
-        status = getattr(exc, "status", 0)
-        code = {400: errno.EINVAL, 409: errno.EINVAL, 401: errno.EACCES, 403: errno.EACCES}.get(status, errno.EIO)
-        return self.fail(folder, code, f"{what} failed: {exc}")
+    @contextlib.contextmanager
+    def _api_write(self, folder: tuple[str, ...], what: str) -> Iterator[None]:
+        """A write call to BaseSpace: its failure becomes a WriteFailure (errno from the one mapping,
+        ``errno_for(writing=True)``), logged and added to the folder's ``.error``."""
+        try:
+            yield
+        except WriteFailure as exc:
+            raise self._report(folder, exc) from None
+        except ApiError as exc:
+            raise self.fail(folder, errno_for(exc, writing=True), f"{what} failed: {exc}") from None
 
     # -- the spool: adopted entries, status, retry ------------------------------------------------------
 
@@ -668,7 +659,7 @@ class WriteManager:
             target = await self.tree.child(new_parent, new_name)
         except NotFound:
             target = None
-        except Exception as exc:  # the listing failed (API down): only the spool's own names are known;
+        except FsError as exc:  # the listing failed (API down): only the spool's own names are known;
             # a server file of that name makes the upload fail with 409 later, visibly.
             log.info("rename into /%s: listing failed (%s); going by the local entries", "/".join(new_parent.path), exc)
             target = self.layout.local.get(new_parent.path, {}).get(new_name)
@@ -739,7 +730,7 @@ class WriteManager:
             return node
         try:
             fresh = await self.tree.child(parent, node.name)
-        except Exception:
+        except FsError:
             return node
         self.tree.remember(fresh)
         return fresh
@@ -766,10 +757,8 @@ class WriteManager:
             # All of them: posting the property replaces its items, so the first 20 alone would drop the rest.
             items = [h for h in (item_href(i) for i in await self.layout.property_items(parent)) if h]
             prop = {"Type": ptype, "Name": parent.ctx.get("prop_name") or parent.name, "Description": "", "Items": items + [href]}
-        try:
+        with self._api_write(path, f"setting property {prop['Name']}"):
             await self.api.set_properties(collection, entity_id, [prop])
-        except Exception as exc:
-            raise self._report(path, property_failure(exc, prop["Name"])) from None
         properties_dir = path if parent.kind == "properties" else path[:-1]
         self._drop_properties(collection, entity_id)
         self._drop_listing(properties_dir, prefix=True)
@@ -782,11 +771,11 @@ class WriteManager:
             try:
                 folder = await self.tree.child(grand, parent.name) if grand is not None else parent
                 self.tree.remember(folder)
-            except Exception:
+            except FsError:
                 folder = parent
         try:
             fresh = (await self.tree.children(folder)).get(name)
-        except Exception:
+        except FsError:
             fresh = None
         if fresh is None:  # an array entry the server numbered differently: show the link anyway
             fresh = Node(path=path + (name,), type=SYMLINK, target=target, mtime=time.time())
@@ -814,7 +803,7 @@ class WriteManager:
         for i, part in enumerate(parts):
             try:
                 child = await self.tree.child(node, part)
-            except (NotFound, Exception):
+            except FsError:
                 return None
             if child.type == SYMLINK:
                 if hops >= 8:

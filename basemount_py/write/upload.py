@@ -13,6 +13,7 @@ import errno
 import mimetypes
 from dataclasses import dataclass
 
+from ..api.errors import OperationError
 from ..options import MountOptions
 
 
@@ -27,15 +28,8 @@ class UploadConfig:
     spool_max: int = MountOptions.spool_max  # bytes the spool may hold before writes get ENOSPC
 
 
-class WriteFailure(OSError):
+class WriteFailure(OperationError):
     """A write-side failure with the errno the writer gets and a one-line message for ``.error``."""
-
-    def __init__(self, code: int, message: str):
-        super().__init__(code, message)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 def content_type(name: str) -> str:

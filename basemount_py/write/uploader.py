@@ -152,7 +152,7 @@ class Uploader:
             reason = str(exc) or type(exc).__name__
             p.last_error = reason
             p.verify_first = True  # it may have landed although the answer was lost
-            status = getattr(exc, "status", 0)
+            status = exc.status if isinstance(exc, ApiError) else 0
             if entry.id not in self.spool.entries:
                 pass  # removed while uploading
             elif status in REFUSED or entry.attempts >= self.cfg.attempts:
