@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import errno
 import logging
-
-import pyfuse3
+from typing import TYPE_CHECKING, Any
 
 from .tree import Node, Tree
 from .write.upload import WriteFailure
+
+if TYPE_CHECKING:
+    from .core import Kernel
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +60,13 @@ def valid(node: Node | None) -> list[str]:
 
 
 class CommandRunner:
-    def __init__(self, tree: Tree, writes=None):
+    def __init__(self, tree: Tree, writes: Any, kernel: "Kernel"):
         self.tree = tree
         self.writes = writes  # write.WriteManager (None: the write commands are refused)
+        self.kernel = kernel  # drops the kernel's cached names, ends the session
 
     def folder(self, path: tuple[str, ...]) -> Node | None:
-        ino = self.tree.by_path.get(path)
-        return self.tree.nodes.get(ino) if ino is not None else None
+        return self.tree.known(path)
 
     def help(self, path: tuple[str, ...]) -> str:
         lines = ["Write a command to this file, e.g.: echo refresh > .commands", "Commands valid here:"]
@@ -88,7 +90,7 @@ class CommandRunner:
             self.refresh(path)
         elif command == "unmount":
             log.info("unmount requested through .commands")
-            pyfuse3.terminate()
+            self.kernel.terminate()
         elif command in ("flush", "retry") and self.writes is not None:
             if command == "flush":
                 self.writes.flush_all()
@@ -122,28 +124,14 @@ class CommandRunner:
 
     def _forget_entry(self, path: tuple[str, ...]) -> None:
         """The folder is gone (trashed or restored elsewhere): the kernel must drop its name now."""
-        parent = self.tree.by_path.get(path[:-1])
+        parent = self.tree.inode_of(path[:-1])
         if parent is not None and path:
-            try:
-                pyfuse3.invalidate_entry_async(parent, path[-1].encode("utf-8", "surrogateescape"), ignore_enoent=True)
-            except Exception as exc:
-                log.debug("invalidate %s: %s", path, exc)
+            self.kernel.invalidate_entry(parent, path[-1])
 
     def refresh(self, path: tuple[str, ...]) -> None:
         path = self.tree.layout.refresh_scope(path)
         self.tree.refresh(path)
         # Drop the kernel's cached names below the folder too, so removed entities vanish now
-        # rather than when their entry timeout runs out. The async variant never blocks here.
-        n = len(path)
-        for child_path, ino in list(self.tree.by_path.items()):
-            if len(child_path) > n and child_path[:n] == path:
-                parent = self.tree.by_path.get(child_path[:-1])
-                if parent is not None:
-                    # ignore_enoent: the kernel has often forgotten the name already, which is
-                    # normal; pyfuse3 would otherwise log that as an ERROR with a traceback.
-                    try:
-                        pyfuse3.invalidate_entry_async(
-                            parent, child_path[-1].encode("utf-8", "surrogateescape"), ignore_enoent=True
-                        )
-                    except Exception as exc:
-                        log.debug("invalidate %s: %s", child_path, exc)
+        # rather than when their entry timeout runs out.
+        for parent, name in self.tree.names_below(path):
+            self.kernel.invalidate_entry(parent, name)

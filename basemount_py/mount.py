@@ -23,10 +23,10 @@ from .api.budget import BudgetPolicy, RequestBudget
 from .api.client import BaseSpaceClient
 from .api.errors import ApiError, CertificateError
 from .api.retry import RetryPolicy
-from .commands import CommandRunner
+from .core import Filesystem
 from .fuse_access import FuseAccessError, check_fuse_access, check_fuse_fd, handed_in_fd
 from .fuse_helper import FuseHelperError, receive_fuse_fd
-from .fuse_ops import Operations
+from .fuse_ops import Operations, PyfuseKernel
 from .mount_table import FS_NAME, MountBusy, MountEntry, MountLock, mount_entry
 from .options import MountOptions, default_cache_dir
 from .tree import Layout, Tree
@@ -317,14 +317,8 @@ async def _main(credentials, opts: MountOptions, token_reloader, notify: int | N
             # mount of this account left in the spool (an unusable spool leaves the mount read-only
             # for files, with the reason in the log and in .error).
             async with WriteManager(tree, api, spool, upload_cfg, mountpoint=opts.visible_path, fetch=content.fetch) as writes:
-                ops = Operations(
-                    tree,
-                    reads,
-                    CommandRunner(tree, writes),
-                    op_timeout=opts.op_timeout,
-                    writes=writes,
-                    direct_io=opts.direct_io,
-                )
+                fs = Filesystem(tree, reads, PyfuseKernel(), writes=writes, op_timeout=opts.op_timeout, direct_io=opts.direct_io)
+                ops = Operations(fs)
                 return await _run_fuse(ops, opts, notify, user_name, credentials.api_server)
     finally:
         with trio.CancelScope(shield=True):

@@ -14,21 +14,32 @@ import errno
 
 
 class FsError(Exception):
-    """Base class: ``errno`` is what the filesystem operation fails with."""
+    """Base class: ``errno`` is what the filesystem operation fails with; ``quiet`` ones are part
+    of normal work (a name that is not there, a read-only refusal) and not logged at the boundary."""
 
     errno = errno.EIO
+    quiet = False
 
 
 class NotFound(FsError):
     """No such entry (ENOENT): a name not in its folder, or a lazy entry the server says is absent."""
 
     errno = errno.ENOENT
+    quiet = True
 
 
 class NotADirectory(FsError):
     """A folder operation on something that is not a folder."""
 
     errno = errno.ENOTDIR
+    quiet = True
+
+
+class TimedOut(FsError):
+    """An operation outlived its time bound (``--op-timeout``); logged where it is detected."""
+
+    errno = errno.EIO
+    quiet = True
 
 
 class OperationError(OSError, FsError):
@@ -41,6 +52,13 @@ class OperationError(OSError, FsError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class Refused(OperationError):
+    """The filesystem refuses a request as a matter of course (read-only, not a symlink, a folder
+    opened as a file): the caller gets the errno, the log gets nothing."""
+
+    quiet = True
 
 
 class ApiError(FsError):
@@ -140,3 +158,8 @@ def errno_for(exc: BaseException, *, writing: bool = False) -> int:
 def expected(exc: BaseException) -> bool:
     """A failure the filesystem foresees (logged as one line), as opposed to a bug (traceback)."""
     return isinstance(exc, (FsError, OSError))
+
+
+def quiet(exc: BaseException) -> bool:
+    """A failure that is normal work (not logged at the boundary)."""
+    return isinstance(exc, FsError) and exc.quiet

@@ -93,11 +93,49 @@ class Tree:
 
     # -- inode table ----------------------------------------------------------------------
 
+    @property
+    def root(self) -> Node:
+        return self.nodes[ROOT_INODE]
+
     def node(self, ino: int) -> Node:
         try:
             return self.nodes[ino]
         except KeyError:
             raise NotFound(ino) from None
+
+    def inode_of(self, path: tuple[str, ...]) -> int | None:
+        """The inode the kernel knows ``path`` by (None: the kernel holds no such name)."""
+        return self.by_path.get(path)
+
+    def known(self, path: tuple[str, ...]) -> Node | None:
+        """The node at ``path`` if it has an inode, without listing anything."""
+        ino = self.by_path.get(path)
+        return self.nodes.get(ino) if ino is not None else None
+
+    def names_below(self, path: tuple[str, ...]) -> list[tuple[int, str]]:
+        """(parent inode, name) of every entry with an inode under ``path``: what the kernel may
+        have cached there."""
+        n = len(path)
+        out = []
+        for child_path in list(self.by_path):
+            if len(child_path) > n and child_path[:n] == path:
+                parent = self.by_path.get(child_path[:-1])
+                if parent is not None:
+                    out.append((parent, child_path[-1]))
+        return out
+
+    def replace(self, node: Node) -> None:
+        """``node`` now stands at its path: the inode the kernel holds for it (if any) shows it."""
+        ino = self.by_path.get(node.path)
+        if ino is not None:
+            self.nodes[ino] = node
+
+    def move(self, old_path: tuple[str, ...], node: Node) -> None:
+        """An entry was renamed to ``node.path``: the kernel keeps the inode, which now names it."""
+        ino = self.by_path.pop(old_path, None)
+        if ino is not None:
+            self.by_path[node.path] = ino
+            self.nodes[ino] = node
 
     def remember(self, node: Node) -> int:
         """Inode for ``node``, reusing the one its path already has (data is refreshed)."""

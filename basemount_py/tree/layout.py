@@ -175,6 +175,11 @@ class Layout:
 
         return await self.lists.get(key, load)
 
+    def cached_list(self, path: str) -> list | None:
+        """The items ``_list(path)`` (no parameters, v1) holds now, fresh or not, without loading;
+        a write may add to them in place (an uploaded file joins its app result's listing)."""
+        return self.lists.peek((path, (), False))
+
     def expire_api(self) -> None:
         """``refresh``: reload every raw listing on next use, keeping the old ones as a fallback."""
         self.lists.expire(lambda key: True)

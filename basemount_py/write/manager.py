@@ -359,9 +359,7 @@ class WriteManager:
                     size=entry.size, mtime=entry.created)
         self.layout.local.setdefault(path[:-1], {})[path[-1]] = node
         self._drop_listing(path[:-1])
-        ino = self.tree.by_path.get(path)
-        if ino is not None:
-            self.tree.nodes[ino] = node
+        self.tree.replace(node)
         return node
 
     @contextlib.contextmanager
@@ -511,8 +509,7 @@ class WriteManager:
         return entry
 
     def _parent(self, node: Node) -> Node | None:
-        ino = self.tree.by_path.get(node.path[:-1])
-        return self.tree.nodes.get(ino) if ino is not None else None
+        return self.tree.known(node.path[:-1])
 
     def accepts_attributes(self, node: Node) -> bool:
         """chmod/chown/utimes on a file of a Running app result succeed and are ignored: tools
@@ -675,10 +672,7 @@ class WriteManager:
         entry.mount_path = list(new_parent.path + (new_name,))
         await self._spool(self.spool.persist, entry)
         fresh = self._show(entry)
-        ino = self.tree.by_path.pop(old_path, None)
-        if ino is not None:  # the kernel keeps the inode: it now names the new path
-            self.tree.by_path[tuple(entry.mount_path)] = ino
-            self.tree.nodes[ino] = fresh
+        self.tree.move(old_path, fresh)  # the kernel keeps the inode: it now names the new path
         if entry.state == PENDING:
             self.uploader.schedule(entry)  # a new write-back delay: rsync renames, then sets times
         log.info("renamed %s to %s before upload", "/".join(old_path), entry.display)
@@ -699,7 +693,7 @@ class WriteManager:
         self.uploads_committed += 1
         log.info("uploaded %s (%d bytes) as file %s", entry.display, entry.size, result.get("Id"))
         href = f"v1pre3/appresults/{entry.owner_id}/files"
-        cached = self.layout.lists.peek((href, (), False))
+        cached = self.layout.cached_list(href)
         if cached is not None and result.get("Id") is not None and not any(str(i.get("Id")) == str(result["Id"]) for i in cached):
             cached.append(result)  # the listing now holds the file: no re-listing per uploaded file
         else:
@@ -707,7 +701,7 @@ class WriteManager:
         depth = len(entry.directory.split("/")) if entry.directory else 0
         files_root = path[: len(path) - 1 - depth]
         self._drop_listing(files_root, files_root[:-1] + ("Files.metadata",), prefix=True)
-        if path in self.tree.by_path:
+        if self.tree.inode_of(path) is not None:
             await self.refreshed(Node(path=path, type=UPLOAD))  # the inode becomes the server's file
 
     def _forget_errors(self, folder: tuple[str, ...], name: str) -> None:
@@ -799,7 +793,7 @@ class WriteManager:
                         parts.pop()
                     continue
                 parts.append(p)
-        node = self.tree.nodes[1]
+        node = self.tree.root
         for i, part in enumerate(parts):
             try:
                 child = await self.tree.child(node, part)
