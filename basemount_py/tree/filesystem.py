@@ -1,6 +1,6 @@
-"""The filesystem as plain async Python: inode table, lookup, readdir snapshots, refresh.
+"""The filesystem as plain async Python: inode table, lookup, readdir, refresh.
 
-``fuse_ops.Operations`` only translates between this and pyfuse3. Inodes are assigned on first
+``core.Filesystem`` builds the filesystem operations on this. Inodes are assigned on first
 lookup and dropped again when the kernel forgets them (lookup count reaches zero), so memory follows
 what the kernel holds, not the size of the account; listings live in bounded TTL caches.
 """

@@ -1,6 +1,6 @@
 """Write mode: what mkdir, rmdir, create, write, close, symlink and the write commands do.
 
-``fuse_ops`` stays a thin adapter: it hands nodes from the tree to these methods and maps the
+``core.Filesystem`` hands nodes from the tree to these methods; the adapter maps the
 ``WriteFailure`` (an ``OSError`` carrying errno + message) they raise. Every failure is also
 written to the folder's ``.error``, so scripts and ``basemount-cmd`` can show the reason.
 
