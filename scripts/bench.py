@@ -674,7 +674,7 @@ def bench_merged(profiles: list[str], base: Path, size: int, res: Results, extra
     vs ``cp`` of one file of the same size, on the same mount, per profile.
 
     Its own account (synthetic parts: the bytes need not be gzip to measure the read path), so
-    the function is self-contained. The merged file always bypasses the page cache (fuse_ops), the
+    the function is self-contained. The merged file always bypasses the page cache (core.py), the
     single file uses it as any BaseSpace file does on a default mount."""
     account = base / "merged-account"
     part = size // (2 * MERGED_LANES)
