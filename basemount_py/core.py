@@ -25,6 +25,7 @@ import trio
 
 from .api.errors import Refused, TimedOut
 from .commands import CommandRunner
+from .options import MountOptions
 from .read.concat import ConcatReader
 from .tree import COMMANDS, DIR, REMOTE, TEXT, Node, Tree
 from .tree.layout import LAZY
@@ -216,8 +217,8 @@ class Filesystem:
         kernel: Kernel,
         *,
         writes: Any = None,
-        op_timeout: float = 60.0,
-        direct_io: bool = False,
+        op_timeout: float = MountOptions.op_timeout,
+        direct_io: bool = MountOptions.direct_io,
     ):
         self.tree = tree
         self.reads = reads  # read.ReadManager
