@@ -395,3 +395,42 @@ def test_an_operation_that_outlives_op_timeout_fails_with_eio_in_virtual_time(em
     exc, elapsed = trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
     assert errno_for(exc) == errno.EIO and quiet(exc)  # logged where it was detected, once
     assert elapsed == pytest.approx(30.0)
+
+
+def test_rename_before_the_upload_keeps_the_inode_and_uploads_under_the_new_name(emulator, tmp_path, account):
+    async def scenario(core: Core):
+        core.fs.writes.cfg.write_back = 3600.0  # the upload waits: rsync's rename comes first
+        await core.fs.mkdir(await core.ino("Projects", "P", "AppResults"), "R")
+        files = await core.ino("Projects", "P", "AppResults", "R", "Files")
+        opened, attrs = await core.fs.create(files, ".out.txt.tmp")
+        await core.fs.write(opened.fh, 0, b"renamed before upload\n")
+        await core.fs.flush(opened.fh)
+        await core.fs.release(opened.fh)
+        await core.fs.rename(files, ".out.txt.tmp", files, "out.txt")
+        renamed = await core.fs.lookup(files, "out.txt")
+        with pytest.raises(NotFound):
+            await core.fs.lookup(files, ".out.txt.tmp")
+        await core.command("flush\n")  # upload now, without the write-back delay
+        with trio.fail_after(60):
+            while not list(account.glob("Projects/P/AppResults/R/Files/out.txt")):
+                await trio.sleep(0.05)
+        return attrs.ino, renamed.ino
+
+    created, renamed = run_core(emulator, tmp_path, scenario, writes=True)
+    assert created == renamed  # the kernel's inode now names the new path
+    assert (account / "Projects" / "P" / "AppResults" / "R" / "Files" / "out.txt").read_bytes() == b"renamed before upload\n"
+    assert not list(account.glob("Projects/P/AppResults/R/Files/.out.txt.tmp"))
+
+
+def test_move_to_trash_tells_the_kernel_to_drop_the_name(emulator, tmp_path):
+    async def scenario(core: Core):
+        projects = await core.ino("Projects")
+        await core.ino("Projects", "P")
+        await core.command("move-to-trash\n", "Projects", "P")
+        visible = [n for n in await core.names("Projects") if not n.startswith(".")]
+        trash = [n for n in await core.names(".Trash") if not n.startswith(".")]
+        return projects, list(core.kernel.invalidated), visible, trash
+
+    projects, invalidated, visible, trash = run_core(emulator, tmp_path, scenario, writes=True)
+    assert (projects, "P") in invalidated
+    assert visible == [] and trash == ["P"]
