@@ -81,7 +81,8 @@ def run_demo(mountpoint: str | None = None, keep_running: bool = True) -> int:
             projects = sorted(p.name for p in (account / "Projects").iterdir())
             p1 = next((p for p in projects if p.startswith("Demo")), projects[0])
             p2 = next((p for p in projects if p != p1), p1)
-            results = sorted(x.name for x in (account / "Projects" / p2 / "AppResults").iterdir()) if (account / "Projects" / p2 / "AppResults").is_dir() else ["?"]
+            results_dir = account / "Projects" / p2 / "AppResults"
+            results = sorted(x.name for x in results_dir.iterdir()) if results_dir.is_dir() else ["?"]
             ar = next((r for r in results if "Alignment" in r), results[0])
             env_file = write_env_file(workdir / "demo.env", emulator.url, emulator.token)
             bin_dir = os.path.dirname(sys.executable)
@@ -89,7 +90,7 @@ def run_demo(mountpoint: str | None = None, keep_running: bool = True) -> int:
                 SESSION.format(mp=mp, url=emulator.url, p1=p1, p2=p2, ar=ar, env_file=env_file, bin_dir=bin_dir, workdir=workdir),
                 flush=True,
             )
-            while keep_running and not stop["now"] and mount.process.poll() is None:
+            while keep_running and not stop["now"] and mount.process is not None and mount.process.poll() is None:
                 time.sleep(0.2)
             return 0
     finally:

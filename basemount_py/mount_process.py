@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import IO
 from pathlib import Path
 
 
@@ -45,7 +46,7 @@ class MountProcess:
         self.env.update(env or {})
         self.args = [sys.executable, "-m", "basemount_py", "mount", str(self.mountpoint), "--foreground", *extra]
         self.process: subprocess.Popen | None = None
-        self._log_file = None
+        self._log_file: IO[bytes] | None = None
 
     @property
     def pid(self) -> int:

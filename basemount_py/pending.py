@@ -100,9 +100,10 @@ def wait_for_uploads(mountpoint: str, keep_pending: bool = False, out: TextIO = 
         return
     shown = False
     while True:
-        entries = read_status(mountpoint)
-        if entries is None:
+        latest = read_status(mountpoint)
+        if latest is None:
             break
+        entries = latest
         waiting = [e for e in entries if e[0] in WAITED_FOR]
         if not waiting:
             break

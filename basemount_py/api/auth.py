@@ -127,7 +127,7 @@ async def device_login(
     *,
     scopes: str = DEFAULT_SCOPES,
     out: Callable[[str], None] = print,
-    timeout: float = 900.0,
+    timeout: float = 900.0,  # noqa: ASYNC109  (also the wait when the server sends no expires_in)
     http: httpx.AsyncClient | None = None,
 ) -> str:
     """Run the device flow against ``api_server`` and return the access token.
@@ -242,7 +242,7 @@ async def _login_and_verify(api: str, client_id: str, secret: str | None, scopes
     policy = RetryPolicy(attempts=3, request_timeout=HTTP_TIMEOUT, deadline=60.0)
     async with BaseSpaceClient(api, token, policy=policy) as client:
         body = await client.get_json("v1pre3/users/current")
-    user = body.get("Response") if isinstance(body.get("Response"), dict) else {}
+    user = found if isinstance(found := body.get("Response"), dict) else {}
     return token, str(user.get("Name") or user.get("Email") or user.get("Id") or "unknown user")
 
 

@@ -9,7 +9,8 @@ token from one bucket per process:
 * the bucket refills at ``rate`` requests/s and holds at most ``burst_seconds`` of them, so an
   idle process cannot fire a large burst when it wakes up;
 * a 429 that is part of congestion (the first 429 of the process, or one whose previous answer was
-  a 429 too, or when at least ``congestion_count`` of the last ``congestion_window`` answers were 429s) cuts the rate by ``decrease`` (multiplicative decrease; concurrent 429s of one
+  a 429 too, or when at least ``congestion_count`` of the last ``congestion_window`` answers were
+  429s) cuts the rate by ``decrease`` (multiplicative decrease; concurrent 429s of one
   congestion episode count once) and pauses the whole bucket for the answer's ``Retry-After``.
   An isolated 429 only delays the request it answered (retry.py honours its Retry-After): a
   server or proxy that throttles a request now and then, at random, must not send every request

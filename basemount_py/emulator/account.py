@@ -530,7 +530,10 @@ def load_account(root: str, previous: dict[tuple[str, str], str] | None = None) 
     if "Id" in user_fields:
         user.explicit_id = str(user_fields["Id"])
 
-    projects, samples, appresults, datasets = [], [], [], []
+    projects: list[Entity] = []
+    samples: list[Entity] = []
+    appresults: list[Entity] = []
+    datasets: list[Entity] = []
     for pname in _subdirs(os.path.join(root, "Projects")):
         pdir = os.path.join(root, "Projects", pname)
         project = loader.entity("project", pdir)

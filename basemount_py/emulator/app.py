@@ -898,7 +898,7 @@ def build_app(emulator: Emulator) -> Router:
         starlette_routes.append(
             Route("/" + template, _endpoint(emulator, template, handler, **opts), methods=[method])
         )
-    raw = {"auth": False, "scope": "none"}
+    raw: dict[str, Any] = {"auth": False, "scope": "none"}
     starlette_routes += [
         Route("/_content/{file_id}", _endpoint(emulator, "content", content, scope="content", auth=False), methods=["GET", "HEAD"]),
         Route("/oauth/device", _endpoint(emulator, "oauth/device", device_page, **raw), methods=["GET"]),

@@ -401,7 +401,7 @@ def write_fasta(path: Path, reference: dict[str, str]) -> None:
 
 def _md_and_nm(read: str, ref: str) -> tuple[str, int]:
     md, run, nm = [], 0, 0
-    for a, b in zip(read, ref):
+    for a, b in zip(read, ref, strict=False):  # the reference may end before the read
         if a == b:
             run += 1
         else:
@@ -427,8 +427,9 @@ def _aligned_pair(header: pysam.AlignmentHeader, pair: ReadPair, reference: dict
     n, length, start = READ_LENGTH, pair.length, pair.start
     clip = max(0, n - length)  # adapter bases past the fragment end are soft-clipped
     aligned = n - clip
-    tid = header.get_tid(pair.contig)
-    ref = reference[pair.contig]
+    contig = str(pair.contig)
+    tid = header.get_tid(contig)
+    ref = reference[contig]
     fwd_seq, fwd_qual = (pair.r1, pair.q1) if pair.r1_forward else (pair.r2, pair.q2)
     rev_seq, rev_qual = (pair.r2, pair.q2) if pair.r1_forward else (pair.r1, pair.q1)
     # Reverse-strand reads are stored reverse-complemented, qualities reversed.
@@ -637,7 +638,7 @@ def _cbcl(tiles: Iterable[tuple[int, bytes, bytes]]) -> bytes:
     head += struct.pack("<I", len(tiles))
     blocks = []
     for tile, bases, qbins in tiles:
-        nibbles = [b | (q << 2) for b, q in zip(bases, qbins)]
+        nibbles = [b | (q << 2) for b, q in zip(bases, qbins, strict=False)]
         if len(nibbles) % 2:
             nibbles.append(0)
         packed = bytes(nibbles[i] | (nibbles[i + 1] << 4) for i in range(0, len(nibbles), 2))

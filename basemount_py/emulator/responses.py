@@ -48,7 +48,7 @@ PIECE = 1024 * 1024  # body pieces (content.file_body); a body fault strikes at 
 
 # Connection transports by client address, filled by server.py's protocol class, so a "reset"
 # fault can send a real TCP RST.  Without an entry we fall back to closing the connection.
-TRANSPORTS: dict[tuple[str, int], asyncio.BaseTransport] = {}
+TRANSPORTS: dict[tuple[str, int], asyncio.Transport] = {}
 
 UNAUTHORIZED_BODY = {
     "ResponseStatus": {

@@ -29,14 +29,14 @@ __all__ = ["bind_socket", "serve", "write_ready_file"]
 
 
 class _TrackingProtocol(HttpToolsProtocol):
-    def connection_made(self, transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport) -> None:
         super().connection_made(transport)
         if self.client:
-            TRANSPORTS[tuple(self.client)] = transport
+            TRANSPORTS[(str(self.client[0]), int(self.client[1]))] = transport
 
     def connection_lost(self, exc) -> None:
         if self.client:
-            TRANSPORTS.pop(tuple(self.client), None)
+            TRANSPORTS.pop((str(self.client[0]), int(self.client[1])), None)
         super().connection_lost(exc)
 
 
@@ -108,7 +108,7 @@ def serve(
 
     async def main() -> None:
         async def announce() -> None:
-            while not server.started:
+            while not server.started:  # noqa: ASYNC110  (uvicorn offers a flag, not an event)
                 await asyncio.sleep(0.01)
             print(f"{banner} at {base_url}" if banner else base_url, flush=True)
             if ready_file:

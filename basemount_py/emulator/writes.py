@@ -33,7 +33,7 @@ import os
 import secrets
 import shutil
 import time
-from typing import Any
+from typing import Any, Callable
 
 from starlette.requests import Request
 
@@ -195,6 +195,21 @@ async def _apply(em, do, undo, extra_ids: dict | None = None) -> Any:
     return result
 
 
+async def _create_folder(em, make: Callable[[], str]) -> str:
+    """Run ``make`` (it creates an entity folder and returns its account-relative key), then
+    reload; if the account no longer loads, the folder is removed again (``_apply``)."""
+    made: list[str] = []
+
+    def do() -> str:
+        made.append(make())
+        return made[0]
+
+    def undo() -> None:
+        shutil.rmtree(os.path.join(em.account.root, *made[0].split("/")), True)
+
+    return await _apply(em, do, undo)
+
+
 def _snapshot(folders: list[str]):
     """An undo for .entity.json edits: puts back the files as they are now."""
     saved = {}
@@ -258,8 +273,7 @@ async def create_project(em, request: Request):
             _write_entity_json(full, fields)
             return f"Projects/{folder}"
 
-        made: list[str] = []
-        key = await _apply(em, lambda: made.append(make()) or made[0], lambda: shutil.rmtree(os.path.join(em.account.root, *made[0].split("/")), True))
+        key = await _create_folder(em, make)
         p = _find(em, "project", key)
         assert p is not None
         return _ok(em, request, v1().project(p), 201)
@@ -307,8 +321,7 @@ async def create_appresult(em, request: Request):
             _write_entity_json(full, fields)
             return f"{project.key}/AppResults/{folder}"
 
-        made: list[str] = []
-        key = await _apply(em, lambda: made.append(make()) or made[0], lambda: shutil.rmtree(os.path.join(em.account.root, *made[0].split("/")), True))
+        key = await _create_folder(em, make)
         r = _find(em, "appresult", key)
         assert r is not None
         return _ok(em, request, render.V1(em.account, str(request.base_url)).appresult(r), 201)
@@ -452,7 +465,7 @@ async def upload_part(em, request: Request):
         _check_md5(request, md5_hex)
         await asyncio.to_thread(os.replace, tmp, os.path.join(folder, f"part.{number}"))
     finally:
-        if os.path.exists(tmp):
+        if await asyncio.to_thread(os.path.exists, tmp):
             await asyncio.to_thread(os.unlink, tmp)
     return _ok(em, request, {"Number": number, "Size": size, "ETag": md5_hex})
 
@@ -495,7 +508,7 @@ async def file_status(em, request: Request):
     try:
         return await _commit(em, request, meta["Id"], meta, data, etag)
     finally:
-        if not os.path.exists(data):  # installed: the staging folder is done
+        if not await asyncio.to_thread(os.path.exists, data):  # installed: the staging folder is done
             await asyncio.to_thread(shutil.rmtree, folder, True)
 
 
@@ -787,7 +800,7 @@ async def update_appsession(em, request: Request):
         def save() -> None:
             for e in members:
                 fields = _read_entity_json(e.folder or "")
-                spec = fields.get("AppSession") if isinstance(fields.get("AppSession"), dict) else {"Name": session.name}
+                spec = found if isinstance(found := fields.get("AppSession"), dict) else {"Name": session.name}
                 spec.update(changes)
                 spec["Id"] = session.id  # a renamed session keeps its id
                 fields["AppSession"] = spec

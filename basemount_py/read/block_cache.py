@@ -24,7 +24,7 @@ so no locking is needed.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Hashable
+from typing import Any, Callable, Hashable
 
 
 class BlockCache:
@@ -81,7 +81,7 @@ class BlockCache:
         self.cached_bytes += size
         self._note_peak()
 
-    def discard(self, belongs: Callable[[Hashable], bool]) -> int:
+    def discard(self, belongs: Callable[[Any], bool]) -> int:
         """Drop the cached blocks whose key ``belongs`` (a file whose bytes failed a check)."""
         doomed = [key for key in self._blocks if belongs(key)]
         for key in doomed:

@@ -58,7 +58,7 @@ class ConcatReader:
 
     def __init__(self, manager: ReadManager, parts: Sequence[tuple[str, int, str, str | None, object]]):
         self.manager = manager
-        self.parts = tuple(tuple(part) for part in parts)
+        self.parts = tuple(parts)
         self.starts = part_starts([int(part[1]) for part in self.parts])
         self.size = self.starts[-1]
         self._readers: dict[int, FileReader | VerifiedReader] = {}

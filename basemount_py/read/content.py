@@ -169,8 +169,8 @@ class ContentSource:
 
     # -- public ------------------------------------------------------------------------------
 
-    async def fetch(self, file_id: str, start: int, end: int) -> bytes:
-        """Exactly bytes ``[start, end)`` of the file, or an ApiError."""
+    async def fetch(self, file_id: str, start: int, end: int) -> bytes | bytearray:
+        """Exactly bytes ``[start, end)`` of the file, or an ApiError (the buffer as received: no copy)."""
         if end == start and start >= 0:
             return b""
         (body,) = await self.fetch_blocks(file_id, start, end, max(1, end - start))
@@ -225,10 +225,10 @@ class ContentSource:
             # as fresh as our own attempt would be; with the API down, N waiters retrying one
             # after the other would each spend a whole retry cycle). Then look again: the URL
             # may already be cached, or a third task may be resolving it.
-            event, outcome = pending
+            event, shared = pending
             await event.wait()
-            if outcome:
-                raise outcome[0]
+            if shared:
+                raise shared[0]
         event = trio.Event()
         outcome: list[BaseException] = []
         self._resolving[file_id] = (event, outcome)
@@ -249,8 +249,8 @@ class ContentSource:
             body = await self.api.get_json(f"v1pre3/files/{quote(file_id, safe='')}/content", {"redirect": "meta"})
         except ApiError as exc:
             raise _ResolveFailed(exc) from None
-        response = body.get("Response") if isinstance(body, dict) else None
-        href = response.get("HrefContent") if isinstance(response, dict) else None
+        response = found if isinstance(body, dict) and isinstance(found := body.get("Response"), dict) else {}
+        href = response.get("HrefContent")
         if not isinstance(href, str) or not href:
             raise _ResolveFailed(ProtocolError(f"file {file_id}: content answer has no HrefContent"))
         url = urljoin(self.api.api_server, href)

@@ -141,7 +141,7 @@ class DiskCache:
                 got = os.preadv(pair.data, buffers, run[0][0] * self.block_size)
                 if got != sum(len(b) for b in buffers):
                     continue  # a record without its data (a crash between the two writes)
-                for (index, _, crc), buffer in zip(run, buffers):
+                for (index, _, crc), buffer in zip(run, buffers, strict=True):
                     if zlib.crc32(buffer) == crc:
                         out[index - first] = buffer
                     else:

@@ -33,8 +33,9 @@ correctly, just without prefetch.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import trio
 
@@ -47,7 +48,7 @@ from .verify import VerifiedReader, plain_md5
 
 log = logging.getLogger(__name__)
 
-Fetch = Callable[[str, int, int], Awaitable[bytes]]
+Fetch = Callable[[str, int, int], Awaitable[bytes | bytearray]]
 # (file_id, start, end, block_size) -> the bytes as block-sized buffers (the last may be shorter)
 FetchBlocks = Callable[[str, int, int, int], Awaitable[list]]
 
@@ -148,7 +149,7 @@ class ReadManager:
         self._nursery = await self._stack.enter_async_context(trio.open_nursery())
         return self
 
-    async def __aexit__(self, *exc: object) -> bool | None:
+    async def __aexit__(self, *exc: Any) -> bool | None:
         await self.aclose()
         stack, self._stack = self._stack, None
         if stack is None:
@@ -304,11 +305,14 @@ class ReadManager:
             blocks[a:b] = got
             self._store(key, first + a, got)
 
-        await _run_all([lambda a=a, b=b: fill(a, b) for a, b in runs])
+        await _run_all([functools.partial(fill, a, b) for a, b in runs])
         return blocks
 
     def _store(self, key: ContentKey, first: int, blocks: list) -> None:
         """Write fetched blocks to the disk cache in the background (skipped when it lags behind)."""
+        disk = self.disk
+        if disk is None:
+            return
         nbytes = sum(len(block) for block in blocks)
         if self._nursery is None or self._closed or self._disk_backlog + nbytes > DISK_WRITE_BACKLOG:
             self._counters["disk_writes_skipped"] += 1
@@ -317,7 +321,7 @@ class ReadManager:
 
         async def write() -> None:
             try:
-                await trio.to_thread.run_sync(self.disk.write, key, first, blocks, limiter=self._disk_writer)
+                await trio.to_thread.run_sync(disk.write, key, first, blocks, limiter=self._disk_writer)
             except Exception as exc:  # the cache logs its own failures; this is a bug, not fatal
                 log.warning("content cache write failed: %r", exc)
             finally:

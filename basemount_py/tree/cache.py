@@ -92,7 +92,7 @@ class ListingCache:
             del self._inflight[key]
             event.set()
 
-    def expire(self, predicate: Callable[[Hashable], bool]) -> int:
+    def expire(self, predicate: Callable[[Any], bool]) -> int:
         """Make matching entries stale without dropping them: the next access reloads, and if
         that reload fails (``refresh`` during an outage) the old listing is still served."""
         doomed = [k for k in list(self._entries.keys()) if predicate(k)]
@@ -101,7 +101,7 @@ class ListingCache:
             self._entries[key] = (value, float("-inf"))
         return len(doomed)
 
-    def invalidate(self, predicate: Callable[[Hashable], bool]) -> int:
+    def invalidate(self, predicate: Callable[[Any], bool]) -> int:
         doomed = [k for k in list(self._entries.keys()) if predicate(k)]
         for key in doomed:
             self._entries.pop(key, None)

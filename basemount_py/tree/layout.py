@@ -500,7 +500,7 @@ class Layout:
             sub.append(Node(path=_p(path, "DefaultProject"), type=SYMLINK, target=target, mtime=mtime))
         return self._entity_children(node, sub, name_key="BioSampleName")
 
-    async def _biosample_datasets(self, biosample_id: str) -> tuple[list[dict], dict[str, str]]:
+    async def _biosample_datasets(self, biosample_id: str) -> tuple[list[dict], dict[object, str]]:
         """The biosample's datasets and their entry names under ``BioSamples/<b>/Datasets/``."""
         items = await self._list("v2/datasets", {"inputbiosamples": biosample_id}, v2=True)
         names = unique_names((str(i["Id"]), i.get("Name")) for i in items if i.get("Id") is not None)
@@ -510,7 +510,7 @@ class Layout:
         items, names = await self._biosample_datasets(node.ctx["id"])
         out = []
         for item in items:
-            project = item.get("Project") if isinstance(item.get("Project"), dict) else {}
+            project = found if isinstance(found := item.get("Project"), dict) else {}
             if item.get("Id") is None or project.get("Id") is None:
                 continue
             target = "../../../Projects/{}/Datasets/{}".format(
@@ -526,7 +526,7 @@ class Layout:
         items, names = await self._biosample_datasets(str(entity["Id"]))
         fastq = [i for i in items if i.get("Id") is not None and is_fastq_dataset(i)]
         trees = await _gather([lambda i=i: self.file_tree(Owner("datasets", str(i["Id"]), v2=True)) for i in fastq])
-        datasets = [DatasetFiles(i, names[str(i["Id"])], list(walk_file_tree(t))) for i, t in zip(fastq, trees)]
+        datasets = [DatasetFiles(i, names[str(i["Id"])], list(walk_file_tree(t))) for i, t in zip(fastq, trees, strict=True)]
         plan = plan_merge(datasets)
         file_items = {str(item["Id"]): item for ds in datasets for _, item in ds.files}
         file_names = {read: sanitize(merged_name(str(entity.get("BioSampleName") or entity["Id"]), read)) for read in plan.reads}
@@ -538,7 +538,8 @@ class Layout:
         for read, parts in plan.reads.items():
             archived = [p for p in parts if p.archived]
             if archived:
-                self.problems[path] = self.problems.get(path, "") + f"{file_names[read]}: part {archived[0].path} is archived; restore it in BaseSpace to read it\n"
+                reason = f"{file_names[read]}: part {archived[0].path} is archived; restore it in BaseSpace to read it\n"
+                self.problems[path] = self.problems.get(path, "") + reason
             out.append(
                 Node(
                     path=_p(path, file_names[read]),
@@ -724,7 +725,8 @@ def _first_project_id(entity: dict) -> str | None:
 
 
 def _sample_properties(entity: dict) -> str:
-    keys = ("Name", "SampleId", "SampleNumber", "ExperimentName", "Status", "IsPairedEnd", "Read1", "Read2", "NumReadsRaw", "NumReadsPF", "TotalSize", "DateCreated")
+    keys = ("Name", "SampleId", "SampleNumber", "ExperimentName", "Status", "IsPairedEnd", "Read1", "Read2",
+            "NumReadsRaw", "NumReadsPF", "TotalSize", "DateCreated")
     return "".join(f"{k}: {entity[k]}\n" for k in keys if k in entity)
 
 

@@ -169,7 +169,7 @@ def load_manifest(path: str, api_server: str) -> dict[str, Any]:
 
 def _check(data: Any, api_server: str) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ManifestError(f"not a basemount_py manifest (make one with: basemount-py manifest PATH > FILE)")
+        raise ManifestError("not a basemount_py manifest (make one with: basemount-py manifest PATH > FILE)")
     if data.get("version") != VERSION:
         raise ManifestError(f"version {data.get('version')!r} is not supported (this basemount_py reads version {VERSION})")
     made_for = data.get("api_server")

@@ -73,14 +73,14 @@ class DatasetFiles:
 
 
 def is_fastq_dataset(item: dict) -> bool:
-    dtype = item.get("DatasetType") if isinstance(item.get("DatasetType"), dict) else {}
-    conforms = dtype.get("ConformsToIds") if isinstance(dtype.get("ConformsToIds"), list) else []
+    dtype = found if isinstance(found := item.get("DatasetType"), dict) else {}
+    conforms = ids if isinstance(ids := dtype.get("ConformsToIds"), list) else []
     return any("fastq" in str(t).lower() for t in [dtype.get("Id"), *conforms])
 
 
 def _run_name(item: dict) -> str:
     """The dataset's run, when the listing carries the ``Input.Runs`` property (include=properties)."""
-    props = item.get("Properties") if isinstance(item.get("Properties"), dict) else {}
+    props = found if isinstance(found := item.get("Properties"), dict) else {}
     for prop in props.get("Items") or []:
         if isinstance(prop, dict) and prop.get("Name") == "Input.Runs":
             runs = prop.get("RunItems") or prop.get("Items") or []

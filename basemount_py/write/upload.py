@@ -9,7 +9,6 @@ files/{fid}?uploadstatus=complete``). The bytes first go to the local spool (``s
 
 from __future__ import annotations
 
-import errno
 import mimetypes
 from dataclasses import dataclass
 
