@@ -43,6 +43,7 @@ from .responses import (
     UNAUTHORIZED_BODY,
     BadRequest,
     Forbidden,
+    bounded_body,
     HttpError,
     StreamResponse,
     envelope,
@@ -311,11 +312,7 @@ def _request_token(request: Request) -> str | None:
 
 async def _form(request: Request) -> dict[str, str]:
     """A small urlencoded form body (parsed here: starlette's form parser needs python-multipart)."""
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_FORM_BYTES:
-            raise BadRequest("request body too large")
+    body = await bounded_body(request, MAX_FORM_BYTES)
     try:
         parsed = parse_qs(body.decode("utf-8"), keep_blank_values=True)
     except UnicodeDecodeError:

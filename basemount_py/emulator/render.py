@@ -75,6 +75,27 @@ def type_name(kind: str) -> str:
     return TYPE_NAME.get(kind, kind)
 
 
+def _file_fields(f: FileEntry, prefix: str) -> dict[str, Any]:
+    """A file as v1pre3 list items and v2 answers both show it (they differ in their Hrefs only)."""
+    out: dict[str, Any] = {
+        "Id": f.id,
+        "Href": f"{prefix}files/{f.id}",
+        "HrefContent": f"{prefix}files/{f.id}/content",
+        "Name": f.name,
+        "ContentType": f.content_type,
+        "Size": f.size,
+        "Path": f.path,
+        "IsArchived": f.archived,
+        "DateCreated": bs_date(f.mtime),
+        "DateModified": bs_date(f.mtime),
+        "ETag": f.etag,
+    }
+    if f.id.isdigit():
+        out["IdAsLong"] = int(f.id)
+    out.update(f.overrides)  # NAME.file.json (hostile-data tests)
+    return out
+
+
 def _merge(generated: dict[str, Any], e: Entity) -> dict[str, Any]:
     """Overrides of ``.entity.json`` replace generated fields; they never add one.  An object
     field (a run's ``SequencingStats``) is merged one level down, with the same rule."""
@@ -418,23 +439,7 @@ class V1(_Common):
     # -- files --------------------------------------------------------------------------------
 
     def file_item(self, f: FileEntry) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "Id": f.id,
-            "Href": f"v1pre3/files/{f.id}",
-            "HrefContent": f"v1pre3/files/{f.id}/content",
-            "Name": f.name,
-            "ContentType": f.content_type,
-            "Size": f.size,
-            "Path": f.path,
-            "IsArchived": f.archived,
-            "DateCreated": bs_date(f.mtime),
-            "DateModified": bs_date(f.mtime),
-            "ETag": f.etag,
-        }
-        if f.id.isdigit():
-            out["IdAsLong"] = int(f.id)
-        out.update(f.overrides)  # NAME.file.json (hostile-data tests)
-        return out
+        return _file_fields(f, "v1pre3/")
 
     def file(self, f: FileEntry) -> dict[str, Any]:
         item = self.file_item(f)
@@ -735,20 +740,4 @@ class V2(_Common):
         return out
 
     def file(self, f: FileEntry) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "Id": f.id,
-            "Href": f"{self.base}v2/files/{f.id}",
-            "HrefContent": f"{self.base}v2/files/{f.id}/content",
-            "Name": f.name,
-            "ContentType": f.content_type,
-            "Size": f.size,
-            "Path": f.path,
-            "IsArchived": f.archived,
-            "DateCreated": bs_date(f.mtime),
-            "DateModified": bs_date(f.mtime),
-            "ETag": f.etag,
-        }
-        if f.id.isdigit():
-            out["IdAsLong"] = int(f.id)
-        out.update(f.overrides)  # NAME.file.json (hostile-data tests)
-        return out
+        return _file_fields(f, f"{self.base}v2/")

@@ -40,6 +40,7 @@ __all__ = [
     "HttpError",
     "BadRequest",
     "Forbidden",
+    "bounded_body",
 ]
 
 log = logging.getLogger("basemount_py.emulator")
@@ -137,6 +138,16 @@ class Forbidden(HttpError):
                          "BASESPACE.COMMON.INSUFFICIENT_RESOURCE_PERMISSIONS")
         if access == "READ":  # real read 403s repeat the message as the notification item
             self.notifications = [{"Type": "error", "Item": str(self)}]
+
+
+async def bounded_body(request: Any, limit: int) -> bytes:
+    """A small request body (a form, a JSON object), read whole but never past ``limit`` bytes."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BadRequest("request body too large")
+    return bytes(body)
 
 
 def xml_error(code: str, message: str) -> bytes:

@@ -40,7 +40,7 @@ from starlette.requests import Request
 from . import render
 from ..entities import COLLECTION, KIND_OF, TRASHABLE, WITH_PROPERTIES, EntityKind
 from .account import FILE_SIDECAR_SUFFIX, SYNTHETIC_SUFFIX, AccountError, Entity, bs_date, warm
-from .responses import BadRequest, Forbidden, HttpError, envelope, json_response
+from .responses import BadRequest, Forbidden, HttpError, bounded_body, envelope, json_response
 
 __all__ = ["write_routes"]
 
@@ -106,11 +106,7 @@ def _write_entity_json(folder: str, value: dict[str, Any]) -> None:
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_JSON_BODY:
-            raise BadRequest("request body too large")
+    body = await bounded_body(request, MAX_JSON_BODY)
     if not body.strip():
         return {}
     try:
