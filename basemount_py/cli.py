@@ -123,28 +123,9 @@ def _add_mount_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _run_mount(args: argparse.Namespace) -> int:
-    from .api.config import ConfigError, load_credentials, reload_token
-    from .mount import MountOptions, mount
-
-    if bool(args.mountpoint) == bool(args.fuse_socket):
-        print("basemount-py: give a mountpoint, or --fuse-socket SOCK (the helper says where it mounted)", file=sys.stderr)
-        return 1
-    try:
-        credentials = load_credentials(args.config, args.api_server, allow_insecure=args.allow_insecure_http)
-    except ConfigError as exc:
-        print(f"basemount-py: {exc}", file=sys.stderr)
-        return 1
-    manifest = None
-    if args.manifest:
-        from .tree.manifest import ManifestError, load_manifest
-
-        try:
-            manifest = load_manifest(args.manifest, credentials.api_server)
-        except ManifestError as exc:
-            print(f"basemount-py: {exc}", file=sys.stderr)
-            return 1
-    opts = MountOptions(
+def mount_options(args: argparse.Namespace, manifest: dict | None = None) -> MountOptions:
+    """The parsed ``mount`` command line as MountOptions (units converted, values clamped)."""
+    return MountOptions(
         mountpoint=args.mountpoint or "",
         fuse_socket=args.fuse_socket,
         foreground=args.foreground,
@@ -169,6 +150,30 @@ def _run_mount(args: argparse.Namespace) -> int:
         spool_max=int(args.spool_max * GiB),
         write_back=max(0.0, args.write_back),
     )
+
+
+def _run_mount(args: argparse.Namespace) -> int:
+    from .api.config import ConfigError, load_credentials, reload_token
+    from .mount import mount
+
+    if bool(args.mountpoint) == bool(args.fuse_socket):
+        print("basemount-py: give a mountpoint, or --fuse-socket SOCK (the helper says where it mounted)", file=sys.stderr)
+        return 1
+    try:
+        credentials = load_credentials(args.config, args.api_server, allow_insecure=args.allow_insecure_http)
+    except ConfigError as exc:
+        print(f"basemount-py: {exc}", file=sys.stderr)
+        return 1
+    manifest = None
+    if args.manifest:
+        from .tree.manifest import ManifestError, load_manifest
+
+        try:
+            manifest = load_manifest(args.manifest, credentials.api_server)
+        except ManifestError as exc:
+            print(f"basemount-py: {exc}", file=sys.stderr)
+            return 1
+    opts = mount_options(args, manifest)
     return mount(credentials, opts, token_reloader=lambda: reload_token(credentials))
 
 
