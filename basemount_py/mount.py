@@ -304,13 +304,7 @@ async def _main(credentials, opts: MountOptions, token_reloader, notify: int | N
             tree = Tree(layout, metadata_ttl=opts.metadata_ttl, max_listings=opts.max_listings)
             from .write import Spool, UploadConfig, WriteManager, account_key
 
-            upload_cfg = UploadConfig(
-                small_threshold=opts.upload_threshold,
-                part_size=opts.upload_part_size,
-                parallel=opts.upload_parallel,
-                write_back=opts.write_back,
-                spool_max=opts.spool_max,
-            )
+            upload_cfg = UploadConfig.of(opts)
             user_id = str((user.get("Response") or {}).get("Id", ""))
             spool = Spool(Path(opts.cache_dir or default_cache_dir()), account_key(credentials.api_server, user_id), opts.spool_max)
             # The WriteManager's nursery hosts the background uploads; it adopts what an earlier

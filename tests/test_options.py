@@ -65,3 +65,10 @@ def test_components_built_on_their_own_get_the_mount_defaults():
     assert (upload.write_back, upload.spool_max) == (MountOptions.write_back, MountOptions.spool_max)
     assert PrefetchConfig().max_window == MountOptions.prefetch_max
     assert BudgetPolicy().max_rate == MountOptions.api_max_rate
+
+
+def test_a_mounts_upload_settings_come_from_its_options():
+    opts = parse("/mnt/bs", "--upload-threshold", "1", "--upload-part-size", "2", "--upload-parallel", "3", "--write-back", "4", "--spool-max", "5")
+    upload = UploadConfig.of(opts)
+    assert (upload.small_threshold, upload.part_size, upload.parallel) == (MiB, 2 * MiB, 3)
+    assert (upload.write_back, upload.spool_max) == (4.0, 5 * GiB)

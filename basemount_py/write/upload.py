@@ -26,6 +26,17 @@ class UploadConfig:
     attempts: int = 8  # upload attempts per file before it is "failed" (kept in the spool)
     spool_max: int = MountOptions.spool_max  # bytes the spool may hold before writes get ENOSPC
 
+    @classmethod
+    def of(cls, opts: MountOptions) -> "UploadConfig":
+        """The upload settings of a mount's options (the rest keep their defaults)."""
+        return cls(
+            small_threshold=opts.upload_threshold,
+            part_size=opts.upload_part_size,
+            parallel=opts.upload_parallel,
+            write_back=opts.write_back,
+            spool_max=opts.spool_max,
+        )
+
 
 class WriteFailure(OperationError):
     """A write-side failure with the errno the writer gets and a one-line message for ``.error``."""
