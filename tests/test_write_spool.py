@@ -175,6 +175,48 @@ def test_common_tools_give_byte_identical_files(tmp_path, emulator, mount_factor
     assert not [n for n in names if n.startswith(".big.bin.") or n.startswith(".a.txt.")]  # no rsync temp files
 
 
+def test_rsync_tar_and_cp_a_during_an_api_outage_all_land_after_it(tmp_path, emulator, mount_factory):
+    """The tools' own patterns (rsync's temp file + rename, tar's and cp -a's chmod/utimes after
+    close, new sub-folders) while every API call fails: each tool succeeds, the files wait in the
+    spool, and once the API is back every file is committed under its own name with its bytes."""
+    src = _source_tree(tmp_path / "src")
+    expected = tree_digests(src)
+    tarball = tmp_path / "src.tar"
+    with tarfile.open(tarball, "w") as tar:
+        tar.add(src, arcname="src")
+    m = mount_factory(emulator, *SMALL)  # the default write-back delay: as a user runs it
+    result = new_appresult(m)
+    files = result / "Files"
+    app_id = (result / ".id").read_text().strip()
+    os.listdir(files)
+    (files / "tar").mkdir()
+    steps = {
+        "rsync": ["rsync", "-a", f"{src}/", str(files / "rsync")],
+        "tar": ["tar", "-xf", str(tarball), "-C", str(files / "tar")],
+        "cp-a": ["cp", "-a", str(src), str(files / "cp-a")],
+    }
+    emulator.set_knobs(fail_next=[{"kind": "500", "count": 1_000_000, "scope": "api"}])
+    try:
+        for name, argv in steps.items():
+            run = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+            assert run.returncode == 0, (name, run.stderr)
+        wanted = len(steps) * len(expected)
+        # every file is waiting in the spool and has met the outage (a failed attempt)
+        wait_until(lambda: flush(m) or len([s for s in status_lines(m) if s[0] in ("pending", "uploading") and "attempt" in s[-1]]) == wanted,
+                   f"{wanted} files with a failed attempt", timeout=300, poll=0.5)
+        assert not [s for s in status_lines(m) if s[0] in ("failed", "committed")]
+    finally:
+        emulator.set_knobs(fail_next=[])
+    flush_and_wait(m, timeout=300)
+    assert not [s for s in status_lines(m) if s[0] == "failed"]
+    names = {f"{tool}/{path}" for tool in ("rsync", "tar/src", "cp-a") for path in expected}
+    assert set(server_files(emulator, app_id)) == names  # nothing lost, no temp names, nothing extra
+    m.stop()
+    out = fresh_files(emulator, mount_factory, "fresh")
+    for name in ("rsync", "tar/src", "cp-a"):
+        assert tree_digests(out / name) == expected, name
+
+
 def test_rename_before_upload_renames_the_spooled_file_and_after_is_erofs(emulator, mount_factory):
     m = mount_factory(emulator, *HOLD)
     result = new_appresult(m)
@@ -199,6 +241,86 @@ def test_rename_before_upload_renames_the_spooled_file_and_after_is_erofs(emulat
     os.utime(files / "kept.txt", (1, 1))
     flush_and_wait(m)
     assert {p: f["Size"] for p, f in server_files(emulator, app_id).items()} == {"kept.txt": 5, "final.txt": 6}
+
+
+def test_a_rename_that_arrives_after_the_upload_started_still_renames(tmp_path, emulator, mount_factory):
+    """The soak's race: a writer closes its temp file and renames it, but the daemon is so slow to
+    see the rename (a loaded machine: requests queued in the kernel) that the write-back delay has
+    passed and the upload has started. Made deterministic here: no write-back delay, and the
+    emulator holds the upload's first request (the multipart start) for 15 s. The rename must still
+    rename (main: EROFS), the started upload is aborted, and only the new name reaches BaseSpace."""
+    data = os.urandom(3 * MiB + 3)
+    m = mount_factory(emulator, *SMALL, "--write-back", "0")
+    result = new_appresult(m)
+    files = result / "Files"
+    app_id = (result / ".id").read_text().strip()
+    os.listdir(files)
+    fd = os.open(files / ".payload.bin.Xy12Zq", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, data)
+        emulator.reset_counters()
+        emulator.set_knobs(stall_seconds=15, fail_next=[{"kind": "stall", "count": 1, "scope": "api"}])
+    finally:
+        os.close(fd)
+    wait_until(lambda: emulator.counters()["faults"].get("stall"), "the upload's first request to be held")
+    held = emulator.counters()["requests"]
+    assert held.get("POST v1pre3/appresults/{id}/files") == 1 and not held.get("PUT v1pre3/files/{id}/parts/{n}"), held
+    assert any(s[0] == "uploading" and s[2].endswith(".payload.bin.Xy12Zq") for s in status_lines(m))
+    os.rename(files / ".payload.bin.Xy12Zq", files / "payload.bin")  # main: EROFS
+    assert sorted(os.listdir(files)) == ["payload.bin"]
+    flush_and_wait(m)
+    assert list(server_files(emulator, app_id)) == ["payload.bin"]
+    m.stop()
+    assert fresh_files(emulator, mount_factory, "fresh", "payload.bin").read_bytes() == data
+    assert not any((Path(emulator.data_dir) / ".uploads").iterdir())  # the started upload was aborted
+
+
+def test_parts_go_while_the_file_is_written_and_later_writes_are_not_lost(emulator, mount_factory):
+    """A large file's parts are sent while it is still open (main: nothing before close). A write
+    into a part already sent, a file that shrinks below parts already sent, and a rename after
+    parts were sent under the old name all still give the right bytes under the right name."""
+    parts = "PUT v1pre3/files/{id}/parts/{n}"
+    m = mount_factory(emulator, *SMALL, *HOLD)  # 512 KiB parts above 1 MiB; commits only when flushed
+    result = new_appresult(m)
+    files = result / "Files"
+    app_id = (result / ".id").read_text().strip()
+    expected: dict[str, bytes] = {}
+
+    def write_and_wait_for_parts(name: str, data: bytes) -> int:
+        emulator.reset_counters()
+        fd = os.open(files / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        for off in range(0, len(data), 128 * 1024):
+            os.pwrite(fd, data[off : off + 128 * 1024], off)
+        wait_until(lambda: emulator.counters()["requests"].get(parts, 0) >= 4, f"parts of {name} sent while it is open")
+        return fd
+
+    # a write into a part already sent, and one past the end
+    data = bytearray(os.urandom(3 * MiB))
+    fd = write_and_wait_for_parts("rewritten.bin", bytes(data))
+    os.pwrite(fd, b"X" * 10, 100)
+    os.pwrite(fd, b"tail", len(data))
+    os.close(fd)
+    data[100:110] = b"X" * 10
+    expected["rewritten.bin"] = bytes(data) + b"tail"
+    # shrunk below parts already sent (still multipart)
+    data = os.urandom(3 * MiB)
+    fd = write_and_wait_for_parts("shrunk.bin", data)
+    os.ftruncate(fd, MiB + 7)
+    os.close(fd)
+    expected["shrunk.bin"] = data[: MiB + 7]
+    # renamed after parts went under its first name
+    data = os.urandom(2 * MiB + 1)
+    fd = write_and_wait_for_parts("first.bin", data)
+    os.close(fd)
+    os.rename(files / "first.bin", files / "second.bin")
+    expected["second.bin"] = data
+    flush_and_wait(m)
+    assert {p: f["Size"] for p, f in server_files(emulator, app_id).items()} == {k: len(v) for k, v in expected.items()}
+    m.stop()
+    out = fresh_files(emulator, mount_factory, "fresh")
+    for name, want in expected.items():
+        assert (out / name).read_bytes() == want, name
+    assert not any((Path(emulator.data_dir) / ".uploads").iterdir())  # what was sent under a dropped upload: aborted
 
 
 # -- restarts ----------------------------------------------------------------------------------------

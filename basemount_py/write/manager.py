@@ -535,6 +535,7 @@ class WriteManager:
         except WriteFailure as exc:
             self._spoiled(entry, exc)
             raise self._report(tuple(entry.mount_path[:-1]), exc) from None
+        self.uploader.wrote(entry, off, off + len(data))
         if node is not None:
             node.size = entry.size
         return len(data)
@@ -544,10 +545,12 @@ class WriteManager:
             self._writable(entry)
             if entry.kind == PROPERTY and size > MAX_BYTES:
                 raise WriteFailure(errno.EFBIG, f"property {entry.name}: values are limited to {MAX_BYTES} bytes")
+            old_size = entry.size
             await self._spool(self.spool.truncate, entry, size)
         except WriteFailure as exc:
             self._spoiled(entry, exc)
             raise self._report(tuple(entry.mount_path[:-1]), exc) from None
+        self.uploader.wrote(entry, min(old_size, size), max(old_size, size))
         node.size = entry.size
 
     @staticmethod
@@ -615,7 +618,8 @@ class WriteManager:
             return
         entry.state, entry.closed_once = PENDING, True
         await self._spool(self.spool.sync, entry)
-        self.spool.release_fd(entry)
+        if not self.uploader.streaming(entry):
+            self.spool.release_fd(entry)
         # a property is never renamed: no write-back delay
         self.uploader.schedule(entry, delay=0 if entry.kind == PROPERTY else None)
 
@@ -624,7 +628,7 @@ class WriteManager:
         if node is not None:
             self._remove_local(node)
         await trio.to_thread.run_sync(self.spool.remove, entry)
-        if entry.file_id and self._nursery is not None:
+        if not self.uploader.forget(entry) and entry.file_id and self._nursery is not None:
             self._nursery.start_soon(self.uploader.abort_multipart, entry)
 
     async def remove_upload(self, parent: Node, child: Node) -> None:
@@ -648,8 +652,10 @@ class WriteManager:
         folder = old_parent.path
         if child.type != UPLOAD or not isinstance(entry, SpoolEntry) or entry.kind != FILE:
             raise self.fail(folder, errno.EROFS, f"{old_name} cannot be renamed: BaseSpace files and folders keep their names once uploaded")
-        if entry.state in (UPLOADING, COMMITTED):
-            raise self.fail(folder, errno.EROFS, f"{old_name} is already being uploaded under that name; it can no longer be renamed")
+        if not self.uploader.give_way(entry):  # its upload is committing under the old name: its outcome decides
+            await self.uploader.wait_committing(entry)
+        if entry.state == COMMITTED or entry.id not in self.spool.entries:
+            raise self.fail(folder, errno.EROFS, f"{old_name} is already uploaded under that name; it can no longer be renamed")
         if new_parent.kind != "files" or not new_parent.ctx.get("writable") or new_parent.ctx["owner"].entity_id != entry.owner_id:
             raise self.fail(folder, errno.EXDEV, f"{old_name} can only be renamed within the Files/ folder of its app result")
         try:
@@ -668,6 +674,7 @@ class WriteManager:
         node = self._node_of(entry)
         if node is not None:
             self._remove_local(node)
+        self.uploader.forget(entry)  # parts sent under the old name: aborted
         entry.name, entry.directory = new_name, "/".join(new_parent.ctx["sub"])
         entry.mount_path = list(new_parent.path + (new_name,))
         await self._spool(self.spool.persist, entry)

@@ -15,6 +15,19 @@ refused request (400/403/404/409) is not retried. Before re-sending an entry tha
 reached the server (a retry, or an entry adopted from a dead daemon) the app result's file listing
 is checked: a file of that path with the same size and MD5 means the earlier attempt landed, and is
 taken as the commit (no duplicate); a different file of that path fails the entry with that reason.
+
+**Parts go while the file is written.** A multipart upload does not need its name fixed until
+``complete``: once a file (not a hidden name: rsync's and editors' temp files are renamed) grows
+past the small-file threshold, a *stream* starts its multipart upload and sends each part as soon
+as it is fully spooled, and after close the rest, during the write-back delay. Only ``complete``
+waits for that delay. A write into a part already sent marks it stale (it is sent again), a file
+that shrinks below a part it already sent, or a rename, drops the stream (aborted: the server
+removes its parts) and the upload starts again at close, as if there had been no stream.
+
+**A rename can overtake an upload until its point of no return** (the one ``POST`` of a small
+file, or ``complete`` of a multipart one): an attempt before that step is cancelled (its multipart
+upload aborted) and the renamed file goes through the write-back delay again; only a rename that
+meets the committing step waits for it, and gets EROFS if the file was committed under the old name.
 """
 
 from __future__ import annotations
@@ -31,7 +44,7 @@ import trio
 from ..api.client import FILES_PAGE_MAX, BaseSpaceClient
 from ..api.errors import ApiError
 from .api import WriteApi
-from .spool import COMMITTED, FAILED, FILE, PENDING, PROPERTY, UPLOADING, Spool, SpoolEntry
+from .spool import COMMITTED, FAILED, FILE, OPEN, PENDING, PROPERTY, UPLOADING, Spool, SpoolEntry
 from .upload import UploadConfig, content_type
 
 log = logging.getLogger(__name__)
@@ -39,6 +52,53 @@ log = logging.getLogger(__name__)
 RETRY_BASE = 2.0
 RETRY_MAX = 60.0
 REFUSED = {400, 403, 404, 409, 413}  # the server said no: another attempt gets the same answer
+
+
+@dataclass
+class _Stream:
+    """A multipart upload started while its file is still being written (see the module doc)."""
+
+    remote_path: str  # the name it was started under: after a rename it is useless
+    settled: int  # bytes the writes that returned have covered (entry.size as seen after them)
+    file_id: str = ""
+    sent: dict[int, int] = field(default_factory=dict)  # part number -> bytes of it the server holds
+    on_server: set[int] = field(default_factory=set)  # every part number ever sent (also failed ones)
+    in_flight: set[int] = field(default_factory=set)
+    stale: set[int] = field(default_factory=set)  # in flight, but written into meanwhile: send again
+    low: int = 1  # no part below this one needs sending
+    stopping: bool = False  # no new parts (the attempt takes over, or a part failed)
+    failed: bool = False
+    wake: trio.Event = field(default_factory=trio.Event)
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    finished: trio.Event = field(default_factory=trio.Event)
+
+    def dirty(self, start: int, end: int, part: int) -> None:
+        """Bytes [start, end) changed: a part of that range already sent (or being sent) is stale."""
+        if end <= start:
+            return
+        first, last = start // part + 1, (end - 1) // part + 1
+        numbers = range(first, last + 1) if last - first < len(self.sent) + len(self.in_flight) else list(self.sent) + list(self.in_flight)
+        for n in numbers:
+            if not ((n - 1) * part < end and n * part > start):
+                continue
+            if self.sent.pop(n, None) is not None:
+                self.low = min(self.low, n)
+            if n in self.in_flight:
+                self.stale.add(n)
+
+    def ready(self, size: int, closed: bool, part: int, limit: int) -> list[int]:
+        """Parts that can go now: every part complete in the spool (after close: also the last)."""
+        count = math.ceil(size / part) if closed else size // part
+        n = self.low
+        while n <= count and (n in self.sent or n in self.in_flight):
+            n += 1
+        self.low = n
+        out: list[int] = []
+        while n <= count and len(out) < limit:
+            if n not in self.sent and n not in self.in_flight:
+                out.append(n)
+            n += 1
+        return out
 
 
 @dataclass
@@ -50,6 +110,12 @@ class _Progress:
     last_error: str = ""
     running: bool = False
     verify_first: bool = False  # the server may have this already: check before sending
+    stream: _Stream | None = None
+    # The attempt under way: a rename cancels ``scope`` unless it is ``committing`` (its point
+    # of no return), and ``current`` is set when the attempt is over.
+    scope: trio.CancelScope | None = None
+    committing: bool = False
+    current: trio.Event | None = None
 
 
 class Uploader:
@@ -74,6 +140,7 @@ class Uploader:
         self.busy: dict[tuple[str, ...], int] = {}
         self.quiet_from: dict[tuple[str, ...], float] = {}
         self._nursery: trio.Nursery | None = None
+        self._streams = 0  # streams running (at most parallel_files)
 
     def start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
@@ -97,6 +164,133 @@ class Uploader:
             self._nursery.start_soon(self._drive, entry, p)
         else:
             p.kick.set()
+        if p.stream is not None:
+            p.stream.wake.set()  # closed: the last part can go too
+        self._maybe_stream(entry)
+
+    # -- parts while the file is written ----------------------------------------------------------
+
+    def wrote(self, entry: SpoolEntry, start: int, end: int) -> None:
+        """Bytes [start, end) of an open entry changed (a write or a truncate returned)."""
+        p = self.progress.get(entry.id)
+        s = p.stream if p is not None else None
+        if s is not None:
+            s.dirty(start, end, self.cfg.part_size)
+            s.settled = entry.size
+            s.wake.set()
+        self._maybe_stream(entry)
+
+    def _maybe_stream(self, entry: SpoolEntry) -> None:
+        if (entry.kind != FILE or entry.state not in (OPEN, PENDING) or entry.size <= self.cfg.small_threshold
+                or entry.name.startswith(".") or self._nursery is None or self._streams >= max(1, self.cfg.parallel_files)):
+            return
+        p = self._progress(entry)
+        if p.stream is not None or p.verify_first:  # one per upload; none for what may be on the server
+            return
+        p.stream = _Stream(remote_path=entry.remote_path, settled=entry.size)
+        self._streams += 1
+        self._nursery.start_soon(self._stream, entry, p, p.stream)
+
+    def _streamable(self, entry: SpoolEntry, s: _Stream) -> bool:
+        return (not s.stopping and entry.state in (OPEN, PENDING) and entry.id in self.spool.entries
+                and entry.remote_path == s.remote_path)
+
+    async def _stream(self, entry: SpoolEntry, p: _Progress, s: _Stream) -> None:
+        part = self.cfg.part_size
+        slots = trio.Semaphore(max(1, self.cfg.parallel))
+
+        async def put(number: int, length: int) -> None:
+            try:
+                await self._send_part(entry, s.file_id, number, length)
+                if number in s.stale:
+                    s.stale.discard(number)
+                    s.low = min(s.low, number)
+                else:
+                    s.sent[number] = length
+                    p.sent += length
+            except Exception as exc:  # the attempt at close sends it (and reports what fails)
+                log.info("sending part %d of %s early: %s", number, entry.display, exc)
+                s.failed = s.stopping = True
+            finally:
+                s.in_flight.discard(number)
+                slots.release()
+                s.wake.set()
+
+        try:
+            with s.scope:
+                with trio.CancelScope(shield=True):  # its id must be known, to abort it
+                    s.file_id = await self.api.start_multipart(entry.owner_id, entry.name, entry.directory, content_type(entry.name))
+                if p.stream is s:
+                    entry.file_id = s.file_id
+                await trio.to_thread.run_sync(self.spool.persist, entry)  # abortable by the next daemon
+                async with trio.open_nursery() as parts:
+                    while self._streamable(entry, s):
+                        closed = entry.state != OPEN
+                        todo = s.ready(entry.size if closed else s.settled, closed, part, self.cfg.parallel)
+                        if not todo:
+                            await s.wake.wait()
+                            s.wake = trio.Event()
+                            continue
+                        for number in todo:
+                            await slots.acquire()
+                            if not self._streamable(entry, s):
+                                slots.release()
+                                break
+                            length = min(part, entry.size - (number - 1) * part)
+                            s.in_flight.add(number)
+                            s.on_server.add(number)
+                            parts.start_soon(put, number, length)
+        except Exception as exc:
+            log.info("sending %s while it is written: %s (it is sent at close instead)", entry.display, exc)
+            s.failed = True
+        finally:
+            self._streams -= 1
+            s.finished.set()
+
+    async def _stop_stream(self, s: _Stream) -> None:
+        """No new parts; the ones in flight finish (they count)."""
+        s.stopping = True
+        s.wake.set()
+        await s.finished.wait()
+
+    def forget(self, entry: SpoolEntry) -> bool:
+        """The entry is renamed or removed: its stream (if any: True) stops and is aborted."""
+        p = self.progress.get(entry.id)
+        if p is None or p.stream is None:
+            return False
+        s, p.stream = p.stream, None
+        s.scope.cancel()
+        if self._nursery is not None:
+            self._nursery.start_soon(self._retire, entry, s)
+        return True
+
+    def streaming(self, entry: SpoolEntry) -> bool:
+        """Parts of this entry may be read from the spool right now (keep its descriptor)."""
+        p = self.progress.get(entry.id)
+        return p is not None and p.stream is not None and not p.stream.finished.is_set()
+
+    async def _retire(self, entry: SpoolEntry, s: _Stream) -> None:
+        await s.finished.wait()
+        if s.file_id:
+            await self._abort(s.file_id, entry.display)
+            if entry.file_id == s.file_id:
+                entry.file_id = ""
+
+    def give_way(self, entry: SpoolEntry) -> bool:
+        """A rename meets this entry's upload attempt: cancel it if it is before its point of no
+        return (True: the rename may go on); False if it is committing (then wait_committing)."""
+        p = self.progress.get(entry.id)
+        if entry.state != UPLOADING or p is None or p.scope is None:
+            return entry.state != COMMITTED
+        if p.committing:
+            return False
+        p.scope.cancel()
+        return True
+
+    async def wait_committing(self, entry: SpoolEntry) -> None:
+        p = self.progress.get(entry.id)
+        if p is not None and p.current is not None:
+            await p.current.wait()
 
     def flush(self, entry: SpoolEntry | None = None) -> None:
         """Upload now (no write-back delay, no backoff wait): one entry, or every pending one."""
@@ -143,10 +337,24 @@ class Uploader:
         entry.state = UPLOADING
         entry.attempts += 1
         p.sent = 0
-        await trio.to_thread.run_sync(self.spool.persist, entry)
         done, p.attempt_done = p.attempt_done, trio.Event()
+        p.scope, p.committing, p.current = trio.CancelScope(), False, done
+        result: dict = {}
+        overtaken = True
         try:
-            result = await (self._upload_property(entry) if entry.kind == PROPERTY else self._upload_file(entry, p))
+            with p.scope:
+                await trio.to_thread.run_sync(self.spool.persist, entry)
+                result = await (self._upload_property(entry) if entry.kind == PROPERTY else self._upload_file(entry, p))
+                overtaken = False
+            if overtaken:  # a rename cancelled it before its point of no return
+                await self.abort_multipart(entry)
+                entry.attempts -= 1
+                if entry.id in self.spool.entries:
+                    entry.state = PENDING
+                    await trio.to_thread.run_sync(self.spool.persist, entry)
+                p.ready_at = trio.current_time() + self.cfg.write_back
+                log.info("upload of %s stopped before its commit: the file was renamed", entry.display)
+                return
         except Exception as exc:
             await self.abort_multipart(entry)
             reason = str(exc) or type(exc).__name__
@@ -180,9 +388,20 @@ class Uploader:
             except Exception:
                 log.exception("updating the tree after uploading %s", entry.display)
         finally:
+            p.scope, p.committing, p.current = None, False, None
             if entry.id in self.spool.entries and entry.state != UPLOADING:
                 self.spool.release_fd(entry)  # the attempt's reads are over
             done.set()
+
+    @staticmethod
+    async def _point_of_no_return(p: _Progress, call: Callable[[], Awaitable[dict]]) -> dict:
+        """The request that commits the file under its name: a rename no longer cancels it (it
+        waits for the outcome); nothing cancels it halfway (its outcome would be unknown)."""
+        await trio.lowlevel.checkpoint()  # a rename that came first wins
+        p.committing = True
+        with trio.CancelScope(shield=True):
+            result = await call()
+        return result
 
     # -- one attempt ----------------------------------------------------------------------------
 
@@ -199,50 +418,79 @@ class Uploader:
             if existing is not None:
                 log.info("%s is already on BaseSpace (same size and MD5): not sent again", entry.display)
                 return existing
+        part = self.cfg.part_size
+        count = math.ceil(entry.size / part)
+        done: dict[int, int] = {}  # parts the server already has (sent while the file was written)
+        s = p.stream
+        if s is not None:
+            await self._stop_stream(s)
+            if (s.file_id and entry.remote_path == s.remote_path and entry.size > self.cfg.small_threshold
+                    and max(s.on_server, default=0) <= count):
+                entry.file_id = s.file_id
+                done = {n: length for n, length in s.sent.items() if length == min(part, entry.size - (n - 1) * part)}
+                p.sent = sum(done.values())
+            else:
+                await self.abort_multipart(entry)
         if entry.size <= self.cfg.small_threshold:
             data = await trio.to_thread.run_sync(self.spool.read, entry, 0, entry.size)
             digest = await trio.to_thread.run_sync(_md5_b64, data)
-            result = await self.api.upload_small(
+            result = await self._point_of_no_return(p, lambda: self.api.upload_small(
                 entry.owner_id, entry.name, entry.directory, data, content_type(entry.name), digest
-            )
+            ))
             p.sent = entry.size
             return result
-        entry.file_id = await self.api.start_multipart(entry.owner_id, entry.name, entry.directory, content_type(entry.name))
-        await trio.to_thread.run_sync(self.spool.persist, entry)  # abortable by the next daemon
-        part = self.cfg.part_size
-        count = math.ceil(entry.size / part)
+        if not entry.file_id:
+            with trio.CancelScope(shield=True):  # its id must be known, to abort it
+                entry.file_id = await self.api.start_multipart(entry.owner_id, entry.name, entry.directory, content_type(entry.name))
+            await trio.to_thread.run_sync(self.spool.persist, entry)  # abortable by the next daemon
         slots = trio.Semaphore(max(1, self.cfg.parallel))
 
         async def put(number: int) -> None:
             try:
-                start = (number - 1) * part
-                data = await trio.to_thread.run_sync(self.spool.read, entry, start, min(part, entry.size - start))
-                digest = await trio.to_thread.run_sync(_md5_b64, data)
-                await self.api.put_part(entry.file_id, number, data, digest)
-                p.sent += len(data)
+                length = min(part, entry.size - (number - 1) * part)
+                await self._send_part(entry, entry.file_id, number, length)
+                p.sent += length
             finally:
                 slots.release()
 
         async with trio.open_nursery() as parts:
             for number in range(1, count + 1):
+                if number in done:
+                    continue
                 await slots.acquire()
                 parts.start_soon(put, number)
-        result = await self.api.complete(entry.file_id)
+        result = await self._point_of_no_return(p, lambda: self.api.complete(entry.file_id))
         entry.file_id = ""
+        p.stream = None
         return result
+
+    async def _send_part(self, entry: SpoolEntry, file_id: str, number: int, length: int) -> None:
+        """Part ``number`` (``length`` bytes) of a multipart upload, read from the spool."""
+        data = await trio.to_thread.run_sync(self.spool.read, entry, (number - 1) * self.cfg.part_size, length)
+        digest = await trio.to_thread.run_sync(_md5_b64, data)
+        await self.api.put_part(file_id, number, data, digest)
 
     async def abort_multipart(self, entry: SpoolEntry) -> None:
         """A multipart upload that will not complete: abort it so the server drops its parts."""
+        p = self.progress.get(entry.id)
+        if p is not None and p.stream is not None:
+            s, p.stream = p.stream, None
+            s.scope.cancel()
+            await s.finished.wait()
+            if s.file_id and s.file_id != entry.file_id:
+                await self._abort(s.file_id, entry.display)
         if not entry.file_id:
             return
-        file_id = entry.file_id
+        await self._abort(entry.file_id, entry.display)
+        entry.file_id = ""
+
+    async def _abort(self, file_id: str, display: str) -> None:
         with trio.move_on_after(30):
             try:
                 await self.api.abort(file_id)
-                log.info("aborted the multipart upload %s of %s", file_id, entry.display)
+                log.info("aborted the multipart upload %s of %s", file_id, display)
             except Exception as exc:
-                log.warning("aborting the multipart upload %s of %s: %s", file_id, entry.display, exc)
-        entry.file_id = ""
+                log.warning("aborting the multipart upload %s of %s: %s", file_id, display, exc)
 
     async def _already_there(self, entry: SpoolEntry) -> dict | None:
         """The server's file at this entry's path if it has the same bytes; raises if it differs."""
