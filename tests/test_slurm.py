@@ -7,14 +7,19 @@ task's bytes are compared with the source, at most one daemon per (user, node) i
 mid-read and kill -9 of a daemon under a running job. Jobs mount as their (non-root) user, so
 /dev/fuse is made world read-write for the test and restored afterwards, even on failure.
 
+Then a Snakemake workflow (two rules reading mounted FASTQs) run by Snakemake's Slurm executor
+plugin on the same cluster: its outputs equal the same computation on the source files.
+
 Figures (printed with -s, and in docs/cluster.md): prolog p95, API calls per job, 429s absorbed.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -23,6 +28,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -85,6 +91,7 @@ class DaemonSampler(threading.Thread):
         super().__init__(daemon=True)
         self.uids = uids
         self.most: dict[int, int] = {}
+        self.seen: dict[int, set[int]] = {}  # every daemon pid seen, per uid
         self.halt = threading.Event()
 
     def run(self) -> None:
@@ -92,6 +99,7 @@ class DaemonSampler(threading.Thread):
             for uid, pids in daemons().items():
                 if uid in self.uids:  # root's setpriv, before it becomes the user, is not a daemon
                     self.most[uid] = max(self.most.get(uid, 0), len(pids))
+                    self.seen.setdefault(uid, set()).update(pids)
             self.halt.wait(0.02)
 
 
@@ -180,7 +188,7 @@ JobCompType=jobcomp/none
 ReturnToService=2
 SlurmdParameters=config_overrides
 KillWait=2
-MinJobAge=5
+MinJobAge=300
 Prolog={b / 'prolog'}
 Epilog={b / 'epilog'}
 NodeName={host} NodeAddr=127.0.0.1 CPUs=40 RealMemory=1000 State=UNKNOWN
@@ -197,20 +205,34 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         log = open(self.base / f"{Path(argv[0]).name}.out", "wb")
         self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env))
 
-    def run(self, *argv: str, user: pwd.struct_passwd | None = None, **kw) -> subprocess.CompletedProcess:
+    def run(self, *argv: str, user: pwd.struct_passwd | None = None, extra_env: dict | None = None, **kw) -> subprocess.CompletedProcess:
         extra = {}
         if user is not None:
             extra = dict(user=user.pw_uid, group=user.pw_gid, extra_groups=[], cwd=user.pw_dir,
-                         env={"SLURM_CONF": str(self.conf), "PATH": os.environ["PATH"], "HOME": user.pw_dir})
+                         env={"SLURM_CONF": str(self.conf), "PATH": os.environ["PATH"], "HOME": user.pw_dir,
+                              "USER": user.pw_name, **(extra_env or {})})
         return subprocess.run(list(argv), capture_output=True, text=True, timeout=60, **({"env": self.env} | extra), **kw)
 
-    def submit(self, user: pwd.struct_passwd, script: str, *options: str) -> str:
+    def submit(self, user: pwd.struct_passwd, script: str, *options: str, output: str = "/dev/null", **env: str) -> str:
         path = Path(user.pw_dir) / f"job-{time.monotonic_ns()}.sh"
         path.write_text("#!/bin/sh\n" + script)
         os.chown(path, user.pw_uid, user.pw_gid)
-        r = self.run("sbatch", "--parsable", "-o", "/dev/null", *options, str(path), user=user)
+        r = self.run("sbatch", "--parsable", "-o", output, *options, str(path), user=user, extra_env=env)
         assert r.returncode == 0, r.stderr
         return r.stdout.strip().split(";")[0]
+
+    def bin_dir(self) -> Path:
+        """sbatch, squeue, scancel, srun, scontrol, sinfo that find this cluster's slurm.conf: the
+        Slurm executor plugin deletes every SLURM_* variable (SLURM_CONF too) when it runs inside
+        a job. A real cluster has its slurm.conf at the default path and needs none of this."""
+        folder = self.base / "bin"
+        if not folder.exists():
+            folder.mkdir(mode=0o755)
+            for tool in ("sbatch", "squeue", "scancel", "srun", "scontrol", "sinfo"):
+                wrapper = folder / tool
+                wrapper.write_text(f"#!/bin/sh\nSLURM_CONF={self.conf} exec {shutil.which(tool)} \"$@\"\n")
+                wrapper.chmod(0o755)
+        return folder
 
     def queued(self, user: pwd.struct_passwd | None = None) -> list[str]:
         argv = ["squeue", "-h", "-o", "%i %T"] + (["-u", user.pw_name] if user else [])
@@ -238,8 +260,21 @@ def leftovers(mount_root: Path) -> tuple[list[str], dict[int, list[int]], list[s
     return mounts, {u: p for u, p in daemons().items() if u in uids}, dirs
 
 
-@pytest.fixture
-def cluster_env(tmp_path):
+def fastq_gz(seed: int, reads: int) -> bytes:
+    """A gzipped FASTQ of ``reads`` random 100-base reads (deterministic: gzip without a date)."""
+    rng = random.Random(seed)
+    records = []
+    for n in range(reads):
+        bases = "".join(rng.choices("ACGT", k=100))
+        quals = "".join(rng.choices("#+5?FIJ", k=100))
+        records.append(f"@S{seed}:{n} 1:N:0:1\n{bases}\n+\n{quals}\n")
+    return gzip.compress("".join(records).encode(), mtime=0)
+
+
+@pytest.fixture(scope="module")
+def cluster_env(tmp_path_factory):
+    """One cluster for the module (starting one takes a while): the array test, then Snakemake."""
+    tmp_path = tmp_path_factory.mktemp("slurm")
     if os.geteuid() != 0:
         pytest.skip("a Slurm cluster with users and a prolog needs root")
     for tool in ("munged", "slurmctld", "slurmd", "sbatch", "setpriv", "fusermount3"):
@@ -249,9 +284,10 @@ def cluster_env(tmp_path):
     base.chmod(0o755)
     mount_root = base / "run"
     account = tmp_path / "account"
-    sources = {}
+    sources, reads = {}, {}
     for i in range(SAMPLES):
-        data = hashlib.sha256(str(i).encode()).digest() * (4000 + 97 * i)
+        reads[i] = 1500 + 97 * i
+        data = fastq_gz(i, reads[i])
         path = account.joinpath(*SAMPLE_DIR, f"S{i}", "Files", f"S{i}_R1.fastq.gz")
         write_file(path, data)
         sources[i] = hashlib.sha256(data).hexdigest()
@@ -277,7 +313,8 @@ def cluster_env(tmp_path):
                 for path in (config, cfg, config / "slurm-manifest.json"):
                     os.chown(path, user.pw_uid, user.pw_gid)
             cluster = SlurmCluster(base, mount_root, f"PYTHONPATH={packages}").start()
-            yield cluster, emulator, users, sources, mount_root
+            yield SimpleNamespace(cluster=cluster, emulator=emulator, users=users, sources=sources, reads=reads,
+                                  mount_root=mount_root, packages=packages)
         finally:
             if cluster is not None:
                 print("squeue:", cluster.queued())
@@ -313,7 +350,8 @@ def holder_script(mount_root: Path, marker: str) -> str:
 
 
 def test_slurm_array_scancel_and_kill_9(cluster_env):
-    cluster, emulator, users, sources, mount_root = cluster_env
+    cluster, emulator, users = cluster_env.cluster, cluster_env.emulator, cluster_env.users
+    sources, mount_root = cluster_env.sources, cluster_env.mount_root
     emulator.set_knobs(throttle_rate=0.3, fault_scope="api", retry_after=0.5, fault_seed=7)
     emulator.reset_counters()
     sampler = DaemonSampler({u.pw_uid for u in users})
@@ -366,3 +404,83 @@ def test_slurm_array_scancel_and_kill_9(cluster_env):
         sampler.halt.set()
         sampler.join()
     assert sampler.most and max(sampler.most.values()) == 1, sampler.most
+
+
+SNAKE_SAMPLES = (0, 1)  # x 2 rules = 4 Slurm jobs, besides the driver's own
+SNAKEFILE = """
+SAMPLES = {samples!r}
+FASTQ = config["mnt"] + "/S{{s}}/Files/S{{s}}_R1.fastq.gz"
+
+rule all:
+    input: expand("sha256/{{s}}.txt", s=SAMPLES), expand("reads/{{s}}.txt", s=SAMPLES)
+
+rule sha256:
+    input: FASTQ
+    output: "sha256/{{s}}.txt"
+    shell: "sha256sum < {{input}} | cut -d' ' -f1 > {{output}}"
+
+rule reads:
+    input: FASTQ
+    output: "reads/{{s}}.txt"
+    shell: "gzip -dc < {{input}} | awk 'END {{{{ print NR / 4 }}}}' > {{output}}"
+"""
+
+
+def test_snakemake_workflow_through_the_slurm_executor(cluster_env):
+    """Two rules reading mounted FASTQs; Snakemake's Slurm executor submits each rule job.
+
+    The driver runs as a Slurm job itself, on the node: the prolog has mounted the user's stable
+    path before Snakemake checks that its inputs exist, and the rule jobs share that one daemon.
+    (A driver on a node without the mount, e.g. a login node, finds no inputs at that path:
+    MissingInputException.) No accounting daemon here, so job states come from squeue
+    (--slurm-status-command squeue, with MinJobAge=300 keeping finished jobs visible)."""
+    try:
+        import snakemake  # noqa: F401
+        import snakemake_executor_plugin_slurm  # noqa: F401
+    except ImportError as exc:
+        pytest.fail(f"{exc.name} is missing: scripts/setup installs the 'cluster' extra (pyproject.toml)")
+    env = cluster_env
+    cluster, user = env.cluster, env.users[0]
+    env.emulator.set_knobs(throttle_rate=0.3, fault_scope="api", retry_after=0.5, fault_seed=11)
+    work = Path(user.pw_dir) / "workflow"
+    work.mkdir()
+    (work / "Snakefile").write_text(SNAKEFILE.format(samples=SNAKE_SAMPLES))
+    for path in (work, work / "Snakefile"):
+        os.chown(path, user.pw_uid, user.pw_gid)
+    mnt = f"{env.mount_root}/{user.pw_name}/{'/'.join(SAMPLE_DIR)}"
+    driver = (
+        f"export PATH={cluster.bin_dir()}:$PATH\n"
+        f"cd {work} && {user_python()} -m snakemake --executor slurm --jobs 4 --slurm-status-command squeue "
+        "--slurm-no-account --default-resources slurm_partition=debug runtime=10 mem_mb=100 "
+        "--slurm-init-seconds-before-status-checks 1 --slurm-keep-successful-logs --latency-wait 10 "
+        f"--config mnt={mnt} > driver.log 2>&1; echo $? > driver.rc\n"
+    )
+    sampler = DaemonSampler({user.pw_uid})
+    sampler.start()
+    started = time.monotonic()
+    try:
+        driver_job = cluster.submit(user, driver, PYTHONPATH=env.packages)
+        wait_until((work / "driver.rc").exists, 300, "the Snakemake driver job")
+        elapsed = time.monotonic() - started
+        assert (work / "driver.rc").read_text().strip() == "0"
+        for i in SNAKE_SAMPLES:  # the same computation on the source files
+            assert (work / "sha256" / f"{i}.txt").read_text().strip() == env.sources[i]
+            assert (work / "reads" / f"{i}.txt").read_text().strip() == str(env.reads[i])
+        wait_until(lambda: not cluster.queued(), 120, "the driver job to end", 0.5)
+        wait_until(lambda: leftovers(env.mount_root) == ([], {}, []), 60, "the epilog to clean up", 0.2)
+    finally:
+        sampler.halt.set()
+        sampler.join()
+        rc = work / "driver.rc"
+        if not rc.exists() or rc.read_text().strip() != "0":
+            for log in [work / "driver.log", *sorted(work.glob(".snakemake/slurm_logs/*/*/*.log"))]:
+                if log.exists():
+                    print(log, log.read_text(errors="replace")[-3000:])
+    # every rule job was a Slurm job of this user, after the driver's, and completed
+    states = [line.split() for line in cluster.run("squeue", "-h", "-t", "all", "-u", user.pw_name, "-o", "%A %T").stdout.splitlines()]
+    rule_jobs = [state for job, state in states if int(job) > int(driver_job)]
+    assert rule_jobs == ["COMPLETED"] * 2 * len(SNAKE_SAMPLES), states
+    # and all of them read through the one daemon the driver's prolog started
+    assert len(sampler.seen.get(user.pw_uid, ())) == 1, sampler.seen
+    print(f"\nSnakemake through the Slurm executor: {len(rule_jobs)} rule jobs, outputs equal to the source's, "
+          f"one daemon; {elapsed:.0f} s from submitting the driver to its end")
