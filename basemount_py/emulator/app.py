@@ -86,6 +86,8 @@ class Emulator:
         # device flow: device_code -> state; issued tokens -> info (both bounded, oldest dropped)
         self.device_codes: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.issued: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        # Serialises the write routes' changes to the account folder and the reloads (writes.py).
+        self.write_lock = anyio.Lock()
 
     def reload(self) -> None:
         """Re-read the folder; existing entities keep their ids.  On error the old model stays."""

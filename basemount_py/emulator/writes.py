@@ -225,13 +225,6 @@ def _snapshot(folders: list[str]):
     return undo
 
 
-def _lock(em) -> asyncio.Lock:
-    lock = getattr(em, "_write_lock", None)
-    if lock is None:
-        lock = em._write_lock = asyncio.Lock()
-    return lock
-
-
 def _find(em, kind: str, key: str) -> Entity | None:
     for (k, _), e in em.account.by_id.items():
         if k == kind and e.key == key:
@@ -252,7 +245,7 @@ async def create_project(em, request: Request):
     if not isinstance(name, str) or not name.strip():
         raise BadRequest("Name is required")
     v1 = lambda: render.V1(em.account, str(request.base_url))  # noqa: E731
-    async with _lock(em):
+    async with em.write_lock:
         for p in em.account.projects:
             if p.name == name:
                 return _ok(em, request, v1().project(p))
@@ -281,7 +274,7 @@ async def create_appresult(em, request: Request):
     if not isinstance(name, str) or not name.strip():
         raise BadRequest("Name is required")
     session_id = request.query_params.get("appsessionid") or request.query_params.get("appSessionId")
-    async with _lock(em):
+    async with em.write_lock:
         project = _entity(em, "project", request.path_params["id"])
         session_spec: dict[str, Any]
         if session_id:
@@ -378,7 +371,7 @@ async def upload_file(em, request: Request):
     appresult = _entity(em, "appresult", request.path_params["id"])
     name, directory = _upload_target(em, appresult, request)
     multipart = request.query_params.get("multipart", "").lower() == "true"
-    async with _lock(em):
+    async with em.write_lock:
         _full, key = await asyncio.to_thread(_final_path, appresult, name, directory)
         file_id = _new_file_id(em, key)
         folder = _upload_dir(em, file_id)
@@ -422,7 +415,7 @@ async def _commit(em, request: Request, file_id: str, meta: dict[str, Any], data
 
     ``etag``: a multipart upload's ``<md5>-<parts>`` (S3's form, which real BaseSpace shows),
     kept in the file's ``NAME.file.json``; a single upload's ETag is its content MD5."""
-    async with _lock(em):
+    async with em.write_lock:
         appresult = _find(em, "appresult", meta["AppResult"])
         if appresult is None:
             raise HttpError(409, "the AppResult of this upload no longer exists", "BASESPACE.FILES.CONFLICT")
@@ -583,7 +576,7 @@ async def _into_trash(em, info: dict[str, Any]) -> str:
 async def move_to_trash(em, request: Request):
     collection = request.url.path.strip("/").split("/")[1]
     kind = KIND_OF[collection]
-    async with _lock(em):
+    async with em.write_lock:
         e = _entity(em, kind, request.path_params["id"])
         if not e.folder:
             raise BadRequest(f"this {render.type_name(kind)} cannot be moved to the trash by the emulator")
@@ -599,7 +592,7 @@ async def move_appsession_to_trash(em, request: Request):
     App sessions exist in the account folder only through their samples and app results (their
     ``AppSession`` in .entity.json), so the trash item holds those folders; restoring puts every
     one back."""
-    async with _lock(em):
+    async with em.write_lock:
         session = _entity(em, "appsession", request.path_params["id"])
         members = [e for e in em.account.samples + em.account.appresults if e.appsession is session and e.folder]
         if not members:
@@ -646,7 +639,7 @@ async def get_trash_item(em, request: Request):
 
 async def restore_from_trash(em, request: Request):
     tid = request.path_params["id"]
-    async with _lock(em):
+    async with em.write_lock:
         folder, info = await asyncio.to_thread(_trash_folder, em, tid)
         root = em.account.root
         slots = [(slot, key, os.path.join(root, *key.split("/"))) for slot, key in _trash_slots(folder, info)]
@@ -701,7 +694,7 @@ async def set_properties(em, request: Request):
     props = body.get("properties")
     if not isinstance(props, list) or not props:
         raise BadRequest('expected {"Properties": [{"Type", "Name", "Content"|"Items"}]}')
-    async with _lock(em):
+    async with em.write_lock:
         if kind is None:
             raise BadRequest("the emulator stores properties of projects, samples, app results and runs only")
         e = _entity(em, kind, request.path_params["id"])
@@ -746,7 +739,7 @@ async def delete_property(em, request: Request):
     """``DELETE v2/{projects,samples,appresults,runs}/{id}/properties/{name}``."""
     kind = PROPERTY_OWNERS.get(request.url.path.strip("/").split("/")[1])
     name = request.path_params["name"]
-    async with _lock(em):
+    async with em.write_lock:
         if kind is None:
             raise BadRequest("the emulator stores properties of projects, samples, app results and runs only")
         e = _entity(em, kind, request.path_params["id"])
@@ -766,7 +759,7 @@ async def delete_property(em, request: Request):
 async def update_appsession(em, request: Request):
     """``POST v1pre3/appsessions/{id}`` with ``status`` (complete/aborted/...) and/or ``Name``."""
     body = await _json_body(request)
-    async with _lock(em):
+    async with em.write_lock:
         session = _entity(em, "appsession", request.path_params["id"])
         members = [e for e in em.account.samples + em.account.appresults if e.appsession is session and e.folder]
         if not members:
