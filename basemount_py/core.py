@@ -428,6 +428,10 @@ class Filesystem:
             return self.attributes(ino, node)  # a file just uploaded: cp -p / rsync set times after close
         raise Refused(errno.EROFS, f"/{'/'.join(node.path)} is read-only")
 
+    def read_only(self) -> None:
+        """link, mknod, removexattr: nothing BaseSpace could keep."""
+        raise Refused(errno.EROFS, "read-only")
+
     def setxattr(self, ino: int) -> None:
         node = self.tree.nodes.get(ino)
         if node is not None and self.writes is not None and (node.ctx.get("upload") is not None or self.writes.accepts_attributes(node)):

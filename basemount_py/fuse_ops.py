@@ -9,7 +9,6 @@ non-FUSEError escaping a pyfuse3 handler kills the whole trio loop (pyfuse3 GH#9
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 from typing import Any, Iterator
@@ -179,6 +178,7 @@ class Operations(pyfuse3.Operations):
             await self.fs.rename(parent_inode_old, os.fsdecode(name_old), parent_inode_new, os.fsdecode(name_new), flags)
 
     async def _read_only(self, *args: Any) -> Any:
-        raise pyfuse3.FUSEError(errno.EROFS)
+        with _errno_boundary("link/mknod/removexattr"):
+            self.fs.read_only()
 
     link = mknod = removexattr = _read_only

@@ -434,3 +434,22 @@ def test_move_to_trash_tells_the_kernel_to_drop_the_name(emulator, tmp_path):
     projects, invalidated, visible, trash = run_core(emulator, tmp_path, scenario, writes=True)
     assert (projects, "P") in invalidated
     assert visible == [] and trash == ["P"]
+
+
+def test_property_links_are_set_and_removed_and_the_cached_listings_follow(emulator, tmp_path):
+    async def scenario(core: Core):
+        await core.fs.mkdir(await core.ino("Projects", "P", "AppResults"), "A")
+        where = ("Projects", "P", "AppResults", "A", "Properties")
+        before = await core.names(*where)  # cached now: the writes must drop it
+        props = await core.ino(*where)
+        await core.fs.symlink(props, "Input.sample", "/mnt/Projects/P/Samples/S1")
+        listed = await core.names(*where)
+        target = await core.fs.readlink(await core.ino(*where, "Input.sample"))
+        await core.fs.unlink(props, "Input.sample")
+        after = await core.names(*where)
+        s1 = (await core.read_all("Projects", "P", "Samples", "S1", ".id")).decode().strip()
+        return before, listed, target, after, s1
+
+    before, listed, target, after, s1 = run_core(emulator, tmp_path, scenario, writes=True)
+    assert "Input.sample" not in before and "Input.sample" in listed and "Input.sample" not in after
+    assert target.endswith(f"Samples/.id.{s1}")  # a relative link to the sample, by id

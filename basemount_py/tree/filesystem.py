@@ -210,6 +210,13 @@ class Tree:
 
     # -- refresh ----------------------------------------------------------------------------
 
+    def drop_listings(self, *paths: tuple[str, ...], below: bool = False) -> None:
+        """Forget the folder listings of ``paths`` (``below``: and of every folder under them) after
+        a write changed them: unlike ``refresh``, nothing old is kept to fall back on."""
+        for path in paths:
+            n = len(path)
+            self.listings.invalidate((lambda k, p=path: k[:n] == p) if below else (lambda k, p=path: k == p))
+
     def refresh(self, path: tuple[str, ...]) -> int:
         """Expire cached listings of ``path`` and everything below it (and the API data they
         were built from), so the next access asks the server again. They are kept, not dropped:

@@ -180,6 +180,13 @@ class Layout:
         a write may add to them in place (an uploaded file joins its app result's listing)."""
         return self.lists.peek((path, (), False))
 
+    def drop_api(self, *paths: str, below: bool = False) -> None:
+        """Forget the raw listings (and entity GETs) of these API paths, whatever their parameters;
+        ``below``: also of every path under them (an entity's properties and their item pages)."""
+        wanted = set(paths)
+        prefixes = tuple(p + "/" for p in paths) if below else ()
+        self.lists.invalidate(lambda key: key[0] in wanted or (bool(prefixes) and key[0].startswith(prefixes)))
+
     def expire_api(self) -> None:
         """``refresh``: reload every raw listing on next use, keeping the old ones as a fallback."""
         self.lists.expire(lambda key: True)

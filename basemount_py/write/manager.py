@@ -124,18 +124,11 @@ class WriteManager:
         return exc
 
     def _drop_listing(self, *paths: tuple[str, ...], prefix: bool = False) -> None:
-        for path in paths:
-            n = len(path)
-            self.tree.listings.invalidate((lambda k, p=path: k[:n] == p) if prefix else (lambda k, p=path: k == p))
-
-    def _drop_api(self, *hrefs: str) -> None:
-        wanted = set(hrefs)
-        self.layout.lists.invalidate(lambda key: key[0] in wanted)
+        self.tree.drop_listings(*paths, below=prefix)
 
     def _drop_properties(self, collection: str, entity_id: str) -> None:
         """Forget an entity's properties listing and the item pages of its long arrays."""
-        base = properties_href(collection, entity_id)
-        self.layout.lists.invalidate(lambda key: key[0] == base or key[0].startswith(base + "/"))
+        self.layout.drop_api(properties_href(collection, entity_id), below=True)
 
     def _require(self, node: Node, folder: tuple[str, ...], what: str) -> None:
         if not node.ctx.get("writable"):
@@ -148,14 +141,14 @@ class WriteManager:
         if parent.kind == "projects":
             with self._api_write(path, f"creating project {name!r}"):
                 created = await self.api.create_project(name)
-            self._drop_api("v1pre3/users/current/projects")
+            self.layout.drop_api("v1pre3/users/current/projects")
             self._drop_listing(path)
             return await self._created_child(parent, name, created)
         if parent.kind == "appresults":
             pid = parent.ctx["project_id"]
             with self._api_write(path, f"creating app result {name!r}"):
                 created = await self.api.create_appresult(pid, name)
-            self._drop_api(f"v1pre3/projects/{pid}/appresults", "v1pre3/users/current/appsessions")
+            self.layout.drop_api(f"v1pre3/projects/{pid}/appresults", "v1pre3/users/current/appsessions")
             self._drop_listing(path, path[:-1] + ("AppSessions",))
             return await self._created_child(parent, name, created)
         if parent.kind == "files" and parent.ctx.get("writable"):
@@ -704,7 +697,7 @@ class WriteManager:
         if cached is not None and result.get("Id") is not None and not any(str(i.get("Id")) == str(result["Id"]) for i in cached):
             cached.append(result)  # the listing now holds the file: no re-listing per uploaded file
         else:
-            self._drop_api(href)
+            self.layout.drop_api(href)
         depth = len(entry.directory.split("/")) if entry.directory else 0
         files_root = path[: len(path) - 1 - depth]
         self._drop_listing(files_root, files_root[:-1] + ("Files.metadata",), prefix=True)
