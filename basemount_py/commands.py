@@ -12,6 +12,7 @@ import errno
 import logging
 from typing import TYPE_CHECKING, Any
 
+from .api.errors import errno_for
 from .tree import Node, Tree
 from .write.upload import WriteFailure
 
@@ -101,7 +102,7 @@ class CommandRunner:
                 try:
                     self.writes.retry(target)
                 except WriteFailure as exc:
-                    raise self._error(path, exc.message, exc.errno) from None
+                    raise self._error(path, exc.message, errno_for(exc)) from None
         else:
             if self.writes is None or node is None:
                 raise self._error(path, f"{command}: write mode is not available", errno.EROFS)

@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable, Protocol, TypeVar
+from typing import Any, Awaitable, Callable, Iterable, NoReturn, Protocol, TypeVar
 
 import trio
 
@@ -428,7 +428,7 @@ class Filesystem:
             return self.attributes(ino, node)  # a file just uploaded: cp -p / rsync set times after close
         raise Refused(errno.EROFS, f"/{'/'.join(node.path)} is read-only")
 
-    def read_only(self) -> None:
+    def read_only(self) -> NoReturn:
         """link, mknod, removexattr: nothing BaseSpace could keep."""
         raise Refused(errno.EROFS, "read-only")
 

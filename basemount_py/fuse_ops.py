@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import pyfuse3
 
@@ -81,7 +81,7 @@ class Operations(pyfuse3.Operations):
         with _errno_boundary("getattr", inode):
             return _entry(await self.fs.getattr(inode))
 
-    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         self.fs.forget(inode_list)
 
     async def readlink(self, inode: int, ctx: Any = None) -> bytes:
@@ -177,8 +177,14 @@ class Operations(pyfuse3.Operations):
         with _errno_boundary("rename", parent_inode_old, name_old):
             await self.fs.rename(parent_inode_old, os.fsdecode(name_old), parent_inode_new, os.fsdecode(name_new), flags)
 
-    async def _read_only(self, *args: Any) -> Any:
-        with _errno_boundary("link/mknod/removexattr"):
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
+        with _errno_boundary("link", inode):
             self.fs.read_only()
 
-    link = mknod = removexattr = _read_only
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        with _errno_boundary("mknod", parent_inode, name):
+            self.fs.read_only()
+
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        with _errno_boundary("removexattr", inode):
+            self.fs.read_only()

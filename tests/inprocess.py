@@ -14,11 +14,17 @@ the time between its bytes: the read timeout bounds it.
 The app must not need asyncio threads: files served from the account folder are read on them, so
 accounts for these tests use synthetic files (``conftest.write_synthetic``), and listings' ETags
 are computed beforehand (``warm_etags``, done by ``emulator_app``).
+
+``AsyncioAppTransport(app)`` is the other way: the app runs on an asyncio loop in a thread of its
+own, so every route works (account files, uploads, the trash), at the cost of thread hops: trio's
+MockClock would jump ahead while a request is in that thread, so use it on the real clock.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
+import threading
 from pathlib import Path
 
 import httpx
@@ -98,3 +104,31 @@ class EmulatorTransport(httpx.AsyncBaseTransport):
             raise httpx.ReadTimeout(f"no answer within the read timeout ({read_timeout:g} s)", request=request)
         assert status is not None, "the app sent no response"
         return httpx.Response(status, headers=headers, stream=httpx.ByteStream(b"".join(chunks)), request=request)
+
+
+class AsyncioAppTransport(httpx.AsyncBaseTransport):
+    """An ASGI app that needs asyncio, called from trio: it runs on an asyncio loop in a thread."""
+
+    def __init__(self, app):
+        self._inner = httpx.ASGITransport(app=app)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        body = await request.aread()
+
+        async def call():
+            inner = httpx.Request(request.method, request.url, headers=request.headers, content=body)
+            response = await self._inner.handle_async_request(inner)
+            return response.status_code, response.headers, await response.aread()
+
+        future = asyncio.run_coroutine_threadsafe(call(), self._loop)
+        status, headers, content = await trio.to_thread.run_sync(future.result, abandon_on_cancel=True)
+        # stream=, not content=: a streamed read (aiter_raw) must find the body unread
+        return httpx.Response(status, headers=headers, stream=httpx.ByteStream(content), request=request)
+
+    def close_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()

@@ -1,18 +1,16 @@
 """The kernel-free filesystem core (``core.Filesystem``) driven in-process: no kernel, no sockets.
 
-The emulator's ASGI app is called through an httpx transport. Its listing routes run under
-trio (``httpx.ASGITransport``); its content and write routes use asyncio threads, so for those
-the app runs on an asyncio loop in a thread of its own (``AsyncioAppTransport``). Timeouts are
+The emulator's ASGI app is called through an httpx transport. Its content and write routes use
+asyncio threads, so the app runs on an asyncio loop in a thread of its own
+(``inprocess.AsyncioAppTransport``). Timeouts are
 tested on trio's MockClock (``autojump_threshold=0``): they cost no wall time. Bytes read are
 compared with the account folder; bytes written with what the emulator stored.
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
-import threading
 from pathlib import Path
 
 import httpx
@@ -41,37 +39,10 @@ from basemount_py.write import Spool, UploadConfig, WriteManager, account_key
 from basemount_py.write.upload import WriteFailure
 
 from conftest import write_entity, write_file
+from inprocess import AsyncioAppTransport
 
 FASTQ = b"@r\nACGT\n+\nIIII\n"
 BIG = os.urandom(3 * 2**20 + 12345)  # several blocks and prefetch windows
-
-
-class AsyncioAppTransport(httpx.AsyncBaseTransport):
-    """An ASGI app that needs asyncio, called from trio: it runs on an asyncio loop in a thread."""
-
-    def __init__(self, app):
-        self._inner = httpx.ASGITransport(app=app)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        body = await request.aread()
-
-        async def call():
-            inner = httpx.Request(request.method, request.url, headers=request.headers, content=body)
-            response = await self._inner.handle_async_request(inner)
-            return response.status_code, response.headers, await response.aread()
-
-        future = asyncio.run_coroutine_threadsafe(call(), self._loop)
-        status, headers, content = await trio.to_thread.run_sync(future.result, abandon_on_cancel=True)
-        # stream=, not content=: a streamed read (aiter_raw) must find the body unread
-        return httpx.Response(status, headers=headers, stream=httpx.ByteStream(content), request=request)
-
-    def close_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
 
 
 class Kernel:

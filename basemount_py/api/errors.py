@@ -17,7 +17,7 @@ class FsError(Exception):
     """Base class: ``errno`` is what the filesystem operation fails with; ``quiet`` ones are part
     of normal work (a name that is not there, a read-only refusal) and not logged at the boundary."""
 
-    errno = errno.EIO
+    errno: int | None = errno.EIO  # (an OSError's instance errno may be None: see errno_for)
     quiet = False
 
 
@@ -151,7 +151,7 @@ def errno_for(exc: BaseException, *, writing: bool = False) -> int:
     if isinstance(exc, OSError) and exc.errno:
         return exc.errno
     if isinstance(exc, FsError):
-        return exc.errno
+        return exc.errno or errno.EIO
     return errno.EIO
 
 

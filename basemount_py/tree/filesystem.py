@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Iterable
+from typing import Any, Iterable
 
 from ..api.errors import NotADirectory, NotFound
 from ..options import MountOptions
@@ -213,9 +213,10 @@ class Tree:
     def drop_listings(self, *paths: tuple[str, ...], below: bool = False) -> None:
         """Forget the folder listings of ``paths`` (``below``: and of every folder under them) after
         a write changed them: unlike ``refresh``, nothing old is kept to fall back on."""
-        for path in paths:
-            n = len(path)
-            self.listings.invalidate((lambda k, p=path: k[:n] == p) if below else (lambda k, p=path: k == p))
+        def gone(key: Any) -> bool:
+            return any(key[: len(p)] == p if below else key == p for p in paths)
+
+        self.listings.invalidate(gone)
 
     def refresh(self, path: tuple[str, ...]) -> int:
         """Expire cached listings of ``path`` and everything below it (and the API data they

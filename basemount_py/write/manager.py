@@ -742,7 +742,7 @@ class WriteManager:
         kind, href = entity_href(entity.ctx)
         if parent.kind == "properties":
             collection, entity_id = parent.ctx["collection"], parent.ctx["id"]
-            prop = {"Type": kind, "Name": name, "Description": "", "Content": href}
+            prop: dict[str, Any] = {"Type": kind, "Name": name, "Description": "", "Content": href}
         else:
             collection, entity_id = parent.ctx["owner"].collection, parent.ctx["owner"].entity_id
             ptype = parent.ctx.get("type") or f"{kind}[]"
