@@ -37,7 +37,8 @@ from conftest import ROOT, fuse_device_mode, user_import_paths, user_python, wri
 from basemount_py.emulator.control import EmulatorProcess
 from basemount_py.mount_table import mount_entry
 
-pytestmark = pytest.mark.slurm
+# The tests wait on their own generous bounds (a loaded machine); 600 s covers the cluster start too.
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(600)]
 
 SCRIPT = ROOT / "scripts" / "slurm" / "basemount-slurm"
 USERS = ("bmpy-slurm1", "bmpy-slurm2")
