@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -38,8 +39,11 @@ BASE_URL = "http://emulator/"
 
 
 def emulator_app(account: Path) -> tuple[Emulator, object]:
-    """(the Emulator with its knobs and counters, its ASGI app); the rate limiter reads trio's clock."""
-    emulator = Emulator(str(account), clock=trio.current_time)
+    """(the Emulator with its knobs and counters, its ASGI app), for a trio run on a MockClock
+    that starts now: the rate limiter reads trio's clock, and signed URLs expire by a wall clock
+    that runs with it (now + trio's time)."""
+    epoch = time.time()
+    emulator = Emulator(str(account), clock=trio.current_time, wall_clock=lambda: epoch + trio.current_time())
     warm_etags(list(emulator.account.files.values()))
     return emulator, build_app(emulator)
 

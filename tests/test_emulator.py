@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
@@ -526,11 +525,46 @@ def test_synthetic_100mib_byte_exact(api, emu):
     assert counters["requests"]["GET content"] == 2 and counters["content_bytes"] == BIG_SIZE + 100_001
 
 
-def test_url_expiry(api, emu):
-    emu.set_knobs(url_lifetime=1)
-    url = content_url(api, file_of(api, "Align", "small.bin")["Id"])
-    time.sleep(2.1)
-    r = httpx.get(url)
+def run_inprocess(tmp_path, scenario, **knobs):
+    """``scenario(client, file_id)`` against the emulator's app in-process on trio's MockClock
+    (tests/inprocess.py), with an account of one synthetic file ``small.bin`` (1000 bytes, seed 3)
+    and ``knobs`` set: what a test of expiry, stalls, latency or bandwidth waits costs no wall time
+    and is measured exactly, in virtual seconds."""
+    import trio
+    import trio.testing
+
+    from conftest import write_synthetic
+    from inprocess import BASE_URL, EmulatorTransport, emulator_app
+
+    write_synthetic(tmp_path / "acc" / "Projects" / "P" / "Samples" / "S" / "Files" / "small.bin", 1000, 3)
+    emulator, app = emulator_app(tmp_path / "acc")
+    emulator.knobs.merge(knobs)
+    file_id = next(iter(emulator.account.files.values())).id
+
+    async def main():
+        headers = {"x-access-token": emulator.token}
+        async with httpx.AsyncClient(transport=EmulatorTransport(app), base_url=BASE_URL, headers=headers) as client:
+            return await scenario(client, file_id)
+
+    return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def content_url_of(client, file_id) -> str:
+    meta = await client.get(f"v1pre3/files/{file_id}/content", params={"redirect": "meta"})
+    return meta.json()["Response"]["HrefContent"]
+
+
+def test_url_expiry(tmp_path):
+    import trio
+
+    async def scenario(client, file_id):
+        url = await content_url_of(client, file_id)
+        fresh = await client.get(url)
+        await trio.sleep(2.1)  # virtual
+        return fresh, await client.get(url)
+
+    fresh, r = run_inprocess(tmp_path, scenario, url_lifetime=1)
+    assert fresh.status_code == 200 and fresh.content == synthetic_bytes(3, 0, 1000)
     assert r.status_code == 403
     assert b"<Code>AccessDenied</Code>" in r.content and b"Request has expired" in r.content
 
@@ -575,19 +609,27 @@ def test_reset_and_truncate(api, emu):
     assert httpx.get(url, headers={"Range": "bytes=0-9"}).status_code == 206  # back to normal
 
 
-def test_stall_and_latency(api, emu):
-    url = content_url(api, file_of(api, "Align", "small.bin")["Id"])
-    emu.set_knobs(stall_seconds=1.5, fail_next=[{"kind": "stall", "count": 1, "scope": "content"}])
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.get(url, timeout=httpx.Timeout(10, read=0.5))
-    emu.set_knobs(stall_seconds=0.6, fail_next=[{"kind": "stall", "count": 1, "scope": "api"}])
-    t0 = time.monotonic()
-    assert api.get("v1pre3/users/current").status_code == 200
-    assert time.monotonic() - t0 >= 0.6
-    emu.set_knobs(latency_ms=300)
-    t0 = time.monotonic()
-    assert api.get("v1pre3/users/current").status_code == 200
-    assert time.monotonic() - t0 >= 0.3
+def test_stall_and_latency(tmp_path):
+    import trio
+
+    async def scenario(client, file_id):
+        url = await content_url_of(client, file_id)
+        client.timeout = httpx.Timeout(10, read=0.5)
+        await client.post("_emulator/knobs", json={"stall_seconds": 1.5, "fail_next": [{"kind": "stall", "count": 1, "scope": "content"}]})
+        with pytest.raises(httpx.ReadTimeout):
+            await client.get(url)
+        took = []
+        for knobs in ({"stall_seconds": 0.6, "fail_next": [{"kind": "stall", "count": 1, "scope": "api"}]}, {"latency_ms": 300}):
+            await client.post("_emulator/knobs", json=knobs)
+            client.timeout = httpx.Timeout(10)
+            t0 = trio.current_time()
+            assert (await client.get("v1pre3/users/current")).status_code == 200
+            took.append(trio.current_time() - t0)
+        return took
+
+    stalled, latency = run_inprocess(tmp_path, scenario)
+    assert stalled == pytest.approx(0.6, abs=0.01)
+    assert latency == pytest.approx(0.3, abs=0.01)
 
 
 def test_random_rates_are_seeded(api, emu):
@@ -604,15 +646,18 @@ def test_random_rates_are_seeded(api, emu):
     assert r["error_rate"] == 1.0 and api.get("v1pre3/users/current").status_code == 200
 
 
-def test_bandwidth_cap(api, emu):
-    url = content_url(api, file_of(api, "Align", "big.bam")["Id"])
-    size = 6_000_000
-    emu.set_knobs(conn_bandwidth=10)  # 10 MB/s -> 0.6 s
-    t0 = time.monotonic()
-    r = httpx.get(url, headers={"Range": f"bytes=0-{size - 1}"}, timeout=10)
-    elapsed = time.monotonic() - t0
-    assert len(r.content) == size
-    assert 0.5 <= elapsed < 2.5
+def test_bandwidth_cap(tmp_path):
+    import trio
+
+    async def scenario(client, file_id):
+        url = await content_url_of(client, file_id)
+        t0 = trio.current_time()
+        r = await client.get(url)
+        return r, trio.current_time() - t0
+
+    r, elapsed = run_inprocess(tmp_path, scenario, conn_bandwidth=0.001)  # 1000 bytes at 1 kB/s
+    assert r.content == synthetic_bytes(3, 0, 1000)
+    assert elapsed == pytest.approx(1.0, abs=0.05)
 
 
 def test_knobs_validation(emu):

@@ -1,5 +1,6 @@
-"""ContentSource against the real emulator over loopback: exact ranges, URL expiry, every fault
-kind, bounded failure; plus the full read path (ReadManager over ContentSource)."""
+"""ContentSource against the real emulator over loopback: exact ranges, every fault kind, bounded
+failure; plus the full read path (ReadManager over ContentSource). Signed-URL expiry in-process, on
+trio's MockClock (tests/inprocess.py): URLs of a second's life, with no second waited."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from datetime import datetime, timezone
 
 import pytest
 import trio
+import trio.testing
 
 from basemount_py.api.client import BaseSpaceClient
 from basemount_py.api.errors import ApiError, NetworkError, ProtocolError, ServerError
@@ -18,6 +20,7 @@ from basemount_py.read import ContentSource, ReadManager
 from basemount_py.read.content import parse_expires
 
 from conftest import write_file, write_synthetic
+from inprocess import BASE_URL, EmulatorTransport, emulator_app
 
 KiB, MiB = 1024, 1024 * 1024
 BIG_SIZE, BIG_SEED = 5 * MiB + 3, 42
@@ -159,30 +162,6 @@ async def test_concurrent_fetches_share_one_url_resolution(api, file_ids):
     await source.aclose()
 
 
-async def test_short_lived_urls_are_renewed_before_they_expire(api, emulator, file_ids):
-    emulator.set_knobs(url_lifetime=2)
-    source = ContentSource(api, policy=POLICY)
-    fid = file_ids["big.bin"]
-    assert await source.fetch(fid, 0, 1000) == big(0, 1000)
-    await trio.sleep(1.1)  # past half the URL's life: renewed proactively, no 403 round trip
-    assert await source.fetch(fid, 1000, 2000) == big(1000, 2000)
-    assert source.stats["url_resolves"] == 2 and source.stats["expired_urls"] == 0
-    await source.aclose()
-
-
-async def test_an_expired_url_is_re_resolved_transparently(api, emulator, file_ids):
-    # A client clock running behind (modelled by a negative margin) keeps using a URL the content
-    # host already considers expired: the 403 must lead to one re-resolution and the right bytes.
-    emulator.set_knobs(url_lifetime=1)
-    source = ContentSource(api, policy=POLICY, url_refresh_margin=-30)
-    fid = file_ids["big.bin"]
-    assert await source.fetch(fid, 0, 10) == big(0, 10)
-    await trio.sleep(1.5)
-    assert await source.fetch(fid, 2 * MiB, 3 * MiB) == big(2 * MiB, 3 * MiB)
-    assert source.stats["expired_urls"] == 1 and source.stats["url_resolves"] == 2
-    await source.aclose()
-
-
 @pytest.mark.parametrize("kind", ["500", "503", "429", "reset", "truncate", "stall"])
 async def test_each_fault_kind_is_retried_to_the_exact_bytes(api, emulator, file_ids, kind, caplog):
     caplog.set_level(logging.DEBUG)
@@ -259,3 +238,50 @@ def test_a_proxied_content_host_goes_through_httpx(monkeypatch):
     assert not uses_proxy("http://127.0.0.1:8080/_content/1")  # no proxy for plain http here
     monkeypatch.setenv("no_proxy", "s3.amazonaws.com")
     assert not uses_proxy("https://bucket.s3.amazonaws.com/key")
+
+
+# -- signed-URL expiry, in-process on the mock clock ------------------------------------------------
+
+
+def run_expiry(tmp_path, url_lifetime: float, scenario, **source_options):
+    """``scenario(source, file_id)`` with the emulator's URLs living ``url_lifetime`` (virtual) s."""
+    write_synthetic(tmp_path / "account" / "Projects" / "P1" / "Samples" / "S1" / "Files" / "big.bin", BIG_SIZE, BIG_SEED)
+    emulator, app = emulator_app(tmp_path / "account")
+    emulator.knobs.merge({"url_lifetime": url_lifetime})
+    file_id = next(f.id for f in emulator.account.files.values() if f.name == "big.bin")
+
+    async def main():
+        transport = EmulatorTransport(app)
+        api = BaseSpaceClient(BASE_URL, emulator.token, transport=transport, policy=POLICY)
+        source = ContentSource(api, policy=POLICY, transport=transport, **source_options)
+        try:
+            await scenario(source, file_id)
+        finally:
+            await source.aclose()
+            await api.aclose()
+        return source.stats, dict(emulator.counters.faults)
+
+    return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_short_lived_urls_are_renewed_before_they_expire(tmp_path):
+    async def scenario(source, fid):
+        assert await source.fetch(fid, 0, 1000) == big(0, 1000)
+        await trio.sleep(1.1)  # past half the URL's life: renewed proactively, no 403 round trip
+        assert await source.fetch(fid, 1000, 2000) == big(1000, 2000)
+
+    stats, _ = run_expiry(tmp_path, 2, scenario)
+    assert stats["url_resolves"] == 2 and stats["expired_urls"] == 0
+
+
+def test_an_expired_url_is_re_resolved_transparently(tmp_path):
+    # A client clock running behind (modelled by a negative margin) keeps using a URL the content
+    # host already considers expired: the 403 must lead to one re-resolution and the right bytes.
+    async def scenario(source, fid):
+        assert await source.fetch(fid, 0, 10) == big(0, 10)
+        await trio.sleep(1.5)
+        assert await source.fetch(fid, 2 * MiB, 3 * MiB) == big(2 * MiB, 3 * MiB)
+
+    stats, _ = run_expiry(tmp_path, 1, scenario, url_refresh_margin=-30)
+    assert stats["expired_urls"] == 1 and stats["url_resolves"] == 2
+

@@ -73,7 +73,11 @@ Handler = Callable[["Emulator", Request], Awaitable[StreamResponse]]
 class Emulator:
     """All mutable state of one emulator process."""
 
-    def __init__(self, data_dir: str, token: str | None = None, knobs: Knobs | None = None, clock=time.monotonic):
+    def __init__(
+        self, data_dir: str, token: str | None = None, knobs: Knobs | None = None, clock=time.monotonic, wall_clock=time.time
+    ):
+        """``clock`` paces the rate limiter, ``wall_clock`` dates signed URLs: injectable so that an
+        in-process test can drive both with trio's MockClock."""
         self.data_dir = data_dir
         self.account: Account = load_account(data_dir)
         self.token = resolve_token(data_dir, token)
@@ -81,7 +85,7 @@ class Emulator:
         self.faults = FaultInjector(self.knobs)
         self.rate_limiter = RateLimiter(self.knobs, clock)
         self.counters = Counters()
-        self.signer = ContentSigner()
+        self.signer = ContentSigner(wall_clock)
         self.started = time.time()
         # device flow: device_code -> state; issued tokens -> info (both bounded, oldest dropped)
         self.device_codes: OrderedDict[str, dict[str, Any]] = OrderedDict()

@@ -19,7 +19,6 @@ import json
 import logging
 import socket
 import struct
-import time
 from typing import Any, AsyncIterator, Callable
 
 import anyio
@@ -215,7 +214,7 @@ class StreamResponse:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
         sent = 0
-        started = time.monotonic()
+        started = anyio.current_time()  # the event loop's clock (a test's MockClock in-process)
         fault = self.fault
         async for piece in self._pieces():
             while piece:
@@ -237,9 +236,9 @@ class StreamResponse:
                 if self.on_bytes:
                     self.on_bytes(len(chunk))
                 if self.bandwidth > 0:
-                    ahead = started + sent / self.bandwidth - time.monotonic()
+                    ahead = started + sent / self.bandwidth - anyio.current_time()
                     if ahead > 0:
-                        await asyncio.sleep(ahead)
+                        await anyio.sleep(ahead)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _pieces(self) -> AsyncIterator[bytes]:
