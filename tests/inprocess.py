@@ -24,16 +24,24 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import threading
 import time
 from pathlib import Path
 
 import httpx
 import trio
+import trio.testing
 
+from basemount_py.api.client import BaseSpaceClient
+from basemount_py.api.errors import FsError
+from basemount_py.core import Filesystem
 from basemount_py.emulator.account import warm_etags
 from basemount_py.emulator.app import Emulator, build_app
 from basemount_py.emulator.responses import AbortConnection
+from basemount_py.mount import timeouts_for
+from basemount_py.read import ContentSource, ReadManager
+from basemount_py.tree import ROOT_INODE, Layout, Tree
 
 BASE_URL = "http://emulator/"
 
@@ -136,3 +144,99 @@ class AsyncioAppTransport(httpx.AsyncBaseTransport):
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
+
+
+# -- the whole core in-process ---------------------------------------------------------------------
+
+
+class Kernel:
+    """Records what the core asks of the kernel."""
+
+    def __init__(self):
+        self.invalidated: list[tuple[int, str]] = []
+        self.terminated = False
+
+    def invalidate_entry(self, parent_ino: int, name: str) -> None:
+        self.invalidated.append((parent_ino, name))
+
+    def terminate(self) -> None:
+        self.terminated = True
+
+
+class Core:
+    """A ``core.Filesystem`` driven as the kernel would: paths walked by lookups, folders listed
+    by opendir/readdir, files read from open to release, commands written to ``.commands``."""
+
+    def __init__(self, fs: Filesystem, kernel: Kernel, emulator: Emulator, transport: httpx.AsyncBaseTransport | None = None):
+        self.fs, self.kernel, self.emulator, self.transport = fs, kernel, emulator, transport
+
+    async def ino(self, *path: str) -> int:
+        ino = ROOT_INODE
+        for name in path:
+            ino = (await self.fs.lookup(ino, name)).ino
+        return ino
+
+    async def names(self, *path: str) -> list[str]:
+        fh = await self.fs.opendir(await self.ino(*path))
+        out: list[str] = []
+        self.fs.readdir(fh, 0, lambda name, attrs, nxt: out.append(name) is None)
+        self.fs.releasedir(fh)
+        return out
+
+    async def visible(self, *path: str) -> list[str]:
+        return sorted(n for n in await self.names(*path) if not n.startswith("."))
+
+    async def read_all(self, *path: str) -> bytes:
+        fh = (await self.fs.open(await self.ino(*path), os.O_RDONLY)).fh
+        try:
+            chunks, off = [], 0
+            while chunk := await self.fs.read(fh, off, 128 * 1024):
+                chunks.append(chunk)
+                off += len(chunk)
+            return b"".join(chunks)
+        finally:
+            await self.fs.release(fh)
+
+    async def command(self, text: str, *folder: str) -> None:
+        fh = (await self.fs.open(await self.ino(*folder, ".commands"), os.O_WRONLY)).fh
+        try:
+            await self.fs.write(fh, 0, text.encode())
+        finally:
+            await self.fs.release(fh)
+
+    def knobs(self, **values) -> None:
+        self.emulator.knobs.merge(values)
+
+    @staticmethod
+    async def timed(call, *args):
+        """(the result, or the error the kernel would turn into an errno; virtual seconds)."""
+        start = trio.current_time()
+        try:
+            result = await call(*args)
+        except FsError as exc:
+            result = exc
+        return result, trio.current_time() - start
+
+
+def run_core_on_mock_clock(account: Path, scenario, *, op_timeout: float = 60.0, metadata_ttl: float = 60.0):
+    """``scenario(core)`` on trio's MockClock: a read-only Filesystem as the daemon builds it
+    (Tree over Layout, ReadManager over ContentSource, the network timeouts ``--op-timeout``
+    gives: ``mount.timeouts_for``) against the emulator's app over ``EmulatorTransport``.
+    Returns what the scenario returns."""
+    emulator, app = emulator_app(account)
+    transport = EmulatorTransport(app)
+    policy, stall_timeout = timeouts_for(op_timeout)
+
+    async def main():
+        api = BaseSpaceClient(BASE_URL, emulator.token, transport=transport, policy=policy)
+        content = ContentSource(api, policy=policy, stall_timeout=stall_timeout, transport=transport)
+        try:
+            async with ReadManager(content.fetch, fetch_blocks=content.fetch_blocks, cache_bytes=16 << 20) as reads:
+                tree = Tree(Layout(api, metadata_ttl=metadata_ttl), metadata_ttl=metadata_ttl)
+                kernel = Kernel()
+                return await scenario(Core(Filesystem(tree, reads, kernel, op_timeout=op_timeout), kernel, emulator, transport))
+        finally:
+            await content.aclose()
+            await api.aclose()
+
+    return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

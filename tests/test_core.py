@@ -39,24 +39,10 @@ from basemount_py.write import Spool, UploadConfig, WriteManager, account_key
 from basemount_py.write.upload import WriteFailure
 
 from conftest import write_entity, write_file
-from inprocess import AsyncioAppTransport
+from inprocess import AsyncioAppTransport, Core, Kernel
 
 FASTQ = b"@r\nACGT\n+\nIIII\n"
 BIG = os.urandom(3 * 2**20 + 12345)  # several blocks and prefetch windows
-
-
-class Kernel:
-    """Records what the core asks of the kernel."""
-
-    def __init__(self):
-        self.invalidated: list[tuple[int, str]] = []
-        self.terminated = False
-
-    def invalidate_entry(self, parent_ino: int, name: str) -> None:
-        self.invalidated.append((parent_ino, name))
-
-    def terminate(self) -> None:
-        self.terminated = True
 
 
 @pytest.fixture
@@ -74,44 +60,6 @@ def emulator(account):
     em = Emulator(str(account))
     warm_etags(list(em.account.files.values()))  # else a listing computes MD5s on asyncio threads
     return em
-
-
-class Core:
-    """A Filesystem over the in-process emulator, with everything it needs (read and write path)."""
-
-    def __init__(self, fs: Filesystem, kernel: Kernel, emulator: Emulator):
-        self.fs, self.kernel, self.emulator = fs, kernel, emulator
-
-    async def ino(self, *path: str) -> int:
-        ino = ROOT_INODE
-        for name in path:
-            ino = (await self.fs.lookup(ino, name)).ino
-        return ino
-
-    async def names(self, *path: str) -> list[str]:
-        fh = await self.fs.opendir(await self.ino(*path))
-        out: list[str] = []
-        self.fs.readdir(fh, 0, lambda name, attrs, nxt: out.append(name) is None)
-        self.fs.releasedir(fh)
-        return out
-
-    async def read_all(self, *path: str) -> bytes:
-        fh = (await self.fs.open(await self.ino(*path), os.O_RDONLY)).fh
-        try:
-            chunks, off = [], 0
-            while chunk := await self.fs.read(fh, off, 128 * 1024):
-                chunks.append(chunk)
-                off += len(chunk)
-            return b"".join(chunks)
-        finally:
-            await self.fs.release(fh)
-
-    async def command(self, text: str, *folder: str) -> None:
-        fh = (await self.fs.open(await self.ino(*folder, ".commands"), os.O_WRONLY)).fh
-        try:
-            await self.fs.write(fh, 0, text.encode())
-        finally:
-            await self.fs.release(fh)
 
 
 class RefusesWrites(httpx.AsyncBaseTransport):

@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 
 from conftest import require_fuse, write_entity, write_file
+from inprocess import Core, run_core_on_mock_clock
+
+from basemount_py.api.errors import errno_for
 
 from basemount_py.emulator.control import EmulatorProcess
 from basemount_py.mount_table import mount_entry
@@ -100,37 +103,41 @@ def test_a_background_mount_logs_to_a_private_file_and_says_where(tmp_path):
     assert "mounted " in text and emulator.token not in text and "Traceback" not in text
 
 
-def test_error_stays_readable_and_refresh_keeps_the_listing_during_an_outage(tmp_path, mount_factory):
+def test_error_stays_readable_and_refresh_keeps_the_listing_during_an_outage(tmp_path):
+    """In-process on trio's MockClock (tests/inprocess.py): the outage's retries are waited out in
+    virtual time. The refresh command through a real mount is tested in test_mount_cli.py."""
     acc = tmp_path / "account"
     write_entity(acc / "Projects" / "P" / "Samples" / "S1")
     write_entity(acc / "Projects" / "Q" / "Samples" / "T1")
-    with EmulatorProcess(acc) as emulator:
-        m = mount_factory(emulator, "--op-timeout", "4", "--metadata-ttl", "3600")
-        samples = m.path("Projects", "P", "Samples")
-        assert visible(samples) == ["S1"]
-        q_samples = m.path("Projects", "Q", "Samples")
-        assert q_samples.is_dir()  # known, but its own listing was never loaded
-        emulator.set_knobs(error_rate=1.0, fault_scope="api")  # every API call fails: an outage
-        with pytest.raises(OSError) as failed:
-            os.listdir(q_samples)
-        assert failed.value.errno == errno.EIO
+    samples, q_samples = ("Projects", "P", "Samples"), ("Projects", "Q", "Samples")
+
+    async def scenario(core: Core):
+        seen = [await core.visible(*samples)]
+        await core.ino(*q_samples)  # known, but its own listing was never loaded
+        core.knobs(error_rate=1.0, fault_scope="api")  # every API call fails: an outage
+        failed, _ = await core.timed(core.names, *q_samples)
         # .error stays readable and says why (it failed with EIO, too)
-        reason = (q_samples / ".error").read_text()
-        assert "listing this folder failed" in reason and ("500" in reason or "503" in reason), reason
+        reason = (await core.read_all(*q_samples, ".error")).decode()
         # refresh during the outage: the old listing stays until a reload succeeds
-        r = run_cli("refresh", str(samples))
-        assert r.returncode == 0, r.stderr
-        assert visible(samples) == ["S1"]
-        assert "reloading this folder failed, showing the earlier listing" in (samples / ".error").read_text()
+        await core.command("refresh\n", *samples)
+        seen.append(await core.visible(*samples))
+        kept = (await core.read_all(*samples, ".error")).decode()
         write_entity(acc / "Projects" / "P" / "Samples" / "S2")
-        emulator.reload()
-        emulator.set_knobs(error_rate=0.0)  # the server is back
-        r = run_cli("refresh", str(samples))
-        assert r.returncode == 0, r.stderr
-        assert visible(samples) == ["S1", "S2"]
-        assert (samples / ".error").read_text() == ""
-        assert visible(q_samples) == ["T1"]
-        assert (q_samples / ".error").read_text() == ""  # cleared by the good listing
+        core.emulator.reload()
+        core.knobs(error_rate=0.0)  # the server is back
+        await core.command("refresh\n", *samples)
+        seen.append(await core.visible(*samples))
+        q_listed = await core.visible(*q_samples)
+        errors_after = (await core.read_all(*samples, ".error"), await core.read_all(*q_samples, ".error"))
+        return failed, reason, kept, seen, q_listed, errors_after
+
+    failed, reason, kept, seen, q_listed, errors_after = run_core_on_mock_clock(acc, scenario, op_timeout=4, metadata_ttl=3600)
+    assert errno_for(failed) == errno.EIO, failed
+    assert "listing this folder failed" in reason and ("500" in reason or "503" in reason), reason
+    assert "reloading this folder failed, showing the earlier listing" in kept, kept
+    assert seen == [["S1"], ["S1"], ["S1", "S2"]]
+    assert q_listed == ["T1"]
+    assert errors_after == (b"", b"")  # the good listings cleared both
 
 
 def test_two_mounts_started_at_once_on_one_mountpoint_the_second_fails(tmp_path):

@@ -8,8 +8,8 @@ and the stall timeout from it.
 
 In-process, on trio's MockClock (``tests/inprocess.py``): the waits for timeouts, stalls, backoff
 and listing expiry, which cost no wall time there and are measured exactly, in virtual seconds.
-The same components as in the daemon (Tree, ReadManager over ContentSource, the retry policy that
-``timeouts_for`` derives) talk to the emulator's app; only the socket is replaced.
+The daemon's core (``core.Filesystem`` over Tree and ReadManager, with the network timeouts
+``timeouts_for`` derives) talks to the emulator's app; only the kernel and the socket are replaced.
 """
 
 from __future__ import annotations
@@ -24,18 +24,14 @@ from pathlib import Path
 
 import pytest
 import trio
-import trio.testing
 
 from conftest import write_entity, write_synthetic
-from inprocess import BASE_URL, EmulatorTransport, emulator_app
+from inprocess import Core, run_core_on_mock_clock
 
-from basemount_py.api.client import BaseSpaceClient
-from basemount_py.api.errors import ApiError, errno_for
+from basemount_py.api.errors import errno_for
 from basemount_py.emulator.control import EmulatorProcess
 from basemount_py.emulator.synthetic import synthetic_bytes
 from basemount_py.mount import timeouts_for
-from basemount_py.read import ContentSource, ReadManager
-from basemount_py.tree import Layout, Tree
 
 MiB = 1 << 20
 SAMPLE = ("Projects", "P", "Samples", "S", "Files")
@@ -212,153 +208,95 @@ def test_server_restarted_mid_read(account, mount_factory):
 # -- in-process, on the mock clock -----------------------------------------------------------------
 
 
-class InProcessMount:
-    """The daemon's read path (Tree over Layout, ReadManager over ContentSource) against the
-    emulator's app, with the network timeouts ``--op-timeout`` gives."""
-
-    def __init__(self, account: Path, op_timeout: float, metadata_ttl: float = 60.0):
-        self.emulator, app = emulator_app(account)
-        self.transport = EmulatorTransport(app)
-        self.op_timeout = op_timeout
-        self.policy, stall_timeout = timeouts_for(op_timeout)
-        self.api = BaseSpaceClient(BASE_URL, self.emulator.token, transport=self.transport, policy=self.policy)
-        self.content = ContentSource(self.api, policy=self.policy, stall_timeout=stall_timeout, transport=self.transport)
-        self.stall_timeout = stall_timeout
-        self.tree = Tree(Layout(self.api, metadata_ttl=metadata_ttl), metadata_ttl=metadata_ttl)
-
-    def knobs(self, **values) -> None:
-        self.emulator.knobs.merge(values)
-
-    def faults(self) -> dict:
-        return dict(self.emulator.counters.faults)
-
-    async def node(self, *path: str):
-        node = self.tree.nodes[1]
-        for name in path:
-            node = await self.tree.child(node, name)
-        return node
-
-    async def names(self, *path: str) -> list[str]:
-        return sorted((await self.tree.children(await self.node(*path))).keys())
-
-    async def read(self, reads: ReadManager, *path: str) -> bytes:
-        node = await self.node(*path)
-        reader = reads.open(node.file_id, node.st_size)
-        try:
-            out, offset = bytearray(), 0
-            while piece := await reader.read(offset, 128 * 1024):
-                out += piece
-                offset += len(piece)
-            return bytes(out)
-        finally:
-            await reader.close()
-
-    async def timed(self, call, *args):
-        """(result or the ApiError, virtual seconds)."""
-        start = trio.current_time()
-        try:
-            result = await call(*args)
-        except ApiError as exc:
-            result = exc
-        return result, trio.current_time() - start
-
-    def run(self, scenario):
-        """``scenario(mount, reads)`` on the mock clock; whatever it returns."""
-
-        async def main():
-            try:
-                async with ReadManager(self.content.fetch, fetch_blocks=self.content.fetch_blocks, cache_bytes=16 << 20) as reads:
-                    return await scenario(self, reads)
-            finally:
-                await self.content.aclose()
-                await self.api.aclose()
-
-        return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
-
-
 def assert_clean_eio(result) -> None:
-    assert isinstance(result, ApiError) and errno_for(result) == errno.EIO, result
+    assert isinstance(result, Exception) and errno_for(result) == errno.EIO, result
 
 
 @pytest.mark.parametrize("kind", list(PERSISTENT))
 def test_a_persistent_fault_fails_a_read_within_op_timeout_then_reads_recover(account, kind):
-    async def scenario(m: InProcessMount, reads):
-        await m.node(*SAMPLE, "small.bin")  # listings are loaded; only content requests fail
-        m.knobs(**PERSISTENT[kind])
-        failed, took = await m.timed(m.read, reads, *SAMPLE, "small.bin")
-        m.knobs(stall_rate=0, error_rate=0, throttle_rate=0, reset_rate=0, truncate_rate=0)
-        return failed, took, await m.read(reads, *SAMPLE, "small.bin"), m.faults()
+    async def scenario(core: Core):
+        await core.ino(*SAMPLE, "small.bin")  # listings are loaded; only content requests fail
+        core.knobs(**PERSISTENT[kind])
+        failed, took = await core.timed(core.read_all, *SAMPLE, "small.bin")
+        core.knobs(stall_rate=0, error_rate=0, throttle_rate=0, reset_rate=0, truncate_rate=0)
+        return failed, took, await core.read_all(*SAMPLE, "small.bin"), dict(core.emulator.counters.faults)
 
-    m = InProcessMount(account, op_timeout=6)
-    failed, took, after, faults = m.run(scenario)
+    failed, took, after, faults = run_core_on_mock_clock(account, scenario, op_timeout=6)
     assert_clean_eio(failed)
-    assert took <= m.policy.deadline < m.op_timeout, took  # the retry deadline ends inside the op
+    assert took <= 6, took  # the op timeout bounds it (the retry deadline ends inside it)
     assert after == expected("small.bin")
     assert sum(faults.values()) >= 1, faults
 
 
 def test_a_stall_longer_than_the_stall_timeout_is_abandoned_and_retried(account):
-    async def scenario(m: InProcessMount, reads):
-        await m.node(*SAMPLE, "mid.bin")  # listings are loaded; only content requests stall
-        m.knobs(stall_seconds=60, fail_next=[{"kind": "stall", "count": 2, "scope": "content"}])
-        data, took = await m.timed(m.read, reads, *SAMPLE, "mid.bin")
-        return data, took, m.faults()
+    op_timeout = 12
+    _, stall_timeout = timeouts_for(op_timeout)  # 3 s
 
-    m = InProcessMount(account, op_timeout=12)
-    data, took, faults = m.run(scenario)
+    async def scenario(core: Core):
+        await core.ino(*SAMPLE, "mid.bin")  # listings are loaded; only content requests stall
+        core.knobs(stall_seconds=60, fail_next=[{"kind": "stall", "count": 2, "scope": "content"}])
+        data, took = await core.timed(core.read_all, *SAMPLE, "mid.bin")
+        return data, took, dict(core.emulator.counters.faults)
+
+    data, took, faults = run_core_on_mock_clock(account, scenario, op_timeout=op_timeout)
     assert data == expected("mid.bin")
     assert faults.get("stall") == 2
     # the stalls (on parallel range requests) were abandoned after the stall timeout, not waited
     # out (60 s), and retried within the op
-    assert m.stall_timeout <= took < m.op_timeout, took
+    assert stall_timeout <= took < op_timeout, took
 
 
-def test_every_listing_is_bounded_by_op_timeout_when_the_api_hangs(account):
-    """A server that accepts requests but answers nothing: lookups and listings fail (EIO) within
-    ``--op-timeout`` instead of hanging the caller, and work again once it answers."""
+def test_every_op_is_bounded_by_op_timeout_when_the_api_hangs(account):
+    """A server that accepts requests but answers nothing: lookups and listings fail with EIO
+    within ``--op-timeout`` instead of hanging the caller, and work again once it answers."""
+    op_timeout = 4
 
-    async def scenario(m: InProcessMount, reads):
-        m.knobs(latency_ms=600_000)
-        outcomes = [await m.timed(m.names, *path) for path in (("Projects", "Q", "Samples"), ("Projects", "P", "Samples", "A", "Files"))]
-        m.knobs(latency_ms=0)
-        return outcomes, await m.names("Projects", "Q", "Samples"), await m.read(reads, "Projects", "P", "Samples", "A", "Files", "x.bin")
+    async def scenario(core: Core):
+        core.knobs(latency_ms=600_000)
+        # the first op of each walk that needs the API (looking up Q or P lists the projects) hangs
+        outcomes = [await core.timed(core.names, "Projects", "Q", "Samples"),
+                    await core.timed(core.names, "Projects", "P", "Samples", "A", "Files")]
+        core.knobs(latency_ms=0)
+        samples = await core.visible("Projects", "Q", "Samples")
+        return outcomes, samples, await core.read_all("Projects", "P", "Samples", "A", "Files", "x.bin")
 
-    m = InProcessMount(account, op_timeout=4)
-    outcomes, samples, data = m.run(scenario)
+    outcomes, samples, data = run_core_on_mock_clock(account, scenario, op_timeout=op_timeout)
     for result, took in outcomes:
         assert_clean_eio(result)
-        assert took <= m.policy.deadline < m.op_timeout, took
-    assert "T" in samples
+        assert took <= op_timeout, took
+    assert samples == ["T"]
     assert data == synthetic_bytes(ord("A"), 0, 200_000)
 
 
 def test_server_gone_ls_serves_cache_reads_fail_clean_and_it_comes_back(account, caplog):
-    async def scenario(m: InProcessMount, reads):
-        before = await m.names("Projects", "P", "Samples")
-        files_before = await m.names(*SAMPLE)
-        small = await m.read(reads, *SAMPLE, "small.bin")
-        m.transport.up = False  # connections refused, as when the emulator process is stopped
+    op_timeout = 8
+
+    async def scenario(core: Core):
+        before = await core.names("Projects", "P", "Samples")
+        files_before = await core.names(*SAMPLE)
+        small = await core.read_all(*SAMPLE, "small.bin")
+        core.transport.up = False  # connections refused, as when the emulator process is stopped
         await trio.sleep(1.5)  # every cached listing is now expired (TTL 1 s)
         # ls keeps working from the (expired) cache: the failed reload is logged, not surfaced.
-        listed, took = await m.timed(m.names, "Projects", "P", "Samples")
-        files_listed = await m.names(*SAMPLE)
-        mid_size = (await m.node(*SAMPLE, "mid.bin")).st_size
+        listed, took = await core.timed(core.names, "Projects", "P", "Samples")
+        files_listed = await core.names(*SAMPLE)
+        mid_size = (await core.fs.getattr(await core.ino(*SAMPLE, "mid.bin"))).size
         # Bytes nobody has read yet cannot come from anywhere: a clean EIO, bounded.
-        unread, unread_took = await m.timed(m.read, reads, *SAMPLE, "mid.bin")
+        unread, unread_took = await core.timed(core.read_all, *SAMPLE, "mid.bin")
         # A folder never listed fails clean too.
-        never_listed, _ = await m.timed(m.names, "Projects", "Q", "Samples")
-        m.transport.up = True  # the server is back: the same tree works again
-        back = await m.read(reads, *SAMPLE, "mid.bin"), await m.names("Projects", "Q", "Samples")
+        never_listed, _ = await core.timed(core.names, "Projects", "Q", "Samples")
+        core.transport.up = True  # the server is back: the same mount works again
+        back = await core.read_all(*SAMPLE, "mid.bin"), await core.visible("Projects", "Q", "Samples")
         return before, files_before, small, listed, took, files_listed, mid_size, unread, unread_took, never_listed, back
 
-    m = InProcessMount(account, op_timeout=8, metadata_ttl=1)
-    before, files_before, small, listed, took, files_listed, mid_size, unread, unread_took, never_listed, back = m.run(scenario)
+    before, files_before, small, listed, took, files_listed, mid_size, unread, unread_took, never_listed, back = (
+        run_core_on_mock_clock(account, scenario, op_timeout=op_timeout, metadata_ttl=1))
     assert small == expected("small.bin")
     # listing a folder looks up and reloads each expired folder on its way, each bounded
-    assert listed == before and took < 2 * m.op_timeout
+    assert listed == before and took < 2 * op_timeout
     assert files_listed == files_before and mid_size == FILES["mid.bin"][1]
     assert_clean_eio(unread)
-    assert unread_took <= m.policy.deadline < m.op_timeout
+    assert unread_took <= op_timeout
     assert_clean_eio(never_listed)
     assert "serving cached listing" in caplog.text
-    assert back[0] == expected("mid.bin") and "T" in back[1]
+    assert back == (expected("mid.bin"), ["T"])
