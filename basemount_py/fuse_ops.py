@@ -14,6 +14,7 @@ import os
 from typing import Any, Iterator, Sequence
 
 import pyfuse3
+import trio
 
 from .api.errors import errno_for, expected, quiet
 from .core import Attributes, Filesystem, Opened
@@ -72,6 +73,13 @@ class Operations(pyfuse3.Operations):
     def __init__(self, fs: Filesystem):
         super().__init__()
         self.fs = fs
+        self.initialized = trio.Event()  # set while the kernel's FUSE_INIT is answered
+
+    def init(self) -> None:
+        # pyfuse3 calls this from the FUSE_INIT handler, before the answer is written: a task
+        # waiting on the event runs after it, once the kernel has applied the answer
+        # (mount._tune_kernel_after_init).
+        self.initialized.set()
 
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
         with _errno_boundary("lookup", parent_inode, name):
