@@ -17,8 +17,10 @@ import threading
 import time
 
 import pytest
+import trio
 
 from basemount_py.emulator.control import EmulatorProcess
+from basemount_py.read import ReadManager
 from basemount_py.read.disk_cache import ContentKey, DiskCache
 from conftest import sha256_file, write_file
 
@@ -95,6 +97,88 @@ def test_the_bound_evicts_the_least_recently_used_files(tmp_path):
     # A write larger than the whole bound is refused, not half stored.
     big = random.Random(9).randbytes(20 * BS)
     assert not cache.write(ContentKey("big", "etag:1", len(big)), 0, blocks_of(big, 0, 20))
+
+
+def test_a_run_of_blocks_reads_back_as_one_verified_buffer(tmp_path):
+    data = random.Random(3).randbytes(10 * BS + 100)
+    key = ContentKey("f3", "etag:r", len(data))
+    cache = DiskCache.open(tmp_path, 1 << 30, BS)
+    assert cache.blocks_present(key) == bytearray(11)
+    cache.write(key, 0, blocks_of(data, 0, 6))
+    cache.write(key, 7, blocks_of(data, 7, 11))  # block 6 absent, the short last block present
+    assert list(cache.blocks_present(key)) == [1] * 6 + [0] + [1] * 4
+    assert cache.read_run(key, 0, 6) == data[: 6 * BS]
+    assert cache.read_run(key, 7, 11) == data[7 * BS :]
+    assert cache.read_run(key, 5, 8) is None  # one block of the run is absent
+    (data_file,) = glob.glob(str(tmp_path / "v1" / "*" / "*.data"))
+    with open(data_file, "r+b") as f:  # flip one byte of block 2
+        f.seek(2 * BS + 5)
+        byte = f.read(1)
+        f.seek(2 * BS + 5)
+        f.write(bytes([byte[0] ^ 0x01]))
+    assert cache.read_run(key, 0, 6) is None  # never the corrupt bytes
+    assert cache.stats["corrupt"] == 1
+    assert list(cache.blocks_present(key))[:6] == [1, 1, 0, 1, 1, 1]  # dropped
+    assert cache.read_run(key, 3, 6) == data[3 * BS : 6 * BS]
+
+
+class CountingSource:
+    """``fetch(file_id, start, end)`` over bytes, counting what the network would have sent."""
+
+    def __init__(self, files: dict[str, bytes]):
+        self.files = files
+        self.bytes = 0
+
+    async def __call__(self, file_id: str, start: int, end: int) -> bytes:
+        self.bytes += end - start
+        await trio.lowlevel.checkpoint()
+        return self.files[file_id][start:end]
+
+
+def cached_file(tmp_path, size: int, seed: int) -> tuple[DiskCache, bytes]:
+    data = random.Random(seed).randbytes(size)
+    cache = DiskCache.open(tmp_path, 1 << 30, BS)
+    blocks = -(-size // BS)
+    assert cache.write(ContentKey("f", "etag:1", size), 0, blocks_of(data, 0, blocks))
+    return cache, data
+
+
+async def test_a_file_on_the_disk_cache_is_read_in_chunks_without_the_network(tmp_path):
+    cache, data = cached_file(tmp_path, 13 * MiB + 777, seed=4)
+    source = CountingSource({"f": data})
+    async with ReadManager(source, cache_bytes=64 * MiB, disk=cache) as manager:
+        reader = manager.open("f", len(data), version="etag:1")
+        out = bytearray()
+        while piece := await reader.read(len(out), MiB):
+            assert isinstance(piece, memoryview)  # a view of the chunk read from disk, no copy
+            out += piece
+        assert out == data
+        rng = random.Random(5)
+        for _ in range(50):  # and at random, in and across chunks
+            offset, size = rng.randrange(len(data)), rng.choice([1, 4096, 65536, 3 * MiB])
+            assert bytes(await reader.read(offset, size)) == data[offset : offset + size]
+        await reader.close()
+        assert manager.stats["disk_direct_reads"] > 0
+    assert source.bytes == 0
+    assert manager.cache.reserved_bytes == 0  # every chunk's memory was given back
+
+
+async def test_a_corrupt_block_under_the_chunked_read_is_fetched_again_and_only_it(tmp_path):
+    cache, data = cached_file(tmp_path, 9 * MiB, seed=6)
+    (data_file,) = glob.glob(str(tmp_path / "v1" / "*" / "*.data"))
+    with open(data_file, "r+b") as f:
+        f.seek(5 * MiB + 3)
+        f.write(bytes([data[5 * MiB + 3] ^ 0x80]))
+    source = CountingSource({"f": data})
+    async with ReadManager(source, cache_bytes=64 * MiB, disk=cache) as manager:
+        reader = manager.open("f", len(data), version="etag:1")
+        out = bytearray()
+        while piece := await reader.read(len(out), MiB):
+            out += piece
+        await reader.close()
+    assert out == data
+    assert cache.stats["corrupt"] == 1
+    assert 0 < source.bytes <= 2 * BS  # the dropped block (and at most its neighbour), not the chunk
 
 
 def test_an_unusable_directory_disables_the_cache(tmp_path, caplog):

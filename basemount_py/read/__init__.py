@@ -13,6 +13,9 @@ Layers (each usable and tested on its own):
 * :mod:`.disk_cache` — :class:`DiskCache`, the persistent content cache (``--cache-max``): blocks
   on local disk keyed by file id + ETag + size, CRC-checked on every read, LRU-bounded, shared by
   concurrent mounts; every failure falls back to the network.
+* :mod:`.disk_stream` — reads whose blocks are all on the disk cache skip the memory cache, the
+  prefetch and the network: 4 MiB verified chunks read ahead in worker threads, each FUSE reply a
+  ``memoryview`` of a chunk (no copy in the daemon).
 * :mod:`.prefetch` — pure access-pattern logic per handle (no I/O): a sequential detector that
   tolerates the kernel's out-of-order readahead, a window starting at 1 MiB + 128 KiB that doubles
   per sequential read up to ``prefetch_max``, parts sized to the window (≤ 4 MiB) so several ranged

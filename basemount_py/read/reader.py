@@ -43,6 +43,7 @@ from ..api.errors import ProtocolError
 from ..options import MountOptions
 from .block_cache import BlockCache
 from .disk_cache import ContentKey, DiskCache
+from .disk_stream import DiskStream
 from .prefetch import AccessPattern, Plan, PrefetchConfig, part_size, round_up, split_parts
 from .verify import VerifiedReader, plain_md5
 
@@ -56,6 +57,7 @@ FetchBlocks = Callable[[str, int, int, int], Awaitable[list]]
 # either obtains blocks or raises, so this only bounds pathological races).
 _MAX_ROUNDS = 4
 DISK_READ_THREADS = 4
+DISK_WRITE_THREADS = 2
 DISK_WRITE_BACKLOG = 64 * 2**20  # bytes waiting to be written to the disk cache; beyond, not cached
 # Whole-file fetch (ReadManager.fetch_whole; off unless the mount sets whole_file_max): the number
 # of parallel parts a file is cut into (one per connection), and the index files fetched whole as
@@ -117,7 +119,7 @@ class ReadManager:
         # Its blocking calls run in worker threads; writes are bounded in bytes and never waited for.
         self.disk = disk
         self._disk_readers = trio.CapacityLimiter(DISK_READ_THREADS)
-        self._disk_writer = trio.CapacityLimiter(1)
+        self._disk_writer = trio.CapacityLimiter(DISK_WRITE_THREADS)
         self._disk_backlog = 0
         self._inflight: dict[tuple[str, int], _InFlight] = {}
         self._limiter = trio.CapacityLimiter(max(1, max_parallel))
@@ -139,6 +141,7 @@ class ReadManager:
             "inflight_joins": 0,
             "whole_file_fetches": 0,
             "disk_blocks_read": 0,
+            "disk_direct_reads": 0,
             "disk_writes_skipped": 0,
         }
 
@@ -206,7 +209,7 @@ class ReadManager:
         first_skip, last_skip = skip
         # After the waiting read first (what comes next is the likelier next read), then before it.
         for lo, hi in ((last_skip, blocks), (0, first_skip)):
-            for first, last in self._missing_runs(reader.file_id, lo, hi):
+            for first, last in self._missing_runs(reader.file_id, lo, hi, reader._on_disk):
                 for a, b in split_parts(first * bs, min(size, last * bs), part, bs):
                     if not self._start_fetch(reader, a, b, owned=False):
                         return False
@@ -308,6 +311,26 @@ class ReadManager:
         await _run_all([functools.partial(fill, a, b) for a, b in runs])
         return blocks
 
+    async def blocks_on_disk(self, reader: "FileReader") -> bytearray | None:
+        """Which blocks of the reader's file the disk cache holds (a snapshot); None without one."""
+        if self.disk is None or reader.version is None:
+            return None
+        key = ContentKey(reader.file_id, reader.version, reader.size)
+        return await trio.to_thread.run_sync(self.disk.blocks_present, key, limiter=self._disk_readers)
+
+    async def read_disk_run(self, reader: "FileReader", first: int, last: int) -> bytes | None:
+        """Blocks ``[first, last)`` straight from the disk cache as one verified buffer (or None)."""
+        assert self.disk is not None and reader.version is not None
+        key = ContentKey(reader.file_id, reader.version, reader.size)
+        data = await trio.to_thread.run_sync(self.disk.read_run, key, first, last, limiter=self._disk_readers)
+        if data is not None:
+            self._counters["disk_direct_reads"] += 1
+            self._counters["disk_blocks_read"] += last - first
+        return data
+
+    def in_memory(self, file_id: str, first: int, last: int) -> bool:
+        return all((file_id, index) in self.cache for index in range(first, last))
+
     def _store(self, key: ContentKey, first: int, blocks: list) -> None:
         """Write fetched blocks to the disk cache in the background (skipped when it lags behind)."""
         disk = self.disk
@@ -357,13 +380,14 @@ class ReadManager:
                 del self._inflight[(flight.file_id, index)]
         flight.done.set()
 
-    def _missing_runs(self, file_id: str, first: int, last: int) -> list[tuple[int, int]]:
-        """Maximal runs of blocks in ``[first, last)`` neither cached nor in flight."""
+    def _missing_runs(self, file_id: str, first: int, last: int, on_disk: bytearray | None = None) -> list[tuple[int, int]]:
+        """Maximal runs of blocks in ``[first, last)`` neither cached nor in flight (nor, given
+        ``on_disk``, on the disk cache, from which the reads take them themselves)."""
         runs: list[tuple[int, int]] = []
         run_start = None
         for index in range(first, last):
             key = (file_id, index)
-            absent = key not in self.cache and key not in self._inflight
+            absent = key not in self.cache and key not in self._inflight and not (on_disk and index < len(on_disk) and on_disk[index])
             if absent and run_start is None:
                 run_start = index
             elif not absent and run_start is not None:
@@ -381,25 +405,45 @@ class ReadManager:
         if self._nursery is None or self._closed:
             return False
         bs = self.config.block_size
-        for first, last in self._missing_runs(reader.file_id, start // bs, -(-end // bs)):
+        for first, last in self._missing_runs(reader.file_id, start // bs, -(-end // bs), reader._on_disk):
             registered = self._register(reader.file_id, reader.size, first, last, prefetch=True)
             if registered is None:
                 return False  # no room: the reader's demand reads will fetch what it needs
             flight, nbytes = registered
-            scope = trio.CancelScope()
-            if owned:
-                reader._scopes.add(scope)
-            self._scopes.add(scope)
-            self._prefetch_tasks += 1
-            self._idle = trio.Event() if self._idle.is_set() else self._idle
-            self._nursery.start_soon(self._prefetch_task, reader, flight, nbytes, scope)
+            self._background(reader, functools.partial(self._prefetch, reader, flight, nbytes), owned=owned)
         return True
 
-    async def _prefetch_task(self, reader: "FileReader", flight: _InFlight, reserved: int, scope: trio.CancelScope) -> None:
+    def _background(self, reader: "FileReader", job: Callable[[], Awaitable[None]], *, owned: bool = True) -> bool:
+        """Run ``job`` in the mount's nursery, cancelled by the handle's close() if ``owned`` and by
+        the mount's shutdown in any case; False (not started) when there is no nursery."""
+        if self._nursery is None or self._closed:
+            return False
+        scope = trio.CancelScope()
+        if owned:
+            reader._scopes.add(scope)
+        self._scopes.add(scope)
+        self._prefetch_tasks += 1
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        self._nursery.start_soon(self._background_task, reader, job, scope)
+        return True
+
+    async def _background_task(self, reader: "FileReader", job: Callable[[], Awaitable[None]], scope: trio.CancelScope) -> None:
         try:
             with scope:
-                async with self._limiter:
-                    await self._run(flight, reader, reserved)
+                await job()
+        except Exception as exc:  # background work is never fatal: the reads do it themselves
+            log.debug("background read of %s failed: %s", reader.file_id, exc)
+        finally:
+            reader._scopes.discard(scope)
+            self._scopes.discard(scope)
+            self._prefetch_tasks -= 1
+            if self._prefetch_tasks == 0:
+                self._idle.set()
+
+    async def _prefetch(self, reader: "FileReader", flight: _InFlight, reserved: int) -> None:
+        try:
+            async with self._limiter:
+                await self._run(flight, reader, reserved)
         except Exception as exc:
             # Not fatal: the blocks stay absent and the next read fetches them itself.
             log.debug("prefetch of %s blocks %d-%d failed: %s", flight.file_id, flight.first, flight.last, exc)
@@ -408,11 +452,6 @@ class ReadManager:
             if not flight.done.is_set():  # cancelled before _run started: undo its registration
                 flight.error = _NOT_STARTED
                 self._finish(flight, reserved)
-            reader._scopes.discard(scope)
-            self._scopes.discard(scope)
-            self._prefetch_tasks -= 1
-            if self._prefetch_tasks == 0:
-                self._idle.set()
 
     async def get_blocks(self, reader: "FileReader", first: int, need: int, want: int) -> dict[int, memoryview | bytes]:
         """Blocks ``[first, need)`` (all required) plus any of ``[need, want)`` that come along.
@@ -516,8 +555,14 @@ class FileReader:
         self._scopes: set[trio.CancelScope] = set()
         self._closed = False
         self._whole_requested = False  # a whole-file fetch was asked for by this handle
+        # Blocks the disk cache held when this handle first read (1 per block); None: not loaded
+        # yet, or no disk cache. Reads whose blocks are all there skip the memory cache and the
+        # prefetch: one preadv of the cache file per read, handed to the kernel as is.
+        self._on_disk: bytearray | None = None
+        self._on_disk_loaded = False
+        self._disk_stream: DiskStream | None = None
 
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> bytes | memoryview:
         if offset < 0 or size < 0:
             raise ValueError("read offset and size must be >= 0")
         if self._closed:
@@ -527,15 +572,27 @@ class FileReader:
         end = min(self.size, offset + size)
         manager = self.manager
         bs = manager.config.block_size
+        if not self._on_disk_loaded:
+            self._on_disk_loaded = True
+            self._on_disk = await manager.blocks_on_disk(self)
         plan = self.pattern.observe(offset, size, window_cap=manager.window_cap())
         if self.pattern.window > 0:
             manager._streaming.add(self)
         else:
             manager._streaming.discard(self)
-        if plan.prefetch_end > plan.demand_end:
-            self._schedule_prefetch(offset, plan)
-
         first, need = offset // bs, -(-end // bs)
+        # All of this read on the disk cache (and not already in memory): disk_stream.py.
+        direct = self._all_on_disk(first, need) and not manager.in_memory(self.file_id, first, need)
+        ahead = (plan.demand_end // bs, -(-plan.prefetch_end // bs))
+        if plan.prefetch_end > plan.demand_end and not (direct and self._all_on_disk(*ahead)):
+            self._schedule_prefetch(offset, plan)
+        if direct:
+            if self._disk_stream is None:
+                self._disk_stream = DiskStream(manager, self)
+            data = await self._disk_stream.read(offset, end, plan.sequential)
+            if data is not None:
+                return data
+            self._not_on_disk(first, need)  # not (or no longer) usable: the ordinary path
         want = max(need, -(-plan.demand_end // bs))
         if not plan.sequential and not self._whole_requested:
             # A random read of a small file: the rest of it is likely to follow (a BAM's regions,
@@ -559,6 +616,13 @@ class FileReader:
             for index in range(first, end // bs):
                 manager.cache.demote((self.file_id, index))
         return data
+
+    def _all_on_disk(self, first: int, last: int) -> bool:
+        return self._on_disk is not None and first < last and self._on_disk.find(0, first, last) == -1
+
+    def _not_on_disk(self, first: int, last: int) -> None:
+        if self._on_disk is not None:
+            self._on_disk[first:last] = bytes(len(self._on_disk[first:last]))
 
     def _schedule_prefetch(self, offset: int, plan: Plan) -> None:
         manager = self.manager
@@ -602,6 +666,8 @@ class FileReader:
         """Cancel this handle's outstanding prefetches (their blocks are released, not cached)."""
         self._closed = True
         self.manager._streaming.discard(self)
+        if self._disk_stream is not None:
+            self._disk_stream.close()
         for scope in list(self._scopes):
             scope.cancel()
         await trio.lowlevel.checkpoint()

@@ -1,0 +1,139 @@
+"""Reads of a file the persistent content cache holds: large verified chunks, replies as views.
+
+A read whose blocks are all on the disk cache (by the handle's snapshot of the cache's records,
+``DiskCache.blocks_present``) does not go through the memory block cache, the prefetch or the
+network at all:
+
+* **sequential reads** are served from chunks of ``CHUNK_BLOCKS`` blocks (4 MiB), each read with
+  one ``preadv`` into one buffer and checked block by block (``DiskCache.read_run``) in a worker
+  thread, ``CHUNKS_AHEAD`` chunks ahead of the reader. Most FUSE reads then find their chunk
+  already read and are answered on the trio thread at once, with a ``memoryview`` of the chunk: no
+  thread hop and no copy in the daemon between the cache file and the kernel. The kernel's own
+  readahead keeps only a few requests in flight, so without reading ahead each request waited for
+  a disk read and a trip through a worker thread, which on a loaded machine is mostly waiting for
+  a CPU (docs/performance.md, "Second-mount re-read").
+* **other reads** are one ``read_run`` of exactly their blocks.
+
+Chunks hold memory reserved in the mount's block cache bound (so ``--cache-size`` still bounds
+the daemon's memory); a chunk that cannot be reserved is not read ahead. A chunk that comes back
+None (a block absent or failing its checksum: the cache drops it) makes the reads of that chunk
+take the ordinary path, which fetches what is missing from the network.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import trio
+
+if TYPE_CHECKING:
+    from .reader import FileReader, ReadManager
+
+CHUNK_BLOCKS = 64  # blocks per chunk: 4 MiB with 64 KiB blocks
+CHUNKS_AHEAD = 6  # chunks read ahead of a sequential reader (beyond the one it is in)
+
+
+class _Chunk:
+    __slots__ = ("done", "data", "reserved", "dropped")
+
+    def __init__(self, reserved: int):
+        self.done = trio.Event()
+        self.data: bytes | None = None
+        self.reserved = reserved  # bytes of the block cache's bound it holds
+        self.dropped = False  # forgotten while being read: the read releases the reservation
+
+
+class DiskStream:
+    """The chunks of one handle (see module docstring)."""
+
+    def __init__(self, manager: "ReadManager", reader: "FileReader"):
+        self.manager = manager
+        self.reader = reader
+        self._chunks: dict[int, _Chunk] = {}
+        bs = manager.config.block_size
+        self._blocks = -(-reader.size // bs)
+
+    def _chunk_blocks(self, index: int) -> tuple[int, int]:
+        first = index * CHUNK_BLOCKS
+        return first, min(self._blocks, first + CHUNK_BLOCKS)
+
+    def _start(self, index: int) -> _Chunk | None:
+        """Start reading chunk ``index`` in the background (if it is on disk and fits in memory)."""
+        chunk = self._chunks.get(index)
+        if chunk is not None:
+            return chunk
+        first, last = self._chunk_blocks(index)
+        if first >= last or not self.reader._all_on_disk(first, last):
+            return None
+        manager = self.manager
+        nbytes = min(self.reader.size, last * manager.config.block_size) - first * manager.config.block_size
+        if not manager.cache.reserve(nbytes):
+            return None
+        chunk = self._chunks[index] = _Chunk(nbytes)
+
+        async def read() -> None:
+            try:
+                chunk.data = await manager.read_disk_run(self.reader, first, last)
+            finally:
+                chunk.done.set()
+                if chunk.dropped:
+                    chunk.data = None
+                    manager.cache.release(chunk.reserved)
+
+        if not manager._background(self.reader, read):
+            del self._chunks[index]
+            manager.cache.release(nbytes)
+            return None
+        return chunk
+
+    async def read(self, offset: int, end: int, sequential: bool) -> bytes | memoryview | None:
+        """Bytes ``[offset, end)`` from the disk cache, or None: take the ordinary path."""
+        manager = self.manager
+        bs = manager.config.block_size
+        first, need = offset // bs, -(-end // bs)
+        span = CHUNK_BLOCKS * bs
+        c0, c1 = first // CHUNK_BLOCKS, (need - 1) // CHUNK_BLOCKS
+        if sequential:
+            for index in range(c0, c1 + 1 + CHUNKS_AHEAD):
+                self._start(index)
+            self._forget_before(c0 - 1)  # one behind: the kernel's readahead arrives out of order
+        chunks = [self._chunks.get(index) for index in range(c0, c1 + 1)]
+        pieces = []
+        for index, chunk in zip(range(c0, c1 + 1), chunks):
+            if chunk is None:
+                break
+            await chunk.done.wait()
+            if chunk.data is None:
+                if chunk.dropped:
+                    break  # forgotten meanwhile (the reader moved on): read this one exactly
+                self._drop(index)
+                first_block, last_block = self._chunk_blocks(index)
+                self.reader._not_on_disk(first_block, last_block)  # its other reads too
+                return None  # absent or corrupt on disk
+            lo = max(offset - index * span, 0)
+            hi = min(end - index * span, len(chunk.data))
+            pieces.append(memoryview(chunk.data)[lo:hi])
+        else:
+            # One chunk (the usual case for the kernel's 1 MiB reads): a view of it, no copy.
+            return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        # Not read ahead (a random read, or no room in memory): exactly this read's blocks, once.
+        run = await manager.read_disk_run(self.reader, first, need)
+        return None if run is None else memoryview(run)[offset - first * bs : end - first * bs]
+
+    def _forget_before(self, index: int) -> None:
+        for old in [i for i in self._chunks if i < index]:
+            self._drop(old)
+
+    def _drop(self, index: int) -> None:
+        chunk = self._chunks.pop(index, None)
+        if chunk is None:
+            return
+        if chunk.done.is_set():
+            chunk.data = None
+            self.manager.cache.release(chunk.reserved)
+        else:
+            chunk.dropped = True  # still being read: its task releases the reservation
+
+    def close(self) -> None:
+        for index in list(self._chunks):
+            self._drop(index)
