@@ -35,6 +35,7 @@ class MountProcess:
         access_token: str | None = None,
         env: dict | None = None,
         log: Path | None = None,
+        cwd: Path | None = None,
     ):
         self.mountpoint = Path(mountpoint)
         self.log = log or self.mountpoint.with_name(self.mountpoint.name + ".log")
@@ -45,6 +46,7 @@ class MountProcess:
             self.env["BASESPACE_ACCESS_TOKEN"] = access_token
         self.env.update(env or {})
         self.args = [sys.executable, "-m", "basemount_py", "mount", str(self.mountpoint), "--foreground", *extra]
+        self.cwd = cwd  # where the daemon starts; ``-m basemount_py`` imports from here first
         self.process: subprocess.Popen | None = None
         self._log_file: IO[bytes] | None = None
 
@@ -59,7 +61,7 @@ class MountProcess:
     def start(self, timeout: float = 30) -> "MountProcess":
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log, "ab")
-        self.process = subprocess.Popen(self.args, env=self.env, stdout=self._log_file, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(self.args, env=self.env, cwd=self.cwd, stdout=self._log_file, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if is_mounted(self.mountpoint):

@@ -96,6 +96,9 @@ PEER_ROUTE = "GET http tree"  # ... and of the peer's (emulator/http_listing.py)
 # What each subject is: the daemon, the daemon with --direct-io, rclone without and with its cache.
 OURS, DIRECT, RCLONE_OFF, RCLONE_FULL = "basemount_py", "`--direct-io`", "rclone, cache off", "rclone, cache full"
 PEERS = (RCLONE_OFF, RCLONE_FULL)
+# --baseline DIR: the daemon of another checkout (e.g. a worktree of main), measured beside ours
+# on the same rows, in the same run, interleaved: a before/after of a change in one table.
+BASELINE = "baseline"
 
 
 def note(message: str) -> None:
@@ -123,14 +126,12 @@ class BenchMount(MountProcess):
 
     route = CONTENT_ROUTE
 
-    def __init__(self, emulator: EmulatorProcess, mountpoint: Path, *extra: str):
-        super().__init__(
-            mountpoint,
-            *extra,
-            api_server=emulator.url,
-            access_token=emulator.token,
-            env={"HOME": str(mountpoint.parent / "home")},
-        )
+    def __init__(self, emulator: EmulatorProcess, mountpoint: Path, *extra: str, source: Path | None = None):
+        """``source``: run the daemon of that checkout instead of this one (``--baseline``)."""
+        env = {"HOME": str(mountpoint.parent / "home")}
+        if source is not None:
+            env["PYTHONPATH"] = str(source)
+        super().__init__(mountpoint, *extra, api_server=emulator.url, access_token=emulator.token, env=env, cwd=source)
 
     def peak_rss(self) -> int:
         """The daemon's VmHWM (peak resident set) in bytes."""
@@ -356,9 +357,11 @@ class Results:
 class Subjects:
     """Fresh mounts of each kind: ours (with the bench's extra options) and the peer's."""
 
-    def __init__(self, em: EmulatorProcess, base: Path, extra: list[str]):
-        self.em, self.base, self.extra = em, base, extra
+    def __init__(self, em: EmulatorProcess, base: Path, extra: list[str], baseline: Path | None = None):
+        self.em, self.base, self.extra, self.baseline = em, base, extra, baseline
         self.count = 0
+        # Our daemon, then the baseline's right after it on every row (interleaved).
+        self.ours = (OURS, BASELINE) if baseline is not None else (OURS,)
 
     def mount(self, kind: str, cache_dir: Path | None = None) -> BenchMount:
         """A fresh mount; ``cache_dir``: a persistent cache to share with another mount."""
@@ -368,9 +371,10 @@ class Subjects:
             cache = cache_dir or self.base / f"rclone-cache-{self.count}"
             return PeerMount(self.em, mountpoint, "off" if kind == RCLONE_OFF else "full", cache)
         extra = list(self.extra) + (["--direct-io"] if kind == DIRECT else [])
-        if cache_dir is not None and supports_cache_dir():
+        source = self.baseline if kind == BASELINE else None
+        if cache_dir is not None and supports_cache_dir(source):
             extra += [f"--cache-dir={cache_dir}", "--cache-max=16"]
-        return BenchMount(self.em, mountpoint, *extra)
+        return BenchMount(self.em, mountpoint, *extra, source=source)
 
 
 def check_windows(path: Path, seed: int, size: int, rng: random.Random) -> None:
@@ -439,7 +443,7 @@ def bench_cp(ctx: Context) -> None:
     res.put("(b) 16 ranged curls, MB/s", profile, rate(sizes.cp, t_parallel), "{:.0f}")
 
     cp_times = {}
-    for kind in (OURS, DIRECT, *PEERS):
+    for kind in (*subjects.ours, DIRECT, *PEERS):
         note(f"{profile}: cp through {kind}")
         drop_caches()
         with subjects.mount(kind) as m:
@@ -468,7 +472,7 @@ def bench_cp(ctx: Context) -> None:
 def bench_readers(ctx: Context) -> None:
     """(c) concurrent readers."""
     profile, subjects, em, base, work, sizes, res, seeds, check_rng, files = _unpack(ctx)
-    for kind in (OURS, *PEERS):
+    for kind in (*subjects.ours, *PEERS):
         note(f"{profile}: {READERS} concurrent readers through {kind}")
         drop_caches()
         with subjects.mount(kind) as m:
@@ -500,7 +504,7 @@ def bench_pread(ctx: Context) -> None:
     """(d) random 64 KiB preads."""
     profile, subjects, em, base, work, sizes, res, seeds, check_rng, files = _unpack(ctx)
     random_name = files / f"random-{profile}.bin"
-    for kind in (OURS, *PEERS):
+    for kind in (*subjects.ours, *PEERS):
         note(f"{profile}: {PREADS} random 64 KiB preads through {kind}")
         drop_caches()
         with subjects.mount(kind) as m:
@@ -544,7 +548,7 @@ def bench_samtools(ctx: Context) -> None:
     t_local_each, local_counts = _samtools_each(local_bam, regions)
     t_local_all = timed(["samtools", "view", "-c", str(local_bam), *regions], 300)
     each, together = {}, {}
-    for kind in (OURS, *PEERS):
+    for kind in (*subjects.ours, *PEERS):
         note(f"{profile}: samtools through {kind}")
         drop_caches()
         with subjects.mount(kind) as m:
@@ -583,7 +587,7 @@ def bench_reread(ctx: Context) -> None:
     drop_caches()
     t_local = timed(["cp", str(local_copy), "/dev/null"], 1800)
     res.put("(f) local disk read, MB/s", profile, rate(sizes.reread, t_local), "{:.0f}")
-    for kind in (OURS, RCLONE_FULL):
+    for kind in (*subjects.ours, RCLONE_FULL):
         cache = subjects.base / f"reread-cache-{subjects.count}"
         with subjects.mount(kind, cache) as m:
             run(["cp", str(m.path(str(reread))), "/dev/null"], 1800)
@@ -606,9 +610,11 @@ MEASUREMENTS = {"cp": bench_cp, "readers": bench_readers, "pread": bench_pread, 
 
 
 @functools.cache
-def supports_cache_dir() -> bool:
-    """Whether our daemon has a persistent content cache (the re-read row then gives it one)."""
-    usage = subprocess.run([sys.executable, "-m", "basemount_py", "mount", "--help"], capture_output=True, text=True)
+def supports_cache_dir(source: Path | None = None) -> bool:
+    """Whether the daemon (ours, or that of checkout ``source``) has a persistent content cache
+    (the re-read row then gives it one)."""
+    env = {**os.environ, "PYTHONPATH": str(source)} if source is not None else None
+    usage = subprocess.run([sys.executable, "-m", "basemount_py", "mount", "--help"], capture_output=True, text=True, cwd=source, env=env)
     return "--cache-max" in usage.stdout
 
 
@@ -760,19 +766,24 @@ def markdown(res: Results, profiles: list[str], header: str) -> str:
 
 
 def peer_table(res: Results, profiles: list[str]) -> str:
-    """basemount_py beside rclone; "ahead ×" > 1 means basemount_py is better on that row."""
+    """basemount_py beside rclone (and the --baseline checkout, when measured); "ahead ×" > 1
+    means basemount_py is better on that row."""
+    baseline = any(BASELINE in by_subject for by_subject in res.peer.values())
+    subjects = SUBJECTS + ((BASELINE,) if baseline else ())
+    others = PEERS + ((BASELINE,) if baseline else ())
     lines = [
-        "| Workload | " + " | ".join(SUBJECTS) + " | ahead of rclone off, × | ahead of rclone full, × |",
-        "|---|" + "---:|" * (len(SUBJECTS) + 2),
+        "| Workload | " + " | ".join(subjects) + " | ahead of rclone off, × | ahead of rclone full, × |"
+        + (" ahead of baseline, × |" if baseline else ""),
+        "|---|" + "---:|" * (len(subjects) + len(others)),
     ]
     for profile in profiles:
         for (p, workload), by_subject in res.peer.items():
             if p != profile:
                 continue
             medians = {k: statistics.median(v) for k, v in by_subject.items()}
-            cells = [_figure(medians[k]) if k in medians else "–" for k in SUBJECTS]
+            cells = [_figure(medians[k]) if k in medians else "–" for k in subjects]
             more_is_better = workload.endswith("MB/s")
-            for peer in PEERS:
+            for peer in others:
                 ours, theirs = medians.get(OURS), medians.get(peer)
                 if ours is None or theirs is None:
                     cells.append("–")
@@ -801,6 +812,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join([*MEASUREMENTS, "merged"]), metavar="LIST",
                         help=f"comma-separated measurements to run (default: {','.join([*MEASUREMENTS, 'merged'])})")
     parser.add_argument("--repeat", type=int, default=1, metavar="N", help="interleave N rounds; tables show medians")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="also measure the daemon of this checkout (e.g. `git worktree add DIR main`) on every row")
     parser.add_argument("--mount-option", action="append", default=[], metavar="OPT",
                         help="extra option for basemount-py mount, e.g. --mount-option=--cache-size=128")
     args = parser.parse_args(argv)
@@ -808,6 +821,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--size must be > 0")
     if args.repeat < 1:
         parser.error("--repeat must be >= 1")
+    if args.baseline is not None:
+        args.baseline = args.baseline.resolve()
+        if not (args.baseline / "basemount_py" / "__init__.py").is_file():
+            parser.error(f"--baseline: {args.baseline} is not a basemount_py checkout")
     only = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = [name for name in only if name not in MEASUREMENTS and name != "merged"]
     if unknown:
@@ -831,7 +848,7 @@ def main(argv: list[str] | None = None) -> int:
         note(f"building the account in {base}")
         info = build_account(base / "account", sizes, profiles, work)
         with EmulatorProcess(base / "account") as em:
-            subjects = Subjects(em, base, args.mount_option)
+            subjects = Subjects(em, base, args.mount_option, args.baseline)
             for round_ in range(args.repeat):
                 for profile in profiles:
                     note(f"round {round_ + 1} of {args.repeat}: {profile}")

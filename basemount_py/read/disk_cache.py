@@ -190,7 +190,7 @@ class DiskCache:
                 return None
             expected = [self._block_length(key, index) for index in range(first, last)]
             checks = list(RECORD.iter_unpack(records))
-            if any(length != want or length == 0 for (length, _), want in zip(checks, expected)):
+            if any(length != want or length == 0 for (length, _), want in zip(checks, expected, strict=True)):
                 return None
             buffer = os.pread(pair.data, sum(expected), first * self.block_size)
             if len(buffer) != sum(expected):

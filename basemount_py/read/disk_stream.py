@@ -99,7 +99,7 @@ class DiskStream:
             self._forget_before(c0 - 1)  # one behind: the kernel's readahead arrives out of order
         chunks = [self._chunks.get(index) for index in range(c0, c1 + 1)]
         pieces = []
-        for index, chunk in zip(range(c0, c1 + 1), chunks):
+        for index, chunk in zip(range(c0, c1 + 1), chunks, strict=True):
             if chunk is None:
                 break
             await chunk.done.wait()
