@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 
 import httpx
@@ -372,3 +373,39 @@ def test_property_links_are_set_and_removed_and_the_cached_listings_follow(emula
     before, listed, target, after, s1 = run_core(emulator, tmp_path, scenario, writes=True)
     assert "Input.sample" not in before and "Input.sample" in listed and "Input.sample" not in after
     assert target.endswith(f"Samples/.id.{s1}")  # a relative link to the sample, by id
+
+
+# -- the pyfuse3 adapter, without a kernel -------------------------------------------------------
+
+
+def test_the_adapter_only_translates_and_maps_every_failure_to_fuse_errors(emulator, tmp_path, caplog):
+    import pyfuse3
+
+    from basemount_py.fuse_ops import Operations
+
+    async def scenario(core: Core):
+        ops = Operations(core.fs)
+        projects = await ops.lookup(ROOT_INODE, b"Projects")
+        codes = []
+        for call in (lambda: ops.lookup(projects.st_ino, b"NoSuchProject"),  # NotFound
+                     lambda: ops.read(4242, 0, 10),  # no such handle
+                     lambda: ops.mkdir(projects.st_ino, b"X", 0o755),  # read-only mount
+                     lambda: ops.link(projects.st_ino, ROOT_INODE, b"x", None)):
+            with pytest.raises(pyfuse3.FUSEError) as failed:
+                await call()
+            codes.append(failed.value.errno)
+
+        async def bug(*args):
+            raise KeyError("a bug in the core")
+
+        core.fs.getattr = bug  # anything outside the error hierarchy: EIO and a traceback
+        with pytest.raises(pyfuse3.FUSEError) as broken:
+            await ops.getattr(projects.st_ino)
+        return projects, codes, broken.value.errno
+
+    projects, codes, broken = run_core(emulator, tmp_path, scenario)
+    assert stat.S_ISDIR(projects.st_mode) and projects.st_nlink == 2 and projects.entry_timeout > 0
+    assert codes == [errno.ENOENT, errno.EBADF, errno.EROFS, errno.EROFS]
+    assert broken == errno.EIO
+    assert any(r.exc_info and "unexpected error in getattr" in r.getMessage() for r in caplog.records)
+    assert not any("NoSuchProject" in r.getMessage() for r in caplog.records)  # a missing name is not logged
