@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .api.errors import errno_for
 from .tree import Node, Tree
+from .tree.nodes import TRASHABLE_FOLDERS, FolderKind
 from .write.upload import WriteFailure
 
 if TYPE_CHECKING:
@@ -32,30 +33,29 @@ DESCRIPTIONS = {
     "retry": "retry PATH: upload a file that failed for good again (PATH from the top; top folder only)",
 }
 COMMANDS = tuple(DESCRIPTIONS)
-TRASHABLE = {"project", "sample", "appresult", "appsession", "run"}
 
 
 def valid(node: Node | None) -> list[str]:
     """The commands that make sense in a folder (BaseMount: ``basemount-cmd`` with no command)."""
-    kind = node.kind if node is not None else ""
+    kind = node.kind if node is not None else None
     out = ["refresh"]
-    if kind in TRASHABLE:
+    if kind in TRASHABLE_FOLDERS:
         out.append("move-to-trash")
-    if kind == "trashitem":
+    if kind == FolderKind.TRASHITEM:
         out.append("restore-from-trash")
-    if kind in ("appresult", "appsession", "sample"):
+    if kind in (FolderKind.APPRESULT, FolderKind.APPSESSION, FolderKind.SAMPLE):
         entity = (node.ctx.get("entity") or {}) if node is not None else {}
         # Whose Status says "not yet Complete": the app session's; for a sample as real lists give
         # it (no AppSession), the sample's own (BaseMount: "samples not yet Complete").
-        if kind == "appsession" or (kind == "sample" and "AppSession" not in entity):
+        if kind == FolderKind.APPSESSION or (kind == FolderKind.SAMPLE and "AppSession" not in entity):
             session = entity
         else:
             session = entity.get("AppSession") if isinstance(entity.get("AppSession"), dict) else None
         if session and str(session.get("Status", "")).lower() != "complete":
             out.append("mark-as-complete")
-        if session and kind != "sample":
+        if session and kind != FolderKind.SAMPLE:
             out.append("rename-appsession")
-    if kind == "root":
+    if kind == FolderKind.ROOT:
         out += ["unmount", "flush", "retry"]
     return out
 

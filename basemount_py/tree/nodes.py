@@ -65,6 +65,12 @@ class FolderKind(StrEnum):
     PROPITEMS = "propitems"  # an array or map property: one entry per item
 
 
+# Entity folders that rmdir and the move-to-trash command send to the trash.
+TRASHABLE_FOLDERS = frozenset(
+    {FolderKind.PROJECT, FolderKind.SAMPLE, FolderKind.APPRESULT, FolderKind.APPSESSION, FolderKind.RUN}
+)
+
+
 @dataclass(frozen=True)
 class Owner:
     """The entity whose files (``Files/``) or properties (``Properties/``) a folder shows."""

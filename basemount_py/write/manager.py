@@ -35,8 +35,9 @@ import trio
 
 from ..api.client import BaseSpaceClient
 from ..api.errors import ApiError, FsError, errno_for
+from ..entities import WITH_PROPERTIES
 from ..tree import DIR, SYMLINK, TEXT, Node, NotFound, Tree
-from ..tree.nodes import UPLOAD, FolderKind, Owner, text_node
+from ..tree.nodes import TRASHABLE_FOLDERS, UPLOAD, FolderKind, Owner, text_node
 from ..tree.layout import properties_href
 from .api import WriteApi
 from .properties import MAX_BYTES, entity_href, item_href
@@ -46,7 +47,6 @@ from .uploader import Uploader
 
 log = logging.getLogger(__name__)
 
-ENTITY_DIR_KINDS = {"project", "sample", "appresult", "appsession", "run"}
 DELETE_GUARD_SECONDS = 5.0
 FOLDER_QUIET_SECONDS = 1.0  # after a lookup in a folder, its pending uploads wait this long (a rename may follow)
 COMPLETE_WAIT_SECONDS = 30.0  # mark-as-complete waits this long for the app result's uploads
@@ -138,23 +138,23 @@ class WriteManager:
 
     async def mkdir(self, parent: Node, name: str) -> Node:
         path = parent.path
-        if parent.kind == "projects":
+        if parent.kind == FolderKind.PROJECTS:
             with self._api_write(path, f"creating project {name!r}"):
                 created = await self.api.create_project(name)
             self.layout.drop_api("v1pre3/users/current/projects")
             self._drop_listing(path)
             return await self._created_child(parent, name, created)
-        if parent.kind == "appresults":
+        if parent.kind == FolderKind.APPRESULTS:
             pid = parent.ctx["project_id"]
             with self._api_write(path, f"creating app result {name!r}"):
                 created = await self.api.create_appresult(pid, name)
             self.layout.drop_api(f"v1pre3/projects/{pid}/appresults", "v1pre3/users/current/appsessions")
             self._drop_listing(path, path[:-1] + ("AppSessions",))
             return await self._created_child(parent, name, created)
-        if parent.kind == "files" and parent.ctx.get("writable"):
+        if parent.kind == FolderKind.FILES and parent.ctx.get("writable"):
             ctx = {"owner": parent.ctx["owner"], "sub": parent.ctx["sub"] + (name,), "writable": True, "local": True}
             return self._add_local(parent, Node(path=path + (name,), type=DIR, kind=FolderKind.FILES, ctx=ctx, mtime=time.time()))
-        if parent.kind == "properties":
+        if parent.kind == FolderKind.PROPERTIES:
             owner = Owner(parent.ctx["collection"], parent.ctx["id"])
             ctx = {"type": "", "items": [], "writable": True, "local": True, "prop_name": name, "owner": owner}
             return self._add_local(parent, Node(path=path + (name,), type=DIR, kind=FolderKind.PROPITEMS, ctx=ctx, mtime=time.time()))
@@ -196,7 +196,7 @@ class WriteManager:
         if self._is_property(parent, child):  # an array property: rmdir Properties/Ns.list
             await self.delete_property(parent, child)
             return
-        if child.kind not in ENTITY_DIR_KINDS:
+        if child.kind not in TRASHABLE_FOLDERS:
             self.block_deletes(path, f"cannot remove {name!r} (only entities can be moved to the trash)")
         await self.move_to_trash(child)
 
@@ -221,7 +221,7 @@ class WriteManager:
 
     @staticmethod
     def _is_property(parent: Node, child: Node) -> bool:
-        return parent.kind == "properties" and bool(child.ctx.get("prop_name")) and bool(child.ctx.get("owner"))
+        return parent.kind == FolderKind.PROPERTIES and bool(child.ctx.get("prop_name")) and bool(child.ctx.get("owner"))
 
     async def delete_property(self, parent: Node, child: Node) -> None:
         """``DELETE v2/{collection}/{id}/properties/{name}``: the property is gone from BaseSpace."""
@@ -241,19 +241,19 @@ class WriteManager:
     async def move_to_trash(self, node: Node) -> None:
         folder = node.path[:-1]
         self._check_delete_guard(folder)
-        if node.kind not in ENTITY_DIR_KINDS:
+        if node.kind not in TRASHABLE_FOLDERS:
             raise self.fail(node.path, errno.EINVAL, "move-to-trash works on a project, sample, app result, app session or run folder")
         entity, collection = node.ctx["entity"], node.ctx["collection"]
         with self._api_write(folder, f"moving {node.name!r} to the trash"):
             await self.api.move_to_trash(collection, str(entity["Id"]))
         log.info("moved %s %s (%s) to the trash", collection, entity.get("Id"), node.name)
         # An app session takes its samples and app results with it: refresh the whole project.
-        self.tree.refresh(folder[:-1] if node.kind == "appsession" else folder)
+        self.tree.refresh(folder[:-1] if node.kind == FolderKind.APPSESSION else folder)
         self._drop_listing((".Trash",), prefix=True)
         self.layout.write_errors.pop(folder, None)
 
     async def restore(self, node: Node) -> None:
-        if node.kind != "trashitem":
+        if node.kind != FolderKind.TRASHITEM:
             raise self.fail(node.path, errno.EINVAL, "restore-from-trash works on a .Trash/<item> folder")
         with self._api_write(node.path, f"restoring {node.name!r}"):
             await self.api.restore_from_trash(str(node.ctx["entity"]["Id"]))
@@ -262,12 +262,12 @@ class WriteManager:
 
     async def _session_of(self, node: Node) -> dict:
         entity = node.ctx.get("entity") or {}
-        if node.kind == "appsession":
+        if node.kind == FolderKind.APPSESSION:
             return entity
-        if node.kind == "sample" and "AppSession" not in entity and entity.get("Id") is not None:
+        if node.kind == FolderKind.SAMPLE and "AppSession" not in entity and entity.get("Id") is not None:
             # real sample list items carry no AppSession: GET samples/{id} does
             entity = await self.layout.entity_detail("samples", str(entity["Id"]))
-        if node.kind in ("appresult", "sample") and isinstance(entity.get("AppSession"), dict):
+        if node.kind in (FolderKind.APPRESULT, FolderKind.SAMPLE) and isinstance(entity.get("AppSession"), dict):
             return entity["AppSession"]
         raise self.fail(node.path, errno.EINVAL, "this folder is not an app result, sample or app session with an app session")
 
@@ -275,7 +275,7 @@ class WriteManager:
         session = await self._session_of(node)
         if str(session.get("Status", "")).lower() == "complete":
             raise self.fail(node.path, errno.EINVAL, f"app session {session.get('Name', session.get('Id'))!r} is already Complete")
-        owner = str((node.ctx.get("entity") or {}).get("Id")) if node.kind == "appresult" else None
+        owner = str((node.ctx.get("entity") or {}).get("Id")) if node.kind == FolderKind.APPRESULT else None
 
         def waiting() -> list[SpoolEntry]:
             return [e for e in self.unfinished() if e.kind == FILE and (owner is None or e.owner_id == owner)]
@@ -433,15 +433,15 @@ class WriteManager:
 
     async def create(self, parent: Node, name: str) -> tuple[SpoolEntry, Node]:
         path = parent.path
-        if self.unavailable and parent.kind in ("files", "properties"):
+        if self.unavailable and parent.kind in (FolderKind.FILES, FolderKind.PROPERTIES):
             raise self.fail(path, errno.EROFS, self.unavailable)
-        if parent.kind == "files" and parent.ctx.get("writable"):
+        if parent.kind == FolderKind.FILES and parent.ctx.get("writable"):
             owner = parent.ctx["owner"]
             collection, owner_id = owner.collection, owner.entity_id
             if collection != "appresults":
                 raise self.fail(path, errno.EROFS, "files can only be uploaded into an app result")
             fields = {"kind": FILE, "owner_id": owner_id, "directory": "/".join(parent.ctx["sub"])}
-        elif parent.kind == "properties":
+        elif parent.kind == FolderKind.PROPERTIES:
             if "." not in name.strip(".") or name.startswith("."):
                 raise self.fail(path, errno.EINVAL, f"property names need a namespace, e.g. Input.{name} (BaseSpace refuses {name!r})")
             fields = {"kind": PROPERTY, "owner_id": parent.ctx["id"], "collection": parent.ctx["collection"]}
@@ -482,7 +482,7 @@ class WriteManager:
             self._handles[entry.id] = self._handles.get(entry.id, 0) + 1
             node.size = entry.size
             return entry
-        if node.type == TEXT and parent is not None and parent.kind == "properties":
+        if node.type == TEXT and parent is not None and parent.kind == FolderKind.PROPERTIES:
             if self.unavailable:
                 raise self.fail(folder, errno.EROFS, self.unavailable)
             return await self._property_entry(node, parent, b"" if truncate else node.content)
@@ -508,9 +508,9 @@ class WriteManager:
         """chmod/chown/utimes on a file of a Running app result succeed and are ignored: tools
         (cp -p, rsync -a, tar -x) set them right after close, maybe after the upload."""
         if node.type == DIR:  # a folder inside a Running app result's Files/ (cp -a, tar, rsync)
-            return node.kind == "files" and bool(node.ctx.get("writable"))
+            return node.kind == FolderKind.FILES and bool(node.ctx.get("writable"))
         parent = self._parent(node)
-        return parent is not None and parent.kind == "files" and bool(parent.ctx.get("writable"))
+        return parent is not None and parent.kind == FolderKind.FILES and bool(parent.ctx.get("writable"))
 
     def _node_of(self, entry: SpoolEntry) -> Node | None:
         return self.layout.local.get(tuple(entry.mount_path[:-1]), {}).get(entry.mount_path[-1])
@@ -649,7 +649,7 @@ class WriteManager:
             await self.uploader.wait_committing(entry)
         if entry.state == COMMITTED or entry.id not in self.spool.entries:
             raise self.fail(folder, errno.EROFS, f"{old_name} is already uploaded under that name; it can no longer be renamed")
-        if new_parent.kind != "files" or not new_parent.ctx.get("writable") or new_parent.ctx["owner"].entity_id != entry.owner_id:
+        if new_parent.kind != FolderKind.FILES or not new_parent.ctx.get("writable") or new_parent.ctx["owner"].entity_id != entry.owner_id:
             raise self.fail(folder, errno.EXDEV, f"{old_name} can only be renamed within the Files/ folder of its app result")
         try:
             target = await self.tree.child(new_parent, new_name)
@@ -733,14 +733,14 @@ class WriteManager:
 
     async def symlink(self, parent: Node, name: str, target: str) -> Node:
         path = parent.path
-        if parent.kind not in ("properties", "propitems"):
+        if parent.kind not in (FolderKind.PROPERTIES, FolderKind.PROPITEMS):
             raise self.fail(path, errno.EROFS, "symlinks can only be made under Properties/ (to link an entity)")
         link_dir = path
         entity = await self.resolve(target, link_dir)
-        if entity is None or entity.kind not in ("project", "sample", "appresult", "run"):
+        if entity is None or entity.kind not in WITH_PROPERTIES:
             raise self.fail(path, errno.EINVAL, f"{target!r} is not a project, sample, app result or run folder of this mount")
         kind, href = entity_href(entity.ctx)
-        if parent.kind == "properties":
+        if parent.kind == FolderKind.PROPERTIES:
             collection, entity_id = parent.ctx["collection"], parent.ctx["id"]
             prop: dict[str, Any] = {"Type": kind, "Name": name, "Description": "", "Content": href}
         else:
@@ -753,14 +753,14 @@ class WriteManager:
             prop = {"Type": ptype, "Name": parent.ctx.get("prop_name") or parent.name, "Description": "", "Items": items + [href]}
         with self._api_write(path, f"setting property {prop['Name']}"):
             await self.api.set_properties(collection, entity_id, [prop])
-        properties_dir = path if parent.kind == "properties" else path[:-1]
+        properties_dir = path if parent.kind == FolderKind.PROPERTIES else path[:-1]
         self._drop_properties(collection, entity_id)
         self._drop_listing(properties_dir, prefix=True)
         if parent.ctx.get("local"):
             self._remove_local(parent)
         self.layout.write_errors.pop(path, None)
         folder = parent
-        if parent.kind == "propitems":  # its items come from the Properties listing: take the fresh one
+        if parent.kind == FolderKind.PROPITEMS:  # its items come from the Properties listing: take the fresh one
             grand = self._parent(parent)
             try:
                 folder = await self.tree.child(grand, parent.name) if grand is not None else parent
