@@ -452,7 +452,7 @@ def test_snakemake_workflow_through_the_slurm_executor(cluster_env):
     driver = (
         f"export PATH={cluster.bin_dir()}:$PATH\n"
         f"cd {work} && {user_python()} -m snakemake --executor slurm --jobs 4 --slurm-status-command squeue "
-        "--slurm-no-account --default-resources slurm_partition=debug runtime=10 mem_mb=100 "
+        "--default-resources slurm_partition=debug runtime=10 mem_mb=100 "
         "--slurm-init-seconds-before-status-checks 1 --slurm-keep-successful-logs --latency-wait 10 "
         f"--config mnt={mnt} > driver.log 2>&1; echo $? > driver.rc\n"
     )
