@@ -229,6 +229,20 @@ async def test_eof_zero_size_and_edge_reads():
     assert not [r for r in source.requests if r[0] == "empty"]
 
 
+async def test_a_read_within_one_block_is_a_view_of_the_cached_block_not_a_copy():
+    data = payload(300 * KiB, seed=3)
+    source = MemorySource({"f": data})
+    async with ReadManager(source, cache_bytes=4 * MiB) as manager:
+        reader = manager.open("f", len(data))
+        inside = await reader.read(70 * KiB, 4096)  # within block 1
+        assert isinstance(inside, memoryview) and inside == data[70 * KiB : 74 * KiB]
+        again = await reader.read(70 * KiB, 4096)  # served from the cache: the same block's memory
+        assert again.obj is inside.obj
+        across = await reader.read(64 * KiB - 10, 20)  # across two blocks: joined once
+        assert across == data[64 * KiB - 10 : 64 * KiB + 10]
+        await reader.close()
+
+
 async def test_backwards_and_random_order_reads_are_byte_exact():
     data = payload(5 * MiB + 999, seed=4)
     source = MemorySource({"f": data})

@@ -608,7 +608,9 @@ class FileReader:
             hi = min(end - index * bs, len(block))
             # A view: slicing a bytearray block would copy it before the join copies it again.
             pieces.append(memoryview(block)[lo:hi])
-        data = b"".join(pieces)
+        # Within one block (small reads: htslib's, random preads): the view itself goes to the
+        # kernel, no copy (cached blocks are never written again). Across blocks, one join.
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         if len(data) != end - offset:  # a short block would mean a bug upstream; never return it
             raise ProtocolError(f"file {self.file_id}: assembled {len(data)} bytes, expected {end - offset}")
         if plan.sequential:
