@@ -430,7 +430,7 @@ class Layout:
             path=_p(path, "Properties"),
             type=DIR,
             kind=K.PROPERTIES,
-            ctx={"collection": collection, "id": entity_id, "writable": True, "project_id": project_id},
+            ctx={"owner": Owner(collection, entity_id), "writable": True, "project_id": project_id},
             mtime=mtime,
         )
 
@@ -653,7 +653,8 @@ class Layout:
     # -- properties ---------------------------------------------------------------------------
 
     async def _properties(self, node: Node) -> list[Node]:
-        collection, entity_id = node.ctx["collection"], node.ctx["id"]
+        owner: Owner = node.ctx["owner"]
+        collection, entity_id = owner.collection, owner.entity_id
         items = await self._list(properties_href(collection, entity_id))
         names = unique_names(((i, p.get("Name")) for i, p in enumerate(items)), reserved={COMMANDS_NAME})
         out = []

@@ -155,7 +155,7 @@ class WriteManager:
             ctx = {"owner": parent.ctx["owner"], "sub": parent.ctx["sub"] + (name,), "writable": True, "local": True}
             return self._add_local(parent, Node(path=path + (name,), type=DIR, kind=FolderKind.FILES, ctx=ctx, mtime=time.time()))
         if parent.kind == FolderKind.PROPERTIES:
-            owner = Owner(parent.ctx["collection"], parent.ctx["id"])
+            owner = parent.ctx["owner"]  # the Properties/ folder's
             ctx = {"type": "", "items": [], "writable": True, "local": True, "prop_name": name, "owner": owner}
             return self._add_local(parent, Node(path=path + (name,), type=DIR, kind=FolderKind.PROPITEMS, ctx=ctx, mtime=time.time()))
         raise self.fail(path, errno.EROFS, f"cannot create folder {name!r} here (read-only)")
@@ -444,7 +444,7 @@ class WriteManager:
         elif parent.kind == FolderKind.PROPERTIES:
             if "." not in name.strip(".") or name.startswith("."):
                 raise self.fail(path, errno.EINVAL, f"property names need a namespace, e.g. Input.{name} (BaseSpace refuses {name!r})")
-            fields = {"kind": PROPERTY, "owner_id": parent.ctx["id"], "collection": parent.ctx["collection"]}
+            fields = {"kind": PROPERTY, "owner_id": parent.ctx["owner"].entity_id, "collection": parent.ctx["owner"].collection}
         else:
             raise self.fail(path, errno.EROFS, f"cannot create {name!r} here (read-only)")
         existing = self.layout.local.get(path, {}).get(name)
@@ -494,7 +494,7 @@ class WriteManager:
             raise self.fail(node.path[:-1], errno.ENOENT, f"{node.name}: its Properties/ folder is gone")
         name = node.ctx.get("prop_name") or node.name
         entry = await self._spool(self.spool.create, kind=PROPERTY, mount_path=list(node.path), name=name,
-                                  owner_id=parent.ctx["id"], collection=parent.ctx["collection"])
+                                  owner_id=parent.ctx["owner"].entity_id, collection=parent.ctx["owner"].collection)
         if initial:
             await self._spool(self.spool.write, entry, 0, initial)
         self._show(entry)
@@ -740,11 +740,11 @@ class WriteManager:
         if entity is None or entity.kind not in WITH_PROPERTIES:
             raise self.fail(path, errno.EINVAL, f"{target!r} is not a project, sample, app result or run folder of this mount")
         kind, href = entity_href(entity.ctx)
+        owner: Owner = parent.ctx["owner"]  # Properties/ and its array folders both know it
+        collection, entity_id = owner.collection, owner.entity_id
         if parent.kind == FolderKind.PROPERTIES:
-            collection, entity_id = parent.ctx["collection"], parent.ctx["id"]
             prop: dict[str, Any] = {"Type": kind, "Name": name, "Description": "", "Content": href}
         else:
-            collection, entity_id = parent.ctx["owner"].collection, parent.ctx["owner"].entity_id
             ptype = parent.ctx.get("type") or f"{kind}[]"
             if ptype.rstrip("[]") != kind:
                 raise self.fail(path, errno.EINVAL, f"{parent.name} holds {ptype} items, not {kind}")
