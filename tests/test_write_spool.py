@@ -247,7 +247,7 @@ def test_a_rename_that_arrives_after_the_upload_started_still_renames(tmp_path, 
     """The soak's race: a writer closes its temp file and renames it, but the daemon is so slow to
     see the rename (a loaded machine: requests queued in the kernel) that the write-back delay has
     passed and the upload has started. Made deterministic here: no write-back delay, and the
-    emulator holds the upload's first request (the multipart start) for 15 s. The rename must still
+    emulator answers every request 15 s late (the multipart start is held). The rename must still
     rename (main: EROFS), the started upload is aborted, and only the new name reaches BaseSpace."""
     data = os.urandom(3 * MiB + 3)
     m = mount_factory(emulator, *SMALL, "--write-back", "0")
@@ -259,14 +259,16 @@ def test_a_rename_that_arrives_after_the_upload_started_still_renames(tmp_path, 
     try:
         os.write(fd, data)
         emulator.reset_counters()
-        emulator.set_knobs(stall_seconds=15, fail_next=[{"kind": "stall", "count": 1, "scope": "api"}])
+        emulator.set_knobs(stall_seconds=15, stall_rate=1.0, fault_scope="api")  # every API answer 15 s late
     finally:
         os.close(fd)
-    wait_until(lambda: emulator.counters()["faults"].get("stall"), "the upload's first request to be held")
-    held = emulator.counters()["requests"]
-    assert held.get("POST v1pre3/appresults/{id}/files") == 1 and not held.get("PUT v1pre3/files/{id}/parts/{n}"), held
-    assert any(s[0] == "uploading" and s[2].endswith(".payload.bin.Xy12Zq") for s in status_lines(m))
-    os.rename(files / ".payload.bin.Xy12Zq", files / "payload.bin")  # main: EROFS
+    try:
+        wait_until(lambda: emulator.counters()["requests"].get("POST v1pre3/appresults/{id}/files"), "the upload's first request")
+        assert not emulator.counters()["requests"].get("PUT v1pre3/files/{id}/parts/{n}")  # held: nothing sent yet
+        assert any(s[0] == "uploading" and s[2].endswith(".payload.bin.Xy12Zq") for s in status_lines(m))
+        os.rename(files / ".payload.bin.Xy12Zq", files / "payload.bin")  # main: EROFS
+    finally:
+        emulator.set_knobs(stall_rate=0.0)
     assert sorted(os.listdir(files)) == ["payload.bin"]
     flush_and_wait(m)
     assert list(server_files(emulator, app_id)) == ["payload.bin"]

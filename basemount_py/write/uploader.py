@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 RETRY_BASE = 2.0
 RETRY_MAX = 60.0
 REFUSED = {400, 403, 404, 409, 413}  # the server said no: another attempt gets the same answer
+# A hidden name (rsync's ``.name.XXXXXX``, editors' temp files) is nearly always renamed right
+# after close: it waits this many write-back delays, so that a rename held up by a loaded machine
+# still finds it before its upload commits (a rename resets the delay to the normal one).
+HIDDEN_NAME_WRITE_BACK_FACTOR = 6
 
 
 @dataclass
@@ -156,7 +160,7 @@ class Uploader:
     def schedule(self, entry: SpoolEntry, delay: float | None = None, verify: bool = False) -> None:
         """The entry is complete locally: upload it after ``delay`` (the write-back delay)."""
         p = self._progress(entry)
-        p.ready_at = trio.current_time() + (self.cfg.write_back if delay is None else delay)
+        p.ready_at = trio.current_time() + (self._write_back(entry) if delay is None else delay)
         p.verify_first = p.verify_first or verify
         if not p.running:
             p.running = True
@@ -167,6 +171,9 @@ class Uploader:
         if p.stream is not None:
             p.stream.wake.set()  # closed: the last part can go too
         self._maybe_stream(entry)
+
+    def _write_back(self, entry: SpoolEntry) -> float:
+        return self.cfg.write_back * (HIDDEN_NAME_WRITE_BACK_FACTOR if _temporary(entry) else 1)
 
     # -- parts while the file is written ----------------------------------------------------------
 
@@ -182,7 +189,7 @@ class Uploader:
 
     def _maybe_stream(self, entry: SpoolEntry) -> None:
         if (entry.kind != FILE or entry.state not in (OPEN, PENDING) or entry.size <= self.cfg.small_threshold
-                or entry.name.startswith(".") or self._nursery is None or self._streams >= max(1, self.cfg.parallel_files)):
+                or _temporary(entry) or self._nursery is None or self._streams >= max(1, self.cfg.parallel_files)):
             return
         p = self._progress(entry)
         if p.stream is not None or p.verify_first:  # one per upload; none for what may be on the server
@@ -352,7 +359,7 @@ class Uploader:
                 if entry.id in self.spool.entries:
                     entry.state = PENDING
                     await trio.to_thread.run_sync(self.spool.persist, entry)
-                p.ready_at = trio.current_time() + self.cfg.write_back
+                p.ready_at = trio.current_time() + self._write_back(entry)
                 log.info("upload of %s stopped before its commit: the file was renamed", entry.display)
                 return
         except Exception as exc:
@@ -537,6 +544,11 @@ class Uploader:
     def last_error(self, entry: SpoolEntry) -> str:
         p = self.progress.get(entry.id)
         return entry.error or (p.last_error if p is not None else "")
+
+
+def _temporary(entry: SpoolEntry) -> bool:
+    """A hidden name: a temp file that will be renamed (not sent early, a longer write-back delay)."""
+    return entry.name.startswith(".")
 
 
 def _md5_b64(data: bytes) -> str:
