@@ -17,20 +17,21 @@ from .knobs import KnobError, Knobs, SCOPES
 
 __all__ = ["add_arguments", "main", "knobs_from_args"]
 
-# CLI option -> knob name (all of them numbers except fault_scope)
+# knob name -> CLI option, type, help (all of them numbers except fault_scope); "{default}" in a help
+# text is replaced by the knob's default (knobs.Knobs)
 _KNOB_OPTIONS = {
     "latency_ms": ("--latency-ms", float, "delay every API/content answer by MS milliseconds"),
     "conn_bandwidth": ("--conn-bandwidth", float, "cap each response body at MBPS MB/s (10^6 bytes; 0 = unlimited)"),
     "error_rate": ("--error-rate", float, "fraction of requests answered 500 or 503"),
     "throttle_rate": ("--throttle-rate", float, "fraction of requests answered 429 with Retry-After"),
-    "retry_after": ("--retry-after", float, "Retry-After seconds of 429 answers (default 1)"),
+    "retry_after": ("--retry-after", float, "Retry-After seconds of 429 answers (default {default:g})"),
     "reset_rate": ("--reset-rate", float, "fraction of content responses aborted (TCP reset) mid-body"),
     "truncate_rate": ("--truncate-rate", float, "fraction of content responses closed before Content-Length bytes"),
     "stall_rate": ("--stall-rate", float, "fraction of responses that stall for --stall-seconds"),
-    "stall_seconds": ("--stall-seconds", float, "length of a stall (default 30)"),
-    "fault_seed": ("--fault-seed", int, "seed of the fault RNG (default 0: runs are reproducible)"),
-    "rate_limit": ("--rate-limit", float, "API requests/s allowed per access token; more get 429 + Retry-After (default 0 = no limit)"),
-    "url_lifetime": ("--url-lifetime", float, "lifetime of signed content URLs in seconds (default 7 days)"),
+    "stall_seconds": ("--stall-seconds", float, "length of a stall in seconds (default {default:g})"),
+    "fault_seed": ("--fault-seed", int, "seed of the fault RNG (default {default}: runs are reproducible)"),
+    "rate_limit": ("--rate-limit", float, "API requests/s allowed per access token; more get 429 + Retry-After (default {default:g}; 0 = no limit)"),
+    "url_lifetime": ("--url-lifetime", float, "lifetime of signed content URLs in seconds (default {default:g})"),
 }
 
 
@@ -41,8 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--token", default=None, help="accepted access token (default: account.json AccessToken, else 'emulator-token')"
     )
+    defaults = Knobs()
     for name, (flag, kind, help_text) in _KNOB_OPTIONS.items():
-        parser.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
+        parser.add_argument(flag, dest=name, type=kind, default=None, help=help_text.format(default=getattr(defaults, name)))
     parser.add_argument("--fault-scope", dest="fault_scope", choices=SCOPES, default=None,
                         help="which requests the random faults hit (default all)")
     parser.add_argument("--ready-file", default=None, metavar="PATH", help="write the base URL here once serving")
