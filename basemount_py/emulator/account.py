@@ -252,6 +252,8 @@ class Account:
     ids: dict[tuple[str, str], str]  # (kind, key) -> id, handed to the next reload
     # JSON of list items, rendered once (app.py _item_json); dropped with the model on reload
     rendered: dict[tuple, bytes] = field(default_factory=dict)
+    # The account as an HTTP directory tree (http_listing.py), built on first use; dropped on reload
+    http_tree_index: Any = None
 
     def get(self, kind: str, entity_id: str) -> Entity | None:
         return self.by_id.get((kind, entity_id))

@@ -38,7 +38,7 @@ def _is_loopback(request: Request) -> bool:
 
 def _index(account: Account) -> tuple[dict[str, FileEntry], dict[str, tuple[set[str], set[str]]]]:
     """file key -> entry, folder -> (sub-folder names, file names); cached on the account model."""
-    cached = getattr(account, "_http_tree_index", None)
+    cached = account.http_tree_index
     if cached is not None:
         return cached
     files: dict[str, FileEntry] = {}
@@ -53,7 +53,7 @@ def _index(account: Account) -> tuple[dict[str, FileEntry], dict[str, tuple[set[
                 names.add(parts[depth])
             else:
                 subdirs.add(parts[depth])
-    account._http_tree_index = (files, folders)  # type: ignore[attr-defined]  # rebuilt on reload
+    account.http_tree_index = (files, folders)
     return files, folders
 
 
