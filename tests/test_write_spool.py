@@ -279,8 +279,9 @@ def test_a_rename_that_arrives_after_the_upload_started_still_renames(tmp_path, 
 
 def test_parts_go_while_the_file_is_written_and_later_writes_are_not_lost(emulator, mount_factory):
     """A large file's parts are sent while it is still open (main: nothing before close). A write
-    into a part already sent, a file that shrinks below parts already sent, and a rename after
-    parts were sent under the old name all still give the right bytes under the right name."""
+    into a part already sent, a file that shrinks below parts already sent, one opened again with
+    O_TRUNC, and a rename after parts were sent under the old name all still give the right bytes
+    under the right name."""
     parts = "PUT v1pre3/files/{id}/parts/{n}"
     m = mount_factory(emulator, *SMALL, *HOLD)  # 512 KiB parts above 1 MiB; commits only when flushed
     result = new_appresult(m)
@@ -310,6 +311,13 @@ def test_parts_go_while_the_file_is_written_and_later_writes_are_not_lost(emulat
     os.ftruncate(fd, MiB + 7)
     os.close(fd)
     expected["shrunk.bin"] = data[: MiB + 7]
+    # opened again with O_TRUNC after its parts went, and only its last bytes written
+    data = os.urandom(3 * MiB)
+    os.close(write_and_wait_for_parts("truncated.bin", data))
+    fd = os.open(files / "truncated.bin", os.O_WRONLY | os.O_TRUNC)
+    os.pwrite(fd, b"end", 3 * MiB - 3)
+    os.close(fd)
+    expected["truncated.bin"] = b"\0" * (3 * MiB - 3) + b"end"
     # renamed after parts went under its first name
     data = os.urandom(2 * MiB + 1)
     fd = write_and_wait_for_parts("first.bin", data)

@@ -478,7 +478,9 @@ class WriteManager:
                 raise self.fail(folder, errno.EBUSY, f"{node.name} is being uploaded; BaseSpace files cannot be changed")
             entry.state, entry.error = OPEN, ""
             if truncate:
+                old_size = entry.size
                 await self._spool(self.spool.truncate, entry, 0)
+                self.uploader.wrote(entry, 0, old_size)  # parts already sent are stale
             self._handles[entry.id] = self._handles.get(entry.id, 0) + 1
             node.size = entry.size
             return entry
@@ -605,6 +607,7 @@ class WriteManager:
             return
         if entry.error:  # a write failed: the file is incomplete
             entry.state = FAILED
+            self.uploader.forget(entry)  # parts it sent while written: aborted
             await self._spool(self.spool.persist, entry)
             log.error("%s is kept in the spool, not uploaded: %s", entry.display, entry.error)
             self._failed(entry)
