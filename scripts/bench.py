@@ -165,6 +165,14 @@ class PeerMount(BenchMount):
         ]
 
 
+class NullMount(MountProcess):
+    """``scripts/null_fuse.py``: one file of ``size`` bytes served from memory (the ceiling)."""
+
+    def __init__(self, mountpoint: Path, size: int):
+        super().__init__(mountpoint)
+        self.args = [sys.executable, str(Path(__file__).with_name("null_fuse.py")), str(mountpoint), str(size)]
+
+
 def run(cmd: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, timeout=timeout, check=True, **kw)
 
@@ -587,6 +595,13 @@ def bench_reread(ctx: Context) -> None:
     drop_caches()
     t_local = timed(["cp", str(local_copy), "/dev/null"], 1800)
     res.put("(f) local disk read, MB/s", profile, rate(sizes.reread, t_local), "{:.0f}")
+    # The ceiling of a Python FUSE daemon here: the same cp of a file served from memory by a
+    # null pyfuse3 file system (scripts/null_fuse.py), page cache dropped first.
+    subjects.count += 1
+    with NullMount(subjects.base / f"mnt-{subjects.count}", sizes.reread) as m:
+        drop_caches()
+        t_null = timed(["cp", str(m.path("null.bin")), "/dev/null"], 1800)
+    res.put("(f) null FUSE file system (ceiling), MB/s", profile, rate(sizes.reread, t_null), "{:.0f}")
     for kind in (*subjects.ours, RCLONE_FULL):
         cache = subjects.base / f"reread-cache-{subjects.count}"
         with subjects.mount(kind, cache) as m:
@@ -603,6 +618,7 @@ def bench_reread(ctx: Context) -> None:
         if kind == OURS:
             res.put("(f) second-mount re-read, MB/s", profile, rate(sizes.reread, t), "{:.0f}")
             res.put("(f) re-read / local disk", profile, t_local / t)
+            res.put("(f) re-read / null FUSE ceiling", profile, t_null / t)
 
 
 MEASUREMENTS = {"cp": bench_cp, "readers": bench_readers, "pread": bench_pread, "samtools": bench_samtools, "reread": bench_reread}
