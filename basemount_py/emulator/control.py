@@ -31,7 +31,7 @@ from .cli import _KNOB_OPTIONS
 
 __all__ = ["EmulatorProcess", "EmulatorStartError"]
 
-START_TIMEOUT = 15.0
+START_TIMEOUT = 60.0  # a bound on a condition, never waited out when start-up works (loaded machines took over 15 s)
 
 
 class EmulatorStartError(RuntimeError):
