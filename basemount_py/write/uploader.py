@@ -145,6 +145,9 @@ class Uploader:
         self.quiet_from: dict[tuple[str, ...], float] = {}
         self._nursery: trio.Nursery | None = None
         self._streams = 0  # streams running (at most parallel_files)
+        # Multipart uploads whose abort failed (the API was down): tried again after the next
+        # upload that succeeds, so no parts are left on the server once it is back.
+        self._unaborted: dict[str, str] = {}  # file id -> the file it was for (log)
 
     def start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
@@ -384,6 +387,8 @@ class Uploader:
                             entry.display, entry.attempts, self.cfg.attempts, delay, reason)
                 p.ready_at = trio.current_time() + delay
         else:
+            for file_id, display in list(self._unaborted.items()):  # the API answers again
+                await self._abort(file_id, display)
             entry.state, entry.error, entry.committed_at = COMMITTED, "", trio.current_time()
             if entry.kind == FILE:
                 entry.result_id = str(result.get("Id", ""))
@@ -496,8 +501,14 @@ class Uploader:
             try:
                 await self.api.abort(file_id)
                 log.info("aborted the multipart upload %s of %s", file_id, display)
+                self._unaborted.pop(file_id, None)
+                return
             except Exception as exc:
-                log.warning("aborting the multipart upload %s of %s: %s", file_id, display, exc)
+                if getattr(exc, "status", 0) in REFUSED:  # completed or aborted already: nothing left
+                    self._unaborted.pop(file_id, None)
+                    return
+                log.warning("aborting the multipart upload %s of %s: %s (tried again later)", file_id, display, exc)
+        self._unaborted[file_id] = display
 
     async def _already_there(self, entry: SpoolEntry) -> dict | None:
         """The server's file at this entry's path if it has the same bytes; raises if it differs."""
