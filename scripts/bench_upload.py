@@ -20,6 +20,7 @@ import asyncio
 import base64
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,53 +62,57 @@ def main() -> int:
     args = p.parse_args()
     size = args.size_mib * MiB
     work = Path(tempfile.mkdtemp(prefix="upload-bench-"))
-    (work / "account" / "Projects").mkdir(parents=True)
-    src = work / "source.bin"
-    data = os.urandom(size)
-    src.write_bytes(data)
-    knobs = {"latency_ms": args.latency_ms, "conn_bandwidth": args.bandwidth}
-    results = []
-    with EmulatorProcess(work / "account", **knobs) as em:
-        c = httpx.Client(base_url=em.url, headers={"x-access-token": em.token}, timeout=60)
-        pid = c.post("v1pre3/projects", json={"Name": "Bench"}).json()["Response"]["Id"]
+    try:
+        (work / "account" / "Projects").mkdir(parents=True)
+        src = work / "source.bin"
+        data = os.urandom(size)
+        src.write_bytes(data)
+        knobs = {"latency_ms": args.latency_ms, "conn_bandwidth": args.bandwidth}
+        results = []
+        with EmulatorProcess(work / "account", **knobs) as em:
+            c = httpx.Client(base_url=em.url, headers={"x-access-token": em.token}, timeout=60)
+            pid = c.post("v1pre3/projects", json={"Name": "Bench"}).json()["Response"]["Id"]
 
-        def appresult(name: str) -> str:
-            return c.post(f"v1pre3/projects/{pid}/appresults", json={"Name": name}).json()["Response"]["Id"]
+            def appresult(name: str) -> str:
+                return c.post(f"v1pre3/projects/{pid}/appresults", json={"Name": name}).json()["Response"]["Id"]
 
-        for label, parallel in (("httpx multipart", args.parallel), ("httpx 1 stream", 1)):
-            aid = appresult(label)
-            t = time.monotonic()
-            asyncio.run(direct_upload(em.url, em.token, aid, "x.bin", data, args.part_mib * MiB, parallel))
-            results.append((label, time.monotonic() - t))
+            for label, parallel in (("httpx multipart", args.parallel), ("httpx 1 stream", 1)):
+                aid = appresult(label)
+                t = time.monotonic()
+                asyncio.run(direct_upload(em.url, em.token, aid, "x.bin", data, args.part_mib * MiB, parallel))
+                results.append((label, time.monotonic() - t))
 
-        mnt = work / "mnt"
-        mnt.mkdir()
-        env = dict(os.environ, BASESPACE_API_SERVER=em.url, BASESPACE_ACCESS_TOKEN=em.token, HOME=str(work))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "basemount_py", "mount", str(mnt), "--foreground",
-             "--upload-part-size", str(args.part_mib), "--upload-parallel", str(args.parallel), "--write-back", "0"],
-            env=env, stdout=subprocess.DEVNULL, stderr=open(work / "mount.log", "wb"),
-        )
-        try:
-            deadline = time.monotonic() + 20
-            while not os.path.ismount(mnt) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            result = mnt / "Projects" / "Bench" / "AppResults" / "mount cp"
-            result.mkdir()
-            t = time.monotonic()
-            subprocess.run(["cp", str(src), str(result / "Files" / "x.bin")], check=True)
-            results.append(("mount cp, closed", time.monotonic() - t))
-            while any(line.split("\t")[0] in ("open", "pending", "uploading") for line in (mnt / ".uploads").read_text().splitlines()):
-                time.sleep(0.02)
-            results.append(("mount cp, committed", time.monotonic() - t))
-        finally:
-            subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
-            proc.wait(timeout=15)
-    print(f"{args.size_mib} MiB, latency {args.latency_ms:g} ms, {args.bandwidth:g} MB/s per connection, "
-          f"{args.part_mib} MiB parts, {args.parallel} in flight")
-    for label, seconds in results:
-        print(f"  {label:20} {seconds:6.2f} s  {size / seconds / 1e6:7.1f} MB/s")
-    return 0
+            mnt = work / "mnt"
+            mnt.mkdir()
+            env = dict(os.environ, BASESPACE_API_SERVER=em.url, BASESPACE_ACCESS_TOKEN=em.token, HOME=str(work))
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "basemount_py", "mount", str(mnt), "--foreground",
+                 "--upload-part-size", str(args.part_mib), "--upload-parallel", str(args.parallel), "--write-back", "0"],
+                env=env, stdout=subprocess.DEVNULL, stderr=open(work / "mount.log", "wb"),
+            )
+            try:
+                deadline = time.monotonic() + 20
+                while not os.path.ismount(mnt) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                result = mnt / "Projects" / "Bench" / "AppResults" / "mount cp"
+                result.mkdir()
+                t = time.monotonic()
+                subprocess.run(["cp", str(src), str(result / "Files" / "x.bin")], check=True)
+                results.append(("mount cp, closed", time.monotonic() - t))
+                while any(line.split("\t")[0] in ("open", "pending", "uploading") for line in (mnt / ".uploads").read_text().splitlines()):
+                    time.sleep(0.02)
+                results.append(("mount cp, committed", time.monotonic() - t))
+            finally:
+                subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
+                proc.wait(timeout=15)
+        print(f"{args.size_mib} MiB, latency {args.latency_ms:g} ms, {args.bandwidth:g} MB/s per connection, "
+              f"{args.part_mib} MiB parts, {args.parallel} in flight")
+        for label, seconds in results:
+            print(f"  {label:20} {seconds:6.2f} s  {size / seconds / 1e6:7.1f} MB/s")
+        return 0
+    finally:  # the source, the account and the spool are large: never left behind
+        if not os.path.ismount(work / "mnt"):
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
