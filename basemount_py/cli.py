@@ -106,14 +106,12 @@ def _add_mount_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--fuse-socket",
         metavar="SOCK",
-        help="get the mounted /dev/fuse descriptor from `basemount-py fuse-helper` listening on SOCK "
-        "(no mountpoint argument then; docs/configuration.md)",
+        help="get the mounted /dev/fuse descriptor from `basemount-py fuse-helper` listening on SOCK (no mountpoint argument then; docs/configuration.md)",
     )
     p.add_argument(
         "--cache-dir",
         metavar="DIR",
-        help="local root of the write spool (DIR/spool/) and the content cache (DIR/content/) "
-        "(default: $XDG_CACHE_HOME/basemount_py)",
+        help="local root of the write spool (DIR/spool/) and the content cache (DIR/content/) (default: $XDG_CACHE_HOME/basemount_py)",
     )
     p.add_argument("--log-level", default=DEFAULT.log_level, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument(

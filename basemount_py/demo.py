@@ -70,7 +70,11 @@ def run_demo(mountpoint: str | None = None, keep_running: bool = True) -> int:
     try:
         with EmulatorProcess(account) as emulator:
             mount = MountProcess(
-                Path(mp), "--log-level", "WARNING", api_server=emulator.url, access_token=emulator.token,
+                Path(mp),
+                "--log-level",
+                "WARNING",
+                api_server=emulator.url,
+                access_token=emulator.token,
                 log=workdir / "mount.log",
             )
             try:

@@ -22,7 +22,7 @@ FUSE_DEVICE = "/dev/fuse"
 FUSE_MAJOR, FUSE_MINOR = 10, 229
 FUSE_CONF = "/etc/fuse.conf"
 FD_MOUNTPOINT = re.compile(r"^/dev/fd/(\d+)$")  # libfuse's convention for a handed-in descriptor
-HELPER_DOC = "docs/configuration.md, \"Non-root mounts and handed-in FUSE devices\""
+HELPER_DOC = 'docs/configuration.md, "Non-root mounts and handed-in FUSE devices"'
 
 
 class FuseAccessError(Exception):
@@ -69,8 +69,7 @@ def check_fuse_device(device: str = FUSE_DEVICE) -> None:
         st = os.stat(device)
     except FileNotFoundError:
         raise FuseAccessError(
-            f"{device} does not exist: load the fuse module (modprobe fuse) and install fuse3; "
-            "in a container, pass the device in (e.g. --device /dev/fuse)"
+            f"{device} does not exist: load the fuse module (modprobe fuse) and install fuse3; in a container, pass the device in (e.g. --device /dev/fuse)"
         ) from None
     if not stat.S_ISCHR(st.st_mode):
         raise FuseAccessError(f"{device} is not a character device; it should be the FUSE device ({FUSE_MAJOR}, {FUSE_MINOR})")
@@ -94,10 +93,7 @@ def check_fusermount(dirs: tuple[str, ...] = FUSERMOUNT_DIRS, search_path: str |
     search = os.pathsep.join([*dirs, os.environ.get("PATH", "") if search_path is None else search_path])
     path = shutil.which("fusermount3", path=search)
     if path is None:
-        raise FuseAccessError(
-            "fusermount3 is not installed (or not on PATH): a user that is not root needs it to mount; "
-            "install the fuse3 package"
-        )
+        raise FuseAccessError("fusermount3 is not installed (or not on PATH): a user that is not root needs it to mount; install the fuse3 package")
     st = os.stat(path)
     if not (st.st_mode & stat.S_ISUID and st.st_uid == 0):
         raise FuseAccessError(f"{path} is not setuid root ({stat.filemode(st.st_mode)} {_owner(st)}), so it cannot mount for a user")

@@ -34,6 +34,7 @@ from .tree.manifest import ManifestApi
 
 log = logging.getLogger("basemount_py")
 
+
 class MountError(Exception):
     """A problem the user can fix; the message is the one line we print."""
 
@@ -178,10 +179,7 @@ def mount(credentials: object, opts: MountOptions, token_reloader=None) -> int:
     if helper_channel is not None:
         helper_channel.close()  # the daemon holds its own copy
     if message == "OK":
-        print(
-            f"Mounted BaseSpace at {opts.visible_path} (log: {opts.log_file}; "
-            f"unmount with: basemount-py unmount {opts.visible_path})"
-        )
+        print(f"Mounted BaseSpace at {opts.visible_path} (log: {opts.log_file}; unmount with: basemount-py unmount {opts.visible_path})")
         return 0
     print(f"basemount-py: {message or 'the mount daemon exited before mounting'} (log: {opts.log_file})", file=sys.stderr)
     return 1

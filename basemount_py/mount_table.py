@@ -103,9 +103,7 @@ class MountLock:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
             os.close(fd)
-            raise MountBusy(
-                f"another basemount-py mount (pid {holder}) is already running or starting on {self.mountpoint}"
-            ) from None
+            raise MountBusy(f"another basemount-py mount (pid {holder}) is already running or starting on {self.mountpoint}") from None
         self.fd = fd
         self.record_owner()
         return self

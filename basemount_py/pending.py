@@ -91,8 +91,7 @@ def wait_for_uploads(mountpoint: str, keep_pending: bool = False, out: TextIO = 
     waiting = [e for e in entries if e[0] in WAITED_FOR]
     if keep_pending:
         if waiting:
-            print(f"{len(waiting)} upload(s) ({sum(e[1] for e in waiting)} bytes) stay in the spool; "
-                  "they resume at the next mount of this account", file=out)
+            print(f"{len(waiting)} upload(s) ({sum(e[1] for e in waiting)} bytes) stay in the spool; they resume at the next mount of this account", file=out)
         _report_failed(entries, out)
         return
     if not waiting:

@@ -46,10 +46,7 @@ DEFAULT_SCOPES = "CREATE GLOBAL,BROWSE GLOBAL,CREATE PROJECTS,READ GLOBAL,MOVETO
 ENV_CLIENT_ID = "BASESPACE_CLIENT_ID"
 ENV_CLIENT_SECRET = "BASESPACE_CLIENT_SECRET"
 
-NO_CLIENT_ID = (
-    "a client id is required: register an app in the BaseSpace developer portal and pass "
-    f"--client-id (or set {ENV_CLIENT_ID})"
-)
+NO_CLIENT_ID = f"a client id is required: register an app in the BaseSpace developer portal and pass --client-id (or set {ENV_CLIENT_ID})"
 DEFAULT_INTERVAL = 5.0
 SLOW_DOWN_STEP = 5.0
 HTTP_TIMEOUT = 30.0
@@ -140,8 +137,7 @@ async def device_login(
     api = api_server.rstrip("/")
     own = http is None
     if http is None:
-        http = httpx.AsyncClient(timeout=httpx.Timeout(HTTP_TIMEOUT), follow_redirects=False,
-                                 headers={"User-Agent": "basemount_py"})
+        http = httpx.AsyncClient(timeout=httpx.Timeout(HTTP_TIMEOUT), follow_redirects=False, headers={"User-Agent": "basemount_py"})
     try:
         deadline = trio.current_time() + timeout
         started = await _start(http, api, client_id.strip(), scopes)
@@ -152,8 +148,7 @@ async def device_login(
         out(f"Open this URL in a browser and approve: {uri}")
         if started.get("user_code"):
             out(f"(code {started['user_code']}; waiting for approval, Ctrl-C to cancel)")
-        return await _poll(http, api, client_id.strip(), client_secret, str(started["device_code"]),
-                           interval, deadline)
+        return await _poll(http, api, client_id.strip(), client_secret, str(started["device_code"]), interval, deadline)
     finally:
         if own:
             await http.aclose()
@@ -220,18 +215,14 @@ async def _poll(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``basemount-py auth``."""
-    parser.add_argument("--config", default="default", metavar="NAME",
-                        help="write ~/.basespace/NAME.cfg (default: %(default)s)")
-    parser.add_argument("--api-server", metavar="URL|ALIAS",
-                        help=f"API server or region alias, 'help' lists them (default: ${ENV_SERVER} "
-                             f"or {DEFAULT_API_SERVER})")
-    parser.add_argument("--client-id", metavar="ID",
-                        help=f"OAuth client id of your BaseSpace app (default: ${ENV_CLIENT_ID})")
-    parser.add_argument("--client-secret", metavar="SECRET",
-                        help=f"its client secret, if the app has one (default: ${ENV_CLIENT_SECRET})")
+    parser.add_argument("--config", default="default", metavar="NAME", help="write ~/.basespace/NAME.cfg (default: %(default)s)")
+    parser.add_argument(
+        "--api-server", metavar="URL|ALIAS", help=f"API server or region alias, 'help' lists them (default: ${ENV_SERVER} or {DEFAULT_API_SERVER})"
+    )
+    parser.add_argument("--client-id", metavar="ID", help=f"OAuth client id of your BaseSpace app (default: ${ENV_CLIENT_ID})")
+    parser.add_argument("--client-secret", metavar="SECRET", help=f"its client secret, if the app has one (default: ${ENV_CLIENT_SECRET})")
     parser.add_argument("--scopes", default=DEFAULT_SCOPES, help="comma-separated scopes (default: %(default)s)")
-    parser.add_argument("--allow-insecure-http", action="store_true",
-                        help="allow a plain-http API server that is not on this machine")
+    parser.add_argument("--allow-insecure-http", action="store_true", help="allow a plain-http API server that is not on this machine")
     parser.add_argument("--force", action="store_true", help="replace an existing config")
 
 

@@ -231,9 +231,7 @@ class BaseSpaceClient:
 
     # -- listings --------------------------------------------------------------------------
 
-    async def list_all(
-        self, path: str, params: dict | None = None, *, v2: bool = False, page_size: int = V1_PAGE_MAX, values: bool = False
-    ) -> list:
+    async def list_all(self, path: str, params: dict | None = None, *, v2: bool = False, page_size: int = V1_PAGE_MAX, values: bool = False) -> list:
         """Every item of a paged listing, in server order, de-duplicated by Id.
 
         ``values=True`` is for lists of values rather than entities (an array property's items):

@@ -153,10 +153,7 @@ def resolve_api_server(value: str, *, allow_insecure: bool = False) -> str:
     except ValueError:
         host = scheme = None
     if scheme not in ("http", "https") or not host:
-        raise ConfigError(
-            f"invalid API server {text!r}: expected https://HOST or a region alias "
-            f"({', '.join(sorted(REGIONS))})"
-        )
+        raise ConfigError(f"invalid API server {text!r}: expected https://HOST or a region alias ({', '.join(sorted(REGIONS))})")
     if parts.username or parts.password:
         # Don't echo the URL: the part before '@' may be a password.
         raise ConfigError("invalid API server: user name or password in the URL; give just https://HOST")
@@ -164,8 +161,7 @@ def resolve_api_server(value: str, *, allow_insecure: bool = False) -> str:
         raise ConfigError(f"invalid API server {text!r}: no query or fragment allowed in the URL")
     if scheme == "http" and not (allow_insecure or _is_loopback(host)):
         raise ConfigError(
-            f"refusing plain-http API server {text!r}: the token would travel unencrypted; "
-            "use https, or pass --allow-insecure-http if you really mean it"
+            f"refusing plain-http API server {text!r}: the token would travel unencrypted; use https, or pass --allow-insecure-http if you really mean it"
         )
     return text.rstrip("/")
 
@@ -214,10 +210,7 @@ def _read_file(path: Path) -> dict[str, str]:
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
     if st.st_mode & 0o077:
-        raise ConfigError(
-            f"config {path} is readable by other users (mode {st.st_mode & 0o777:03o}); "
-            f"it holds your access token: run `chmod 600 {path}`"
-        )
+        raise ConfigError(f"config {path} is readable by other users (mode {st.st_mode & 0o777:03o}); it holds your access token: run `chmod 600 {path}`")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -457,9 +457,7 @@ def _assign_ids(entities: list[Entity], files: list[FileEntry], previous: dict[t
         if e.explicit_id is not None:
             other = taken.get((e.kind, e.explicit_id))
             if other is not None:
-                raise AccountError(
-                    f"{e.folder}: Id {e.explicit_id} is already used by {other.folder} (same {e.kind} Id twice)"
-                )
+                raise AccountError(f"{e.folder}: Id {e.explicit_id} is already used by {other.folder} (same {e.kind} Id twice)")
             e.id = e.explicit_id
             taken[(e.kind, e.id)] = e
             used.add(e.id)
@@ -515,9 +513,7 @@ def load_account(root: str, previous: dict[tuple[str, str], str] | None = None) 
         raise AccountError(f"{root}: account folder is not a directory")
     markers = ("account.json", "Projects", "Runs", "BioSamples")
     if not any(os.path.exists(os.path.join(root, m)) for m in markers):
-        raise AccountError(
-            f"{root}: not an account folder (expected at least one of {', '.join(markers)})"
-        )
+        raise AccountError(f"{root}: not an account folder (expected at least one of {', '.join(markers)})")
     loader = _Loader(root, previous)
     root = loader.root
 
@@ -545,10 +541,7 @@ def load_account(root: str, previous: dict[tuple[str, str], str] | None = None) 
                 child = loader.entity(kind, os.path.join(pdir, sub, cname), project=project, number=number)
                 {"sample": samples, "appresult": appresults, "dataset": datasets}[kind].append(child)
     runs = [loader.entity("run", os.path.join(root, "Runs", r)) for r in _subdirs(os.path.join(root, "Runs"))]
-    biosamples = [
-        loader.entity("biosample", os.path.join(root, "BioSamples", b))
-        for b in _subdirs(os.path.join(root, "BioSamples"))
-    ]
+    biosamples = [loader.entity("biosample", os.path.join(root, "BioSamples", b)) for b in _subdirs(os.path.join(root, "BioSamples"))]
 
     project_by_folder = {os.path.basename(p.folder or ""): p for p in projects}
     biosample_by_folder = {os.path.basename(b.folder or ""): b for b in biosamples}
@@ -627,9 +620,7 @@ def _dataset_sessions(datasets: list[Entity], samples: list[Entity]) -> None:
             d.appsession = sample.appsession
 
 
-def _build_appsessions(
-    entities: list[Entity], loader: _Loader, existing: list[Entity] | None = None
-) -> list[Entity]:
+def _build_appsessions(entities: list[Entity], loader: _Loader, existing: list[Entity] | None = None) -> list[Entity]:
     """Entities of one project naming the same AppSession Name share one session; an AppResult
     or a Dataset without one gets its own session named after it; a Sample without one gets none."""
     sessions: dict[tuple[str, str], Entity] = {}

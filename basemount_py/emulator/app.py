@@ -73,9 +73,7 @@ Handler = Callable[["Emulator", Request], Awaitable[StreamResponse]]
 class Emulator:
     """All mutable state of one emulator process."""
 
-    def __init__(
-        self, data_dir: str, token: str | None = None, knobs: Knobs | None = None, clock=time.monotonic, wall_clock=time.time
-    ):
+    def __init__(self, data_dir: str, token: str | None = None, knobs: Knobs | None = None, clock=time.monotonic, wall_clock=time.time):
         """``clock`` paces the rate limiter, ``wall_clock`` dates signed URLs: injectable so that an
         in-process test can drive both with trio's MockClock."""
         self.data_dir = data_dir
@@ -164,9 +162,7 @@ V2_DATASETS = V2Sort(
     "DateCreated",
     "Desc",  # recorded: a datasets listing without sortby comes back "DateCreated Desc"
 )
-V2_BIOSAMPLES = V2Sort(
-    ("Id", "BioSampleName", "Nickname", "DateModified", "UserOwnedBy", "Project", "Subject", "LabStatus", "Status"), "Id"
-)
+V2_BIOSAMPLES = V2Sort(("Id", "BioSampleName", "Nickname", "DateModified", "UserOwnedBy", "Project", "Subject", "LabStatus", "Status"), "Id")
 V2_APPSESSIONS = V2Sort(
     ("Name", "Id", "AppId", "ExecutionStatus", "ModifiedOn", "DateCreated", "AppName", "TotalSize", "QcStatus", "DeliveryStatus"),
     "Id",
@@ -608,9 +604,7 @@ async def device_token(em: Emulator, request: Request) -> StreamResponse:
         em.device_codes.pop(form["code"], None)
         return json_response({"error": "expired_token", "error_description": "the device code expired"}, 400)
     if not state["approved"]:
-        return json_response(
-            {"error": "authorization_pending", "error_description": "User has not yet approved the access request"}, 400
-        )
+        return json_response({"error": "authorization_pending", "error_description": "User has not yet approved the access request"}, 400)
     em.device_codes.pop(form["code"], None)  # a device code yields one token
     token = secrets.token_hex(16)
     em.issued[token] = {"client_id": state["client_id"], "scope": state["scope"], "created": time.time()}
@@ -624,10 +618,7 @@ async def device_page(em: Emulator, request: Request) -> StreamResponse:
     for state in em.device_codes.values():
         if state["user_code"] == code and state["expires"] >= time.time():
             state["approved"] = True
-            return html_response(
-                "<!doctype html><title>BaseSpace emulator</title>"
-                "<p>Access approved. You can return to your terminal.</p>"
-            )
+            return html_response("<!doctype html><title>BaseSpace emulator</title><p>Access approved. You can return to your terminal.</p>")
     return html_response("<!doctype html><title>BaseSpace emulator</title><p>Unknown or expired code.</p>", 404)
 
 
@@ -671,9 +662,7 @@ async def v2_biosamples(em: Emulator, request: Request) -> StreamResponse:
     projects = _ids_param(params(request), "projectid")
     if projects is not None:
         with_datasets = {d.biosample.id for d in a.datasets if d.project and d.project.id in projects and d.biosample}
-        items = [
-            b for b in items if (b.default_project and b.default_project.id in projects) or b.id in with_datasets
-        ]
+        items = [b for b in items if (b.default_project and b.default_project.id in projects) or b.id in with_datasets]
     return paged_v2(em, request, items, render.V2(a, _base(request)).biosample, V2_BIOSAMPLES)
 
 
@@ -847,9 +836,7 @@ async def debug_reload(em: Emulator, request: Request) -> StreamResponse:
     except AccountError as exc:
         return json_response({"error": str(exc)}, 400)
     a = em.account
-    return json_response(
-        {"projects": len(a.projects), "runs": len(a.runs), "datasets": len(a.datasets), "files": len(a.files)}
-    )
+    return json_response({"projects": len(a.projects), "runs": len(a.runs), "datasets": len(a.datasets), "files": len(a.files)})
 
 
 async def unknown_path(em: Emulator, request: Request) -> StreamResponse:
@@ -898,9 +885,7 @@ def build_app(emulator: Emulator) -> Router:
 
     starlette_routes = []
     for method, template, handler, opts in routes:
-        starlette_routes.append(
-            Route("/" + template, _endpoint(emulator, template, handler, **opts), methods=[method])
-        )
+        starlette_routes.append(Route("/" + template, _endpoint(emulator, template, handler, **opts), methods=[method]))
     raw: dict[str, Any] = {"auth": False, "scope": "none"}
     starlette_routes += [
         Route("/_content/{file_id}", _endpoint(emulator, "content", content, scope="content", auth=False), methods=["GET", "HEAD"]),

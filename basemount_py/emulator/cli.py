@@ -39,14 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="ACCOUNT_DIR", help="account folder to serve")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; keep it loopback)")
     parser.add_argument("--port", type=int, default=0, help="port (default 0 = any free port)")
-    parser.add_argument(
-        "--token", default=None, help="accepted access token (default: account.json AccessToken, else 'emulator-token')"
-    )
+    parser.add_argument("--token", default=None, help="accepted access token (default: account.json AccessToken, else 'emulator-token')")
     defaults = Knobs()
     for name, (flag, kind, help_text) in _KNOB_OPTIONS.items():
         parser.add_argument(flag, dest=name, type=kind, default=None, help=help_text.format(default=getattr(defaults, name)))
-    parser.add_argument("--fault-scope", dest="fault_scope", choices=SCOPES, default=None,
-                        help="which requests the random faults hit (default all)")
+    parser.add_argument("--fault-scope", dest="fault_scope", choices=SCOPES, default=None, help="which requests the random faults hit (default all)")
     parser.add_argument("--ready-file", default=None, metavar="PATH", help="write the base URL here once serving")
     parser.add_argument("--tls-cert", default=None, metavar="PEM", help="serve HTTPS with this certificate (with --tls-key)")
     parser.add_argument("--tls-key", default=None, metavar="PEM", help="the certificate's private key")

@@ -29,6 +29,7 @@ from .synthetic import synthetic_bytes
 
 __all__ = ["ContentSigner", "parse_range", "file_body", "file_response"]
 
+
 class ContentSigner:
     """Signs content URLs with an ``Expires`` in epoch seconds of ``clock`` (time.time; a test
     on trio's MockClock passes a clock that runs with it, so expiry costs no wall time)."""
@@ -127,9 +128,7 @@ def file_body(entry: FileEntry, start: int, end: int) -> Callable[[], AsyncItera
     return synthetic if entry.seed is not None else disk
 
 
-def file_response(
-    entry: FileEntry, range_header: str | None, on_bytes: Callable[[int], None], *, attachment: bool = False
-) -> StreamResponse:
+def file_response(entry: FileEntry, range_header: str | None, on_bytes: Callable[[int], None], *, attachment: bool = False) -> StreamResponse:
     """``entry``'s bytes as S3 sends them: ``Range`` -> 206 with ``Content-Range``, an unsatisfiable
     range -> 416 (an XML error that still carries the object's headers), else 200. ``attachment``
     adds the ``Content-Disposition`` of signed content URLs."""

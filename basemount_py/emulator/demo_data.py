@@ -141,15 +141,31 @@ class DemoSample:
 SAMPLES = (
     DemoSample("NA12878-A", "NA12878-A", PROJECT_WGS, 1, "NA12878", "ACGTACGT", "TTGCAGAC"),
     DemoSample(
-        "NA12878-B", "NA12878-B", PROJECT_WGS, 2, "NA12878", "GATCCTAG", "CAGTTCGA",
+        "NA12878-B",
+        "NA12878-B",
+        PROJECT_WGS,
+        2,
+        "NA12878",
+        "GATCCTAG",
+        "CAGTTCGA",
         subdir="Data/Intensities/BaseCalls",
     ),
     # One biosample, two runs, two lanes each: BioSamples/NA12878-rep/Merged/ concatenates four
     # lanes per read.
     DemoSample("NA12878-rep", "NA12878-rep", PROJECT_WGS, 3, "NA12878", "TGCAAGTC", "GTACGATC", lanes=2),
     DemoSample(
-        "NA12878-rep (rerun)", "NA12878-rep", PROJECT_WGS, 1, "NA12878", "TGCAAGTC", "GTACGATC",
-        flowcell=RERUN_FLOWCELL, session=RERUN_SESSION, date=DATE_RERUN, from_demo_run=False, lanes=2,
+        "NA12878-rep (rerun)",
+        "NA12878-rep",
+        PROJECT_WGS,
+        1,
+        "NA12878",
+        "TGCAAGTC",
+        "GTACGATC",
+        flowcell=RERUN_FLOWCELL,
+        session=RERUN_SESSION,
+        date=DATE_RERUN,
+        from_demo_run=False,
+        lanes=2,
     ),
     DemoSample("Tumor-01", "Tumor-01", PROJECT_TN, 4, "tumor", "CTAGGTAC", "AGCTTGCA"),
     DemoSample("Normal-01", "Normal-01", PROJECT_TN, 5, "patient", "AATCGGCT", "TCCATGAG"),
@@ -196,9 +212,7 @@ def _write_json(path: Path, obj: object) -> Path:
 def _write_gzip(path: Path, data: bytes) -> Path:
     # mtime=0 and no embedded file name keep the gzip header byte-identical between runs.
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as raw, gzip.GzipFile(
-        filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6
-    ) as gz:
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz:
         gz.write(data)
     return path
 
@@ -231,8 +245,7 @@ def make_reference() -> dict[str, str]:
 _TRANSITION = {"A": "G", "G": "A", "C": "T", "T": "C"}
 
 
-def _snvs(reference: dict[str, str], seed: str, spacing: tuple[int, int], somatic: bool,
-          avoid: frozenset[tuple[str, int]] = frozenset()) -> list[Variant]:
+def _snvs(reference: dict[str, str], seed: str, spacing: tuple[int, int], somatic: bool, avoid: frozenset[tuple[str, int]] = frozenset()) -> list[Variant]:
     rng = random.Random(seed)
     out = []
     for contig, seq in reference.items():
@@ -242,8 +255,7 @@ def _snvs(reference: dict[str, str], seed: str, spacing: tuple[int, int], somati
             if (contig, pos) not in avoid:
                 ref = seq[pos]
                 # Transitions outnumber transversions about 2:1, as in real genomes.
-                alt = _TRANSITION[ref] if rng.random() < 0.67 else rng.choice(
-                    [b for b in "ACGT" if b not in (ref, _TRANSITION[ref])])
+                alt = _TRANSITION[ref] if rng.random() < 0.67 else rng.choice([b for b in "ACGT" if b not in (ref, _TRANSITION[ref])])
                 if somatic:
                     out.append(Variant(contig, pos, ref, alt, "0/1", rng.uniform(0.25, 0.45), True))
                 elif rng.random() < 0.33:
@@ -280,8 +292,7 @@ class ReadPair:
 class _ReadSimulator:
     """Draws Illumina-like read pairs from a reference plus one individual's SNVs."""
 
-    def __init__(self, reference: dict[str, str], variants: list[Variant], seed: str,
-                 flowcell: str):
+    def __init__(self, reference: dict[str, str], variants: list[Variant], seed: str, flowcell: str):
         self.reference = reference
         self.rng = random.Random(seed)
         self.flowcell = flowcell
@@ -295,8 +306,7 @@ class _ReadSimulator:
         rng = self.rng
         while True:
             tile = f"{rng.randint(1, 2)}{rng.randint(1, 2)}{rng.randint(1, 78):02d}"
-            name = (f"{INSTRUMENT}:{RUN_NUMBER}:{self.flowcell}:1:{tile}:"
-                    f"{rng.randint(1000, 32000)}:{rng.randint(1000, 37000)}")
+            name = f"{INSTRUMENT}:{RUN_NUMBER}:{self.flowcell}:1:{tile}:{rng.randint(1000, 32000)}:{rng.randint(1000, 37000)}"
             if name not in self.names:
                 self.names.add(name)
                 return name
@@ -319,7 +329,7 @@ class _ReadSimulator:
         return "".join(bases), "".join(quals)
 
     def _fragment(self, contig: str, start: int, length: int) -> str:
-        seq = list(self.reference[contig][start:start + length])
+        seq = list(self.reference[contig][start : start + length])
         positions, variants = self.positions[contig], self.variants[contig]
         lo = bisect.bisect_left(positions, start)
         hi = bisect.bisect_left(positions, start + length)
@@ -352,8 +362,7 @@ class _ReadSimulator:
         return ReadPair(name, r1, q1, r2, q2, contig, start, length, r1_forward)
 
 
-def simulate_pairs(reference: dict[str, str], variants: list[Variant], seed: str, count: int,
-                   flowcell: str = FLOWCELL) -> list[ReadPair]:
+def simulate_pairs(reference: dict[str, str], variants: list[Variant], seed: str, count: int, flowcell: str = FLOWCELL) -> list[ReadPair]:
     sim = _ReadSimulator(reference, variants, seed, flowcell)
     return [sim.pair() for _ in range(count)]
 
@@ -377,9 +386,8 @@ def write_fastq_pair(folder: Path, sample: DemoSample, pairs: Sequence[ReadPair]
     per_lane = -(-len(pairs) // sample.lanes)
     written = []
     for lane in range(1, sample.lanes + 1):
-        chunk = [_on_lane(p, lane) for p in pairs[(lane - 1) * per_lane:lane * per_lane]]
-        written += [_write_gzip(folder / sample.fastq_name(r, lane), _fastq_bytes(chunk, r, index))
-                    for r in (1, 2)]
+        chunk = [_on_lane(p, lane) for p in pairs[(lane - 1) * per_lane : lane * per_lane]]
+        written += [_write_gzip(folder / sample.fastq_name(r, lane), _fastq_bytes(chunk, r, index)) for r in (1, 2)]
     return written
 
 
@@ -394,7 +402,7 @@ def write_fasta(path: Path, reference: dict[str, str]) -> None:
     chunks = []
     for name, seq in reference.items():
         chunks.append(f">{name} synthetic demo contig\n")
-        chunks.extend(seq[i:i + 60] + "\n" for i in range(0, len(seq), 60))
+        chunks.extend(seq[i : i + 60] + "\n" for i in range(0, len(seq), 60))
     _write_text(path, "".join(chunks))
     pysam.faidx(str(path))
 
@@ -411,8 +419,7 @@ def _md_and_nm(read: str, ref: str) -> tuple[str, int]:
     return "".join(md), nm
 
 
-def _segment(header: pysam.AlignmentHeader, name: str, flag: int, seq: str,
-             qual: str) -> pysam.AlignedSegment:
+def _segment(header: pysam.AlignmentHeader, name: str, flag: int, seq: str, qual: str) -> pysam.AlignedSegment:
     seg = pysam.AlignedSegment(header)
     seg.query_name = name
     seg.flag = flag
@@ -439,12 +446,11 @@ def _aligned_pair(header: pysam.AlignmentHeader, pair: ReadPair, reference: dict
     rev_flag = 0x1 | 0x2 | 0x10 | (0x80 if pair.r1_forward else 0x40)
     fwd = _segment(header, pair.name, fwd_flag, fwd_seq, fwd_qual)
     fwd.cigartuples = [(0, aligned)] + ([(4, clip)] if clip else [])
-    fwd_md, fwd_nm = _md_and_nm(fwd_seq[:aligned], ref[fwd_pos:fwd_pos + aligned])
+    fwd_md, fwd_nm = _md_and_nm(fwd_seq[:aligned], ref[fwd_pos : fwd_pos + aligned])
     rev = _segment(header, pair.name, rev_flag, rev_seq, rev_qual)
     rev.cigartuples = ([(4, clip)] if clip else []) + [(0, aligned)]
-    rev_md, rev_nm = _md_and_nm(rev_seq[clip:], ref[rev_pos:rev_pos + aligned])
-    for seg, pos, mate_pos, tlen, md, nm in ((fwd, fwd_pos, rev_pos, length, fwd_md, fwd_nm),
-                                             (rev, rev_pos, fwd_pos, -length, rev_md, rev_nm)):
+    rev_md, rev_nm = _md_and_nm(rev_seq[clip:], ref[rev_pos : rev_pos + aligned])
+    for seg, pos, mate_pos, tlen, md, nm in ((fwd, fwd_pos, rev_pos, length, fwd_md, fwd_nm), (rev, rev_pos, fwd_pos, -length, rev_md, rev_nm)):
         seg.reference_id = seg.next_reference_id = tid
         seg.reference_start, seg.next_reference_start = pos, mate_pos
         seg.template_length = tlen
@@ -454,21 +460,20 @@ def _aligned_pair(header: pysam.AlignmentHeader, pair: ReadPair, reference: dict
     return fwd, rev
 
 
-def write_bam(path: Path, reference: dict[str, str], pairs: Sequence[ReadPair],
-              workdir: Path) -> None:
-    header = pysam.AlignmentHeader.from_dict({
-        "HD": {"VN": "1.6", "SO": "unsorted"},
-        "SQ": [{"SN": name, "LN": len(seq)} for name, seq in reference.items()],
-        "RG": [{"ID": TUMOR.name, "SM": TUMOR.name, "LB": f"{TUMOR.name}-lib1", "PL": "ILLUMINA",
-                "PU": f"{FLOWCELL}.1.{TUMOR.i7}+{TUMOR.i5}"}],
-        "PG": [{"ID": "demo-aligner", "PN": "basemount-py demo generator", "VN": "1"}],
-    })
+def write_bam(path: Path, reference: dict[str, str], pairs: Sequence[ReadPair], workdir: Path) -> None:
+    header = pysam.AlignmentHeader.from_dict(
+        {
+            "HD": {"VN": "1.6", "SO": "unsorted"},
+            "SQ": [{"SN": name, "LN": len(seq)} for name, seq in reference.items()],
+            "RG": [{"ID": TUMOR.name, "SM": TUMOR.name, "LB": f"{TUMOR.name}-lib1", "PL": "ILLUMINA", "PU": f"{FLOWCELL}.1.{TUMOR.i7}+{TUMOR.i5}"}],
+            "PG": [{"ID": "demo-aligner", "PN": "basemount-py demo generator", "VN": "1"}],
+        }
+    )
     unsorted = workdir / "unsorted.bam"
     with pysam.AlignmentFile(str(unsorted), "wb", header=header) as out:
         for pair in pairs:
             if pair.contig is None:
-                for flag, seq, qual in ((0x1 | 0x4 | 0x8 | 0x40, pair.r1, pair.q1),
-                                        (0x1 | 0x4 | 0x8 | 0x80, pair.r2, pair.q2)):
+                for flag, seq, qual in ((0x1 | 0x4 | 0x8 | 0x40, pair.r1, pair.q1), (0x1 | 0x4 | 0x8 | 0x80, pair.r2, pair.q2)):
                     out.write(_segment(header, pair.name, flag, seq, qual))
             else:
                 for seg in _aligned_pair(header, pair, reference):
@@ -480,8 +485,7 @@ def write_bam(path: Path, reference: dict[str, str], pairs: Sequence[ReadPair],
     unsorted.unlink()
 
 
-def write_vcf(path: Path, bam_path: Path, reference: dict[str, str], variants: list[Variant],
-              workdir: Path) -> dict[str, int]:
+def write_vcf(path: Path, bam_path: Path, reference: dict[str, str], variants: list[Variant], workdir: Path) -> dict[str, int]:
     """Write a bgzipped, tabix-indexed VCF whose AD/DP are pileup counts from the BAM."""
     header = [
         "##fileformat=VCFv4.2",
@@ -494,8 +498,7 @@ def write_vcf(path: Path, bam_path: Path, reference: dict[str, str], variants: l
         '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
         '##FORMAT=<ID=AD,Number=R,Type=Integer,Description="Allelic depths (ref, alt)">',
         '##FORMAT=<ID=DP,Number=1,Type=Integer,Description="Read depth">',
-        "\t".join(["#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT",
-                   TUMOR.name]),
+        "\t".join(["#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT", TUMOR.name]),
     ]
     rows, stats = [], {"total": 0, "pass": 0, "somatic": 0}
     with pysam.AlignmentFile(str(bam_path)) as bam:
@@ -508,11 +511,22 @@ def write_vcf(path: Path, bam_path: Path, reference: dict[str, str], variants: l
             depth = sum(by_base.values())
             ok = depth >= 3 and alt_n >= 2
             info = f"DP={depth}" + (";SOMATIC" if v.somatic else "")
-            rows.append("\t".join([
-                v.contig, str(v.pos + 1), ".", v.ref, v.alt, str(min(99, 10 * alt_n)),
-                "PASS" if ok else "LowDP", info, "GT:AD:DP",
-                f"{v.genotype}:{ref_n},{alt_n}:{depth}",
-            ]))
+            rows.append(
+                "\t".join(
+                    [
+                        v.contig,
+                        str(v.pos + 1),
+                        ".",
+                        v.ref,
+                        v.alt,
+                        str(min(99, 10 * alt_n)),
+                        "PASS" if ok else "LowDP",
+                        info,
+                        "GT:AD:DP",
+                        f"{v.genotype}:{ref_n},{alt_n}:{depth}",
+                    ]
+                )
+            )
             stats["total"] += 1
             stats["pass"] += ok
             stats["somatic"] += v.somatic
@@ -536,11 +550,15 @@ def _alignment_summary(bam_path: Path, reference: dict[str, str], calls: dict[st
                 aligned_bases += seg.query_alignment_length
     genome = sum(len(s) for s in reference.values())
     rows = [
-        ("sample", TUMOR.name), ("reference", "reference/demo_reference.fa"),
-        ("total_reads", total), ("mapped_reads", mapped),
-        ("mapped_pct", f"{100 * mapped / total:.2f}"), ("properly_paired_reads", proper),
+        ("sample", TUMOR.name),
+        ("reference", "reference/demo_reference.fa"),
+        ("total_reads", total),
+        ("mapped_reads", mapped),
+        ("mapped_pct", f"{100 * mapped / total:.2f}"),
+        ("properly_paired_reads", proper),
         ("mean_coverage", f"{aligned_bases / genome:.2f}"),
-        ("snv_calls", calls["total"]), ("snv_calls_pass", calls["pass"]),
+        ("snv_calls", calls["total"]),
+        ("snv_calls_pass", calls["pass"]),
         ("somatic_snv_calls", calls["somatic"]),
     ]
     return "metric,value\n" + "".join(f"{k},{v}\n" for k, v in rows)
@@ -560,8 +578,11 @@ _QBINS = ((0, 2), (1, 12), (2, 23), (3, 37))  # NovaSeq's 4 quality bins: bin ->
 def _run_info() -> str:
     tiles = "\n".join(
         f"          <Tile>{lane}_{surface}{swath}{tile:02d}</Tile>"
-        for lane in range(1, _LANES + 1) for surface in range(1, _SURFACES + 1)
-        for swath in range(1, _SWATHS + 1) for tile in range(1, _TILES + 1))
+        for lane in range(1, _LANES + 1)
+        for surface in range(1, _SURFACES + 1)
+        for swath in range(1, _SWATHS + 1)
+        for tile in range(1, _TILES + 1)
+    )
     return f"""<?xml version="1.0"?>
 <RunInfo xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" Version="5">
   <Run Id="{RUN_ID}" Number="{RUN_NUMBER}">
@@ -659,26 +680,37 @@ def write_run_files(files: Path) -> None:
     # InterOp, in the published binary layouts: version byte, record-size byte, records.
     tile_records = b"".join(
         struct.pack("<HHHf", lane, tile, code, value)
-        for lane in lanes for tile in _DEMO_TILES
-        for code, value in ((100, 2.61e6), (101, 2.12e6), (102, 4.1e6), (103, 3.33e6)))
+        for lane in lanes
+        for tile in _DEMO_TILES
+        for code, value in ((100, 2.61e6), (101, 2.12e6), (102, 4.1e6), (103, 3.33e6))
+    )
     _write_bytes(files / "InterOp" / "TileMetricsOut.bin", bytes([2, 10]) + tile_records)
     error_records = b"".join(
-        struct.pack("<HHHfIIIII", lane, tile, cycle, round(rng.uniform(0.1, 0.4), 3),
-                    *(rng.randint(0, 5000) for _ in range(5)))
-        for lane in lanes for tile in _DEMO_TILES for cycle in cycles)
+        struct.pack("<HHHfIIIII", lane, tile, cycle, round(rng.uniform(0.1, 0.4), 3), *(rng.randint(0, 5000) for _ in range(5)))
+        for lane in lanes
+        for tile in _DEMO_TILES
+        for cycle in cycles
+    )
     _write_bytes(files / "InterOp" / "ErrorMetricsOut.bin", bytes([3, 30]) + error_records)
     stamp = 638409229310000000  # fixed .NET ticks for 2024-01-15, so output never varies
     extraction_records = b"".join(
-        struct.pack("<HHH4f4HQ", lane, tile, cycle,
-                    *(round(rng.uniform(2.4, 3.1), 2) for _ in range(4)),  # FWHM per channel
-                    *(rng.randint(800, 4000) for _ in range(4)), stamp)  # intensity per channel
-        for lane in lanes for tile in _DEMO_TILES for cycle in cycles)
-    _write_bytes(files / "InterOp" / "ExtractionMetricsOut.bin",
-                 bytes([2, 38]) + extraction_records)
+        struct.pack(
+            "<HHH4f4HQ",
+            lane,
+            tile,
+            cycle,
+            *(round(rng.uniform(2.4, 3.1), 2) for _ in range(4)),  # FWHM per channel
+            *(rng.randint(800, 4000) for _ in range(4)),
+            stamp,
+        )  # intensity per channel
+        for lane in lanes
+        for tile in _DEMO_TILES
+        for cycle in cycles
+    )
+    _write_bytes(files / "InterOp" / "ExtractionMetricsOut.bin", bytes([2, 38]) + extraction_records)
     # Cluster locations, pass-filter flags and base calls for the first cycles of lane 1.
     n = _CLUSTERS_PER_TILE
-    locs = struct.pack("<IfI", 1, 1.0, n) + b"".join(
-        struct.pack("<ff", rng.uniform(0, 3200), rng.uniform(0, 3700)) for _ in range(n))
+    locs = struct.pack("<IfI", 1, 1.0, n) + b"".join(struct.pack("<ff", rng.uniform(0, 3200), rng.uniform(0, 3700)) for _ in range(n))
     _write_bytes(files / "Data" / "Intensities" / "s.locs", locs)
     basecalls = files / "Data" / "Intensities" / "BaseCalls" / "L001"
     for tile in _DEMO_TILES:
@@ -688,8 +720,7 @@ def write_run_files(files: Path) -> None:
         for surface, tile in enumerate(_DEMO_TILES, start=1):
             bases = bytes(rng.randrange(4) for _ in range(n))
             qbins = bytes(3 if rng.random() < 0.9 else rng.randrange(3) for _ in range(n))
-            _write_bytes(basecalls / f"C{cycle}.1" / f"L001_{surface}.cbcl",
-                         _cbcl([(tile, bases, qbins)]))
+            _write_bytes(basecalls / f"C{cycle}.1" / f"L001_{surface}.cbcl", _cbcl([(tile, bases, qbins)]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -717,10 +748,13 @@ class _Builder:
         return folder
 
     def build(self) -> None:
-        _write_json(self.root / "account.json", {
-            "User": {"Id": "11001100", "Name": USER_NAME, "Email": "demo.user@example.com"},
-            "AccessToken": ACCESS_TOKEN,
-        })
+        _write_json(
+            self.root / "account.json",
+            {
+                "User": {"Id": "11001100", "Name": USER_NAME, "Email": "demo.user@example.com"},
+                "AccessToken": ACCESS_TOKEN,
+            },
+        )
         self.projects()
         for sample in SAMPLES:
             self.sample(sample)
@@ -732,42 +766,59 @@ class _Builder:
 
     def projects(self) -> None:
         self.entity("Projects", DATE_ACCOUNT)
-        self.entity(f"Projects/{PROJECT_WGS}", DATE_ACCOUNT, {
-            "Description": "Whole-genome sequencing of NA12878 (synthetic demo data), "
-                           "including a re-sequenced library.",
-            "DateCreated": _bs_date(DATE_ACCOUNT),
-        })
-        self.entity(f"Projects/{PROJECT_TN}", DATE_ACCOUNT, {
-            "Description": "Matched tumour/normal pair with alignment and variant calls "
-                           "(synthetic demo data).",
-            "DateCreated": _bs_date(DATE_ACCOUNT),
-        })
+        self.entity(
+            f"Projects/{PROJECT_WGS}",
+            DATE_ACCOUNT,
+            {
+                "Description": "Whole-genome sequencing of NA12878 (synthetic demo data), including a re-sequenced library.",
+                "DateCreated": _bs_date(DATE_ACCOUNT),
+            },
+        )
+        self.entity(
+            f"Projects/{PROJECT_TN}",
+            DATE_ACCOUNT,
+            {
+                "Description": "Matched tumour/normal pair with alignment and variant calls (synthetic demo data).",
+                "DateCreated": _bs_date(DATE_ACCOUNT),
+            },
+        )
 
     def sample(self, s: DemoSample) -> None:
-        pairs = simulate_pairs(self.reference, self.variants[s.individual],
-                               f"demo:reads:{s.folder}",
-                               BAM_PAIRS if s is TUMOR else PAIRS_PER_SAMPLE, s.flowcell)
+        pairs = simulate_pairs(self.reference, self.variants[s.individual], f"demo:reads:{s.folder}", BAM_PAIRS if s is TUMOR else PAIRS_PER_SAMPLE, s.flowcell)
         self.reads[s.folder] = pairs
         fastq_pairs = pairs[:PAIRS_PER_SAMPLE]  # the tumour BAM aligns a superset of its FASTQs
         fields = {
-            "Name": s.name, "SampleId": s.name, "SampleNumber": s.number,
+            "Name": s.name,
+            "SampleId": s.name,
+            "SampleNumber": s.number,
             "ExperimentName": EXPERIMENT_NAME if s.from_demo_run else "Demo Rerun 2024-01-22",
-            "NumReadsRaw": len(fastq_pairs), "NumReadsPF": len(fastq_pairs),
-            "IsPairedEnd": True, "Read1": READ_LENGTH, "Read2": READ_LENGTH,
-            "Status": "Complete", "StatusSummary": "", "DateCreated": _bs_date(s.date),
+            "NumReadsRaw": len(fastq_pairs),
+            "NumReadsPF": len(fastq_pairs),
+            "IsPairedEnd": True,
+            "Read1": READ_LENGTH,
+            "Read2": READ_LENGTH,
+            "Status": "Complete",
+            "StatusSummary": "",
+            "DateCreated": _bs_date(s.date),
             "AppSession": {"Name": s.session, "Status": "Complete"},
         }
         if s.from_demo_run:
-            fields["Properties"] = [
-                {"Type": "run[]", "Name": "Input.Runs", "Items": [{"Ref": f"Runs/{RUN_NAME}"}]}]
+            fields["Properties"] = [{"Type": "run[]", "Name": "Input.Runs", "Items": [{"Ref": f"Runs/{RUN_NAME}"}]}]
         folder = self.entity(f"Projects/{s.project}/Samples/{s.folder}", s.date, fields)
         files = folder / "Files" / s.subdir if s.subdir else folder / "Files"
         fastqs = write_fastq_pair(files, s, fastq_pairs)
         # v2 view of the same data: a FASTQ dataset (self-contained copies) of the biosample.
-        dataset = self.entity(f"Projects/{s.project}/Datasets/{s.folder}", s.date, {
-            "Name": s.name, "DatasetType": {"Id": "common.fastq", "Name": "FASTQ"},
-            "BioSample": s.name, "DateCreated": _bs_date(s.date), "QcStatus": "QcPassed",
-        })
+        dataset = self.entity(
+            f"Projects/{s.project}/Datasets/{s.folder}",
+            s.date,
+            {
+                "Name": s.name,
+                "DatasetType": {"Id": "common.fastq", "Name": "FASTQ"},
+                "BioSample": s.name,
+                "DateCreated": _bs_date(s.date),
+                "QcStatus": "QcPassed",
+            },
+        )
         for fastq in fastqs:
             (dataset / "Files").mkdir(exist_ok=True)
             shutil.copyfile(fastq, dataset / "Files" / fastq.name)
@@ -778,72 +829,96 @@ class _Builder:
         for s in SAMPLES:
             if s.name not in seen:
                 seen.add(s.name)
-                self.entity(f"BioSamples/{s.name}", DATE_RUN_START, {
-                    "DefaultProject": s.project, "Status": "Active", "LabStatus": "Sequenced",
-                    "DateCreated": _bs_date(DATE_RUN_START)})
+                self.entity(
+                    f"BioSamples/{s.name}",
+                    DATE_RUN_START,
+                    {"DefaultProject": s.project, "Status": "Active", "LabStatus": "Sequenced", "DateCreated": _bs_date(DATE_RUN_START)},
+                )
 
     def run(self) -> None:
         self.entity("Runs", DATE_ACCOUNT)
         run_samples = [s for s in SAMPLES if s.from_demo_run]
-        folder = self.entity(f"Runs/{RUN_NAME}", DATE_RUN_DONE, {
-            "ExperimentName": EXPERIMENT_NAME, "Status": "Complete", "Number": RUN_NUMBER,
-            "InstrumentName": INSTRUMENT, "InstrumentType": "NovaSeq6000",
-            "PlatformName": "NovaSeq", "FlowcellBarcode": FLOWCELL,
-            "ReagentBarcode": "NV0123456-RGSBS", "Workflow": "GenerateFASTQ",
-            "DateCreated": _bs_date(DATE_RUN_START), "DateModified": _bs_date(DATE_RUN_DONE),
-            "SequencingStats": {
-                "NumCyclesRead1": READ_LENGTH, "NumCyclesRead2": READ_LENGTH,
-                "NumCyclesIndex1": INDEX_LENGTH, "NumCyclesIndex2": INDEX_LENGTH,
-                "NumLanes": _LANES, "NumSurfaces": _SURFACES, "NumSwathsPerLane": _SWATHS,
-                "NumTilesPerSwath": _TILES, "IsIndexed": True, "Chemistry": "NovaSeq SP",
-                "PercentGtQ30": 91.84, "PercentPf": 81.27, "PercentAligned": 0.62,
-                "ErrorRate": 0.27, "ClusterDensity": 2610.0, "YieldTotal": 162.4,
-                "MaxCycleCalled": 2 * READ_LENGTH + 2 * INDEX_LENGTH,
+        folder = self.entity(
+            f"Runs/{RUN_NAME}",
+            DATE_RUN_DONE,
+            {
+                "ExperimentName": EXPERIMENT_NAME,
+                "Status": "Complete",
+                "Number": RUN_NUMBER,
+                "InstrumentName": INSTRUMENT,
+                "InstrumentType": "NovaSeq6000",
+                "PlatformName": "NovaSeq",
+                "FlowcellBarcode": FLOWCELL,
+                "ReagentBarcode": "NV0123456-RGSBS",
+                "Workflow": "GenerateFASTQ",
+                "DateCreated": _bs_date(DATE_RUN_START),
+                "DateModified": _bs_date(DATE_RUN_DONE),
+                "SequencingStats": {
+                    "NumCyclesRead1": READ_LENGTH,
+                    "NumCyclesRead2": READ_LENGTH,
+                    "NumCyclesIndex1": INDEX_LENGTH,
+                    "NumCyclesIndex2": INDEX_LENGTH,
+                    "NumLanes": _LANES,
+                    "NumSurfaces": _SURFACES,
+                    "NumSwathsPerLane": _SWATHS,
+                    "NumTilesPerSwath": _TILES,
+                    "IsIndexed": True,
+                    "Chemistry": "NovaSeq SP",
+                    "PercentGtQ30": 91.84,
+                    "PercentPf": 81.27,
+                    "PercentAligned": 0.62,
+                    "ErrorRate": 0.27,
+                    "ClusterDensity": 2610.0,
+                    "YieldTotal": 162.4,
+                    "MaxCycleCalled": 2 * READ_LENGTH + 2 * INDEX_LENGTH,
+                },
+                "Properties": [
+                    {"Type": "sample[]", "Name": "Output.Samples", "Items": [_sample_ref(s) for s in run_samples]},
+                    {"Type": "string", "Name": "Input.sample-sheet", "Description": "", "Content": sample_sheet()},
+                ],
             },
-            "Properties": [
-                {"Type": "sample[]", "Name": "Output.Samples",
-                 "Items": [_sample_ref(s) for s in run_samples]},
-                {"Type": "string", "Name": "Input.sample-sheet", "Description": "",
-                 "Content": sample_sheet()},
-            ],
-        })
+        )
         write_run_files(folder / "Files")
 
     def alignment(self) -> None:
         normal = SAMPLES[5]
-        folder = self.entity(f"Projects/{PROJECT_TN}/AppResults/{APP_ALIGN}", DATE_ANALYSIS, {
-            "Description": "Tumour alignment (BAM) and SNV calls (VCF) against the demo reference.",
-            "Status": "Complete", "DateCreated": _bs_date(DATE_ANALYSIS),
-            "AppSession": {"Name": ANALYSIS_SESSION, "Status": "Complete"},
-            "Properties": [
-                {"Type": "string", "Name": "Input.reference-genome", "Description": "",
-                 "Content": "demo_reference.fa (synthetic, 3 contigs)"},
-                {"Type": "sample[]", "Name": "Input.Samples",
-                 "Items": [_sample_ref(TUMOR), _sample_ref(normal)]},
-            ],
-        })
+        folder = self.entity(
+            f"Projects/{PROJECT_TN}/AppResults/{APP_ALIGN}",
+            DATE_ANALYSIS,
+            {
+                "Description": "Tumour alignment (BAM) and SNV calls (VCF) against the demo reference.",
+                "Status": "Complete",
+                "DateCreated": _bs_date(DATE_ANALYSIS),
+                "AppSession": {"Name": ANALYSIS_SESSION, "Status": "Complete"},
+                "Properties": [
+                    {"Type": "string", "Name": "Input.reference-genome", "Description": "", "Content": "demo_reference.fa (synthetic, 3 contigs)"},
+                    {"Type": "sample[]", "Name": "Input.Samples", "Items": [_sample_ref(TUMOR), _sample_ref(normal)]},
+                ],
+            },
+        )
         files = folder / "Files"
         write_fasta(files / "reference" / "demo_reference.fa", self.reference)
         bam = files / f"{TUMOR.name}.bam"
         write_bam(bam, self.reference, self.reads[TUMOR.folder], self.workdir)
-        calls = write_vcf(files / f"{TUMOR.name}.vcf.gz", bam, self.reference,
-                          self.variants["tumor"], self.workdir)
-        _write_text(files / f"{TUMOR.name}.summary.csv",
-                    _alignment_summary(bam, self.reference, calls))
+        calls = write_vcf(files / f"{TUMOR.name}.vcf.gz", bam, self.reference, self.variants["tumor"], self.workdir)
+        _write_text(files / f"{TUMOR.name}.summary.csv", _alignment_summary(bam, self.reference, calls))
 
     def qc_reports(self) -> None:
         samples = [s for s in SAMPLES if s.project == PROJECT_TN]
-        folder = self.entity(f"Projects/{PROJECT_TN}/AppResults/{APP_QC}", DATE_ANALYSIS, {
-            "Description": "Read-level QC of the tumour/normal FASTQs.",
-            "Status": "Complete", "DateCreated": _bs_date(DATE_ANALYSIS),
-            "AppSession": {"Name": ANALYSIS_SESSION, "Status": "Complete"},
-            "Properties": [
-                {"Type": "string", "Name": "Input.qc-profile", "Description": "",
-                 "Content": "standard"},
-                {"Type": "sample[]", "Name": "Input.Samples",
-                 "Items": [_sample_ref(s) for s in samples]},
-            ],
-        })
+        folder = self.entity(
+            f"Projects/{PROJECT_TN}/AppResults/{APP_QC}",
+            DATE_ANALYSIS,
+            {
+                "Description": "Read-level QC of the tumour/normal FASTQs.",
+                "Status": "Complete",
+                "DateCreated": _bs_date(DATE_ANALYSIS),
+                "AppSession": {"Name": ANALYSIS_SESSION, "Status": "Complete"},
+                "Properties": [
+                    {"Type": "string", "Name": "Input.qc-profile", "Description": "", "Content": "standard"},
+                    {"Type": "sample[]", "Name": "Input.Samples", "Items": [_sample_ref(s) for s in samples]},
+                ],
+            },
+        )
         files = folder / "Files"
         rows = []
         for s in samples:
@@ -855,37 +930,37 @@ class _Builder:
                 q30 = sum(q.count("F") for q in quals) / sum(map(len, quals))
                 fname = s.fastq_name(read)
                 rows.append((fname, len(pairs), 100 * gc, 100 * q30))
-                _write_text(files / "fastqc" / fname.replace(".fastq.gz", "_fastqc.html"),
-                            _html(f"FastQC: {fname}", [("Total sequences", len(pairs)),
-                                                       ("Sequence length", READ_LENGTH),
-                                                       ("%GC", f"{100 * gc:.1f}"),
-                                                       ("% bases >= Q30", f"{100 * q30:.1f}")]))
-        _write_text(files / "multiqc_report.html", _html(
-            "QC summary",
-            [(f, f"{n} reads, {gc:.1f}% GC, {q:.1f}% >=Q30") for f, n, gc, q in rows]))
-        _write_text(files / "logs" / "pipeline.log", "".join(
-            f"2024-01-16 10:{minute:02d}:00 INFO fastqc finished {f}\n"
-            for minute, (f, *_rest) in enumerate(rows)))
+                _write_text(
+                    files / "fastqc" / fname.replace(".fastq.gz", "_fastqc.html"),
+                    _html(
+                        f"FastQC: {fname}",
+                        [("Total sequences", len(pairs)), ("Sequence length", READ_LENGTH), ("%GC", f"{100 * gc:.1f}"), ("% bases >= Q30", f"{100 * q30:.1f}")],
+                    ),
+                )
+        _write_text(files / "multiqc_report.html", _html("QC summary", [(f, f"{n} reads, {gc:.1f}% GC, {q:.1f}% >=Q30") for f, n, gc, q in rows]))
+        _write_text(
+            files / "logs" / "pipeline.log", "".join(f"2024-01-16 10:{minute:02d}:00 INFO fastqc finished {f}\n" for minute, (f, *_rest) in enumerate(rows))
+        )
         # A dotfile inside Files/: a real file the API lists (only .entity.json is metadata).
-        checksums = sorted(
-            f"{hashlib.md5(p.read_bytes()).hexdigest()}  {p.relative_to(files).as_posix()}\n"
-            for p in files.rglob("*") if p.is_file())
+        checksums = sorted(f"{hashlib.md5(p.read_bytes()).hexdigest()}  {p.relative_to(files).as_posix()}\n" for p in files.rglob("*") if p.is_file())
         _write_text(files / ".checksums.md5", "".join(checksums))
 
     def large_output(self) -> None:
         # No AppSession on purpose: the emulator then gives the result a default session.
-        folder = self.entity(f"Projects/{PROJECT_TN}/AppResults/{APP_LARGE}", DATE_LARGE, {
-            "Description": "A large output whose bytes are synthesised on the fly by the emulator.",
-            "DateCreated": _bs_date(DATE_LARGE),
-        })
-        _write_json(folder / "Files" / "big.bin.synthetic.json",
-                    {"size": SYNTHETIC_SIZE, "seed": SYNTHETIC_SEED})
-        _write_text(folder / "Files" / "README.txt",
-                    "big.bin is a 256 MiB synthetic file: the emulator computes its bytes, "
-                    "nothing is stored on disk.\n")
+        folder = self.entity(
+            f"Projects/{PROJECT_TN}/AppResults/{APP_LARGE}",
+            DATE_LARGE,
+            {
+                "Description": "A large output whose bytes are synthesised on the fly by the emulator.",
+                "DateCreated": _bs_date(DATE_LARGE),
+            },
+        )
+        _write_json(folder / "Files" / "big.bin.synthetic.json", {"size": SYNTHETIC_SIZE, "seed": SYNTHETIC_SEED})
+        _write_text(folder / "Files" / "README.txt", "big.bin is a 256 MiB synthetic file: the emulator computes its bytes, nothing is stored on disk.\n")
 
     def stamp_mtimes(self) -> None:
         """Give every file and directory the date of its nearest enclosing entity."""
+
         def when(rel: Path) -> datetime:
             for candidate in (rel, *rel.parents):
                 if candidate in self.dates:
@@ -905,11 +980,12 @@ class _Builder:
 
 
 def _html(title: str, rows: Sequence[tuple[object, object]]) -> str:
-    body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>\n"
-                   for k, v in rows)
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}"
-            f"</title></head>\n<body><h1>{html.escape(title)}</h1>\n<table>\n{body}</table>\n"
-            "</body></html>\n")
+    body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>\n" for k, v in rows)
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}'
+        f"</title></head>\n<body><h1>{html.escape(title)}</h1>\n<table>\n{body}</table>\n"
+        "</body></html>\n"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -934,8 +1010,7 @@ def generate_demo_account(dest: Path) -> Path:
     # Build in a hidden staging folder, then rename into place: an interrupted run leaves no
     # half-written account.  An existing (empty) dest keeps its inode, permissions and any
     # mount on it, so we stage inside it and move the top-level entries up.
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-",
-                                    dir=dest if existed else dest.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest if existed else dest.parent))
     try:
         with tempfile.TemporaryDirectory(prefix="demo-data-") as work:
             builder = _Builder(staging, Path(work))
@@ -980,15 +1055,13 @@ def summarize(account: Path) -> AccountSummary:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dir", metavar="DIR", type=Path,
-                        help="where to write the demo account folder (must be new or empty)")
+    parser.add_argument("dir", metavar="DIR", type=Path, help="where to write the demo account folder (must be new or empty)")
 
 
 def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
     """`basemount-py demo-data DIR`: write the demo account and print a one-line summary."""
     if not isinstance(args, argparse.Namespace):
-        parser = argparse.ArgumentParser(prog="basemount-py demo-data",
-                                         description="Write the demo BaseSpace account folder.")
+        parser = argparse.ArgumentParser(prog="basemount-py demo-data", description="Write the demo BaseSpace account folder.")
         add_arguments(parser)
         args = parser.parse_args(args)
     dest = Path(args.dir)
@@ -1001,9 +1074,11 @@ def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
         print(f"error: could not write the demo account to {dest}: {exc}", file=sys.stderr)
         return 1
     s = summarize(dest)
-    print(f"Demo account written to {dest}: {s.projects} projects, {s.samples} samples, "
-          f"{s.files} files, {s.disk_bytes / 1e6:.1f} MB on disk "
-          f"(+{s.synthetic_bytes // 2**20} MiB synthetic)")
+    print(
+        f"Demo account written to {dest}: {s.projects} projects, {s.samples} samples, "
+        f"{s.files} files, {s.disk_bytes / 1e6:.1f} MB on disk "
+        f"(+{s.synthetic_bytes // 2**20} MiB synthetic)"
+    )
     return 0
 
 

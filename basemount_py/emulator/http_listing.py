@@ -61,11 +61,7 @@ def _listing(folder: str, subdirs: set[str], names: set[str]) -> StreamResponse:
     title = escape("/" + folder)
     links = [f'<a href="{quote(d)}/">{escape(d)}/</a>' for d in sorted(subdirs)]
     links += [f'<a href="{quote(n)}">{escape(n)}</a>' for n in sorted(names)]
-    body = (
-        f"<!DOCTYPE html><html><head><title>Index of {title}</title></head><body><h1>Index of {title}</h1>\n"
-        + "\n".join(links)
-        + "\n</body></html>\n"
-    )
+    body = f"<!DOCTYPE html><html><head><title>Index of {title}</title></head><body><h1>Index of {title}</h1>\n" + "\n".join(links) + "\n</body></html>\n"
     return html_response(body)
 
 

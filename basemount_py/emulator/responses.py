@@ -102,9 +102,7 @@ def error_status(status: int, code: str | None, message: str, notifications: lis
 
 
 def not_found() -> StreamResponse:
-    r = error_status(
-        404, None, "This isn't a recognized path. Please check the documentation at https://developer.basespace.illumina.com"
-    )
+    r = error_status(404, None, "This isn't a recognized path. Please check the documentation at https://developer.basespace.illumina.com")
     r.headers["Content-Type"] = JSON_TYPE  # recorded: the unknown-path 404 has no charset...
     r.headers["Cache-Control"] = "private"  # ...and is the one answer marked private
     return r
@@ -133,8 +131,7 @@ class Forbidden(HttpError):
     """Unknown or foreign ids answer 403 like BaseSpace (never 404, which leaks existence)."""
 
     def __init__(self, type_name: str, access: str = "READ"):
-        super().__init__(403, f"Sorry but this requires {access} access to this {type_name} resource.",
-                         "BASESPACE.COMMON.INSUFFICIENT_RESOURCE_PERMISSIONS")
+        super().__init__(403, f"Sorry but this requires {access} access to this {type_name} resource.", "BASESPACE.COMMON.INSUFFICIENT_RESOURCE_PERMISSIONS")
         if access == "READ":  # real read 403s repeat the message as the notification item
             self.notifications = [{"Type": "error", "Item": str(self)}]
 
@@ -153,11 +150,7 @@ def xml_error(code: str, message: str) -> bytes:
     def esc(s: str) -> str:
         return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
-    return (
-        f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{esc(code)}</Code>'
-        f"<Message>{esc(message)}</Message></Error>"
-    ).encode()
-
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{esc(code)}</Code><Message>{esc(message)}</Message></Error>').encode()
 
 
 class AbortConnection(Exception):

@@ -54,9 +54,7 @@ def _pad(seed: int) -> bytes:
 
 
 def _block_offsets(seed: int, block: int) -> list[int]:
-    digest = hashlib.blake2b(
-        seed.to_bytes(16, "little", signed=True) + block.to_bytes(8, "little"), digest_size=64
-    ).digest()
+    digest = hashlib.blake2b(seed.to_bytes(16, "little", signed=True) + block.to_bytes(8, "little"), digest_size=64).digest()
     return [int.from_bytes(digest[i : i + 4], "little") % PAD_SIZE for i in range(0, 64, 4)]
 
 

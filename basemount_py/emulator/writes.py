@@ -327,8 +327,7 @@ def _upload_target(em, appresult: Entity, request: Request) -> tuple[str, str]:
         raise BadRequest(f"names ending in {SYNTHETIC_SUFFIX} are reserved by the emulator")
     directory = "/".join(_safe_component(c, "directory") for c in q.get("directory", "").split("/") if c)
     if str(appresult.overrides.get("Status", "Complete")).lower() == "complete":
-        raise HttpError(409, f"AppResult {appresult.id} is Complete: no files can be added",
-                         "BASESPACE.APPRESULTS.ALREADY_COMPLETE")
+        raise HttpError(409, f"AppResult {appresult.id} is Complete: no files can be added", "BASESPACE.APPRESULTS.ALREADY_COMPLETE")
     return name, directory
 
 
@@ -376,12 +375,24 @@ async def upload_file(em, request: Request):
         file_id = _new_file_id(em, key)
         folder = _upload_dir(em, file_id)
         await asyncio.to_thread(os.makedirs, folder)
-        meta = {"Id": file_id, "AppResult": appresult.key, "Name": name, "Directory": directory,
-                "ContentType": request.headers.get("content-type", "application/octet-stream"), "Created": time.time()}
+        meta = {
+            "Id": file_id,
+            "AppResult": appresult.key,
+            "Name": name,
+            "Directory": directory,
+            "ContentType": request.headers.get("content-type", "application/octet-stream"),
+            "Created": time.time(),
+        }
         await asyncio.to_thread(_write_json, os.path.join(folder, "upload.json"), meta)
     if multipart:
-        pending = {"Id": file_id, "Href": f"v1pre3/files/{file_id}", "Name": name,
-                   "Path": f"{directory}/{name}" if directory else name, "UploadStatus": "pending", "Size": 0}
+        pending = {
+            "Id": file_id,
+            "Href": f"v1pre3/files/{file_id}",
+            "Name": name,
+            "Path": f"{directory}/{name}" if directory else name,
+            "UploadStatus": "pending",
+            "Size": 0,
+        }
         return _ok(em, request, pending, 201)
     try:
         body_path = os.path.join(folder, "body")
@@ -461,9 +472,7 @@ async def upload_part(em, request: Request):
 
 def _assemble(folder: str) -> tuple[str, str]:
     """(path of the parts joined in order, the S3 multipart ETag ``md5(part md5s)-<parts>``)."""
-    parts = sorted(
-        (int(n.split(".")[1]), n) for n in os.listdir(folder) if n.startswith("part.") and n.count(".") == 1
-    )
+    parts = sorted((int(n.split(".")[1]), n) for n in os.listdir(folder) if n.startswith("part.") and n.count(".") == 1)
     if not parts:
         raise BadRequest("no parts were uploaded")
     numbers = [n for n, _ in parts]
@@ -516,8 +525,7 @@ def _trash_item(em, request: Request, tid: str, info: dict[str, Any]) -> dict[st
         "DateDeleted": bs_date(info["Deleted"]),
         "DateModified": bs_date(info["Deleted"]),
         "Size": info.get("Size", 0),
-        "Entity": {"Id": info["EntityId"], "Type": render.type_name(kind),
-                   "Href": f"v1pre3/{kind}s/{info['EntityId']}"},
+        "Entity": {"Id": info["EntityId"], "Type": render.type_name(kind), "Href": f"v1pre3/{kind}s/{info['EntityId']}"},
         "OriginalPath": info["OriginalPath"],
     }
 
@@ -616,8 +624,9 @@ async def list_trash(em, request: Request):
     q = {k.lower(): v for k, v in request.query_params.items()}
     offset, limit = int(q.get("offset", 0) or 0), min(int(q.get("limit", 1000) or 1000), 1000)
     page = items[offset : offset + limit]
-    return json_response({"Items": page, "Paging": {"DisplayedCount": len(page), "TotalCount": len(items),
-                                                    "Offset": offset, "Limit": limit, "SortDir": "Asc", "SortBy": "Id"}})
+    return json_response(
+        {"Items": page, "Paging": {"DisplayedCount": len(page), "TotalCount": len(items), "Offset": offset, "Limit": limit, "SortDir": "Asc", "SortBy": "Id"}}
+    )
 
 
 def _trash_folder(em, tid: str) -> tuple[str, dict[str, Any]]:
@@ -772,8 +781,7 @@ async def update_appsession(em, request: Request):
             current = str(session.overrides.get("Status", "Complete")).lower()
             if current == "complete" and status.lower() == "complete":
                 raise HttpError(409, f"AppSession {session.id} is already Complete", "BASESPACE.APPSESSIONS.ALREADY_COMPLETE")
-            changes["Status"] = {"complete": "Complete", "aborted": "Aborted", "running": "Running",
-                                 "needsattention": "NeedsAttention"}[status.lower()]
+            changes["Status"] = {"complete": "Complete", "aborted": "Aborted", "running": "Running", "needsattention": "NeedsAttention"}[status.lower()]
             if body.get("statussummary") is not None:
                 changes["StatusSummary"] = str(body["statussummary"])
         name = body.get("name")

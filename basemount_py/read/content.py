@@ -313,9 +313,7 @@ class ContentSource:
             if match and match.group(3) != "*" and int(match.group(3)) < end:
                 raise ProtocolError(f"{describe}: the file has only {match.group(3)} bytes")
             if not match or int(match.group(1)) != start or int(match.group(2)) != end - 1:
-                raise ProtocolError(
-                    f"{describe}: Content-Range {response.headers.get('content-range')!r} does not match"
-                )
+                raise ProtocolError(f"{describe}: Content-Range {response.headers.get('content-range')!r} does not match")
         elif code == 200:
             # The host ignored Range: acceptable only if the whole body is what we asked for.
             length = response.headers.get("content-length")

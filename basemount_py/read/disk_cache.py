@@ -263,7 +263,8 @@ class DiskCache:
         if exc.errno in NO_SPACE:
             log.warning(
                 "content cache: the disk is full (%s); evicting old files and reading from the network for %.0f s",
-                exc.strerror or exc, SUSPEND_AFTER_FULL,
+                exc.strerror or exc,
+                SUSPEND_AFTER_FULL,
             )
             with self._lock:
                 # What we believed fits does not: shrink the bound to what is there now.

@@ -116,7 +116,7 @@ class AccessPattern:
         return Plan(kind != "seek", demand_end, demand_end)
 
     def _classify(self, offset: int, end: int) -> str:
-        """"advance" (sequential progress), "behind" (inside what was just read) or "seek"."""
+        """ "advance" (sequential progress), "behind" (inside what was just read) or "seek"."""
         cfg = self.config
         if self.last_end is None:
             return "advance" if offset == 0 else "seek"

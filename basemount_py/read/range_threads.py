@@ -70,9 +70,7 @@ class RangeThreads:
         # set in mount._tune_malloc), and the daemon's peak RSS doubled (docs/performance.md).
         expected = end - start
         blocks = [bytearray(min(block_size, expected - o)) for o in range(0, expected, block_size)]
-        await trio.to_thread.run_sync(
-            self._get, url, start, end, blocks, describe, check, limiter=self._limiter, abandon_on_cancel=True
-        )
+        await trio.to_thread.run_sync(self._get, url, start, end, blocks, describe, check, limiter=self._limiter, abandon_on_cancel=True)
         return blocks
 
     def close(self) -> None:

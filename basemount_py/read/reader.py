@@ -174,9 +174,7 @@ class ReadManager:
         await self._idle.wait()
         self._nursery = None
 
-    def open(
-        self, file_id: str, size: int, name: str = "", version: str | None = None, etag: object = None
-    ) -> "FileReader | VerifiedReader":
+    def open(self, file_id: str, size: int, name: str = "", version: str | None = None, etag: object = None) -> "FileReader | VerifiedReader":
         """A reader for one open handle; ``name`` lets an index file be fetched whole at once;
         ``version`` (ETag or date) pins its content, and without one the disk cache is not used;
         under --verify, a plain-MD5 ``etag`` makes it a VerifiedReader."""

@@ -46,9 +46,7 @@ def plain_md5(etag: Any) -> str | None:
 class VerifiedReader:
     """A reader (``read(offset, size)``, ``close()``) whose whole-file sequential pass is checked."""
 
-    def __init__(
-        self, reader: Any, file_id: str, size: int, expected_md5: str, on_mismatch: Callable[[Any], Awaitable[None]]
-    ):
+    def __init__(self, reader: Any, file_id: str, size: int, expected_md5: str, on_mismatch: Callable[[Any], Awaitable[None]]):
         # on_mismatch(reader): forget the cached copies of the bytes that failed
         self.reader = reader
         self.file_id = file_id
@@ -128,7 +126,10 @@ class VerifiedReader:
         self.state = "mismatch"
         log.error(
             "file %s: the %d bytes read have MD5 %s but the ETag says %s: failing the read with EIO",
-            self.file_id, self.size, digest, self.expected,
+            self.file_id,
+            self.size,
+            digest,
+            self.expected,
         )
         await self.on_mismatch(self.reader)
         raise IntegrityError(f"file {self.file_id}: content MD5 {digest} does not match its ETag {self.expected}")

@@ -8,5 +8,20 @@ from .filesystem import ROOT_INODE, Tree
 from .layout import Layout
 from .nodes import COMMANDS, DIR, REMOTE, SYMLINK, TEXT, UPLOAD, FolderKind, Node, NodeType, Owner
 
-__all__ = ["Tree", "Layout", "Node", "NotFound", "NotADirectory", "ROOT_INODE", "DIR", "REMOTE", "TEXT", "SYMLINK", "COMMANDS", "UPLOAD",
-           "NodeType", "FolderKind", "Owner"]
+__all__ = [
+    "Tree",
+    "Layout",
+    "Node",
+    "NotFound",
+    "NotADirectory",
+    "ROOT_INODE",
+    "DIR",
+    "REMOTE",
+    "TEXT",
+    "SYMLINK",
+    "COMMANDS",
+    "UPLOAD",
+    "NodeType",
+    "FolderKind",
+    "Owner",
+]

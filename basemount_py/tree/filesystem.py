@@ -213,6 +213,7 @@ class Tree:
     def drop_listings(self, *paths: tuple[str, ...], below: bool = False) -> None:
         """Forget the folder listings of ``paths`` (``below``: and of every folder under them) after
         a write changed them: unlike ``refresh``, nothing old is kept to fall back on."""
+
         def gone(key: Any) -> bool:
             return any(key[: len(p)] == p if below else key == p for p in paths)
 

@@ -121,10 +121,10 @@ def _p(path: tuple[str, ...], *more: str) -> tuple[str, ...]:
     return path + tuple(more)
 
 
-
 def properties_href(collection: str, entity_id: object) -> str:
     """The API path of an entity's properties; its long arrays' item pages lie below it."""
     return f"v1pre3/{collection}/{path_segment(entity_id)}/properties"
+
 
 class Layout:
     def __init__(self, api: BaseSpaceClient, *, metadata_ttl: float = MountOptions.metadata_ttl, max_listings: int = MountOptions.max_listings):
@@ -164,9 +164,7 @@ class Layout:
 
     # -- raw API listings (cached) ----------------------------------------------------------
 
-    async def _list(
-        self, path: str, params: dict | None = None, *, v2: bool = False, files: bool = False, values: bool = False
-    ) -> list:
+    async def _list(self, path: str, params: dict | None = None, *, v2: bool = False, files: bool = False, values: bool = False) -> list:
         key = (path, tuple(sorted((params or {}).items())), v2)
         page = FILES_PAGE_MAX if files else 1024
 
@@ -322,9 +320,7 @@ class Layout:
             nodes.append(text_node(_p(path, ".status"), f"{entity.get('Status')}\n", mtime))
         return nodes
 
-    def _entity_dirs(
-        self, path: tuple[str, ...], items: list[dict], kind: FolderKind, collection: str, name_key: str = "Name", **ctx: Any
-    ) -> list[Node]:
+    def _entity_dirs(self, path: tuple[str, ...], items: list[dict], kind: FolderKind, collection: str, name_key: str = "Name", **ctx: Any) -> list[Node]:
         """One folder per entity (duplicates suffixed), plus hidden ``.id.<id>`` links."""
         reserved = set(LIST_HIDDEN) | {COMMANDS_NAME}
         valid = [i for i in items if i.get("Id") is not None]
@@ -422,9 +418,7 @@ class Layout:
         ]
         return self._entity_children(node, sub)
 
-    def _properties_dir(
-        self, path: tuple[str, ...], collection: str, entity_id: str, mtime: float, project_id: str | None = None
-    ) -> Node:
+    def _properties_dir(self, path: tuple[str, ...], collection: str, entity_id: str, mtime: float, project_id: str | None = None) -> Node:
         # project_id: the project of the entity owning the properties, where its links most likely point
         return Node(
             path=_p(path, "Properties"),
@@ -434,9 +428,7 @@ class Layout:
             mtime=mtime,
         )
 
-    def _files_dirs(
-        self, path: tuple[str, ...], collection: str, entity_id: str, mtime: float, v2: bool = False, writable: bool = False
-    ) -> list[Node]:
+    def _files_dirs(self, path: tuple[str, ...], collection: str, entity_id: str, mtime: float, v2: bool = False, writable: bool = False) -> list[Node]:
         owner: dict[str, Any] = {"owner": Owner(collection, entity_id, v2), "sub": ()}
         if writable:  # an app result that is not Complete yet: files can be uploaded into it
             owner["writable"] = True
@@ -520,9 +512,7 @@ class Layout:
             project = found if isinstance(found := item.get("Project"), dict) else {}
             if item.get("Id") is None or project.get("Id") is None:
                 continue
-            target = "../../../Projects/{}/Datasets/{}".format(
-                sanitize(f".id.{project['Id']}"), sanitize(f".id.{item['Id']}")
-            )
+            target = "../../../Projects/{}/Datasets/{}".format(sanitize(f".id.{project['Id']}"), sanitize(f".id.{item['Id']}"))
             out.append(Node(path=_p(node.path, names[str(item["Id"])]), type=SYMLINK, target=target, mtime=entity_time(item)))
         return out
 
@@ -551,7 +541,7 @@ class Layout:
                 Node(
                     path=_p(path, file_names[read]),
                     type=REMOTE,
-                                        file_id=f"merged:{entity['Id']}:{read}",
+                    file_id=f"merged:{entity['Id']}:{read}",
                     size=sum(p.size for p in parts),
                     mtime=max(p.mtime for p in parts),
                     ctx={"parts": tuple(_read_part(p.name, file_items[p.file_id]) for p in parts), ARCHIVED: bool(archived)},
@@ -733,8 +723,20 @@ def _first_project_id(entity: dict) -> str | None:
 
 
 def _sample_properties(entity: dict) -> str:
-    keys = ("Name", "SampleId", "SampleNumber", "ExperimentName", "Status", "IsPairedEnd", "Read1", "Read2",
-            "NumReadsRaw", "NumReadsPF", "TotalSize", "DateCreated")
+    keys = (
+        "Name",
+        "SampleId",
+        "SampleNumber",
+        "ExperimentName",
+        "Status",
+        "IsPairedEnd",
+        "Read1",
+        "Read2",
+        "NumReadsRaw",
+        "NumReadsPF",
+        "TotalSize",
+        "DateCreated",
+    )
     return "".join(f"{k}: {entity[k]}\n" for k in keys if k in entity)
 
 

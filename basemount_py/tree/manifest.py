@@ -133,12 +133,9 @@ async def make_manifest(api: BaseSpaceClient, path: tuple[str, ...]) -> dict[str
         "root": "/".join(path),
         "created": time.time(),
         "listings": [
-            {"path": p, "params": dict(params), "v2": v2, "values": values, "items": items}
-            for (p, params, v2, values), items in recorder.listings.items()
+            {"path": p, "params": dict(params), "v2": v2, "values": values, "items": items} for (p, params, v2, values), items in recorder.listings.items()
         ],
-        "documents": [
-            {"path": p, "params": dict(params), "body": body} for (p, params, _, _), body in recorder.documents.items()
-        ],
+        "documents": [{"path": p, "params": dict(params), "body": body} for (p, params, _, _), body in recorder.documents.items()],
     }
 
 

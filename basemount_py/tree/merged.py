@@ -29,9 +29,7 @@ from .nodes import entity_time, parse_time, safe_size
 
 MATE_READS = ("R1", "R2")
 INDEX_READS = ("I1", "I2")
-ILLUMINA_FASTQ = re.compile(
-    r"^(?P<sample>.+)_S(?P<number>\d+)(?:_L(?P<lane>\d{3}))?_(?P<read>[RI][12])_(?P<chunk>\d{3})\.fastq\.gz$"
-)
+ILLUMINA_FASTQ = re.compile(r"^(?P<sample>.+)_S(?P<number>\d+)(?:_L(?P<lane>\d{3}))?_(?P<read>[RI][12])_(?P<chunk>\d{3})\.fastq\.gz$")
 # Names that claim to be FASTQ: these must follow ILLUMINA_FASTQ, or the biosample is unpairable.
 FASTQ_LIKE = re.compile(r"\.(fastq|fq)(\.[A-Za-z0-9]+)?$", re.IGNORECASE)
 
@@ -112,8 +110,7 @@ def plan_merge(datasets: list[DatasetFiles]) -> MergePlan:
             if match is None:
                 if FASTQ_LIKE.search(name):
                     plan.problem = (
-                        f"unmatched file {path}: its name does not follow Illumina naming "
-                        "(<sample>_S<n>_L<lane>_R<1|2>_001.fastq.gz), so it cannot be paired"
+                        f"unmatched file {path}: its name does not follow Illumina naming (<sample>_S<n>_L<lane>_R<1|2>_001.fastq.gz), so it cannot be paired"
                     )
                     return plan
                 continue  # not a FASTQ (a report, checksums...)
@@ -123,8 +120,7 @@ def plan_merge(datasets: list[DatasetFiles]) -> MergePlan:
                 with_lane = with_lane or path
             if with_lane and without_lane:
                 plan.problem = (
-                    f"mixed naming in dataset {ds.name}: {with_lane} names a lane and {without_lane} "
-                    "does not, so their reads cannot be paired with certainty"
+                    f"mixed naming in dataset {ds.name}: {with_lane} names a lane and {without_lane} does not, so their reads cannot be paired with certainty"
                 )
                 return plan
             key = (int(match["lane"] or 0), int(match["chunk"]), match["sample"], int(match["number"]))
@@ -190,7 +186,5 @@ def manifest_text(biosample: dict, file_names: dict[str, str], plan: MergePlan) 
     lines.append("# merged_file\tpart\tpath\tfile_id\tsize\tdataset_id\tdataset_date")
     for read, parts in plan.reads.items():
         for number, part in enumerate(parts, 1):
-            lines.append(
-                f"{file_names[read]}\t{number}\t../{part.path}\t{part.file_id}\t{part.size}\t{part.dataset_id}\t{part.dataset_date}"
-            )
+            lines.append(f"{file_names[read]}\t{number}\t../{part.path}\t{part.file_id}\t{part.size}\t{part.dataset_id}\t{part.dataset_date}")
     return "\n".join(lines) + "\n"

@@ -53,9 +53,7 @@ def _id_order(entity_id: object) -> tuple[int, int | str]:
     return (0, int(text)) if text.isdigit() else (1, text)
 
 
-def unique_names(
-    items: Iterable[tuple[object, object]], reserved: Iterable[str] = ()
-) -> dict[object, str]:
+def unique_names(items: Iterable[tuple[object, object]], reserved: Iterable[str] = ()) -> dict[object, str]:
     """Map each (id, raw name) to a unique sanitised entry name.
 
     The entity with the lowest Id keeps the plain name; later ones get `` (2)``, `` (3)``…

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any
 
+
 class NodeType(StrEnum):
     """What an entry is to ``stat`` and ``open``."""
 
@@ -66,9 +67,7 @@ class FolderKind(StrEnum):
 
 
 # Entity folders that rmdir and the move-to-trash command send to the trash.
-TRASHABLE_FOLDERS = frozenset(
-    {FolderKind.PROJECT, FolderKind.SAMPLE, FolderKind.APPRESULT, FolderKind.APPSESSION, FolderKind.RUN}
-)
+TRASHABLE_FOLDERS = frozenset({FolderKind.PROJECT, FolderKind.SAMPLE, FolderKind.APPRESULT, FolderKind.APPSESSION, FolderKind.RUN})
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,7 @@ class WriteApi:
 
     async def create_appresult(self, project_id: str, name: str, description: str = "") -> dict[str, Any]:
         """A new app result and (no ``appsessionid``) a new app session, status Running."""
-        return await self._json(
-            "POST", f"v1pre3/projects/{path_segment(project_id)}/appresults", json={"Name": name, "Description": description}
-        )
+        return await self._json("POST", f"v1pre3/projects/{path_segment(project_id)}/appresults", json={"Name": name, "Description": description})
 
     # -- files ----------------------------------------------------------------------------------
 

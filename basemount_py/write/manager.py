@@ -86,8 +86,10 @@ class WriteManager:
         try:
             adopted = await trio.to_thread.run_sync(self.spool.open)
         except OSError as exc:  # the mount still reads; writing files needs the spool
-            self.unavailable = (f"the upload spool {self.spool.account_dir} cannot be used ({exc.strerror or exc}); "
-                                "files cannot be written in this mount (choose a writable --cache-dir)")
+            self.unavailable = (
+                f"the upload spool {self.spool.account_dir} cannot be used ({exc.strerror or exc}); "
+                "files cannot be written in this mount (choose a writable --cache-dir)"
+            )
             log.warning("%s", self.unavailable)
             adopted = []
         self._cm = trio.open_nursery()
@@ -104,8 +106,7 @@ class WriteManager:
         finally:
             left = len(self.spool.entries)
             if left:
-                log.warning("%d upload(s) left in the spool %s: they resume at the next mount of this account",
-                            left, self.spool.session)
+                log.warning("%d upload(s) left in the spool %s: they resume at the next mount of this account", left, self.spool.session)
             self.spool.close()
 
     # -- errors and cache invalidation --------------------------------------------------------------
@@ -292,8 +293,11 @@ class WriteManager:
         left = waiting()
         if left:
             names = ", ".join(e.display for e in left[:3]) + (" ..." if len(left) > 3 else "")
-            raise self.fail(node.path, errno.EBUSY, f"mark-as-complete: {len(left)} upload(s) not committed yet ({names}); "
-                            "wait for them (basemount-py status), or remove or retry the failed ones")
+            raise self.fail(
+                node.path,
+                errno.EBUSY,
+                f"mark-as-complete: {len(left)} upload(s) not committed yet ({names}); wait for them (basemount-py status), or remove or retry the failed ones",
+            )
         with self._api_write(node.path, "mark-as-complete"):
             await self.api.update_appsession(str(session["Id"]), status="complete")
         self.tree.refresh(node.path[:2])
@@ -348,8 +352,7 @@ class WriteManager:
                     ctx = {"owner": Owner("appresults", entry.owner_id), "sub": sub, "writable": True, "local": True}
                     folder[path[i]] = Node(path=path[: i + 1], type=DIR, kind=FolderKind.FILES, ctx=ctx, mtime=entry.created)
                     self._drop_listing(path[:i])
-        node = Node(path=path, type=UPLOAD, ctx={"dynamic": UPLOAD, "writable": True, "upload": entry},
-                    size=entry.size, mtime=entry.created)
+        node = Node(path=path, type=UPLOAD, ctx={"dynamic": UPLOAD, "writable": True, "upload": entry}, size=entry.size, mtime=entry.created)
         self.layout.local.setdefault(path[:-1], {})[path[-1]] = node
         self._drop_listing(path[:-1])
         self.tree.replace(node)
@@ -495,8 +498,14 @@ class WriteManager:
         if parent is None:
             raise self.fail(node.path[:-1], errno.ENOENT, f"{node.name}: its Properties/ folder is gone")
         name = node.ctx.get("prop_name") or node.name
-        entry = await self._spool(self.spool.create, kind=PROPERTY, mount_path=list(node.path), name=name,
-                                  owner_id=parent.ctx["owner"].entity_id, collection=parent.ctx["owner"].collection)
+        entry = await self._spool(
+            self.spool.create,
+            kind=PROPERTY,
+            mount_path=list(node.path),
+            name=name,
+            owner_id=parent.ctx["owner"].entity_id,
+            collection=parent.ctx["owner"].collection,
+        )
         if initial:
             await self._spool(self.spool.write, entry, 0, initial)
         self._show(entry)
@@ -601,8 +610,9 @@ class WriteManager:
         if entry.state != OPEN or entry.id not in self.spool.entries:
             return
         if entry.size == 0 and entry.kind == FILE:  # touch, or a failed cp: nothing to upload
-            self._report(tuple(entry.mount_path[:-1]), WriteFailure(
-                errno.EINVAL, f"{entry.name}: BaseSpace does not accept zero-byte files; nothing was uploaded"))
+            self._report(
+                tuple(entry.mount_path[:-1]), WriteFailure(errno.EINVAL, f"{entry.name}: BaseSpace does not accept zero-byte files; nothing was uploaded")
+            )
             await self._discard(entry)
             return
         if entry.error:  # a write failed: the file is incomplete

@@ -18,7 +18,6 @@ from .upload import WriteFailure
 MAX_BYTES = 1 << 20
 
 
-
 def entity_href(node_ctx: dict[str, Any]) -> tuple[str, str]:
     """(kind, "v1pre3/<collection>/<id>") of an entity folder node, for a reference property."""
     entity, collection = node_ctx.get("entity"), node_ctx.get("collection")

@@ -191,8 +191,14 @@ class Uploader:
         self._maybe_stream(entry)
 
     def _maybe_stream(self, entry: SpoolEntry) -> None:
-        if (entry.kind != FILE or entry.state not in (OPEN, PENDING) or entry.size <= self.cfg.small_threshold
-                or _temporary(entry) or self._nursery is None or self._streams >= max(1, self.cfg.parallel_files)):
+        if (
+            entry.kind != FILE
+            or entry.state not in (OPEN, PENDING)
+            or entry.size <= self.cfg.small_threshold
+            or _temporary(entry)
+            or self._nursery is None
+            or self._streams >= max(1, self.cfg.parallel_files)
+        ):
             return
         p = self._progress(entry)
         if p.stream is not None or p.verify_first:  # one per upload; none for what may be on the server
@@ -202,8 +208,7 @@ class Uploader:
         self._nursery.start_soon(self._stream, entry, p, p.stream)
 
     def _streamable(self, entry: SpoolEntry, s: _Stream) -> bool:
-        return (not s.stopping and entry.state in (OPEN, PENDING) and entry.id in self.spool.entries
-                and entry.remote_path == s.remote_path)
+        return not s.stopping and entry.state in (OPEN, PENDING) and entry.id in self.spool.entries and entry.remote_path == s.remote_path
 
     async def _stream(self, entry: SpoolEntry, p: _Progress, s: _Stream) -> None:
         part = self.cfg.part_size
@@ -376,15 +381,18 @@ class Uploader:
             elif status in REFUSED or entry.attempts >= self.cfg.attempts:
                 entry.state, entry.error = FAILED, reason
                 await trio.to_thread.run_sync(self.spool.persist, entry)
-                log.error("upload of %s failed for good after %d attempt(s): %s (kept in the spool: "
-                          "basemount-py retry PATH, or rm it)", entry.display, entry.attempts, reason)
+                log.error(
+                    "upload of %s failed for good after %d attempt(s): %s (kept in the spool: basemount-py retry PATH, or rm it)",
+                    entry.display,
+                    entry.attempts,
+                    reason,
+                )
                 self.on_failed(entry)
             else:
                 delay = min(RETRY_MAX, RETRY_BASE * 2 ** (entry.attempts - 1))
                 entry.state, entry.error = PENDING, reason
                 await trio.to_thread.run_sync(self.spool.persist, entry)
-                log.warning("upload of %s failed (attempt %d of %d, next in %.0f s): %s",
-                            entry.display, entry.attempts, self.cfg.attempts, delay, reason)
+                log.warning("upload of %s failed (attempt %d of %d, next in %.0f s): %s", entry.display, entry.attempts, self.cfg.attempts, delay, reason)
                 p.ready_at = trio.current_time() + delay
         else:
             for file_id, display in list(self._unaborted.items()):  # the API answers again
@@ -436,8 +444,7 @@ class Uploader:
         s = p.stream
         if s is not None:
             await self._stop_stream(s)
-            if (s.file_id and entry.remote_path == s.remote_path and entry.size > self.cfg.small_threshold
-                    and max(s.on_server, default=0) <= count):
+            if s.file_id and entry.remote_path == s.remote_path and entry.size > self.cfg.small_threshold and max(s.on_server, default=0) <= count:
                 entry.file_id = s.file_id
                 done = {n: length for n, length in s.sent.items() if length == min(part, entry.size - (n - 1) * part)}
                 p.sent = sum(done.values())
@@ -446,9 +453,9 @@ class Uploader:
         if entry.size <= self.cfg.small_threshold:
             data = await trio.to_thread.run_sync(self.spool.read, entry, 0, entry.size)
             digest = await trio.to_thread.run_sync(_md5_b64, data)
-            result = await self._point_of_no_return(p, lambda: self.api.upload_small(
-                entry.owner_id, entry.name, entry.directory, data, content_type(entry.name), digest
-            ))
+            result = await self._point_of_no_return(
+                p, lambda: self.api.upload_small(entry.owner_id, entry.name, entry.directory, data, content_type(entry.name), digest)
+            )
             p.sent = entry.size
             return result
         if not entry.file_id:
@@ -523,8 +530,7 @@ class Uploader:
             if theirs == ours:
                 return match
         raise ApiError(
-            f"a different file {entry.remote_path!r} is already in this app result "
-            f"(server: {match.get('Size')} bytes; ours: {entry.size} bytes, MD5 {ours})",
+            f"a different file {entry.remote_path!r} is already in this app result (server: {match.get('Size')} bytes; ours: {entry.size} bytes, MD5 {ours})",
             status=409,
         )
 
@@ -564,4 +570,3 @@ def _temporary(entry: SpoolEntry) -> bool:
 
 def _md5_b64(data: bytes) -> str:
     return base64.b64encode(hashlib.md5(data).digest()).decode()
-
