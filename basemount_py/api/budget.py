@@ -14,8 +14,8 @@ token from one bucket per process:
   congestion episode count once) and pauses the whole bucket for the answer's ``Retry-After``.
   An isolated 429 only delays the request it answered (retry.py honours its Retry-After): a
   server or proxy that throttles a request now and then, at random, must not send every request
-  of the process to the floor. Measured: with 1 % of answers 429 at random, a budget that
-  decreased on every 429 settled near 1.7 requests/s (5 % of the unthrottled soak's throughput);
+  of the process to the floor. Measured (tests/test_rate_limit.py): with 1 % of answers 429 at
+  random, a budget that decreased on every 429 averaged 1.6 requests/s and ended at its floor;
   a quota shared by many processes makes 429s dense, and dense 429s still decrease at once;
 * each success raises the rate by ``increase`` of itself per second of traffic (so growth is
   proportional to what the process already gets: with many clients sharing one server budget,
