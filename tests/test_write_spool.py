@@ -150,6 +150,7 @@ def test_common_tools_give_byte_identical_files(tmp_path, emulator, mount_factor
         "cp-a": ["cp", "-a", str(src), str(files / "cp-a")],
         "cp-p": ["cp", "-rp", str(src), str(files / "cp-p")],
         "rsync": ["rsync", "-a", f"{src}/", str(files / "rsync")],
+        "rsync-default": ["rsync", "-r", f"{src}/", str(files / "rsync-default")],  # -r only: the defaults otherwise
         "rsync-inplace": ["rsync", "-a", "--inplace", f"{src}/", str(files / "rsync-inplace")],
         "tar": ["tar", "-xf", str(tarball), "-C", str(files / "tar")],
         "install": ["install", "-D", "-m", "0644", str(src / "big.bin"), str(files / "install" / "big.bin")],
@@ -176,7 +177,8 @@ def test_common_tools_give_byte_identical_files(tmp_path, emulator, mount_factor
 
 
 def test_rsync_tar_and_cp_a_during_an_api_outage_all_land_after_it(tmp_path, emulator, mount_factory):
-    """The tools' own patterns (rsync's temp file + rename, tar's and cp -a's chmod/utimes after
+    """The tools' own patterns (rsync's temp file + rename, with -a and with its default options,
+    tar's and cp -a's chmod/utimes after
     close, new sub-folders) while every API call fails: each tool succeeds, the files wait in the
     spool, and once the API is back every file is committed under its own name with its bytes."""
     src = _source_tree(tmp_path / "src")
@@ -192,6 +194,7 @@ def test_rsync_tar_and_cp_a_during_an_api_outage_all_land_after_it(tmp_path, emu
     (files / "tar").mkdir()
     steps = {
         "rsync": ["rsync", "-a", f"{src}/", str(files / "rsync")],
+        "rsync-default": ["rsync", "-r", f"{src}/", str(files / "rsync-default")],  # -r only: the defaults otherwise
         "tar": ["tar", "-xf", str(tarball), "-C", str(files / "tar")],
         "cp-a": ["cp", "-a", str(src), str(files / "cp-a")],
     }
@@ -209,11 +212,12 @@ def test_rsync_tar_and_cp_a_during_an_api_outage_all_land_after_it(tmp_path, emu
         emulator.set_knobs(fail_next=[])
     flush_and_wait(m, timeout=300)
     assert not [s for s in status_lines(m) if s[0] == "failed"]
-    names = {f"{tool}/{path}" for tool in ("rsync", "tar/src", "cp-a") for path in expected}
+    copies = ("rsync", "rsync-default", "tar/src", "cp-a")
+    names = {f"{tool}/{path}" for tool in copies for path in expected}
     assert set(server_files(emulator, app_id)) == names  # nothing lost, no temp names, nothing extra
     m.stop()
     out = fresh_files(emulator, mount_factory, "fresh")
-    for name in ("rsync", "tar/src", "cp-a"):
+    for name in copies:
         assert tree_digests(out / name) == expected, name
 
 
