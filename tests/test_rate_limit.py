@@ -3,8 +3,8 @@
 The load runs are in-process on trio's MockClock: the emulator's ASGI app is called through
 httpx's ASGITransport and its rate limiter reads the same mock clock, so 16 concurrent full
 walks at 10 requests/s take ~100 s of virtual time and a fraction of a second of real time,
-whatever the machine's load. One run against the real emulator process checks the same with
-generous bounds.
+whatever the machine's load. One short run against the real emulator process checks the same
+with generous bounds.
 """
 
 from __future__ import annotations
@@ -229,21 +229,26 @@ def test_16_full_walks_at_10_requests_per_second(demo_account, processes):
 
 
 def test_walks_against_the_real_emulator_rate_limit(demo_account):
-    """The same through real sockets and the real clock; 4 walks keep it to ~20 s."""
+    """The same through real sockets and the real clock: the emulator's 429s with their
+    Retry-After header over HTTP slow the budget, and every walk still sees the whole tree.
+    The budget starts at twice the emulator's limit, so the limit is met in the first second
+    (no slow start to wait out), and the limit is high enough that two walks take a few seconds."""
     from basemount_py.emulator.control import EmulatorProcess
 
-    count = 4
-    with EmulatorProcess(demo_account, rate_limit=LIMIT) as emulator:
+    count, limit = 2, 4 * LIMIT
+    with EmulatorProcess(demo_account, rate_limit=limit) as emulator:
 
         async def scenario():
-            async with BaseSpaceClient(emulator.url, emulator.token, policy=RetryPolicy(deadline=300.0, attempts=100)) as client:
+            budget = RequestBudget(BudgetPolicy(rate=2 * limit, max_rate=2 * limit))
+            async with BaseSpaceClient(emulator.url, emulator.token, policy=RetryPolicy(deadline=300.0, attempts=100), budget=budget) as client:
                 result = await walks([client], count)
-                return result, client.request_count
+                return result, client.request_count, budget.stats
 
         emulator.reset_counters()
-        (seen, errors), requests = trio.run(scenario)
+        (seen, errors), requests, stats = trio.run(scenario)
         counters = emulator.counters()
     assert errors == [] and len(seen) == count and len(set(seen)) == 1
     throttled = counters["faults"].get("rate-limit", 0)
-    print(f"real emulator at {LIMIT:g}/s, {count} walks: {requests} requests, {throttled} answered 429")
+    print(f"real emulator at {limit:g}/s, {count} walks: {requests} requests, {throttled} answered 429, budget {stats}")
+    assert throttled >= 1 and stats["throttled"] == throttled  # the real 429 path was taken, and every 429 reached the budget
     assert throttled <= 0.2 * requests  # generous: the real clock is noisy
