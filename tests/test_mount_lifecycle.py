@@ -148,27 +148,29 @@ def test_two_mounts_started_at_once_on_one_mountpoint_the_second_fails(tmp_path)
     mp.mkdir()
     with EmulatorProcess(acc) as emulator:
         env = clean_env(tmp_path, emulator)
-        # The first mount's first API call is held for a while: it has passed every check but
-        # is not mounted yet, which is exactly when a second mount used to slip through.
-        emulator.set_knobs(stall_seconds=8, fail_next=[{"kind": "stall", "scope": "api"}])
+        # The first mount's first API call is held until the second mount has answered: it has
+        # passed every check but is not mounted yet, which is exactly when a second mount used to
+        # slip through. (Lowering stall_seconds releases the held answer.)
+        emulator.set_knobs(stall_seconds=600, fail_next=[{"kind": "stall", "scope": "api"}])
         first = subprocess.Popen([*CLI, "mount", str(mp)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             wait_until(lambda: emulator.counters()["faults"].get("stall") == 1, what="the first mount's API check")
             second = run_cli("mount", str(mp), env=env)
+            emulator.set_knobs(stall_seconds=0)
             out, err = first.communicate(timeout=60)
             assert first.returncode == 0, err
             assert second.returncode == 1 and "already running or starting" in second.stderr, second.stdout + second.stderr
             assert len(second.stderr.strip().splitlines()) == 1
             assert "P" in os.listdir(mp / "Projects")
         finally:
+            emulator.set_knobs(stall_seconds=0)
             first.kill()
             for _ in range(3):  # a stacked mount (the bug) needs more than one
                 if mount_entry(str(mp)) is None:
                     break
                 subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
-    # the lock went with the daemon: the mountpoint is usable again at once
-    with EmulatorProcess(acc) as emulator:
-        r = run_cli("mount", str(mp), env=clean_env(tmp_path, emulator))
+        # the lock went with the daemon: the mountpoint is usable again at once
+        r = run_cli("mount", str(mp), env=env)
         try:
             assert r.returncode == 0, r.stderr
         finally:

@@ -299,6 +299,16 @@ def _base(request: Request) -> str:
     return str(request.base_url)
 
 
+async def _hold(knobs: Knobs) -> None:
+    """An API stall: the answer waits ``stall_seconds``, a knob read again while it waits, so a
+    test that holds a request for as long as it needs (a long stall) releases it by lowering the
+    knob instead of waiting out a guessed length."""
+    start = anyio.current_time()
+    # Polled (every 50 ms at most): a knob is a plain field that any request may set, no event.
+    while (left := knobs.stall_seconds - (anyio.current_time() - start)) > 0:  # noqa: ASYNC110
+        await anyio.sleep(min(left, 0.05))
+
+
 def _request_token(request: Request) -> str | None:
     token = request.headers.get("x-access-token")
     if token:
@@ -355,7 +365,7 @@ def _endpoint(emulator: Emulator, template: str, handler: Handler, *, scope: str
             fault = None
         else:
             if fault == "stall" and scope == "api":
-                await anyio.sleep(k.stall_seconds)
+                await _hold(k)
                 fault = None
             if auth and em.token_info(_request_token(request)) is None:
                 response = json_response(UNAUTHORIZED_BODY, 401)
