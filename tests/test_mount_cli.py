@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 import os
 import subprocess
@@ -102,46 +103,74 @@ def test_ls_l_of_5000_samples_costs_only_the_listing_pages(tmp_path, mount_facto
         print(f"ls -l of 5,000 samples: {elapsed:.2f} s, {sum(requests.values())} API calls")
 
 
+def run_clis(*calls: tuple) -> list[subprocess.CompletedProcess]:
+    """``run_cli(*args, env=env)`` for each ``(args, env)`` at the same time (independent
+    commands: each spends most of its time starting Python), in order."""
+    with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(lambda call: run_cli(*call[0], env=call[1]), calls))
+
+
+def one_line(r: subprocess.CompletedProcess) -> bool:
+    return len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
 def test_cli_errors_are_one_clear_line(tmp_path):
+    """Every refused mount says why in one line; the independent refusals run at once, each on a
+    mountpoint of its own (so one that mounted by mistake cannot hide another's answer)."""
     require_fuse()
-    mp = tmp_path / "mp"
-    mp.mkdir()
+    mps = {name: tmp_path / f"mp-{name}" for name in ("none", "broken", "unknown", "token", "dead", "http", "bg")}
+    for mp in mps.values():
+        mp.mkdir()
     env = clean_env(tmp_path)
-    # no credentials at all
-    r = run_cli("mount", str(mp), env=env)
-    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
-    # bad config file
     cfg = tmp_path / "home" / ".basespace"
     cfg.mkdir(parents=True)
     (cfg / "broken.cfg").write_text("this is not a config\n")
     os.chmod(cfg / "broken.cfg", 0o600)
-    r = run_cli("mount", str(mp), "--config", "broken", env=env)
-    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "broken.cfg" in r.stderr
     # a server name that does not resolve (.invalid never does): one line, without the whole
     # retry budget of a file operation (that took 13 s)
     unknown = clean_env(tmp_path, BASESPACE_API_SERVER="https://basespace.invalid", BASESPACE_ACCESS_TOKEN="t")
-    r = run_cli("mount", str(mp), env=unknown)
-    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "basespace.invalid" in r.stderr
-    assert "ConnectError" in r.stderr and not os.path.ismount(mp)
-    # missing mountpoint
+    dead = clean_env(tmp_path, BASESPACE_API_SERVER="http://127.0.0.1:9", BASESPACE_ACCESS_TOKEN="t")
+    plain = clean_env(tmp_path, BASESPACE_API_SERVER="http://example.org", BASESPACE_ACCESS_TOKEN="t")
     acc = tmp_path / "account"
     (acc / "Projects").mkdir(parents=True)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "f").write_text("x")
     with EmulatorProcess(acc) as emulator:
         good = clean_env(tmp_path, BASESPACE_API_SERVER=emulator.url, BASESPACE_ACCESS_TOKEN=emulator.token)
-        r = run_cli("mount", str(tmp_path / "nope"), env=good)
-        assert r.returncode == 1 and "does not exist" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-        # non-empty mountpoint
-        (tmp_path / "full").mkdir()
-        (tmp_path / "full" / "f").write_text("x")
-        r = run_cli("mount", str(tmp_path / "full"), env=good)
-        assert r.returncode == 1 and "not empty" in r.stderr
-        # bad token: refused before mounting, token not echoed
         bad = dict(good, BASESPACE_ACCESS_TOKEN="wrong-token-123")
-        r = run_cli("mount", str(mp), env=bad)
-        assert r.returncode == 1 and "401" in r.stderr and "wrong-token-123" not in r.stderr
-        assert len(r.stderr.strip().splitlines()) == 1
-        assert not os.path.ismount(mp)
+        start = time.monotonic()
+        no_credentials, broken, unresolved, missing, full, bad_token, unreachable, http = run_clis(
+            (("mount", str(mps["none"])), env),
+            (("mount", str(mps["broken"]), "--config", "broken"), env),
+            (("mount", str(mps["unknown"])), unknown),
+            (("mount", str(tmp_path / "nope")), good),
+            (("mount", str(tmp_path / "full")), good),
+            (("mount", str(mps["token"])), bad),
+            (("mount", str(mps["dead"]), "--op-timeout", "10"), dead),
+            (("mount", str(mps["http"])), plain),
+        )
+        took = time.monotonic() - start
+        # no credentials at all
+        assert no_credentials.returncode != 0 and one_line(no_credentials), no_credentials.stderr
+        # bad config file
+        assert broken.returncode != 0 and one_line(broken) and "broken.cfg" in broken.stderr
+        assert unresolved.returncode == 1 and one_line(unresolved) and "basespace.invalid" in unresolved.stderr
+        assert "ConnectError" in unresolved.stderr
+        # missing mountpoint
+        assert missing.returncode == 1 and "does not exist" in missing.stderr and one_line(missing)
+        # non-empty mountpoint
+        assert full.returncode == 1 and "not empty" in full.stderr
+        # bad token: refused before mounting, token not echoed
+        assert bad_token.returncode == 1 and "401" in bad_token.stderr and "wrong-token-123" not in bad_token.stderr
+        assert one_line(bad_token)
+        # unreachable server: one line, well within a generous bound
+        assert unreachable.returncode == 1 and one_line(unreachable), unreachable.stderr
+        assert took < 30
+        # https is required for a non-loopback server
+        assert http.returncode == 1 and "https" in http.stderr.lower()
+        assert not any(os.path.ismount(mp) for mp in mps.values())
         # background mount returns once live; unmount clears it
+        mp = mps["bg"]
         r = run_cli("mount", str(mp), "--log-file", str(tmp_path / "daemon.log"), env=good)
         try:
             assert r.returncode == 0, r.stderr
@@ -153,15 +182,6 @@ def test_cli_errors_are_one_clear_line(tmp_path):
             u = run_cli("unmount", str(mp))
         assert u.returncode == 0, u.stderr
         assert not os.path.ismount(mp)
-    # unreachable server
-    dead = clean_env(tmp_path, BASESPACE_API_SERVER="http://127.0.0.1:9", BASESPACE_ACCESS_TOKEN="t")
-    start = time.monotonic()
-    r = run_cli("mount", str(mp), "--op-timeout", "10", env=dead)
-    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
-    assert time.monotonic() - start < 30
-    # https is required for a non-loopback server
-    r = run_cli("mount", str(mp), env=clean_env(tmp_path, BASESPACE_API_SERVER="http://example.org", BASESPACE_ACCESS_TOKEN="t"))
-    assert r.returncode == 1 and "https" in r.stderr.lower()
 
 
 def test_unmount_busy_names_the_process(tmp_path, mount_factory):
