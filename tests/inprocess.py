@@ -11,9 +11,10 @@ within the request's read timeout (a ``stall``, an endless ``latency_ms``) is an
 ``httpx.ReadTimeout``. In-process a body takes no time to transfer, so the whole answer's time is
 the time between its bytes: the read timeout bounds it.
 
-The app must not need asyncio threads: files served from the account folder are read on them, so
-accounts for these tests use synthetic files (``conftest.write_synthetic``), and listings' ETags
-are computed beforehand (``warm_etags``, done by ``emulator_app``).
+The app's blocking work (reading account files, storing uploads, moving folders to the trash)
+runs inline (``basemount_py.blocking.inline``): a worker thread would let the MockClock jump while
+it runs. So every route works in-process, writes included, and so does the core's write path
+(``run_core_on_mock_clock(..., writes=UploadConfig(...))``: spool and uploader inline too).
 
 ``AsyncioAppTransport(app)`` is the other way: the app runs on an asyncio loop in a thread of its
 own, so every route works (account files, uploads, the trash), at the cost of thread hops: trio's
@@ -35,6 +36,7 @@ import trio.testing
 
 from basemount_py.api.client import BaseSpaceClient
 from basemount_py.api.errors import FsError
+from basemount_py.blocking import inline
 from basemount_py.core import Filesystem
 from basemount_py.emulator.account import warm_etags
 from basemount_py.emulator.app import Emulator, build_app
@@ -42,8 +44,10 @@ from basemount_py.emulator.responses import AbortConnection
 from basemount_py.mount import timeouts_for
 from basemount_py.read import ContentSource, ReadManager
 from basemount_py.tree import ROOT_INODE, Layout, Tree
+from basemount_py.write import Spool, UploadConfig, WriteManager, account_key
 
 BASE_URL = "http://emulator/"
+MOUNTPOINT = "/mnt/basespace"  # where the in-process core says it is mounted (absolute symlinks)
 
 
 def emulator_app(account: Path) -> tuple[Emulator, object]:
@@ -51,7 +55,7 @@ def emulator_app(account: Path) -> tuple[Emulator, object]:
     that starts now: the rate limiter reads trio's clock, and signed URLs expire by a wall clock
     that runs with it (now + trio's time)."""
     epoch = time.time()
-    emulator = Emulator(str(account), clock=trio.current_time, wall_clock=lambda: epoch + trio.current_time())
+    emulator = Emulator(str(account), clock=trio.current_time, wall_clock=lambda: epoch + trio.current_time(), run_blocking=inline)
     warm_etags(list(emulator.account.files.values()))
     return emulator, build_app(emulator)
 
@@ -207,6 +211,52 @@ class Core:
     def knobs(self, **values) -> None:
         self.emulator.knobs.merge(values)
 
+    # -- write mode (run_core_on_mock_clock(writes=...)) ---------------------------------------
+
+    async def mkdir(self, *path: str) -> int:
+        return (await self.fs.mkdir(await self.ino(*path[:-1]), path[-1])).ino
+
+    async def write_file(self, data: bytes, *path: str, fsync: bool = False, piece: int = 128 * 1024) -> None:
+        """create, write in pieces and close (flush, then release) as ``cp`` does; with ``fsync``
+        an fsync before the close."""
+        opened, _ = await self.fs.create(await self.ino(*path[:-1]), path[-1])
+        try:
+            for off in range(0, len(data), piece):
+                await self.fs.write(opened.fh, off, data[off : off + piece])
+            if fsync:
+                await self.fs.fsync(opened.fh)
+            await self.fs.flush(opened.fh)
+        finally:
+            await self.fs.release(opened.fh)
+
+    def status(self) -> list[list[str]]:
+        """The lines of the hidden ``.uploads`` status file, split at tabs (conftest.status_lines)."""
+        return [line.split("\t") for line in self.fs.writes.status_text().splitlines() if "\t" in line]
+
+    async def flush_and_wait(self, bound: float = 24 * 3600.0) -> None:
+        """``flush`` until nothing is pending or uploading (conftest.flush_and_wait), in virtual time."""
+        with trio.fail_after(bound):
+            while True:
+                states = [line[0] for line in self.status()]
+                if any(s in ("pending", "open") for s in states):
+                    await self.command("flush\n")
+                elif "uploading" not in states:
+                    return
+                await trio.sleep(0.2)
+
+    async def api(self, path: str, **params) -> dict:
+        """A GET straight to the emulator's API (what BaseSpace holds), not through the core."""
+        headers = {"x-access-token": self.emulator.token}
+        async with httpx.AsyncClient(transport=self.transport, base_url=BASE_URL, headers=headers) as client:
+            response = await client.get(path, params=params)
+            response.raise_for_status()
+            return response.json()
+
+    async def server_files(self, appresult_id: str) -> dict[str, dict]:
+        """The files an app result holds on the server, by path."""
+        items = (await self.api(f"v1pre3/appresults/{appresult_id}/files", Limit=1000))["Response"]["Items"]
+        return {f["Path"]: f for f in items}
+
     @staticmethod
     async def timed(call, *args):
         """(the result, or the error the kernel would turn into an errno; virtual seconds)."""
@@ -218,12 +268,24 @@ class Core:
         return result, trio.current_time() - start
 
 
-def run_core_on_mock_clock(account: Path, scenario, *, op_timeout: float = 60.0, metadata_ttl: float = 60.0):
-    """``scenario(core)`` on trio's MockClock: a read-only Filesystem as the daemon builds it
-    (Tree over Layout, ReadManager over ContentSource, the network timeouts ``--op-timeout``
-    gives: ``mount.timeouts_for``) against the emulator's app over ``EmulatorTransport``.
+def run_core_on_mock_clock(
+    account: Path,
+    scenario,
+    *,
+    op_timeout: float = 60.0,
+    metadata_ttl: float = 60.0,
+    writes: UploadConfig | None = None,
+    cache_dir: Path | None = None,
+    emulator: tuple[Emulator, object] | None = None,
+):
+    """``scenario(core)`` on trio's MockClock: a Filesystem as the daemon builds it (Tree over
+    Layout, ReadManager over ContentSource, the network timeouts ``--op-timeout`` gives:
+    ``mount.timeouts_for``) against the emulator's app over ``EmulatorTransport``. Read-only,
+    unless ``writes`` gives the upload settings: then a WriteManager over a spool in
+    ``cache_dir`` (the same folder in a second run: the next mount of the account, which adopts
+    what the first left). ``emulator``: an ``emulator_app`` to reuse (its state carries over).
     Returns what the scenario returns."""
-    emulator, app = emulator_app(account)
+    emulator, app = emulator or emulator_app(account)
     transport = EmulatorTransport(app)
     policy, stall_timeout = timeouts_for(op_timeout)
 
@@ -234,7 +296,13 @@ def run_core_on_mock_clock(account: Path, scenario, *, op_timeout: float = 60.0,
             async with ReadManager(content.fetch, fetch_blocks=content.fetch_blocks, cache_bytes=16 << 20) as reads:
                 tree = Tree(Layout(api, metadata_ttl=metadata_ttl), metadata_ttl=metadata_ttl)
                 kernel = Kernel()
-                return await scenario(Core(Filesystem(tree, reads, kernel, op_timeout=op_timeout), kernel, emulator, transport))
+                if writes is None:
+                    return await scenario(Core(Filesystem(tree, reads, kernel, op_timeout=op_timeout), kernel, emulator, transport))
+                assert cache_dir is not None, "write mode needs a cache_dir for its spool"
+                spool = Spool(cache_dir, account_key(BASE_URL, "user"), writes.spool_max)
+                async with WriteManager(tree, api, spool, writes, mountpoint=MOUNTPOINT, fetch=content.fetch, run_blocking=inline) as manager:
+                    fs = Filesystem(tree, reads, kernel, writes=manager, op_timeout=op_timeout)
+                    return await scenario(Core(fs, kernel, emulator, transport))
         finally:
             await content.aclose()
             await api.aclose()

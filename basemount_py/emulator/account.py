@@ -28,7 +28,6 @@ Design points:
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import mimetypes
@@ -38,6 +37,8 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+
+from ..blocking import RunBlocking, in_worker_thread
 
 from ..jsonfile import JsonFileError, read_json_file
 from .synthetic import iter_synthetic
@@ -198,11 +199,11 @@ def _content_md5(f: FileEntry) -> str:
     return h.hexdigest()
 
 
-async def warm(files: list[FileEntry]) -> None:
+async def warm(files: list[FileEntry], run_blocking: RunBlocking = in_worker_thread) -> None:
     """Compute the ETags (content MD5s) these files still lack, off the event loop."""
     missing = [f for f in files if not f.etag_known]
     if missing:
-        await asyncio.to_thread(warm_etags, missing)
+        await run_blocking(warm_etags, missing)
 
 
 def warm_etags(files: list[FileEntry]) -> None:

@@ -32,6 +32,7 @@ from starlette.requests import Request
 from starlette.routing import Route, Router
 
 from ..entities import COLLECTION, WITH_FILES, EntityKind
+from ..blocking import RunBlocking, in_worker_thread
 from . import render
 from .account import Account, AccountError, Entity, FileEntry, Ref, bs_date, load_account, resolve_token, warm
 from .content import ContentSigner, file_response
@@ -73,9 +74,19 @@ Handler = Callable[["Emulator", Request], Awaitable[StreamResponse]]
 class Emulator:
     """All mutable state of one emulator process."""
 
-    def __init__(self, data_dir: str, token: str | None = None, knobs: Knobs | None = None, clock=time.monotonic, wall_clock=time.time):
-        """``clock`` paces the rate limiter, ``wall_clock`` dates signed URLs: injectable so that an
-        in-process test can drive both with trio's MockClock."""
+    def __init__(
+        self,
+        data_dir: str,
+        token: str | None = None,
+        knobs: Knobs | None = None,
+        clock=time.monotonic,
+        wall_clock=time.time,
+        run_blocking: RunBlocking = in_worker_thread,
+    ):
+        """``clock`` paces the rate limiter, ``wall_clock`` dates signed URLs, ``run_blocking`` runs
+        the routes' disk I/O (account files, uploads, the trash; ``basemount_py.blocking``):
+        injectable so that an in-process test can drive them all on trio's MockClock."""
+        self.run_blocking = run_blocking
         self.data_dir = data_dir
         self.account: Account = load_account(data_dir)
         self.token = resolve_token(data_dir, token)
@@ -94,6 +105,10 @@ class Emulator:
     def reload(self) -> None:
         """Re-read the folder; existing entities keep their ids.  On error the old model stays."""
         self.account = load_account(self.data_dir, previous=self.account.ids)
+
+    async def warm(self, files: list[FileEntry]) -> None:
+        """Compute the ETags (content MD5s) these files still lack, off the event loop."""
+        await warm(files, self.run_blocking)
 
     def count_content_bytes(self, n: int) -> None:
         """File bytes sent (content URLs and the HTTP tree), for the counters."""
@@ -419,7 +434,7 @@ def _get(em: Emulator, kind: str, request: Request, key: str = "id") -> Entity:
 def _v1_entity(kind: str) -> Handler:
     async def handler(em: Emulator, request: Request) -> StreamResponse:
         e = _get(em, kind, request)
-        await warm(_file_refs(e))
+        await em.warm(_file_refs(e))
         body = render.V1(em.account, _base(request)).entity(e)
         return json_response(envelope(body))
 
@@ -480,7 +495,7 @@ def _entity_files(kind: str) -> Handler:
         e = _get(em, kind, request)
         p = params(request)
         files = filter_files(e.files, p.get("directory"), p.get("extensions"))
-        await warm(files)
+        await em.warm(files)
         return paged(em, request, files, render.V1(em.account, _base(request)).file_item, files=True)
 
     return handler
@@ -489,7 +504,7 @@ def _entity_files(kind: str) -> Handler:
 def _entity_properties(kind: str) -> Handler:
     async def handler(em: Emulator, request: Request) -> StreamResponse:
         e = _get(em, kind, request)
-        await warm(_file_refs(e))
+        await em.warm(_file_refs(e))
         p = params(request)
         shown = _int_param(p, "propertyitemslimit", render.PROPERTY_ITEMS_SHOWN)
         props = render.V1(em.account, _base(request)).properties(e, items_limit=shown)
@@ -518,7 +533,7 @@ def _property_items(kind: str) -> Handler:
 
     async def handler(em: Emulator, request: Request) -> StreamResponse:
         e = _get(em, kind, request)
-        await warm(_file_refs(e))
+        await em.warm(_file_refs(e))
         values = render.V1(em.account, _base(request)).property_items(e, request.path_params["name"])
         if values is None:
             return not_found()
@@ -542,7 +557,7 @@ def _file(em: Emulator, request: Request) -> FileEntry:
 
 async def file_meta(em: Emulator, request: Request) -> StreamResponse:
     f = _file(em, request)
-    await warm([f])
+    await em.warm([f])
     return json_response(envelope(render.V1(em.account, _base(request)).file(f)))
 
 
@@ -559,7 +574,7 @@ async def file_content(em: Emulator, request: Request) -> StreamResponse:
     """``v1pre3/files/{id}/content`` and ``v2/files/{id}/content``: 302 to the signed URL, or
     ``?redirect=meta`` for the URL as JSON (recorded: v1 envelope; ``Expires`` header = the URL's)."""
     f = _file(em, request)
-    await warm([f])  # before the URL's lifetime starts: the content host sends the ETag first
+    await em.warm([f])  # before the URL's lifetime starts: the content host sends the ETag first
     url, expires = em.signer.url(_base(request), f.id, em.knobs.url_lifetime)
     redirect = params(request).get("redirect", "true").lower()
     if redirect == "meta":
@@ -740,13 +755,13 @@ async def v2_dataset_files(em: Emulator, request: Request) -> StreamResponse:
     d = _get(em, "dataset", request)
     p = params(request)
     files = filter_files(d.files, p.get("directory"), p.get("extensions"))
-    await warm(files)
+    await em.warm(files)
     return paged_v2(em, request, files, render.V2(em.account, _base(request)).file, V2_FILES, files=True)
 
 
 async def v2_file(em: Emulator, request: Request) -> StreamResponse:
     f = _file(em, request)
-    await warm([f])
+    await em.warm([f])
     return json_response(render.V2(em.account, _base(request)).file(f))
 
 
@@ -796,8 +811,8 @@ async def content(em: Emulator, request: Request) -> StreamResponse:
         return xml_response(404, "NoSuchKey", "The specified key does not exist.")
     if entry.archived:  # what S3 answers for an object in archival (Glacier) storage
         return xml_response(403, "InvalidObjectState", "The operation is not valid for the object's storage class")
-    await warm([entry])
-    return file_response(entry, request.headers.get("range"), em.count_content_bytes, attachment=True)
+    await em.warm([entry])
+    return file_response(entry, request.headers.get("range"), em.count_content_bytes, attachment=True, run_blocking=em.run_blocking)
 
 
 async def http_tree_route(em: Emulator, request: Request) -> StreamResponse:

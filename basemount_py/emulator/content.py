@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import os
@@ -22,6 +21,8 @@ import time
 from email.utils import formatdate
 from typing import AsyncIterator, Callable
 from urllib.parse import quote
+
+from ..blocking import RunBlocking, in_worker_thread
 
 from .account import FileEntry
 from .responses import PIECE, StreamResponse, xml_response
@@ -100,8 +101,9 @@ def content_disposition(name: str) -> str:
     return value
 
 
-def file_body(entry: FileEntry, start: int, end: int) -> Callable[[], AsyncIterator[bytes]]:
-    """A factory of the byte pieces of ``entry[start:end]`` (opened only when streaming starts)."""
+def file_body(entry: FileEntry, start: int, end: int, run_blocking: RunBlocking = in_worker_thread) -> Callable[[], AsyncIterator[bytes]]:
+    """A factory of the byte pieces of ``entry[start:end]`` (opened only when streaming starts);
+    files on disk are read through ``run_blocking`` (``basemount_py.blocking``)."""
 
     async def synthetic() -> AsyncIterator[bytes]:
         pos = start
@@ -112,11 +114,11 @@ def file_body(entry: FileEntry, start: int, end: int) -> Callable[[], AsyncItera
 
     async def disk() -> AsyncIterator[bytes]:
         assert entry.disk_path is not None
-        fd = await asyncio.to_thread(os.open, entry.disk_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = await run_blocking(os.open, entry.disk_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             pos = start
             while pos < end:
-                piece = await asyncio.to_thread(os.pread, fd, min(PIECE, end - pos), pos)
+                piece = await run_blocking(os.pread, fd, min(PIECE, end - pos), pos)
                 if not piece:
                     # the file shrank on disk since the account was loaded
                     raise OSError(f"file {entry.id} is shorter on disk than its recorded size")
@@ -128,7 +130,14 @@ def file_body(entry: FileEntry, start: int, end: int) -> Callable[[], AsyncItera
     return synthetic if entry.seed is not None else disk
 
 
-def file_response(entry: FileEntry, range_header: str | None, on_bytes: Callable[[int], None], *, attachment: bool = False) -> StreamResponse:
+def file_response(
+    entry: FileEntry,
+    range_header: str | None,
+    on_bytes: Callable[[int], None],
+    *,
+    attachment: bool = False,
+    run_blocking: RunBlocking = in_worker_thread,
+) -> StreamResponse:
     """``entry``'s bytes as S3 sends them: ``Range`` -> 206 with ``Content-Range``, an unsatisfiable
     range -> 416 (an XML error that still carries the object's headers), else 200. ``attachment``
     adds the ``Content-Disposition`` of signed content URLs."""
@@ -149,4 +158,4 @@ def file_response(entry: FileEntry, range_header: str | None, on_bytes: Callable
     if isinstance(rng, tuple):
         status, (start, end) = 206, rng
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{entry.size}"
-    return StreamResponse(status, headers, file_body(entry, start, end), length=end - start, on_bytes=on_bytes)
+    return StreamResponse(status, headers, file_body(entry, start, end, run_blocking), length=end - start, on_bytes=on_bytes)

@@ -16,8 +16,9 @@ clients wrote, and the folder stays the single source of truth:
   restore moves it back. Ids are hashes of paths, so a restored entity gets its old id back.
 * Properties and app-session changes edit ``.entity.json`` (written atomically).
 
-Mutations and reloads are serialised by one lock and run in a worker thread (disk I/O never
-blocks the event loop). Request bodies are read in pieces, paced by ``conn_bandwidth`` like
+Mutations and reloads are serialised by one lock; their disk I/O goes through the emulator's
+``run_blocking`` (a worker thread: it never blocks the event loop; inline in in-process tests on
+a mock clock, ``basemount_py.blocking``). Request bodies are read in pieces, paced by ``conn_bandwidth`` like
 response bodies, and checked against ``Content-MD5`` when the header is present.
 Request paths never become file-system paths: entities are found through the id maps, and the
 ``name``/``directory`` parameters are validated component by component.
@@ -25,7 +26,6 @@ Request paths never become file-system paths: entities are found through the id 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -35,11 +35,12 @@ import shutil
 import time
 from typing import Any, Callable
 
+import anyio
 from starlette.requests import Request
 
 from . import render
 from ..entities import COLLECTION, KIND_OF, TRASHABLE, WITH_PROPERTIES, EntityKind
-from .account import FILE_SIDECAR_SUFFIX, SYNTHETIC_SUFFIX, AccountError, Entity, bs_date, warm
+from .account import FILE_SIDECAR_SUFFIX, SYNTHETIC_SUFFIX, AccountError, Entity, bs_date
 from .responses import BadRequest, Forbidden, HttpError, bounded_body, envelope, json_response
 
 __all__ = ["write_routes"]
@@ -122,8 +123,8 @@ async def _body_to_file(em, request: Request, path: str) -> tuple[int, str]:
     """Stream the request body into ``path``; pace it by ``conn_bandwidth``; return (size, md5 hex)."""
     md5 = hashlib.md5()
     size = 0
-    started = time.monotonic()
-    fd = await asyncio.to_thread(os.open, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    started = anyio.current_time()
+    fd = await em.run_blocking(os.open, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         pending = bytearray()
         async for chunk in request.stream():
@@ -133,17 +134,17 @@ async def _body_to_file(em, request: Request, path: str) -> tuple[int, str]:
             size += len(chunk)
             pending += chunk
             if len(pending) >= 1 << 20:
-                await asyncio.to_thread(os.write, fd, bytes(pending))
+                await em.run_blocking(os.write, fd, bytes(pending))
                 pending.clear()
             bandwidth = em.knobs.conn_bandwidth * 1_000_000
             if bandwidth > 0:
-                ahead = started + size / bandwidth - time.monotonic()
+                ahead = started + size / bandwidth - anyio.current_time()
                 if ahead > 0:
-                    await asyncio.sleep(ahead)
+                    await anyio.sleep(ahead)
         if pending:
-            await asyncio.to_thread(os.write, fd, bytes(pending))
+            await em.run_blocking(os.write, fd, bytes(pending))
     finally:
-        await asyncio.to_thread(os.close, fd)
+        await em.run_blocking(os.close, fd)
     return size, md5.hexdigest()
 
 
@@ -176,17 +177,17 @@ async def _reload(em, extra_ids: dict | None = None) -> None:
     """Re-read the folder (off the event loop); ``extra_ids`` pins the ids of new entries (the
     id handed out when a multipart upload started stays the file's id)."""
     em.account.ids.update(extra_ids or {})
-    await asyncio.to_thread(em.reload)
+    await em.run_blocking(em.reload)
 
 
 async def _apply(em, do, undo, extra_ids: dict | None = None) -> Any:
     """Change the folder, then reload; if the new folder does not load (e.g. a property still
     references a trashed entity), undo the change and answer 409 with the reason."""
-    result = await asyncio.to_thread(do)
+    result = await em.run_blocking(do)
     try:
         await _reload(em, extra_ids)
     except AccountError as exc:
-        await asyncio.to_thread(undo)
+        await em.run_blocking(undo)
         raise HttpError(409, f"the change was refused: {exc}", "BASESPACE.COMMON.CONFLICT") from None
     return result
 
@@ -371,10 +372,10 @@ async def upload_file(em, request: Request):
     name, directory = _upload_target(em, appresult, request)
     multipart = request.query_params.get("multipart", "").lower() == "true"
     async with em.write_lock:
-        _full, key = await asyncio.to_thread(_final_path, appresult, name, directory)
+        _full, key = await em.run_blocking(_final_path, appresult, name, directory)
         file_id = _new_file_id(em, key)
         folder = _upload_dir(em, file_id)
-        await asyncio.to_thread(os.makedirs, folder)
+        await em.run_blocking(os.makedirs, folder)
         meta = {
             "Id": file_id,
             "AppResult": appresult.key,
@@ -383,7 +384,7 @@ async def upload_file(em, request: Request):
             "ContentType": request.headers.get("content-type", "application/octet-stream"),
             "Created": time.time(),
         }
-        await asyncio.to_thread(_write_json, os.path.join(folder, "upload.json"), meta)
+        await em.run_blocking(_write_json, os.path.join(folder, "upload.json"), meta)
     if multipart:
         pending = {
             "Id": file_id,
@@ -402,7 +403,7 @@ async def upload_file(em, request: Request):
             raise BadRequest("BaseSpace does not accept zero-byte files")
         return await _commit(em, request, file_id, meta, body_path)
     finally:
-        await asyncio.to_thread(shutil.rmtree, folder, True)
+        await em.run_blocking(shutil.rmtree, folder, True)
 
 
 def _write_json(path: str, value: Any) -> None:
@@ -430,7 +431,7 @@ async def _commit(em, request: Request, file_id: str, meta: dict[str, Any], data
         appresult = _find(em, "appresult", meta["AppResult"])
         if appresult is None:
             raise HttpError(409, "the AppResult of this upload no longer exists", "BASESPACE.FILES.CONFLICT")
-        full, key = await asyncio.to_thread(_final_path, appresult, meta["Name"], meta["Directory"])
+        full, key = await em.run_blocking(_final_path, appresult, meta["Name"], meta["Directory"])
         sidecar = full + FILE_SIDECAR_SUFFIX
 
         def install() -> None:
@@ -447,12 +448,12 @@ async def _commit(em, request: Request, file_id: str, meta: dict[str, Any], data
         await _apply(em, install, undo, {("file", key): file_id})
         entry = em.account.files.get(file_id)
         assert entry is not None
-        await warm([entry])
+        await em.warm([entry])
         return _ok(em, request, render.V1(em.account, str(request.base_url)).file(entry), 201)
 
 
 async def upload_part(em, request: Request):
-    folder, _meta = await asyncio.to_thread(_read_upload, em, request.path_params["id"])
+    folder, _meta = await em.run_blocking(_read_upload, em, request.path_params["id"])
     try:
         number = int(request.path_params["n"])
     except ValueError:
@@ -463,10 +464,10 @@ async def upload_part(em, request: Request):
     try:
         size, md5_hex = await _body_to_file(em, request, tmp)
         _check_md5(request, md5_hex)
-        await asyncio.to_thread(os.replace, tmp, os.path.join(folder, f"part.{number}"))
+        await em.run_blocking(os.replace, tmp, os.path.join(folder, f"part.{number}"))
     finally:
-        if await asyncio.to_thread(os.path.exists, tmp):
-            await asyncio.to_thread(os.unlink, tmp)
+        if await em.run_blocking(os.path.exists, tmp):
+            await em.run_blocking(os.unlink, tmp)
     return _ok(em, request, {"Number": number, "Size": size, "ETag": md5_hex})
 
 
@@ -496,18 +497,18 @@ def _assemble(folder: str) -> tuple[str, str]:
 async def file_status(em, request: Request):
     """``POST v1pre3/files/{id}?uploadstatus=complete|aborted``."""
     status = request.query_params.get("uploadstatus", request.query_params.get("uploadStatus", "")).lower()
-    folder, meta = await asyncio.to_thread(_read_upload, em, request.path_params["id"])
+    folder, meta = await em.run_blocking(_read_upload, em, request.path_params["id"])
     if status == "aborted":
-        await asyncio.to_thread(shutil.rmtree, folder, True)
+        await em.run_blocking(shutil.rmtree, folder, True)
         return _ok(em, request, {"Id": meta["Id"], "UploadStatus": "aborted"})
     if status != "complete":
         raise BadRequest("uploadstatus must be complete or aborted")
-    data, etag = await asyncio.to_thread(_assemble, folder)
+    data, etag = await em.run_blocking(_assemble, folder)
     try:
         return await _commit(em, request, meta["Id"], meta, data, etag)
     finally:
-        if not await asyncio.to_thread(os.path.exists, data):  # installed: the staging folder is done
-            await asyncio.to_thread(shutil.rmtree, folder, True)
+        if not await em.run_blocking(os.path.exists, data):  # installed: the staging folder is done
+            await em.run_blocking(shutil.rmtree, folder, True)
 
 
 # -- trash ------------------------------------------------------------------------------------------
@@ -619,7 +620,7 @@ async def move_appsession_to_trash(em, request: Request):
 
 
 async def list_trash(em, request: Request):
-    entries = await asyncio.to_thread(_trash_entries, em.account.root)
+    entries = await em.run_blocking(_trash_entries, em.account.root)
     items = [_trash_item(em, request, tid, info) for tid, info in entries]
     q = {k.lower(): v for k, v in request.query_params.items()}
     offset, limit = int(q.get("offset", 0) or 0), min(int(q.get("limit", 1000) or 1000), 1000)
@@ -642,14 +643,14 @@ def _trash_folder(em, tid: str) -> tuple[str, dict[str, Any]]:
 
 async def get_trash_item(em, request: Request):
     tid = request.path_params["id"]
-    _folder, info = await asyncio.to_thread(_trash_folder, em, tid)
+    _folder, info = await em.run_blocking(_trash_folder, em, tid)
     return json_response(_trash_item(em, request, tid, info))
 
 
 async def restore_from_trash(em, request: Request):
     tid = request.path_params["id"]
     async with em.write_lock:
-        folder, info = await asyncio.to_thread(_trash_folder, em, tid)
+        folder, info = await em.run_blocking(_trash_folder, em, tid)
         root = em.account.root
         slots = [(slot, key, os.path.join(root, *key.split("/"))) for slot, key in _trash_slots(folder, info)]
         restored: list[tuple[str, str]] = []
@@ -671,7 +672,7 @@ async def restore_from_trash(em, request: Request):
             restored.clear()
 
         await _apply(em, move, undo)
-        await asyncio.to_thread(shutil.rmtree, folder, True)
+        await em.run_blocking(shutil.rmtree, folder, True)
         item = _trash_item(em, request, tid, info)
         item["Restored"] = True
         return json_response(item)
@@ -737,7 +738,7 @@ async def set_properties(em, request: Request):
             fields["Properties"] = [p for p in existing if p.get("Name") not in names] + clean
             _write_entity_json(e.folder or "", fields)
 
-        undo = await asyncio.to_thread(_snapshot, [e.folder or ""])
+        undo = await em.run_blocking(_snapshot, [e.folder or ""])
         await _apply(em, save, undo)
         e = _entity(em, kind, request.path_params["id"])
         all_props = render.V1(em.account, str(request.base_url)).properties(e)
@@ -760,7 +761,7 @@ async def delete_property(em, request: Request):
             fields["Properties"] = [p for p in fields.get("Properties") or [] if not (isinstance(p, dict) and p.get("Name") == name)]
             _write_entity_json(e.folder or "", fields)
 
-        undo = await asyncio.to_thread(_snapshot, [e.folder or ""])
+        undo = await em.run_blocking(_snapshot, [e.folder or ""])
         await _apply(em, save, undo)
         return json_response({"Name": name, "Deleted": True})
 
@@ -805,7 +806,7 @@ async def update_appsession(em, request: Request):
                     fields["Status"] = changes["Status"]
                 _write_entity_json(e.folder or "", fields)
 
-        undo = await asyncio.to_thread(_snapshot, [e.folder or "" for e in members])
+        undo = await em.run_blocking(_snapshot, [e.folder or "" for e in members])
         await _apply(em, save, undo)
         session = _entity(em, "appsession", request.path_params["id"])
         return _ok(em, request, render.V1(em.account, str(request.base_url)).appsession(session))

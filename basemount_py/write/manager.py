@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import posixpath
@@ -35,6 +36,7 @@ import trio
 
 from ..api.client import BaseSpaceClient
 from ..api.errors import ApiError, FsError, errno_for
+from ..blocking import RunBlocking, in_worker_thread
 from ..entities import WITH_PROPERTIES
 from ..tree import DIR, SYMLINK, TEXT, Node, NotFound, Tree
 from ..tree.nodes import TRASHABLE_FOLDERS, UPLOAD, FolderKind, Owner, text_node
@@ -63,14 +65,17 @@ class WriteManager:
         cfg: UploadConfig | None = None,
         mountpoint: str = "/",
         fetch: Any = None,
+        run_blocking: RunBlocking = in_worker_thread,
     ):
+        # Spool file I/O, hashing: worker threads in a mount, inline in tests on a mock clock.
+        self.run_blocking = run_blocking
         self.tree = tree
         self.layout = tree.layout
         self.api = WriteApi(client)
         self.cfg = cfg or UploadConfig()
         self.mountpoint = mountpoint.rstrip("/") or "/"
         self.spool = spool
-        self.uploader = Uploader(self.api, client, spool, self.cfg, self._committed, self._failed, fetch)
+        self.uploader = Uploader(self.api, client, spool, self.cfg, self._committed, self._failed, fetch, run_blocking)
         self._handles: dict[str, int] = {}  # spool entry id -> open file handles
         self.unavailable = ""  # why the spool cannot be used (then no file can be written)
         self._nursery: trio.Nursery | None = None
@@ -84,7 +89,7 @@ class WriteManager:
 
     async def __aenter__(self) -> "WriteManager":
         try:
-            adopted = await trio.to_thread.run_sync(self.spool.open)
+            adopted = await self.run_blocking(self.spool.open)
         except OSError as exc:  # the mount still reads; writing files needs the spool
             self.unavailable = (
                 f"the upload spool {self.spool.account_dir} cannot be used ({exc.strerror or exc}); "
@@ -333,7 +338,7 @@ class WriteManager:
                 entry.state, entry.error = FAILED, "the writer never closed this file before the mount stopped; kept in the spool"
             elif entry.state in (OPEN, UPLOADING):
                 entry.state = PENDING
-            await trio.to_thread.run_sync(self.spool.persist, entry)
+            await self.run_blocking(self.spool.persist, entry)
             self._show(entry)
             if entry.state == PENDING:
                 self.uploader.schedule(entry, delay=0, verify=True)
@@ -459,9 +464,9 @@ class WriteManager:
         return entry, node
 
     async def _spool(self, func: Any, *args: Any, **kw: Any) -> Any:
-        """Spool file I/O in a worker thread; a full disk or spool is ENOSPC with the reason."""
+        """Spool file I/O (in a worker thread: ``run_blocking``); a full disk or spool is ENOSPC with the reason."""
         try:
-            return await trio.to_thread.run_sync(lambda: func(*args, **kw))
+            return await self.run_blocking(functools.partial(func, *args, **kw))
         except SpoolFull as exc:
             raise WriteFailure(errno.ENOSPC, f"{exc.strerror}; waiting uploads: basemount-py status") from None
         except OSError as exc:
@@ -633,7 +638,7 @@ class WriteManager:
         node = self._node_of(entry)
         if node is not None:
             self._remove_local(node)
-        await trio.to_thread.run_sync(self.spool.remove, entry)
+        await self.run_blocking(self.spool.remove, entry)
         if not self.uploader.forget(entry) and entry.file_id and self._nursery is not None:
             self._nursery.start_soon(self.uploader.abort_multipart, entry)
 

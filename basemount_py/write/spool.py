@@ -16,7 +16,8 @@ Entry states: ``open`` (a writer has it open; durable up to its last close), ``p
 waiting for the write-back delay or a retry), ``uploading``, ``committed`` (the server has it: the
 files are removed), ``failed`` (gave up: kept, readable, listed in status until removed or retried).
 
-All file I/O here is blocking and is called through ``trio.to_thread`` by the manager/uploader.
+All file I/O here is blocking: the manager and uploader call it through their ``run_blocking``
+(a worker thread in a mount, ``basemount_py.blocking``).
 """
 
 from __future__ import annotations

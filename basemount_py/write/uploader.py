@@ -43,6 +43,7 @@ import trio
 
 from ..api.client import FILES_PAGE_MAX, BaseSpaceClient
 from ..api.errors import ApiError
+from ..blocking import RunBlocking, in_worker_thread
 from .api import WriteApi
 from .spool import COMMITTED, FAILED, FILE, OPEN, PENDING, PROPERTY, UPLOADING, Spool, SpoolEntry
 from .upload import UploadConfig, content_type
@@ -132,8 +133,10 @@ class Uploader:
         on_committed: Callable[[SpoolEntry, dict], Awaitable[None]],
         on_failed: Callable[[SpoolEntry], None],
         fetch: Callable[[str, int, int], Awaitable[bytes]] | None = None,
+        run_blocking: RunBlocking = in_worker_thread,
     ):
         self.api, self.client, self.spool, self.cfg = api, client, spool, cfg
+        self.run_blocking = run_blocking  # spool reads, MD5s (basemount_py.blocking)
         self.on_committed, self.on_failed = on_committed, on_failed
         self.fetch = fetch  # content reader (file id, start, end), for the duplicate check
         self.progress: dict[str, _Progress] = {}
@@ -237,7 +240,7 @@ class Uploader:
                     s.file_id = await self.api.start_multipart(entry.owner_id, entry.name, entry.directory, content_type(entry.name))
                 if p.stream is s:
                     entry.file_id = s.file_id
-                await trio.to_thread.run_sync(self.spool.persist, entry)  # abortable by the next daemon
+                await self.run_blocking(self.spool.persist, entry)  # abortable by the next daemon
                 async with trio.open_nursery() as parts:
                     while self._streamable(entry, s):
                         closed = entry.state != OPEN
@@ -358,7 +361,7 @@ class Uploader:
         overtaken = True
         try:
             with p.scope:
-                await trio.to_thread.run_sync(self.spool.persist, entry)
+                await self.run_blocking(self.spool.persist, entry)
                 result = await (self._upload_property(entry) if entry.kind == PROPERTY else self._upload_file(entry, p))
                 overtaken = False
             if overtaken:  # a rename cancelled it before its point of no return
@@ -366,7 +369,7 @@ class Uploader:
                 entry.attempts -= 1
                 if entry.id in self.spool.entries:
                     entry.state = PENDING
-                    await trio.to_thread.run_sync(self.spool.persist, entry)
+                    await self.run_blocking(self.spool.persist, entry)
                 p.ready_at = trio.current_time() + self._write_back(entry)
                 log.info("upload of %s stopped before its commit: the file was renamed", entry.display)
                 return
@@ -380,7 +383,7 @@ class Uploader:
                 pass  # removed while uploading
             elif status in REFUSED or entry.attempts >= self.cfg.attempts:
                 entry.state, entry.error = FAILED, reason
-                await trio.to_thread.run_sync(self.spool.persist, entry)
+                await self.run_blocking(self.spool.persist, entry)
                 log.error(
                     "upload of %s failed for good after %d attempt(s): %s (kept in the spool: basemount-py retry PATH, or rm it)",
                     entry.display,
@@ -391,7 +394,7 @@ class Uploader:
             else:
                 delay = min(RETRY_MAX, RETRY_BASE * 2 ** (entry.attempts - 1))
                 entry.state, entry.error = PENDING, reason
-                await trio.to_thread.run_sync(self.spool.persist, entry)
+                await self.run_blocking(self.spool.persist, entry)
                 log.warning("upload of %s failed (attempt %d of %d, next in %.0f s): %s", entry.display, entry.attempts, self.cfg.attempts, delay, reason)
                 p.ready_at = trio.current_time() + delay
         else:
@@ -400,7 +403,7 @@ class Uploader:
             entry.state, entry.error, entry.committed_at = COMMITTED, "", trio.current_time()
             if entry.kind == FILE:
                 entry.result_id = str(result.get("Id", ""))
-            await trio.to_thread.run_sync(self.spool.remove, entry)
+            await self.run_blocking(self.spool.remove, entry)
             self.recent = (self.recent + [entry])[-50:]
             self.progress.pop(entry.id, None)
             try:
@@ -426,7 +429,7 @@ class Uploader:
     # -- one attempt ----------------------------------------------------------------------------
 
     async def _upload_property(self, entry: SpoolEntry) -> dict:
-        data = await trio.to_thread.run_sync(self.spool.read, entry, 0, entry.size)
+        data = await self.run_blocking(self.spool.read, entry, 0, entry.size)
         value = data.decode("utf-8", "replace")
         value = value[:-1] if value.endswith("\n") else value
         prop = {"Type": "string", "Name": entry.name, "Description": "", "Content": value}
@@ -451,8 +454,8 @@ class Uploader:
             else:
                 await self.abort_multipart(entry)
         if entry.size <= self.cfg.small_threshold:
-            data = await trio.to_thread.run_sync(self.spool.read, entry, 0, entry.size)
-            digest = await trio.to_thread.run_sync(_md5_b64, data)
+            data = await self.run_blocking(self.spool.read, entry, 0, entry.size)
+            digest = await self.run_blocking(_md5_b64, data)
             result = await self._point_of_no_return(
                 p, lambda: self.api.upload_small(entry.owner_id, entry.name, entry.directory, data, content_type(entry.name), digest)
             )
@@ -461,7 +464,7 @@ class Uploader:
         if not entry.file_id:
             with trio.CancelScope(shield=True):  # its id must be known, to abort it
                 entry.file_id = await self.api.start_multipart(entry.owner_id, entry.name, entry.directory, content_type(entry.name))
-            await trio.to_thread.run_sync(self.spool.persist, entry)  # abortable by the next daemon
+            await self.run_blocking(self.spool.persist, entry)  # abortable by the next daemon
         slots = trio.Semaphore(max(1, self.cfg.parallel))
 
         async def put(number: int) -> None:
@@ -485,8 +488,8 @@ class Uploader:
 
     async def _send_part(self, entry: SpoolEntry, file_id: str, number: int, length: int) -> None:
         """Part ``number`` (``length`` bytes) of a multipart upload, read from the spool."""
-        data = await trio.to_thread.run_sync(self.spool.read, entry, (number - 1) * self.cfg.part_size, length)
-        digest = await trio.to_thread.run_sync(_md5_b64, data)
+        data = await self.run_blocking(self.spool.read, entry, (number - 1) * self.cfg.part_size, length)
+        digest = await self.run_blocking(_md5_b64, data)
         await self.api.put_part(file_id, number, data, digest)
 
     async def abort_multipart(self, entry: SpoolEntry) -> None:
@@ -524,7 +527,7 @@ class Uploader:
         match = next((i for i in items if str(i.get("Path", "")).lstrip("/") == entry.remote_path), None)
         if match is None:
             return None
-        ours = await trio.to_thread.run_sync(self.spool.md5, entry)
+        ours = await self.run_blocking(self.spool.md5, entry)
         if int(match.get("Size") or -1) == entry.size:
             theirs = await self._server_md5(match, ours)
             if theirs == ours:
