@@ -193,12 +193,25 @@ def test_an_unusable_directory_disables_the_cache(tmp_path, caplog):
 FILES = ("Projects", "P", "Samples", "S", "Files")
 
 
-@pytest.fixture
-def account(tmp_path):
-    root = tmp_path / "account"
+def make_account(root):
     data = random.Random(7).randbytes(5 * MiB + 4321)
     write_file(root.joinpath(*FILES, "reads.bin"), data)
     return root, data
+
+
+@pytest.fixture
+def account(tmp_path):
+    """An account of the test's own (for a test that changes it)."""
+    return make_account(tmp_path / "account")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(account folder, file bytes, its emulator): one per module for the tests that only read
+    (each measures content bytes from its own reset of the counters)."""
+    root, data = make_account(tmp_path_factory.mktemp("disk-cache") / "account")
+    with EmulatorProcess(root) as em:
+        yield root, data, em
 
 
 def mounted(m, name="reads.bin"):
@@ -224,38 +237,37 @@ def read_through(mount_factory, em, cache_dir, name: str, path_name: str = "read
     return data, m
 
 
-def test_a_second_mount_rereads_from_the_cache_without_the_network(account, mount_factory, tmp_path):
-    root, data = account
+def test_a_second_mount_rereads_from_the_cache_without_the_network(served, mount_factory, tmp_path):
+    _, data, em = served
     cache_dir = tmp_path / "cache"
-    with EmulatorProcess(root) as em:
-        assert read_through(mount_factory, em, cache_dir, "m1")[0] == data
-        assert content_bytes(em) >= len(data)
-        em.reset_counters()
-        assert read_through(mount_factory, em, cache_dir, "m2")[0] == data
-        assert content_bytes(em) == 0
+    em.reset_counters()
+    assert read_through(mount_factory, em, cache_dir, "m1")[0] == data
+    assert content_bytes(em) >= len(data)
+    em.reset_counters()
+    assert read_through(mount_factory, em, cache_dir, "m2")[0] == data
+    assert content_bytes(em) == 0
     assert glob.glob(str(cache_dir / "content" / "v1" / "*" / "*.data"))
     # Private: the cache holds file contents.
     for path in glob.glob(str(cache_dir / "content" / "v1" / "*" / "*")):
         assert os.stat(path).st_mode & 0o077 == 0
 
 
-def test_a_corrupt_cache_block_is_refetched_never_returned(account, mount_factory, tmp_path):
-    root, data = account
+def test_a_corrupt_cache_block_is_refetched_never_returned(served, mount_factory, tmp_path):
+    _, data, em = served
     cache_dir = tmp_path / "cache"
-    with EmulatorProcess(root) as em:
-        read_through(mount_factory, em, cache_dir, "m1")
-        (data_file,) = glob.glob(str(cache_dir / "content" / "v1" / "*" / "*.data"))
-        with open(data_file, "r+b") as f:
-            for offset in (0, 3 * MiB + 5):
-                f.seek(offset)
-                byte = f.read(1)
-                f.seek(offset)
-                f.write(bytes([byte[0] ^ 0x5A]))
-        em.reset_counters()
-        again, m = read_through(mount_factory, em, cache_dir, "m2")
-        assert again == data
-        assert 0 < content_bytes(em) <= 4 * BS  # the two bad blocks (and their read widening)
-        assert "failed its checksum" in m.log.read_text()
+    read_through(mount_factory, em, cache_dir, "m1")
+    (data_file,) = glob.glob(str(cache_dir / "content" / "v1" / "*" / "*.data"))
+    with open(data_file, "r+b") as f:
+        for offset in (0, 3 * MiB + 5):
+            f.seek(offset)
+            byte = f.read(1)
+            f.seek(offset)
+            f.write(bytes([byte[0] ^ 0x5A]))
+    em.reset_counters()
+    again, m = read_through(mount_factory, em, cache_dir, "m2")
+    assert again == data
+    assert 0 < content_bytes(em) <= 4 * BS  # the two bad blocks (and their read widening)
+    assert "failed its checksum" in m.log.read_text()
 
 
 def test_changed_content_under_the_same_id_is_never_served_from_the_cache(account, mount_factory, tmp_path):
@@ -270,42 +282,40 @@ def test_changed_content_under_the_same_id_is_never_served_from_the_cache(accoun
         assert read_through(mount_factory, em, cache_dir, "m2")[0] == new
 
 
-def test_two_mounts_share_one_cache_directory_at_once(account, mount_factory, tmp_path):
-    root, data = account
+def test_two_mounts_share_one_cache_directory_at_once(served, mount_factory, tmp_path):
+    _, data, em = served
     cache_dir = tmp_path / "cache"
-    with EmulatorProcess(root) as em:
-        a = mount_factory(em, *cache_opts(cache_dir), name="a")
-        b = mount_factory(em, *cache_opts(cache_dir), name="b")
-        results = {}
+    a = mount_factory(em, *cache_opts(cache_dir), name="a")
+    b = mount_factory(em, *cache_opts(cache_dir), name="b")
+    results = {}
 
-        def read(m, tag):
-            results[tag] = [sha256_file(mounted(m)) for _ in range(3)]
+    def read(m, tag):
+        results[tag] = [sha256_file(mounted(m)) for _ in range(3)]
 
-        threads = [threading.Thread(target=read, args=(m, tag)) for m, tag in ((a, "a"), (b, "b"))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-        a.stop()
-        b.stop()
-        expected = __import__("hashlib").sha256(data).hexdigest()
-        assert results == {"a": [expected] * 3, "b": [expected] * 3}
-        em.reset_counters()
-        assert read_through(mount_factory, em, cache_dir, "c")[0] == data
-        assert content_bytes(em) == 0
+    threads = [threading.Thread(target=read, args=(m, tag)) for m, tag in ((a, "a"), (b, "b"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    a.stop()
+    b.stop()
+    expected = __import__("hashlib").sha256(data).hexdigest()
+    assert results == {"a": [expected] * 3, "b": [expected] * 3}
+    em.reset_counters()
+    assert read_through(mount_factory, em, cache_dir, "c")[0] == data
+    assert content_bytes(em) == 0
 
 
-def test_an_unwritable_cache_directory_falls_back_to_the_network(account, mount_factory, tmp_path):
+def test_an_unwritable_cache_directory_falls_back_to_the_network(served, mount_factory, tmp_path):
     # The content cache's own directory (<cache-dir>/content) is unusable; the write spool beside
     # it (<cache-dir>/spool) is not, so the mount starts and reads from the network.
-    root, data = account
+    _, data, em = served
     cache_dir = tmp_path / "cache"
     cache_dir.mkdir()
     (cache_dir / "content").write_text("a file where the content cache's directory should be")
-    with EmulatorProcess(root) as em:
-        got, m = read_through(mount_factory, em, cache_dir, "m1")
-        assert got == data
-        assert "content cache disabled" in m.log.read_text()
+    got, m = read_through(mount_factory, em, cache_dir, "m1")
+    assert got == data
+    assert "content cache disabled" in m.log.read_text()
 
 
 def _tiny_tmpfs(path, size: str, *options: str):
@@ -315,32 +325,30 @@ def _tiny_tmpfs(path, size: str, *options: str):
     subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join((f"size={size}", "mode=0700", *options)), "tmpfs", str(path)], check=True)
 
 
-def test_a_full_cache_disk_falls_back_to_the_network(account, mount_factory, tmp_path):
-    root, data = account
+def test_a_full_cache_disk_falls_back_to_the_network(served, mount_factory, tmp_path):
+    _, data, em = served
     cache_dir = tmp_path / "cache"
     cache_dir.mkdir()
     _tiny_tmpfs(cache_dir / "content", "1m")  # room for a fifth of the file; --cache-max says 1 GiB
     try:
-        with EmulatorProcess(root) as em:
-            got, m = read_through(mount_factory, em, cache_dir, "m1")
-            assert got == data
-            assert "disk is full" in m.log.read_text()
-            em.reset_counters()
-            assert read_through(mount_factory, em, cache_dir, "m2")[0] == data
-            assert content_bytes(em) > 0  # what did not fit came from the network again
+        got, m = read_through(mount_factory, em, cache_dir, "m1")
+        assert got == data
+        assert "disk is full" in m.log.read_text()
+        em.reset_counters()
+        assert read_through(mount_factory, em, cache_dir, "m2")[0] == data
+        assert content_bytes(em) > 0  # what did not fit came from the network again
     finally:
         subprocess.run(["umount", "-l", str(cache_dir / "content")], check=False)
 
 
-def test_a_read_only_cache_disk_falls_back_to_the_network(account, mount_factory, tmp_path):
-    root, data = account
+def test_a_read_only_cache_disk_falls_back_to_the_network(served, mount_factory, tmp_path):
+    _, data, em = served
     cache_dir = tmp_path / "cache"
     cache_dir.mkdir()
     _tiny_tmpfs(cache_dir / "content", "1m", "ro")
     try:
-        with EmulatorProcess(root) as em:
-            got, m = read_through(mount_factory, em, cache_dir, "m1")
-            assert got == data
-            assert "content cache disabled" in m.log.read_text()
+        got, m = read_through(mount_factory, em, cache_dir, "m1")
+        assert got == data
+        assert "content cache disabled" in m.log.read_text()
     finally:
         subprocess.run(["umount", "-l", str(cache_dir / "content")], check=False)
