@@ -2,8 +2,12 @@
 
 Layout, under ``<cache-dir>/content/`` (the spool of uploads lives beside it in ``<cache-dir>/spool``)::
 
-    v1/<2 hex>/<key>.data   the file's bytes at their own offsets (a sparse file)
-    v1/<2 hex>/<key>.idx    one 8-byte record per block: (length, CRC-32 of the block)
+    v2/<2 hex>/<key>.data   the file's bytes at their own offsets (a sparse file)
+    v2/<2 hex>/<key>.idx    one 8-byte record per block: (length, checksum of the block)
+
+``v2`` holds records checked with XXH3, ``v1`` those checked with CRC-32, used where the system's
+``libxxhash`` is missing (checksum.py): a mount uses one of them, and a cache directory left by an
+older version (``v1`` only) is not read by a mount that has XXH3.
 
 ``key`` is a digest of the file id, its ETag and its size, so content that changed under the same
 id is a different key and never served (a file without an ETag is keyed by its modification time
@@ -11,7 +15,7 @@ instead). A record of zeros is an absent block (a hole).
 
 Why this shape:
 
-* **Verified on read back.** Each block's CRC-32 is checked when it is read; a block that does not
+* **Verified on read back.** Each block's checksum is checked when it is read; a block that does not
   match (disk corruption, a torn write after a crash, a record without its data) is dropped (its
   record zeroed, a warning logged) and fetched again from the network. Corrupt bytes are never
   returned.
@@ -43,14 +47,14 @@ import os
 import struct
 import threading
 import time
-import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from .checksum import BlockChecksum, best
+
 log = logging.getLogger(__name__)
 
-LAYOUT = "v1"
-RECORD = struct.Struct("<II")  # block length, CRC-32 of the block
+RECORD = struct.Struct("<II")  # block length, checksum of the block (checksum.py)
 OPEN_FILES = 64  # (data, records) descriptor pairs kept open, least recently used closed first
 TOUCH_INTERVAL = 60.0  # seconds between two "last used" updates of one file
 RESCAN_INTERVAL = 60.0  # seconds between two scans of the directory (other mounts' writes)
@@ -83,8 +87,9 @@ class _Pair:
 class DiskCache:
     """Blocks of ``block_size`` bytes per :class:`ContentKey`, in ``root`` (see module docstring)."""
 
-    def __init__(self, root: str | os.PathLike, max_bytes: int, block_size: int):
-        self.root = os.path.join(os.fspath(root), LAYOUT)
+    def __init__(self, root: str | os.PathLike, max_bytes: int, block_size: int, checksum: BlockChecksum | None = None):
+        self.checksum = checksum or best()
+        self.root = os.path.join(os.fspath(root), self.checksum.layout)
         self.max_bytes = max_bytes
         self.block_size = block_size
         self._lock = threading.Lock()
@@ -96,11 +101,12 @@ class DiskCache:
         self.stats = {"hits": 0, "misses": 0, "corrupt": 0, "written": 0, "write_errors": 0, "evicted": 0}
 
     @classmethod
-    def open(cls, root: str | os.PathLike, max_bytes: int, block_size: int) -> "DiskCache | None":
+    def open(cls, root: str | os.PathLike, max_bytes: int, block_size: int, checksum: BlockChecksum | None = None) -> "DiskCache | None":
         """The cache at ``root``, or None (logged) when the directory cannot be used."""
+        layout = (checksum or best()).layout
         try:
-            os.makedirs(os.path.join(root, LAYOUT), mode=0o700, exist_ok=True)
-            probe = os.path.join(root, LAYOUT, f".probe-{os.getpid()}")
+            os.makedirs(os.path.join(root, layout), mode=0o700, exist_ok=True)
+            probe = os.path.join(root, layout, f".probe-{os.getpid()}")
             fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 os.write(fd, b"ok")
@@ -110,9 +116,9 @@ class DiskCache:
         except OSError as exc:
             log.warning("content cache disabled: cannot write to %s (%s); reading from the network only", root, exc.strerror or exc)
             return None
-        cache = cls(root, max_bytes, block_size)
+        cache = cls(root, max_bytes, block_size, checksum)
         cache._rescan()
-        log.info("content cache in %s: %.1f of %.1f GiB used", root, cache._used / 2**30, max_bytes / 2**30)
+        log.info("content cache in %s: %.1f of %.1f GiB used, %s checksums", cache.root, cache._used / 2**30, max_bytes / 2**30, cache.checksum.name)
         return cache
 
     def close(self) -> None:
@@ -133,16 +139,16 @@ class DiskCache:
             records = os.pread(pair.records, RECORD.size * (last - first), RECORD.size * first)
             present = []
             for i in range(len(records) // RECORD.size):
-                length, crc = RECORD.unpack_from(records, i * RECORD.size)
+                length, check = RECORD.unpack_from(records, i * RECORD.size)
                 if 0 < length <= self.block_size and length == self._block_length(key, first + i):
-                    present.append((first + i, length, crc))
+                    present.append((first + i, length, check))
             for run in _runs(present):
                 buffers = [bytearray(length) for _, length, _ in run]
                 got = os.preadv(pair.data, buffers, run[0][0] * self.block_size)
                 if got != sum(len(b) for b in buffers):
                     continue  # a record without its data (a crash between the two writes)
-                for (index, _, crc), buffer in zip(run, buffers, strict=True):
-                    if zlib.crc32(buffer) == crc:
+                for (index, _, check), buffer in zip(run, buffers, strict=True):
+                    if self.checksum(buffer) == check:
                         out[index - first] = buffer
                     else:
                         self._drop_block(key, pair, index)
@@ -195,10 +201,9 @@ class DiskCache:
             buffer = os.pread(pair.data, sum(expected), first * self.block_size)
             if len(buffer) != sum(expected):
                 return None  # a record without its data (a crash between the two writes)
-            view = memoryview(buffer)
             bs = self.block_size
-            for i, (length, crc) in enumerate(checks):
-                if zlib.crc32(view[i * bs : i * bs + length]) != crc:
+            for i, (length, check) in enumerate(checks):
+                if self.checksum(buffer, i * bs, length) != check:
                     self._drop_block(key, pair, first + i)
                     return None
             self._touch(key, pair)
@@ -246,7 +251,7 @@ class DiskCache:
             written = os.pwritev(pair.data, blocks, first * self.block_size)
             if written != nbytes:
                 raise OSError(errno.ENOSPC, "short write")
-            records = b"".join(RECORD.pack(len(b), zlib.crc32(b)) for b in blocks)
+            records = b"".join(RECORD.pack(len(b), self.checksum(b)) for b in blocks)
             os.pwrite(pair.records, records, RECORD.size * first)
         except OSError as exc:
             self.stats["write_errors"] += 1
@@ -408,7 +413,7 @@ class DiskCache:
 
 
 def _runs(present: list[tuple[int, int, int]]) -> list[list[tuple[int, int, int]]]:
-    """Group (index, length, crc) entries into runs of consecutive block indices."""
+    """Group (index, length, checksum) entries into runs of consecutive block indices."""
     runs: list[list[tuple[int, int, int]]] = []
     for entry in present:
         if runs and runs[-1][-1][0] + 1 == entry[0]:
