@@ -94,6 +94,16 @@ def flush_and_wait(m, timeout: float = 180.0) -> None:
     wait_until(done, "uploads to commit", timeout, poll=0.2)
 
 
+def at_once(*calls):
+    """Run independent calls (argument-less callables, e.g. lambdas around subprocess.run) at the
+    same time, each in a thread of its own; their results in order. Independent CLI runs spend
+    most of their time starting Python, so a test that makes several waits for one, not all."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+        return [f.result() for f in [pool.submit(call) for call in calls]]
+
+
 def fuse_available() -> bool:
     return os.path.exists("/dev/fuse") and os.access("/dev/fuse", os.R_OK | os.W_OK)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_entity, write_file
+from conftest import at_once, write_entity, write_file
 
 from basemount_py.emulator.control import EmulatorProcess
 from basemount_py.tree.manifest import ManifestError, load_manifest
@@ -91,11 +91,13 @@ def test_folders_outside_the_manifest_are_refused_with_a_reason(emulator, manife
 
 
 def test_manifest_of_a_missing_folder_is_one_clear_line(emulator, tmp_path):
-    result = run_cli("manifest", "Projects/Nope", emulator=emulator, home=tmp_path)
-    assert result.returncode == 1
-    assert result.stderr.strip() == "basemount-py: manifest of Projects/Nope: no folder Projects/Nope in this account"
-    result = run_cli("manifest", "../etc", emulator=emulator, home=tmp_path)
-    assert result.returncode == 1 and "'..'" in result.stderr and "Traceback" not in result.stderr
+    missing, outside = at_once(
+        lambda: run_cli("manifest", "Projects/Nope", emulator=emulator, home=tmp_path),
+        lambda: run_cli("manifest", "../etc", emulator=emulator, home=tmp_path),
+    )
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == "basemount-py: manifest of Projects/Nope: no folder Projects/Nope in this account"
+    assert outside.returncode == 1 and "'..'" in outside.stderr and "Traceback" not in outside.stderr
 
 
 def hostile(manifest: dict) -> list[tuple[str, object, str]]:
@@ -120,20 +122,26 @@ def test_hostile_manifests_are_refused_before_mounting(emulator, manifest_file, 
     manifest = json.loads(manifest_file.read_text())
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
+    through_cli = []
     for name, content, expected in hostile(manifest):
         bad = tmp_path / f"{name}.json"
         bad.write_text(content)
         with pytest.raises(ManifestError) as info:
             load_manifest(str(bad), emulator.url)
         assert expected in str(info.value), name
-        if name not in ("not-json", "other-server"):  # the CLI path is the same for all: two suffice
-            continue
-        result = run_cli("mount", "--foreground", "--manifest", str(bad), str(mountpoint), emulator=emulator, home=tmp_path)
-        assert result.returncode == 1 and expected in result.stderr and "Traceback" not in result.stderr, (name, result.stderr)
-    assert not os.path.ismount(mountpoint)
-    result = run_cli("mount", "--manifest", str(tmp_path / "missing.json"), str(mountpoint), emulator=emulator, home=tmp_path)
+        if name in ("not-json", "other-server"):  # the CLI path is the same for all: two suffice
+            through_cli.append((name, bad, expected))
+    results = at_once(
+        *[lambda bad=bad: run_cli("mount", "--foreground", "--manifest", str(bad), str(mountpoint), emulator=emulator, home=tmp_path)
+          for _, bad, _ in through_cli],
+        lambda: run_cli("mount", "--manifest", str(tmp_path / "missing.json"), str(mountpoint), emulator=emulator, home=tmp_path),
+    )
+    *refused, result = results
+    for (name, _, expected), refusal in zip(through_cli, refused, strict=True):
+        assert refusal.returncode == 1 and expected in refusal.stderr and "Traceback" not in refusal.stderr, (name, refusal.stderr)
     assert result.returncode == 1 and "cannot read manifest" in result.stderr
     assert "No such file or directory" in result.stderr
+    assert not os.path.ismount(mountpoint)
 
 
 def test_demo_project_walk_with_lazy_entries_costs_no_listing_call(demo_emulator, demo_account, mount_factory, tmp_path):

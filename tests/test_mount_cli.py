@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import math
 import os
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_fuse, write_entity, write_file
+from conftest import at_once, require_fuse, write_entity, write_file
 
 from basemount_py.emulator.control import EmulatorProcess
 from basemount_py.tree.naming import SLASH_SUBSTITUTE
@@ -103,13 +102,6 @@ def test_ls_l_of_5000_samples_costs_only_the_listing_pages(tmp_path, mount_facto
         print(f"ls -l of 5,000 samples: {elapsed:.2f} s, {sum(requests.values())} API calls")
 
 
-def run_clis(*calls: tuple) -> list[subprocess.CompletedProcess]:
-    """``run_cli(*args, env=env)`` for each ``(args, env)`` at the same time (independent
-    commands: each spends most of its time starting Python), in order."""
-    with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
-        return list(pool.map(lambda call: run_cli(*call[0], env=call[1]), calls))
-
-
 def one_line(r: subprocess.CompletedProcess) -> bool:
     return len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
@@ -139,15 +131,15 @@ def test_cli_errors_are_one_clear_line(tmp_path):
         good = clean_env(tmp_path, BASESPACE_API_SERVER=emulator.url, BASESPACE_ACCESS_TOKEN=emulator.token)
         bad = dict(good, BASESPACE_ACCESS_TOKEN="wrong-token-123")
         start = time.monotonic()
-        no_credentials, broken, unresolved, missing, full, bad_token, unreachable, http = run_clis(
-            (("mount", str(mps["none"])), env),
-            (("mount", str(mps["broken"]), "--config", "broken"), env),
-            (("mount", str(mps["unknown"])), unknown),
-            (("mount", str(tmp_path / "nope")), good),
-            (("mount", str(tmp_path / "full")), good),
-            (("mount", str(mps["token"])), bad),
-            (("mount", str(mps["dead"]), "--op-timeout", "10"), dead),
-            (("mount", str(mps["http"])), plain),
+        no_credentials, broken, unresolved, missing, full, bad_token, unreachable, http = at_once(
+            lambda: run_cli("mount", str(mps["none"]), env=env),
+            lambda: run_cli("mount", str(mps["broken"]), "--config", "broken", env=env),
+            lambda: run_cli("mount", str(mps["unknown"]), env=unknown),
+            lambda: run_cli("mount", str(tmp_path / "nope"), env=good),
+            lambda: run_cli("mount", str(tmp_path / "full"), env=good),
+            lambda: run_cli("mount", str(mps["token"]), env=bad),
+            lambda: run_cli("mount", str(mps["dead"]), "--op-timeout", "10", env=dead),
+            lambda: run_cli("mount", str(mps["http"]), env=plain),
         )
         took = time.monotonic() - start
         # no credentials at all
