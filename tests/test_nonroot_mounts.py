@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import as_user, fuse_device_mode, user_home, user_python, write_file, write_synthetic
+from conftest import as_user, at_once, fuse_device_mode, user_home, user_python, write_file, write_synthetic
 
 from basemount_py.emulator.control import EmulatorProcess
 from basemount_py.emulator.synthetic import synthetic_bytes
@@ -122,10 +122,12 @@ def test_pre_mount_checks_say_exactly_what_is_missing(scratch, unprivileged_user
     assert "user_allow_other" in out["without"] and "/fuse-without.conf" in out["without"]
     assert out["with"] == "OK"
     # a /dev/fd/N that is not a FUSE descriptor
-    err = one_line(run_as(user, home, *user_cli(), "mount", "/dev/fd/0", env=creds))
-    assert "/dev/fd/0 is open but is not /dev/fuse" in err
-    err = one_line(run_as(user, home, *user_cli(), "mount", "/dev/fd/77", env=creds))
-    assert "/dev/fd/77 is not an open descriptor" in err
+    not_fuse, not_open = at_once(
+        lambda: run_as(user, home, *user_cli(), "mount", "/dev/fd/0", env=creds),
+        lambda: run_as(user, home, *user_cli(), "mount", "/dev/fd/77", env=creds),
+    )
+    assert "/dev/fd/0 is open but is not /dev/fuse" in one_line(not_fuse)
+    assert "/dev/fd/77 is not an open descriptor" in one_line(not_open)
 
 
 def test_a_user_mounts_reads_and_unmounts_where_dev_fuse_allows_it(scratch, unprivileged_user, account):
@@ -261,13 +263,15 @@ def test_fuse_helper_refuses_clearly(scratch, unprivileged_user):
     home = user_home(scratch, user)
     target = mountpoint_for(scratch, user)
     sock = scratch / "fuse.sock"
-    r = run_as(user, home, *user_cli(), "fuse-helper", str(target), "--socket", str(sock), "--user", user.pw_name)
-    assert "must run as root" in one_line(r)
-    r = subprocess.run([*CLI, "fuse-helper", str(target), "--socket", str(sock), "--user", "no-such-user-x"], capture_output=True, text=True)
-    assert "no such user" in one_line(r)
+    not_root, no_user, no_helper = at_once(
+        lambda: run_as(user, home, *user_cli(), "fuse-helper", str(target), "--socket", str(sock), "--user", user.pw_name),
+        lambda: subprocess.run([*CLI, "fuse-helper", str(target), "--socket", str(sock), "--user", "no-such-user-x"], capture_output=True, text=True),
+        # a daemon with no helper behind the socket: one line
+        lambda: run_as(user, home, *user_cli(), "mount", "--fuse-socket", str(sock), env={"BASESPACE_ACCESS_TOKEN": "t"}),
+    )
+    assert "must run as root" in one_line(not_root)
+    assert "no such user" in one_line(no_user)
+    assert "cannot get a FUSE descriptor" in one_line(no_helper)
     (target / "f").write_text("x")
     r = subprocess.run([*CLI, "fuse-helper", str(target), "--socket", str(sock), "--user", user.pw_name], capture_output=True, text=True)
     assert "not empty" in one_line(r)
-    # a daemon with no helper behind the socket: one line
-    r = run_as(user, home, *user_cli(), "mount", "--fuse-socket", str(sock), env={"BASESPACE_ACCESS_TOKEN": "t"})
-    assert "cannot get a FUSE descriptor" in one_line(r)
