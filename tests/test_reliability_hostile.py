@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Mount, require_fuse, write_entity, write_file, write_synthetic
+from conftest import Mount, at_once, require_fuse, write_entity, write_file, write_synthetic
 
 from basemount_py.emulator.control import EmulatorProcess
 from basemount_py.emulator.synthetic import synthetic_bytes
@@ -332,12 +332,14 @@ def test_plain_http_needs_loopback_or_the_explicit_flag(small_account, tmp_path,
         _home_with_config(home, "odd", odd, emulator.token)
         mp = tmp_path / "mp"
         mp.mkdir()
-        r = subprocess.run([*CLI, "mount", str(mp), "--config", "odd"], capture_output=True, text=True, env=_clean_env(home), timeout=60)
-        assert r.returncode != 0 and "--allow-insecure-http" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-        r = subprocess.run(
-            [*CLI, "mount", str(mp), "--config", "odd", "--api-server", odd], capture_output=True, text=True, env=_clean_env(home), timeout=60
+        r, r2 = at_once(
+            lambda: subprocess.run([*CLI, "mount", str(mp), "--config", "odd"], capture_output=True, text=True, env=_clean_env(home), timeout=60),
+            lambda: subprocess.run(
+                [*CLI, "mount", str(mp), "--config", "odd", "--api-server", odd], capture_output=True, text=True, env=_clean_env(home), timeout=60
+            ),
         )
-        assert r.returncode != 0 and "https" in r.stderr.lower()
+        assert r.returncode != 0 and "--allow-insecure-http" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        assert r2.returncode != 0 and "https" in r2.stderr.lower()
         m = mount_factory(None, "--config", "odd", "--allow-insecure-http", env={"HOME": str(home)})
         assert "P" in os.listdir(m.path("Projects"))
 
@@ -345,7 +347,7 @@ def test_plain_http_needs_loopback_or_the_explicit_flag(small_account, tmp_path,
 def _self_signed_certificate(folder: Path) -> tuple[Path, Path]:
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out", str(cert),
          "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
         check=True, capture_output=True, timeout=60,
     )
@@ -363,12 +365,14 @@ def test_https_end_to_end_and_an_untrusted_certificate_is_refused(small_account,
         mp.mkdir()
         env = {k: v for k, v in _clean_env(home).items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
         env.update(BASESPACE_API_SERVER=emulator.url, BASESPACE_ACCESS_TOKEN=emulator.token)
-        r = subprocess.run([*CLI, "mount", str(mp)], capture_output=True, text=True, env=env, timeout=60)
+        # refused without the CA, mounted with it (the CA the user trusts), at once
+        r, m = at_once(
+            lambda: subprocess.run([*CLI, "mount", str(mp)], capture_output=True, text=True, env=env, timeout=60),
+            lambda: mount_factory(emulator, env={"SSL_CERT_FILE": str(cert)}),
+        )
         assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert "certificate" in r.stderr and "SSL_CERT_FILE" in r.stderr and "Traceback" not in r.stderr
         assert emulator.token not in r.stderr and not os.path.ismount(mp)
-
-        m = mount_factory(emulator, env={"SSL_CERT_FILE": str(cert)})  # the CA the user trusts
         files = m.path(*FILES)
         for i in range(6):
             assert (files / f"f{i}.bin").read_bytes() == synthetic_bytes(40 + i, 0, 300_000 + i)
