@@ -180,7 +180,7 @@ async def test_each_fault_kind_is_retried_to_the_exact_bytes(api, emulator, file
 
 @pytest.mark.parametrize("kind", ["503", "stall"])
 async def test_a_permanent_failure_is_an_api_error_within_the_deadline(api, emulator, file_ids, kind):
-    policy = RetryPolicy(attempts=50, base_delay=0.01, max_delay=0.05, request_timeout=0.5, deadline=2.0)
+    policy = RetryPolicy(attempts=50, base_delay=0.01, max_delay=0.05, request_timeout=0.5, deadline=1.0)
     source = ContentSource(api, policy=policy)
     fid = file_ids["big.bin"]
     assert await source.fetch(fid, 0, 10) == big(0, 10)
