@@ -21,6 +21,8 @@ from basemount_py.emulator.control import EmulatorProcess
 from basemount_py.emulator.knobs import Knobs
 from basemount_py.emulator.synthetic import synthetic_bytes, synthetic_sha256
 
+from conftest import at_once
+
 SMALL = bytes(range(256)) * 4  # 1024 known bytes for Range tests
 BIG_SIZE = 100 * 1024 * 1024
 BIG_SEED = 42
@@ -745,17 +747,19 @@ def _serve(*args) -> subprocess.CompletedProcess:
 
 def test_invalid_account_folder(tmp_path):
     missing = str(tmp_path / "missing")
-    r = _serve("--data", missing)
-    assert r.returncode == 2 and missing in r.stderr and "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
     bad = tmp_path / "bad"
     _write(str(bad / "Projects" / "P" / ".entity.json"), b"[1, 2")
-    r = _serve("--data", str(bad))
-    assert r.returncode == 2 and ".entity.json" in r.stderr and "Traceback" not in r.stderr
-    r = _serve("--data", str(tmp_path))  # no account markers
-    assert r.returncode == 2 and "not an account folder" in r.stderr
-    r = _serve("--data", str(bad), "--error-rate", "3")
-    assert r.returncode == 2 and "error_rate" in r.stderr and "Traceback" not in r.stderr
+    r, broken, unmarked, bad_knob = at_once(
+        lambda: _serve("--data", missing),
+        lambda: _serve("--data", str(bad)),
+        lambda: _serve("--data", str(tmp_path)),  # no account markers
+        lambda: _serve("--data", str(bad), "--error-rate", "3"),
+    )
+    assert r.returncode == 2 and missing in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert broken.returncode == 2 and ".entity.json" in broken.stderr and "Traceback" not in broken.stderr
+    assert unmarked.returncode == 2 and "not an account folder" in unmarked.stderr
+    assert bad_knob.returncode == 2 and "error_rate" in bad_knob.stderr and "Traceback" not in bad_knob.stderr
 
 
 def test_default_token_from_account_json(tmp_path):
