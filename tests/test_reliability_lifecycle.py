@@ -25,12 +25,24 @@ MiB = 1 << 20
 FILES = ("Projects", "P", "Samples", "S", "Files")
 
 
-@pytest.fixture
-def account(tmp_path) -> Path:
-    acc = tmp_path / "account"
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """One emulator for the tests with reads in flight (none changes the account)."""
+    acc = tmp_path_factory.mktemp("lifecycle") / "account"
     for i in range(3):
         write_synthetic(acc.joinpath(*FILES, f"big{i}.bin"), 16 * MiB + i, 70 + i)
-    return acc
+    with EmulatorProcess(acc) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def slow_emulator(served):
+    """The shared emulator with slow connections (16 MiB take ~4 s each, so reads stay in
+    flight) and counters of this test only."""
+    served.set_knobs(conn_bandwidth=4)
+    served.reset_counters()
+    yield served
+    served.set_knobs(conn_bandwidth=0)
 
 
 def start_readers(m, n: int) -> list[subprocess.Popen]:
@@ -54,47 +66,47 @@ def wait_reading(emulator: EmulatorProcess, at_least: int = 1 << 20, timeout: fl
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_unmounts_cleanly_with_reads_in_flight(account, mount_factory, signum):
-    with EmulatorProcess(account, conn_bandwidth=4) as emulator:  # 16 MiB take ~4 s each
-        m = mount_factory(emulator)
-        readers = start_readers(m, 3)
-        try:
-            wait_reading(emulator)
-            m.process.send_signal(signum)
-            assert m.process.wait(15) == 0
-            assert not is_mounted(str(m.mountpoint))
-            wait_all(readers, 15)  # every reader returns (an error or EOF), none hangs
-        finally:
-            for p in readers:
-                p.kill()
-                p.wait()
-        log = m.log.read_text(errors="replace")
-        assert f"received {signal.Signals(signum).name}; unmounting" in log
-        assert "Traceback" not in log, log[-3000:]
-        # The mountpoint is reusable at once (and the server at full speed again: the slow
-        # connections were only there to keep reads in flight).
-        emulator.set_knobs(conn_bandwidth=0)
-        again = mount_factory(emulator, name=m.mountpoint.name)
-        assert sha256_file(again.path(*FILES, "big0.bin")) == synthetic_sha256(70, 16 * MiB)
-
-
-def test_a_killed_daemon_fails_reads_in_flight_and_unmount_clears_it(account, mount_factory):
-    with EmulatorProcess(account, conn_bandwidth=4) as emulator:
-        m = mount_factory(emulator)
-        readers = start_readers(m, 2)
-        try:
-            wait_reading(emulator)
-            m.process.kill()
-            m.process.wait()
-            wait_all(readers, 15)
-            assert all(p.returncode != 0 for p in readers)  # ENOTCONN, not a hang or fake EOF
-        finally:
-            for p in readers:
-                p.kill()
-                p.wait()
-        r = subprocess.run([*CLI, "unmount", str(m.mountpoint)], capture_output=True, text=True, timeout=30)
-        assert r.returncode == 0, r.stderr
+def test_a_signal_unmounts_cleanly_with_reads_in_flight(slow_emulator, mount_factory, signum):
+    emulator = slow_emulator
+    m = mount_factory(emulator)
+    readers = start_readers(m, 3)
+    try:
+        wait_reading(emulator)
+        m.process.send_signal(signum)
+        assert m.process.wait(15) == 0
         assert not is_mounted(str(m.mountpoint))
+        wait_all(readers, 15)  # every reader returns (an error or EOF), none hangs
+    finally:
+        for p in readers:
+            p.kill()
+            p.wait()
+    log = m.log.read_text(errors="replace")
+    assert f"received {signal.Signals(signum).name}; unmounting" in log
+    assert "Traceback" not in log, log[-3000:]
+    # The mountpoint is reusable at once (and the server at full speed again: the slow
+    # connections were only there to keep reads in flight).
+    emulator.set_knobs(conn_bandwidth=0)
+    again = mount_factory(emulator, name=m.mountpoint.name)
+    assert sha256_file(again.path(*FILES, "big0.bin")) == synthetic_sha256(70, 16 * MiB)
+
+
+def test_a_killed_daemon_fails_reads_in_flight_and_unmount_clears_it(slow_emulator, mount_factory):
+    emulator = slow_emulator
+    m = mount_factory(emulator)
+    readers = start_readers(m, 2)
+    try:
+        wait_reading(emulator)
+        m.process.kill()
+        m.process.wait()
+        wait_all(readers, 15)
+        assert all(p.returncode != 0 for p in readers)  # ENOTCONN, not a hang or fake EOF
+    finally:
+        for p in readers:
+            p.kill()
+            p.wait()
+    r = subprocess.run([*CLI, "unmount", str(m.mountpoint)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert not is_mounted(str(m.mountpoint))
 
 
 def visible(folder: Path) -> list[str]:
