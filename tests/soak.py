@@ -155,7 +155,15 @@ def writer(manifest_path: str, seed: int, deadline_path: str) -> WriterReport:
     rep = WriterReport()
     n = 0
     deadline = Deadline(deadline_path)
-    while not deadline.passed():
+    # At most ``writer_files`` files (0: no limit), spread over the run: a short run's writers
+    # otherwise spool more than its upload drain can commit in a short time.
+    limit = manifest.get("writer_files", 0)
+    started = time.time()
+    pace = max(0.0, float(Path(deadline_path).read_text()) - started) / limit if limit else 0.0
+    while not deadline.passed() and (not limit or n < limit):
+        if time.time() < started + n * pace:
+            time.sleep(min(0.1, started + n * pace - time.time()))
+            continue
         n += 1
         size = rng.choice(WRITE_SIZES)
         fseed = WRITER_SEED_BASE + seed * 100_000 + n
@@ -423,9 +431,15 @@ def run_soak(
     log=print,
     writers: int = 0,
     min_faults: int = 0,
+    scheduled_faults: list[dict] | None = None,
+    writer_files: int = 0,
 ) -> SoakResult:
     """``min_faults``: the run goes on past ``duration`` (up to 4x) until the emulator has injected
-    that many faults, so that a slow machine still proves the same thing."""
+    that many faults, so that a slow machine still proves the same thing. ``scheduled_faults``:
+    one-shot faults (the emulator's ``fail_next`` entries) queued when the workers start, each
+    taken by the next request of its scope: that many faults however few requests a loaded
+    machine manages, on top of the seeded random ones. ``writer_files``: files per writer at most
+    (0: as many as it can), spread over the run."""
     from conftest import Mount, flush_and_wait, require_fuse, status_lines  # noqa: F401  (same mount harness as the tests)
 
     from basemount_py.emulator.control import EmulatorProcess
@@ -452,6 +466,7 @@ def run_soak(
         try:
             manifest["mount"] = str(m.mountpoint)
             manifest["upload_dir"] = "Projects/Proj0/AppResults/Soak/Files"
+            manifest["writer_files"] = writer_files
             if writers:
                 for attempt in range(10):  # under faults even the mkdir may need another go
                     try:
@@ -466,6 +481,8 @@ def run_soak(
             pid = m.process.pid
             rss0, _, _ = daemon_usage(pid)
             emulator.reset_counters()
+            if scheduled_faults:
+                emulator.set_knobs(fail_next=scheduled_faults)
             log(f"soak: {len(manifest['files'])} files, {len(manifest['dirs'])} folders, {workers} workers, {duration:.0f} s")
             start = time.time()
             deadline = start + duration
