@@ -176,31 +176,34 @@ def test_cli_errors_are_one_clear_line(tmp_path):
         assert not os.path.ismount(mp)
 
 
-def test_unmount_busy_names_the_process(tmp_path, mount_factory):
-    acc = tmp_path / "account"
+@pytest.fixture(scope="module")
+def small_emulator(tmp_path_factory):
+    """One emulator of a one-sample account for the tests that only mount it."""
+    acc = tmp_path_factory.mktemp("cli") / "account"
     write_entity(acc / "Projects" / "P" / "Samples" / "S1")
     with EmulatorProcess(acc) as emulator:
-        m = mount_factory(emulator)
-        holder = subprocess.Popen(["sleep", "60"], cwd=m.path("Projects"))
-        try:
-            r = run_cli("unmount", str(m.mountpoint))
-            assert r.returncode == 1 and "busy" in r.stderr and str(holder.pid) in r.stderr
-        finally:
-            holder.kill()
-            holder.wait()
-        r = run_cli("unmount", str(m.mountpoint))
-        assert r.returncode == 0, r.stderr
+        yield emulator
 
 
-def test_killed_daemon_leaves_a_mount_that_unmount_clears(tmp_path, mount_factory):
-    acc = tmp_path / "account"
-    (acc / "Projects").mkdir(parents=True)
-    with EmulatorProcess(acc) as emulator:
-        m = mount_factory(emulator)
-        m.process.kill()
-        m.process.wait()
-        with pytest.raises(OSError):
-            os.listdir(m.mountpoint)  # Transport endpoint is not connected
+def test_unmount_busy_names_the_process(small_emulator, mount_factory):
+    m = mount_factory(small_emulator)
+    holder = subprocess.Popen(["sleep", "60"], cwd=m.path("Projects"))
+    try:
         r = run_cli("unmount", str(m.mountpoint))
-        assert r.returncode == 0, r.stderr
-        assert not os.path.ismount(m.mountpoint)
+        assert r.returncode == 1 and "busy" in r.stderr and str(holder.pid) in r.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    r = run_cli("unmount", str(m.mountpoint))
+    assert r.returncode == 0, r.stderr
+
+
+def test_killed_daemon_leaves_a_mount_that_unmount_clears(small_emulator, mount_factory):
+    m = mount_factory(small_emulator)
+    m.process.kill()
+    m.process.wait()
+    with pytest.raises(OSError):
+        os.listdir(m.mountpoint)  # Transport endpoint is not connected
+    r = run_cli("unmount", str(m.mountpoint))
+    assert r.returncode == 0, r.stderr
+    assert not os.path.ismount(m.mountpoint)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_fuse, write_entity, write_file
+from conftest import at_once, require_fuse, write_entity, write_file
 from inprocess import Core, run_core_on_mock_clock
 
 from basemount_py.api.errors import errno_for
@@ -62,42 +62,56 @@ def tmpfs(tmp_path):
         subprocess.run(["umount", "-l", str(target)], capture_output=True)
 
 
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """One emulator for the tests that mount an account without changing it (each resets the
+    counters or knobs it uses)."""
+    acc = tmp_path_factory.mktemp("lifecycle") / "account"
+    write_file(acc / "Projects" / "P" / "Samples" / "S" / "Files" / "a.txt", b"payload\n")
+    for s in ("S1", "S2"):
+        write_file(acc / "Projects" / "P" / "Samples" / s / "Files" / "r.txt", s.encode())
+    with EmulatorProcess(acc) as emulator:
+        yield emulator
+
+
 def test_unmount_refuses_a_mount_that_is_not_basemount_py(tmp_path, tmpfs):
     (tmpfs / "keep.txt").write_text("still here")
-    r = run_cli("unmount", str(tmpfs))
-    assert r.returncode == 1 and "not a basemount_py mount (tmpfs)" in r.stderr, r.stderr
-    assert mount_entry(str(tmpfs)).fstype == "tmpfs" and (tmpfs / "keep.txt").read_text() == "still here"
-    r = run_cli("unmount", str(tmpfs), "--lazy")
-    assert r.returncode == 1 and mount_entry(str(tmpfs)) is not None
-    # `/` is never unmounted, and never suggested for unmounting
-    r = run_cli("unmount", "/")
-    assert r.returncode == 1 and "refusing" in r.stderr and mount_entry("/") is not None
     env = dict(clean_env(tmp_path), BASESPACE_API_SERVER="http://127.0.0.1:9", BASESPACE_ACCESS_TOKEN="t")
-    for target in ("/", str(tmpfs)):
-        r = run_cli("mount", target, env=env)
+    # every refusal at once (none may change anything)
+    plain, lazy, root, *mounts = at_once(
+        lambda: run_cli("unmount", str(tmpfs)),
+        lambda: run_cli("unmount", str(tmpfs), "--lazy"),
+        lambda: run_cli("unmount", "/"),
+        lambda: run_cli("mount", "/", env=env),
+        lambda: run_cli("mount", str(tmpfs), env=env),
+    )
+    assert plain.returncode == 1 and "not a basemount_py mount (tmpfs)" in plain.stderr, plain.stderr
+    assert lazy.returncode == 1
+    assert mount_entry(str(tmpfs)).fstype == "tmpfs" and (tmpfs / "keep.txt").read_text() == "still here"
+    # `/` is never unmounted, and never suggested for unmounting
+    assert root.returncode == 1 and "refusing" in root.stderr and mount_entry("/") is not None
+    for r in mounts:
         assert r.returncode == 1 and "already a mount point" in r.stderr, r.stderr
         assert "basemount-py unmount" not in r.stderr
 
 
-def test_a_background_mount_logs_to_a_private_file_and_says_where(tmp_path):
+def test_a_background_mount_logs_to_a_private_file_and_says_where(tmp_path, served):
     require_fuse()
-    acc = tmp_path / "account"
-    write_file(acc / "Projects" / "P" / "Samples" / "S" / "Files" / "a.txt", b"payload\n")
     mp = tmp_path / "mp"
     mp.mkdir()
-    with EmulatorProcess(acc) as emulator:
-        env = clean_env(tmp_path, emulator)
-        r = run_cli("mount", str(mp), "--log-level", "DEBUG", env=env)
-        try:
-            assert r.returncode == 0, r.stderr
-            log_file = tmp_path / "home" / ".basespace" / "basemount_py.log"
-            first = r.stdout.splitlines()[0]
-            assert f"log: {log_file}" in first, first
-            assert (mp / "Projects" / "P" / "Samples" / "S" / "Files" / "a.txt").read_bytes() == b"payload\n"
-        finally:
-            u = run_cli("unmount", str(mp))
-        assert u.returncode == 0, u.stderr
-        wait_until(lambda: "unmounting" in log_file.read_text(), what="the daemon's last log line")
+    emulator = served
+    env = clean_env(tmp_path, emulator)
+    r = run_cli("mount", str(mp), "--log-level", "DEBUG", env=env)
+    try:
+        assert r.returncode == 0, r.stderr
+        log_file = tmp_path / "home" / ".basespace" / "basemount_py.log"
+        first = r.stdout.splitlines()[0]
+        assert f"log: {log_file}" in first, first
+        assert (mp / "Projects" / "P" / "Samples" / "S" / "Files" / "a.txt").read_bytes() == b"payload\n"
+    finally:
+        u = run_cli("unmount", str(mp))
+    assert u.returncode == 0, u.stderr
+    wait_until(lambda: "unmounting" in log_file.read_text(), what="the daemon's last log line")
     assert stat.S_IMODE(log_file.stat().st_mode) == 0o600
     text = log_file.read_text()
     assert "mounted " in text and emulator.token not in text and "Traceback" not in text
@@ -140,67 +154,63 @@ def test_error_stays_readable_and_refresh_keeps_the_listing_during_an_outage(tmp
     assert errors_after == (b"", b"")  # the good listings cleared both
 
 
-def test_two_mounts_started_at_once_on_one_mountpoint_the_second_fails(tmp_path):
+def test_two_mounts_started_at_once_on_one_mountpoint_the_second_fails(tmp_path, served):
     require_fuse()
-    acc = tmp_path / "account"
-    write_entity(acc / "Projects" / "P")
     mp = tmp_path / "mp"
     mp.mkdir()
-    with EmulatorProcess(acc) as emulator:
-        env = clean_env(tmp_path, emulator)
-        # The first mount's first API call is held until the second mount has answered: it has
-        # passed every check but is not mounted yet, which is exactly when a second mount used to
-        # slip through. (Lowering stall_seconds releases the held answer.)
-        emulator.set_knobs(stall_seconds=600, fail_next=[{"kind": "stall", "scope": "api"}])
-        first = subprocess.Popen([*CLI, "mount", str(mp)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            wait_until(lambda: emulator.counters()["faults"].get("stall") == 1, what="the first mount's API check")
-            second = run_cli("mount", str(mp), env=env)
-            emulator.set_knobs(stall_seconds=0)
-            out, err = first.communicate(timeout=60)
-            assert first.returncode == 0, err
-            assert second.returncode == 1 and "already running or starting" in second.stderr, second.stdout + second.stderr
-            assert len(second.stderr.strip().splitlines()) == 1
-            assert "P" in os.listdir(mp / "Projects")
-        finally:
-            emulator.set_knobs(stall_seconds=0)
-            first.kill()
-            for _ in range(3):  # a stacked mount (the bug) needs more than one
-                if mount_entry(str(mp)) is None:
-                    break
-                subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
-        # the lock went with the daemon: the mountpoint is usable again at once
-        r = run_cli("mount", str(mp), env=env)
-        try:
-            assert r.returncode == 0, r.stderr
-        finally:
-            assert run_cli("unmount", str(mp)).returncode == 0
+    emulator = served
+    emulator.reset_counters()  # the stall counted below is this test's
+    env = clean_env(tmp_path, emulator)
+    # The first mount's first API call is held until the second mount has answered: it has
+    # passed every check but is not mounted yet, which is exactly when a second mount used to
+    # slip through. (Lowering stall_seconds releases the held answer.)
+    emulator.set_knobs(stall_seconds=600, fail_next=[{"kind": "stall", "scope": "api"}])
+    first = subprocess.Popen([*CLI, "mount", str(mp)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: emulator.counters()["faults"].get("stall") == 1, what="the first mount's API check")
+        second = run_cli("mount", str(mp), env=env)
+        emulator.set_knobs(stall_seconds=0)
+        out, err = first.communicate(timeout=60)
+        assert first.returncode == 0, err
+        assert second.returncode == 1 and "already running or starting" in second.stderr, second.stdout + second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+        assert "P" in os.listdir(mp / "Projects")
+    finally:
+        emulator.set_knobs(stall_seconds=0)
+        first.kill()
+        for _ in range(3):  # a stacked mount (the bug) needs more than one
+            if mount_entry(str(mp)) is None:
+                break
+            subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
+    # the lock went with the daemon: the mountpoint is usable again at once
+    r = run_cli("mount", str(mp), env=env)
+    try:
+        assert r.returncode == 0, r.stderr
+    finally:
+        assert run_cli("unmount", str(mp)).returncode == 0
 
 
-def test_refresh_of_names_the_kernel_already_forgot_logs_no_error(tmp_path, mount_factory):
-    acc = tmp_path / "account"
-    for s in ("S1", "S2"):
-        write_file(acc / "Projects" / "P" / "Samples" / s / "Files" / "r.txt", s.encode())
-    with EmulatorProcess(acc) as emulator:
-        m = mount_factory(emulator, "--metadata-ttl", "3600")
-        walk = ["ls", "-laR", str(m.path("Projects"))]
-        subprocess.run(walk, capture_output=True, check=True)
-        for _ in range(2):  # the second refresh invalidates names the first one made the kernel drop
-            assert run_cli("refresh", str(m.mountpoint)).returncode == 0
-        # Invalidations are sent in order by one thread. S1 is looked up again (the kernel holds
-        # its name for an hour), then refreshed: until its invalidation reaches the kernel a stat
-        # is answered from the kernel's cache; after it, the stat is a LOOKUP that reloads the
-        # expired listing from the API. By then every earlier invalidation has been sent too.
-        samples = m.path("Projects", "P", "Samples")
+def test_refresh_of_names_the_kernel_already_forgot_logs_no_error(served, mount_factory):
+    emulator = served
+    m = mount_factory(emulator, "--metadata-ttl", "3600")
+    walk = ["ls", "-laR", str(m.path("Projects"))]
+    subprocess.run(walk, capture_output=True, check=True)
+    for _ in range(2):  # the second refresh invalidates names the first one made the kernel drop
+        assert run_cli("refresh", str(m.mountpoint)).returncode == 0
+    # Invalidations are sent in order by one thread. S1 is looked up again (the kernel holds
+    # its name for an hour), then refreshed: until its invalidation reaches the kernel a stat
+    # is answered from the kernel's cache; after it, the stat is a LOOKUP that reloads the
+    # expired listing from the API. By then every earlier invalidation has been sent too.
+    samples = m.path("Projects", "P", "Samples")
+    os.stat(samples / "S1")
+    emulator.reset_counters()
+    assert run_cli("refresh", str(samples)).returncode == 0
+
+    def s1_looked_up_again() -> bool:
         os.stat(samples / "S1")
-        emulator.reset_counters()
-        assert run_cli("refresh", str(samples)).returncode == 0
+        return sum(emulator.counters()["requests"].values()) > 0
 
-        def s1_looked_up_again() -> bool:
-            os.stat(samples / "S1")
-            return sum(emulator.counters()["requests"].values()) > 0
-
-        wait_until(s1_looked_up_again, what="the refresh's invalidations")
+    wait_until(s1_looked_up_again, what="the refresh's invalidations")
     log = m.log.read_text(errors="replace")
     assert "Failed to submit invalidate_entry" not in log and "Traceback" not in log, log[-3000:]
 
