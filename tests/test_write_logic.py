@@ -17,15 +17,18 @@ import json
 import os
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
+import trio.testing
 
-from basemount_py.api.errors import errno_for
+from basemount_py.api.errors import NotFound, errno_for
+from basemount_py.emulator.synthetic import synthetic_bytes
 from basemount_py.write import UploadConfig
 from basemount_py.write.upload import WriteFailure
 
 from conftest import write_entity, write_file
-from inprocess import Core, emulator_app, run_core_on_mock_clock
+from inprocess import BASE_URL, MOUNTPOINT, Core, EmulatorTransport, emulator_app, run_core_on_mock_clock
 
 KiB, MiB = 2**10, 2**20
 # multipart above 1 MiB, 512 KiB parts (the real-mount tests' --upload-threshold 1 --upload-part-size 0.5)
@@ -34,6 +37,11 @@ HOLD = 600.0  # a write-back delay nothing reaches unless flushed (or fsync'd): 
 RESULT = ("Projects", "Uploads", "AppResults", "Result")
 FILES = RESULT + ("Files",)
 OUTAGE = [{"kind": "500", "count": 1_000_000, "scope": "api"}]  # every API call fails until cleared
+
+
+def httpx_client(core: Core) -> httpx.AsyncClient:
+    """Someone else's client of the same server (the API, not through the core)."""
+    return httpx.AsyncClient(transport=core.transport, base_url=BASE_URL, headers={"x-access-token": core.emulator.token})
 
 
 def upload(cfg: UploadConfig = SMALL, **changes) -> UploadConfig:
@@ -62,7 +70,8 @@ def stored(account: Path, *path: str) -> bytes:
 
 def stored_tree(account: Path, *path: str) -> dict[str, str]:
     root = account.joinpath(*RESULT, "Files", *path)
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file() and not p.name.endswith(".json")}
+    files = [p for p in sorted(root.rglob("*")) if p.is_file() and not p.name.endswith(".json")]
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def leftover_parts(account: Path) -> list[Path]:
@@ -83,8 +92,16 @@ async def text(core: Core, *path: str) -> str:
     return (await core.read_all(*path)).decode()
 
 
+async def linked_id(core: Core, *path: str) -> str:
+    """The id of the entity a link of the mount points to (its targets end in ``.id.<id>``): what
+    reading ``LINK/.id`` through the kernel, which follows the link, gives."""
+    target = await core.fs.readlink(await core.ino(*path))
+    assert "/.id." in target, target
+    return target.rsplit("/.id.", 1)[1]
+
+
 async def until(condition, bound: float = 3600.0, poll: float = 0.5) -> None:
-    """Wait (in virtual time) for ``condition()``; flushes meanwhile as the real tests do."""
+    """Wait (in virtual time) until ``condition()`` holds."""
     with trio.fail_after(bound):
         while not condition():
             await trio.sleep(poll)
@@ -134,3 +151,417 @@ def test_writes_during_an_api_outage_all_land_after_it(account, tmp_path):
     assert (stored(account, "src", "big.bin"), stored(account, "src", "notes.txt"), stored(account, "src", "sub", "deep.txt")) == (big, b"notes\n", deep)
     assert [p["Content"].strip() for p in props if p["Name"] == "Input.note"] == ["v1"]
     assert not leftover_parts(account)  # no parts left on the server
+
+
+def _source_tree() -> dict[str, bytes]:
+    """test_write_spool's source tree: a multipart file, small ones, nested folders."""
+    return {
+        "big.bin": os.urandom(2 * MiB + 333),
+        "a.txt": b"alpha\n",
+        "nested/b.vcf": b"##fileformat=VCFv4.2\n",
+        "nested/deeper/c.bin": os.urandom(70000),
+    }
+
+
+async def _folders(core: Core, folder: tuple[str, ...], rel: str) -> None:
+    """mkdir the folders on the way to ``rel`` below ``folder`` (mkdir -p)."""
+    parts = rel.split("/")[:-1]
+    for i in range(len(parts)):
+        if parts[i] not in await core.names(*folder, *parts[:i]):
+            await core.mkdir(*folder, *parts[: i + 1])
+
+
+async def _times_and_mode(core: Core, *path: str) -> None:
+    """What cp -a, rsync -a and tar -x do after close: chmod/utimes (SETATTR without a size)."""
+    ino = await core.ino(*path)
+    await core.fs.setattr(ino, None)
+    await core.fs.setattr(ino, None, ownership=True)
+
+
+async def rsync_like(core: Core, dest: tuple[str, ...], tree: dict[str, bytes], *, attributes: bool) -> None:
+    """rsync's pattern: each file written under a hidden temp name ``.NAME.XXXXXX`` in its folder,
+    closed, (with -a: its mode and times set), then renamed over NAME; then the folders' times."""
+    for n, (rel, data) in enumerate(sorted(tree.items())):
+        await _folders(core, dest, rel)
+        *where, name = rel.split("/")
+        temp = f".{name}.{n:06d}"
+        await core.write_file(data, *dest, *where, temp)
+        if attributes:
+            await _times_and_mode(core, *dest, *where, temp)
+        folder = await core.ino(*dest, *where)
+        with pytest.raises(NotFound):  # rsync looks the name up before it renames onto it
+            await core.fs.lookup(folder, name)
+        await core.fs.rename(folder, temp, folder, name)
+    if attributes:
+        await _times_and_mode(core, *dest)
+
+
+async def copy_like(core: Core, dest: tuple[str, ...], tree: dict[str, bytes], *, attributes: bool) -> None:
+    """cp -a / tar -x: folders made, each file created under its name, written, closed, and
+    (cp -a, tar) its mode and times set after the close."""
+    for rel, data in sorted(tree.items()):
+        await _folders(core, dest, rel)
+        await core.write_file(data, *dest, *rel.split("/"))
+        if attributes:
+            await _times_and_mode(core, *dest, *rel.split("/"))
+
+
+def digests(tree: dict[str, bytes]) -> dict[str, str]:
+    return {rel: hashlib.sha256(data).hexdigest() for rel, data in tree.items()}
+
+
+def test_the_tools_patterns_during_an_api_outage_all_land_after_it(account, tmp_path):
+    """rsync's temp file + rename (-a with chmod/utimes, -r without), tar's and cp -a's chmod/utimes
+    after close, new sub-folders, all while every API call fails, with the default write-back
+    delay: each step succeeds, the files wait in the spool, and once the API is back every file is
+    committed under its own name with its bytes (nothing lost, no temp names, nothing extra)."""
+    tree = _source_tree()
+    tools = ("rsync", "rsync-default", "tar/src", "cp-a")
+
+    async def scenario(core: Core):
+        app_id = await new_appresult(core)
+        await core.names(*FILES)
+        await core.mkdir(*FILES, "tar")
+        core.knobs(fail_next=OUTAGE)
+        await core.mkdir(*FILES, "rsync")
+        await rsync_like(core, FILES + ("rsync",), tree, attributes=True)
+        await core.mkdir(*FILES, "rsync-default")
+        await rsync_like(core, FILES + ("rsync-default",), tree, attributes=False)
+        await core.mkdir(*FILES, "tar", "src")
+        await copy_like(core, FILES + ("tar", "src"), tree, attributes=True)
+        await core.mkdir(*FILES, "cp-a")
+        await copy_like(core, FILES + ("cp-a",), tree, attributes=True)
+        wanted = len(tools) * len(tree)
+
+        def all_met_the_outage() -> bool:
+            return len([s for s in core.status() if s[0] in ("pending", "uploading") and "attempt" in s[-1]]) == wanted
+
+        with trio.fail_after(3600):  # every file waits in the spool and has met the outage
+            while not all_met_the_outage():
+                await core.command("flush\n")
+                await trio.sleep(0.5)
+        settled = [s for s in core.status() if s[0] in ("failed", "committed")]
+        core.knobs(fail_next=[])
+        await core.flush_and_wait()
+        failed = [s for s in core.status() if s[0] == "failed"]
+        return settled, failed, set(await core.server_files(app_id))
+
+    settled, failed, listed = run(account, tmp_path, scenario, upload(write_back=SMALL.write_back), metadata_ttl=3600)
+    assert settled == [] and failed == []
+    assert listed == {f"{tool}/{rel}" for tool in tools for rel in tree}
+    for tool in tools:
+        assert stored_tree(account, *tool.split("/")) == digests(tree), tool
+    assert not leftover_parts(account)
+
+
+def test_fsync_reports_a_failed_upload_and_the_file_still_lands_later(account, tmp_path):
+    """close() does not wait for the server (the spool holds the bytes); fsync(fd) does, and
+    reports the failure of its attempt (EIO, and the name in .error), while the upload goes on."""
+    data = os.urandom(3 * MiB + 1)  # multipart
+
+    async def scenario(core: Core):
+        app_id = await new_appresult(core)
+        opened, _ = await core.fs.create(await core.ino(*FILES), "broken.bin")
+        await core.fs.write(opened.fh, 0, data)
+        core.knobs(fail_next=[{"kind": "500", "count": 1000, "scope": "api"}])
+        with pytest.raises(WriteFailure) as raised:
+            await core.fs.fsync(opened.fh)
+        error = await text(core, *FILES, ".error")
+        core.knobs(fail_next=[])
+        await core.fs.flush(opened.fh)  # close(): fine, the bytes are safe in the spool
+        await core.fs.release(opened.fh)
+        before = set(await core.server_files(app_id))
+        await core.flush_and_wait()
+        return errno_for(raised.value), error, before, await core.server_files(app_id), await core.read_all(*FILES, "broken.bin")
+
+    code, error, before, listed, back = run(account, tmp_path, scenario)
+    assert code == errno.EIO and "broken.bin" in error
+    assert "broken.bin" not in before  # never marked complete
+    assert listed["broken.bin"]["Size"] == len(data)
+    assert stored(account, "broken.bin") == data and back == data
+    assert not leftover_parts(account)  # the failed attempt: aborted
+
+
+# -- renames: before the upload, after it started, after it -------------------------------------------
+
+
+def test_rename_before_upload_renames_the_spooled_file_and_after_is_erofs(account, tmp_path):
+    async def scenario(core: Core):
+        app_id = await new_appresult(core)
+        files = await core.ino(*FILES)
+        await core.write_file(b"draft\n", *FILES, ".tmp.part")
+        await core.fs.rename(files, ".tmp.part", files, "final.txt")
+        names = await core.visible(*FILES)
+        await core.write_file(b"kept\n", *FILES, "kept.txt", fsync=True)  # fsync: committed when it returns
+        after_fsync = set(await core.server_files(app_id))
+        with pytest.raises(WriteFailure) as raised:
+            await core.fs.rename(files, "kept.txt", files, "moved.txt")
+        renamed_error = await text(core, *FILES, ".error")
+        with pytest.raises(WriteFailure) as touched:  # touch: create, close with nothing written
+            await core.write_file(b"", *FILES, "empty")
+        errors = await text(core, *FILES, ".error")
+        await _times_and_mode(core, *FILES, "kept.txt")  # accepted and ignored on an uploaded file too
+        await core.flush_and_wait()
+        sizes = {p: f["Size"] for p, f in (await core.server_files(app_id)).items()}
+        return names, after_fsync, errno_for(raised.value), renamed_error, errno_for(touched.value), errors, sizes
+
+    names, after_fsync, code, renamed_error, touched, errors, sizes = run(account, tmp_path, scenario, upload(write_back=HOLD))
+    assert names == ["final.txt"]
+    assert after_fsync == {"kept.txt"}
+    assert code == errno.EROFS and "cannot be renamed" in renamed_error
+    assert touched == errno.EINVAL
+    assert "cannot be renamed" in errors and "zero-byte" in errors  # every failure in the folder, not only the last
+    assert sizes == {"kept.txt": 5, "final.txt": 6}
+
+
+def test_a_rename_that_arrives_after_the_upload_started_still_renames(account, tmp_path):
+    """The soak's race: the write-back delay has passed and the upload started (here: no delay,
+    every API answer 15 s late, so the multipart start is held) when the rename comes. It must
+    still rename (before the fix: EROFS), the started upload is aborted, and only the new name
+    reaches BaseSpace."""
+    data = os.urandom(3 * MiB + 3)
+    start = "POST v1pre3/appresults/{id}/files"
+
+    async def scenario(core: Core):
+        app_id = await new_appresult(core)
+        files = await core.ino(*FILES)
+        await core.names(*FILES)
+        opened, _ = await core.fs.create(files, ".payload.bin.Xy12Zq")
+        await core.fs.write(opened.fh, 0, data)
+        core.emulator.counters.reset()
+        core.knobs(stall_seconds=15, stall_rate=1.0, fault_scope="api")  # every API answer 15 s late
+        await core.fs.flush(opened.fh)
+        await core.fs.release(opened.fh)
+        await until(lambda: core.emulator.counters.requests.get(start), poll=0.05)
+        parts_sent = core.emulator.counters.requests.get("PUT v1pre3/files/{id}/parts/{n}", 0)
+        uploading = [s for s in core.status() if s[0] == "uploading" and s[2].endswith(".payload.bin.Xy12Zq")]
+        await core.fs.rename(files, ".payload.bin.Xy12Zq", files, "payload.bin")
+        core.knobs(stall_rate=0.0)
+        names = await core.visible(*FILES)
+        await core.flush_and_wait()
+        return parts_sent, uploading, names, list(await core.server_files(app_id))
+
+    parts_sent, uploading, names, listed = run(account, tmp_path, scenario, upload(write_back=0.0))
+    assert parts_sent == 0 and uploading  # held: the upload had started, nothing sent yet
+    assert names == ["payload.bin"]
+    assert listed == ["payload.bin"] and stored(account, "payload.bin") == data
+    assert not leftover_parts(account)  # the started upload was aborted
+
+
+def test_parts_go_while_the_file_is_written_and_later_writes_are_not_lost(account, tmp_path):
+    """A large file's parts are sent while it is still open (before: nothing before close). A
+    write into a part already sent, a file that shrinks below parts already sent, one opened
+    again with O_TRUNC, and a rename after parts were sent under the old name all still give the
+    right bytes under the right name."""
+    parts = "PUT v1pre3/files/{id}/parts/{n}"
+    expected: dict[str, bytes] = {}
+
+    async def scenario(core: Core):
+        app_id = await new_appresult(core)
+        files = await core.ino(*FILES)
+
+        async def write_and_wait_for_parts(name: str, data: bytes) -> int:
+            core.emulator.counters.reset()
+            opened, _ = await core.fs.create(files, name)
+            for off in range(0, len(data), 128 * KiB):
+                await core.fs.write(opened.fh, off, data[off : off + 128 * KiB])
+            await until(lambda: core.emulator.counters.requests.get(parts, 0) >= 4, poll=0.05)
+            return opened.fh
+
+        async def close(fh: int) -> None:
+            await core.fs.flush(fh)
+            await core.fs.release(fh)
+
+        # a write into a part already sent, and one past the end
+        data = bytearray(os.urandom(3 * MiB))
+        fh = await write_and_wait_for_parts("rewritten.bin", bytes(data))
+        await core.fs.write(fh, 100, b"X" * 10)
+        await core.fs.write(fh, len(data), b"tail")
+        await close(fh)
+        data[100:110] = b"X" * 10
+        expected["rewritten.bin"] = bytes(data) + b"tail"
+        # shrunk below parts already sent (still multipart)
+        data2 = os.urandom(3 * MiB)
+        fh = await write_and_wait_for_parts("shrunk.bin", data2)
+        await core.fs.setattr(await core.ino(*FILES, "shrunk.bin"), fh, size=MiB + 7)
+        await close(fh)
+        expected["shrunk.bin"] = data2[: MiB + 7]
+        # opened again with O_TRUNC after its parts went, and only its last bytes written
+        await close(await write_and_wait_for_parts("truncated.bin", os.urandom(3 * MiB)))
+        fh = (await core.fs.open(await core.ino(*FILES, "truncated.bin"), os.O_WRONLY | os.O_TRUNC)).fh
+        await core.fs.write(fh, 3 * MiB - 3, b"end")
+        await close(fh)
+        expected["truncated.bin"] = b"\0" * (3 * MiB - 3) + b"end"
+        # renamed after parts went under its first name
+        data4 = os.urandom(2 * MiB + 1)
+        await close(await write_and_wait_for_parts("first.bin", data4))
+        await core.fs.rename(files, "first.bin", files, "second.bin")
+        expected["second.bin"] = data4
+        await core.flush_and_wait()
+        return {p: f["Size"] for p, f in (await core.server_files(app_id)).items()}
+
+    sizes = run(account, tmp_path, scenario, upload(write_back=HOLD))
+    assert sizes == {k: len(v) for k, v in expected.items()}
+    for name, want in expected.items():
+        assert stored(account, name) == want, name
+    assert not leftover_parts(account)  # what was sent under a dropped upload: aborted
+
+
+# -- the next mount: adopted entries ---------------------------------------------------------------
+
+
+def test_an_upload_that_landed_before_the_crash_is_not_sent_twice(account, tmp_path):
+    """A mount stops with two files pending; meanwhile the earlier attempt of one "landed" (same
+    bytes on the server) and someone else wrote the other (different bytes). The next mount of
+    the account adopts both from the spool, sends neither again, takes the first as committed and
+    fails the second with the reason; a retry fails again; rm removes it from the spool."""
+    emulator = emulator_app(account)
+
+    async def first(core: Core):
+        app_id = await new_appresult(core)
+        await core.write_file(b"same bytes\n", *FILES, "same.txt")
+        await core.write_file(b"ours\n", *FILES, "other.txt")
+        return app_id, [s[0] for s in core.status()]
+
+    app_id, states = run(account, tmp_path, first, upload(write_back=HOLD), emulator=emulator)
+    assert states == ["pending", "pending"]
+
+    async def meanwhile():  # between the two mounts
+        async with httpx.AsyncClient(transport=EmulatorTransport(emulator[1]), base_url=BASE_URL, headers={"x-access-token": emulator[0].token}) as c:
+            for name, body in (("same.txt", b"same bytes\n"), ("other.txt", b"theirs\n")):
+                r = await c.post(f"v1pre3/appresults/{app_id}/files", params={"name": name, "directory": ""}, content=body)
+                assert r.status_code in (200, 201), r.text
+
+    trio.run(meanwhile, clock=trio.testing.MockClock(autojump_threshold=0))
+    emulator[0].counters.reset()
+
+    async def second(core: Core):
+        await core.flush_and_wait()
+        resent = core.emulator.counters.requests.get("POST v1pre3/appresults/{id}/files", 0)
+        lines = core.status()
+        error = await text(core, *FILES, ".error")
+        readable = await core.read_all(*FILES, "other.txt")  # still readable, from the spool
+        sizes = {p: f["Size"] for p, f in (await core.server_files(app_id)).items()}
+        await core.command("retry " + "/".join(FILES + ("other.txt",)) + "\n")
+        await until(lambda: [s[0] for s in core.status() if s[0] != "committed"] == ["failed"])
+        await core.fs.unlink(await core.ino(*FILES), "other.txt")  # the user gives up on it
+        left = [s for s in core.status() if s[0] != "committed"]
+        return resent, lines, error, readable, sizes, left
+
+    resent, lines, error, readable, sizes, left = run(account, tmp_path, second, upload(write_back=HOLD), emulator=emulator)
+    assert resent == 0  # nothing re-sent
+    failed = [s for s in lines if s[0] == "failed"]
+    assert len(failed) == 1 and failed[0][2].endswith("Files/other.txt") and "different file" in failed[0][3]
+    assert "other.txt" in error and readable == b"ours\n"
+    assert sizes == {"same.txt": 11, "other.txt": 7}
+    assert left == []
+
+
+# -- commands and limits keep state true ---------------------------------------------------------------
+
+
+def test_mark_as_complete_waits_for_uploads_refuses_failed_ones_and_refreshes_everything(account, tmp_path):
+    async def scenario(core: Core):
+        app_id = await new_appresult(core)
+        await core.write_file(b"ours\n", *FILES, "dup.txt")
+        async with httpx_client(core) as c:  # someone else puts a different dup.txt there: ours fails for good (409)
+            (await c.post(f"v1pre3/appresults/{app_id}/files", params={"name": "dup.txt", "directory": ""}, content=b"theirs\n")).raise_for_status()
+        await core.flush_and_wait()
+        states = [s[0] for s in core.status() if s[0] != "committed"]
+        with pytest.raises(WriteFailure) as refused:
+            await core.command("mark-as-complete\n", *RESULT)
+        await core.fs.unlink(await core.ino(*FILES), "dup.txt")
+        await core.command("rename-appsession Renamed run\n", *RESULT)
+        renamed = json.loads(await core.read_all(*RESULT, ".json"))["Response"]["AppSession"]["Name"]
+        await core.write_file(b"late\n", *FILES, "late.txt")  # pending (long write-back): mark-as-complete sends it first
+        await core.command("mark-as-complete\n", *RESULT)
+        late = (await core.server_files(app_id))["late.txt"]["Size"]
+        status = (await text(core, *RESULT, ".status")).strip()
+        session = json.loads(await core.read_all(*RESULT, ".json"))["Response"]["AppSession"]["Status"]
+        mode = (await core.fs.getattr(await core.ino(*FILES))).mode
+        with pytest.raises(WriteFailure) as more:
+            await core.write_file(b"x", *FILES, "more.txt")
+        return states, refused.value, renamed, late, status, session, mode, errno_for(more.value)
+
+    states, refused, renamed, late, status, session, mode, more = run(account, tmp_path, scenario, upload(write_back=HOLD))
+    assert states == ["failed"]
+    assert "not committed yet" in refused.message and "dup.txt" in refused.message
+    assert renamed == "Renamed run"
+    assert late == 5 and status == "Complete" and session == "Complete"
+    assert not mode & 0o200 and more == errno.EROFS
+
+
+def test_a_full_spool_is_enospc_with_the_reason(account, tmp_path):
+    async def scenario(core: Core):
+        await new_appresult(core)
+        await core.write_file(os.urandom(512 * KiB), *FILES, "fits.bin")
+        opened, _ = await core.fs.create(await core.ino(*FILES), "too-big.bin")
+        with pytest.raises(WriteFailure) as raised:
+            for n in range(16):
+                await core.fs.write(opened.fh, n * 128 * KiB, os.urandom(128 * KiB))
+        await core.fs.flush(opened.fh)
+        await core.fs.release(opened.fh)
+        error = await text(core, *FILES, ".error")
+        # the partial file is not uploaded: it is kept as failed until the user removes it
+        await until(lambda: [s[0] for s in core.status() if s[2].endswith("too-big.bin")] == ["failed"])
+        await core.fs.unlink(await core.ino(*FILES), "too-big.bin")
+        await core.flush_and_wait()  # what fitted is uploaded; the space comes back
+        await core.write_file(os.urandom(700 * KiB), *FILES, "later.bin")
+        await core.flush_and_wait()
+        return errno_for(raised.value), error, await core.visible(*FILES)
+
+    code, error, names = run(account, tmp_path, scenario, upload(write_back=HOLD, spool_max=int(0.001 * 2**30)))
+    assert code == errno.ENOSPC and "spool is full" in error
+    assert names == ["fits.bin", "later.bin"]
+
+
+def test_files_waiting_in_the_spool_hold_no_descriptors(account, tmp_path):
+    """Each closed file costs a few fsyncs of the spool: 64 of them show a descriptor per file as
+    well as 300 would (the real-mount test wrote 300 and allowed the daemon 100 descriptors)."""
+    WAITING = 64
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    async def scenario(core: Core):
+        await new_appresult(core)
+        before = open_fds()
+        for i in range(WAITING):
+            await core.write_file(b"%d\n" % i, *FILES, f"f{i:03d}.txt")
+        pending = sum(1 for s in core.status() if s[0] == "pending")
+        held = open_fds() - before
+        await core.flush_and_wait()
+        return pending, held, await core.visible(*FILES)
+
+    pending, held, names = run(account, tmp_path, scenario, upload(write_back=HOLD))
+    assert pending == WAITING
+    assert held < 20  # not one per waiting file (ulimit -n is often 1024)
+    assert len(names) == WAITING
+
+
+def test_a_property_without_a_namespace_is_refused_at_open(account, tmp_path):
+    async def scenario(core: Core):
+        await new_appresult(core)
+        with pytest.raises(WriteFailure) as raised:
+            await core.write_file(b"x\n", *RESULT, "Properties", "plain")
+        return errno_for(raised.value), await text(core, *RESULT, "Properties", ".error")
+
+    code, error = run(account, tmp_path, scenario)
+    assert code == errno.EINVAL and "namespace" in error  # before: exit 0, nothing set
+
+
+def test_an_unusable_cache_dir_leaves_files_read_only_with_the_reason(account, tmp_path):
+    not_a_dir = tmp_path / "cache-file"
+    not_a_dir.write_text("a file where the cache directory should be")
+
+    async def scenario(core: Core):
+        await new_appresult(core)  # creating the app result needs no spool
+        with pytest.raises(WriteFailure) as raised:
+            await core.write_file(b"x\n", *FILES, "x.txt")
+        error = await text(core, *FILES, ".error")
+        return errno_for(raised.value), error, await core.read_all("Projects", "Existing", "Samples", "S1", "Files", "r1.fastq")
+
+    code, error, fastq = run_core_on_mock_clock(account, scenario, writes=SMALL, cache_dir=not_a_dir)
+    assert code == errno.EROFS
+    assert "upload spool" in error and "--cache-dir" in error
+    assert fastq == b"@r\nACGT\n+\nIIII\n"
+
