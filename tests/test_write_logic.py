@@ -565,3 +565,136 @@ def test_an_unusable_cache_dir_leaves_files_read_only_with_the_reason(account, t
     assert "upload spool" in error and "--cache-dir" in error
     assert fastq == b"@r\nACGT\n+\nIIII\n"
 
+
+# -- uploads: sizes, order, ETags, what the server keeps (from test_write_upload) ---------------------------
+
+
+def test_big_and_small_files_into_a_new_app_result_with_the_default_settings(account, tmp_path):
+    """A 60 MiB file (multipart: 8 MiB parts, the last one 4 MiB; the real-mount test copied
+    300 MiB, which costs 12 s in-process and checks nothing more), a 10 MiB one (between one part and the 25 MiB
+    threshold: one request), small ones and a nested folder, with the mount's default upload
+    settings. The server gets the parts and requests expected, ETags as real BaseSpace gives them
+    (the content MD5, or S3's ``<md5 of the part MD5s>-<parts>``), and keeps the bytes: an emulator
+    started afresh on its folder serves them to a fresh core."""
+    big = synthetic_bytes(7, 0, 60 * MiB)
+    tree = {"big.bin": big, "mid.bin": os.urandom(10 * MiB), "notes.txt": b"hello\n", "nested/deeper/tiny.vcf": b"##fileformat=VCFv4.2\n"}
+
+    async def scenario(core: Core):
+        app_id = await new_appresult(core)
+        status = (await text(core, *RESULT, ".status")).strip()
+        core.emulator.counters.reset()
+        await core.mkdir(*FILES, "src")
+        await copy_like(core, FILES + ("src",), tree, attributes=False)
+        await core.flush_and_wait()
+        size = (await core.fs.getattr(await core.ino(*FILES, "src", "big.bin"))).size
+        return app_id, status, size, dict(core.emulator.counters.requests), await core.server_files(app_id)
+
+    app_id, status, size, counters, listed = run(account, tmp_path, scenario, UploadConfig())
+    assert status == "Running" and size == 60 * MiB  # shown at once in this mount, with its size
+    assert counters["PUT v1pre3/files/{id}/parts/{n}"] == 60 // 8 + 1  # 8 parts of 8 MiB (the last 4 MiB)
+    assert counters["POST v1pre3/files/{id}"] == 1  # one multipart upload marked complete
+    assert counters["POST v1pre3/appresults/{id}/files"] == 4  # 3 small + the multipart start
+    assert {p.removeprefix("src/") for p in listed} == set(tree)
+    for rel in ("notes.txt", "nested/deeper/tiny.vcf", "mid.bin"):
+        assert listed[f"src/{rel}"]["ETag"] == hashlib.md5(tree[rel]).hexdigest()
+    parts = [big[i : i + 8 * MiB] for i in range(0, len(big), 8 * MiB)]
+    assert listed["src/big.bin"]["ETag"] == hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest() + f"-{len(parts)}"
+    del big, parts
+
+    async def fresh(core: Core):  # the emulator persisted it: a new one on the folder, a fresh core
+        return {rel: hashlib.sha256(await core.read_all(*FILES, "src", *rel.split("/"))).hexdigest() for rel in tree}
+
+    assert run_core_on_mock_clock(account, fresh) == digests(tree)
+    assert not leftover_parts(account)
+
+
+def test_out_of_order_writes_spill_and_upload_correctly(account, tmp_path):
+    data = os.urandom(3 * MiB + 12345)
+    chunks = [(off, data[off : off + 256 * KiB]) for off in range(0, len(data), 256 * KiB)]
+
+    async def scenario(core: Core):
+        app_id = await new_appresult(core)
+        opened, _ = await core.fs.create(await core.ino(*FILES), "shuffled.bin")
+        for off, chunk in chunks[1:] + chunks[:1]:  # the first chunk last: a hole, then filled
+            await core.fs.write(opened.fh, off, chunk)
+        await core.fs.fsync(opened.fh)  # fsync commits too
+        await core.fs.flush(opened.fh)
+        await core.fs.release(opened.fh)
+        return await core.read_all(*FILES, "shuffled.bin"), (await core.server_files(app_id))["shuffled.bin"]["Size"]
+
+    back, size = run(account, tmp_path, scenario)
+    assert back == data and size == len(data)
+    assert stored(account, "shuffled.bin") == data
+
+
+def test_zero_byte_files_are_refused_on_close(account, tmp_path):
+    """touch (create, close with nothing written) is EINVAL with the reason in .error, and the
+    name goes; a shell redirect (open, dup2, close of the first descriptor while still empty,
+    then the write through the other and its close) uploads what was written."""
+
+    async def scenario(core: Core):
+        await new_appresult(core)
+        files = await core.ino(*FILES)
+        with pytest.raises(WriteFailure) as touched:
+            await core.write_file(b"", *FILES, "empty")
+        error = await text(core, *FILES, ".error")
+        names = await core.visible(*FILES)
+        opened, _ = await core.fs.create(files, "greeting.txt")
+        with pytest.raises(WriteFailure) as early:  # the first close, before anything is written
+            await core.fs.flush(opened.fh)
+        await core.fs.write(opened.fh, 0, b"hello\n")
+        await core.fs.flush(opened.fh)
+        await core.fs.release(opened.fh)
+        return errno_for(touched.value), error, names, errno_for(early.value), await core.read_all(*FILES, "greeting.txt")
+
+    touched, error, names, early, greeting = run(account, tmp_path, scenario)
+    assert touched == errno.EINVAL and "zero-byte" in error and "empty" not in names
+    assert early == errno.EINVAL  # only the writer hears of it (a shell ignores that close)
+    assert greeting == b"hello\n"
+
+
+def test_new_project_and_app_result_show_up_and_reuse_existing_names(account, tmp_path):
+    async def scenario(core: Core):
+        await core.mkdir("Projects", "Fresh Project: 1")
+        projects = await core.visible("Projects")
+        names = [p["Name"] for p in (await core.api("v1pre3/users/current/projects"))["Response"]["Items"]]
+        async with httpx_client(core) as c:  # BaseSpace returns the existing project for a known name
+            again = (await c.post("v1pre3/projects", json={"Name": "Fresh Project: 1"})).json()["Response"]
+        project_id = (await text(core, "Projects", "Fresh Project: 1", ".id")).strip()
+        await core.mkdir("Projects", "Fresh Project: 1", "AppResults", "Out")
+        session = json.loads(await core.read_all("Projects", "Fresh Project: 1", "AppResults", "Out", ".json"))["Response"]["AppSession"]
+        sessions = await core.visible("Projects", "Fresh Project: 1", "AppSessions")
+        return projects, names, again["Id"], project_id, session, sessions
+
+    projects, names, again, project_id, session, sessions = run(account, tmp_path, scenario)
+    assert "Fresh Project: 1" in projects and names.count("Fresh Project: 1") == 1
+    assert again == project_id
+    assert session["Status"] == "Running" and session["Name"].startswith("BaseSpaceCLI - ")
+    assert any(n.startswith("BaseSpaceCLI - ") for n in sessions)
+
+
+def test_everything_else_stays_read_only(account, tmp_path):
+    async def scenario(core: Core):
+        sample_files = ("Projects", "Existing", "Samples", "S1", "Files")
+        done_files = ("Projects", "Existing", "AppResults", "Done", "Files")
+
+        async def code(call, *args) -> int:
+            with pytest.raises(Exception) as raised:
+                await call(*args)
+            return errno_for(raised.value)
+
+        return [
+            await code(core.fs.mkdir, await core.ino("Runs"), "NewRun"),
+            await code(core.fs.mkdir, await core.ino("Projects", "Existing", "Samples"), "New"),
+            await code(core.fs.create, await core.ino(*sample_files), "x"),
+            await code(core.fs.open, await core.ino(*sample_files, "r1.fastq"), os.O_WRONLY | os.O_APPEND),
+            await code(core.fs.open, await core.ino("README"), os.O_WRONLY | os.O_TRUNC),
+            await code(core.fs.rename, await core.ino("Projects"), "Existing", await core.ino("Projects"), "Renamed"),
+            # a Complete app result is read-only: its Files/ refuses new files and deletes
+            await code(core.fs.create, await core.ino(*done_files), "new.txt"),
+        ], await code(core.fs.unlink, await core.ino(*done_files), "old.txt")
+
+    codes, unlinked = run(account, tmp_path, scenario)
+    assert codes == [errno.EROFS] * 7
+    assert unlinked in (errno.EPERM, errno.EROFS)  # files in BaseSpace are never deleted
+
