@@ -698,3 +698,220 @@ def test_everything_else_stays_read_only(account, tmp_path):
     assert codes == [errno.EROFS] * 7
     assert unlinked in (errno.EPERM, errno.EROFS)  # files in BaseSpace are never deleted
 
+
+# -- commands: trash, restore, properties, app sessions (from test_write_commands) -------------------------
+
+
+@pytest.fixture
+def commands_account(tmp_path) -> Path:
+    root = tmp_path / "account"
+    write_file(root / "Projects" / "Keep" / "Samples" / "S1" / "Files" / "r1.fastq", b"@r\nACGT\n+\nIIII\n")
+    write_file(root / "Projects" / "Keep" / "Samples" / "S2" / "Files" / "r2.fastq", b"@q\nTTTT\n+\nIIII\n")
+    write_file(root / "Projects" / "Doomed" / "Samples" / "D1" / "Files" / "d.fastq", b"@d\nGGGG\n+\nIIII\n")
+    write_entity(root / "Projects" / "Doomed", Description="to be trashed")
+    write_file(root / "Runs" / "Run1" / "Files" / "RunInfo.xml", b"<RunInfo/>\n")
+    return root
+
+
+def api_once(emulator, path: str, **params) -> dict:
+    """A GET to an emulator_app outside any core run (e.g. one started afresh on the folder)."""
+
+    async def get():
+        headers = {"x-access-token": emulator[0].token}
+        async with httpx.AsyncClient(transport=EmulatorTransport(emulator[1]), base_url=BASE_URL, headers=headers) as c:
+            response = await c.get(path, params=params)
+            response.raise_for_status()
+            return response.json()
+
+    return trio.run(get, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_trash_and_restore_round_trip(commands_account, tmp_path):
+    async def scenario(core: Core):
+        doomed_id = (await text(core, "Projects", "Doomed", ".id")).strip()
+        await core.fs.rmdir(await core.ino("Projects"), "Doomed")  # rmdir of an entity = move to trash
+        gone = await core.visible("Projects")
+        item_type = await text(core, ".Trash", "Doomed", "TrashItemType")
+        listed = [p["Id"] for p in (await core.api("v1pre3/users/current/projects"))["Response"]["Items"]]
+        await core.command("restore-from-trash\n", ".Trash", "Doomed")  # what basemount-py restore sends
+        back = (await core.visible("Projects"), await core.visible(".Trash"), (await text(core, "Projects", "Doomed", ".id")).strip())
+        fastq = await core.read_all("Projects", "Doomed", "Samples", "D1", "Files", "d.fastq")
+        await core.command("move-to-trash\n", "Projects", "Keep", "Samples", "S2")  # basemount-py trash, on a sample
+        samples = await core.visible("Projects", "Keep", "Samples")
+        sample_type = await text(core, ".Trash", "S2", "TrashItemType")
+        return doomed_id, gone, item_type, listed, back, fastq, samples, sample_type
+
+    doomed_id, gone, item_type, listed, back, fastq, samples, sample_type = run(commands_account, tmp_path, scenario)
+    assert "Doomed" not in gone
+    assert item_type == "DeletedProject (FILEDATA+METADATA)\n"
+    assert listed.count(doomed_id) == 0
+    assert back == (["Doomed", "Keep"], [], doomed_id)  # the same entity back
+    assert fastq == b"@d\nGGGG\n+\nIIII\n"
+    assert samples == ["S1"] and sample_type.startswith("DeletedSample")
+    restarted = emulator_app(commands_account)  # the trash survives a restart
+    assert [s["Name"] for s in api_once(restarted, "v2/trash")["Items"]] == ["S2"]
+
+
+def test_trash_errors_and_the_rm_rf_guard(commands_account, tmp_path):
+    async def scenario(core: Core):
+        with pytest.raises(WriteFailure) as not_here:
+            await core.command("move-to-trash\n", "Projects")
+        with pytest.raises(WriteFailure) as not_trash:
+            await core.command("restore-from-trash\n", "Projects", "Keep")
+        # rm -rf walks into the project first: the refused deletes block the final rmdir
+        projects, keep = await core.ino("Projects"), await core.ino("Projects", "Keep")
+        with pytest.raises(WriteFailure) as hidden:
+            await core.fs.unlink(keep, ".id")
+        with pytest.raises(WriteFailure) as blocked:
+            await core.fs.rmdir(projects, "Keep")
+        errors = await text(core, "Projects", ".error") + await text(core, "Projects", "Keep", ".error")
+        return not_here.value.message, not_trash.value.message, errno_for(hidden.value), errno_for(blocked.value), await core.visible("Projects"), errors
+
+    not_here, not_trash, hidden, blocked, projects, errors = run(commands_account, tmp_path, scenario)
+    assert "not valid in this folder" in not_here
+    assert "restore-from-trash" in not_trash
+    assert hidden == errno.EPERM and blocked == errno.EPERM
+    assert "Keep" in projects and "blocked" in errors
+
+
+def test_properties_written_through_the_mount_are_visible_in_the_api(commands_account, tmp_path):
+    async def scenario(core: Core):
+        result = ("Projects", "Keep", "AppResults", "Analysis")
+        props = result + ("Properties",)
+        samples = ("Projects", "Keep", "Samples")
+        await core.mkdir(*result)
+        rid = (await text(core, *result, ".id")).strip()
+        s1, s2 = [(await text(core, *samples, s, ".id")).strip() for s in ("S1", "S2")]
+        await core.write_file(b"first value\n", *props, "Input.note")
+        opened = await core.fs.open(await core.ino(*props, "Input.note"), os.O_WRONLY | os.O_TRUNC)  # echo 'second value' >
+        await core.fs.write(opened.fh, 0, b"second value\n")
+        await core.fs.flush(opened.fh)
+        await core.fs.release(opened.fh)
+        await core.flush_and_wait()  # property values go through the upload spool too
+        props_ino = await core.ino(*props)
+        await core.fs.symlink(props_ino, "Input.sample", f"{MOUNTPOINT}/Projects/Keep/Samples/S1")
+        await core.fs.mkdir(props_ino, "Input.samples")
+        array = await core.ino(*props, "Input.samples")
+        await core.fs.symlink(array, "0", "../../../../Samples/S1")
+        await core.fs.symlink(array, "1", f"{MOUNTPOINT}/Projects/Keep/Samples/.id.{s2}")
+        items = {p["Name"]: p for p in (await core.api(f"v1pre3/appresults/{rid}/properties"))["Response"]["Items"]}
+        through_mount = (
+            await text(core, *props, "Input.note"),
+            await core.fs.readlink(await core.ino(*props, "Input.sample")),
+            await core.visible(*props, "Input.samples"),
+        )
+        # Past the 20 items a properties listing shows, each new link still keeps every earlier item
+        # (posting a property replaces its items, so the mount must send all of them).
+        for n in range(2, 24):
+            await core.fs.symlink(await core.ino(*props, "Input.samples"), str(n), f"../../../../Samples/S{1 + n % 2}")
+        full = {p["Name"]: p for p in (await core.api(f"v1pre3/appresults/{rid}/properties", propertyitemslimit=100))["Response"]["Items"]}
+        array_names = await core.visible(*props, "Input.samples")
+        last = await linked_id(core, *props, "Input.samples", "23")
+        # rm / rmdir in Properties/ deletes the property (string, reference, array), nothing else
+        await core.fs.unlink(props_ino, "Input.note")
+        await core.fs.unlink(props_ino, "Input.sample")
+        await core.fs.rmdir(props_ino, "Input.samples")
+        left = {p["Name"] for p in (await core.api(f"v1pre3/appresults/{rid}/properties"))["Response"]["Items"]}
+        shown = set(await core.names(*props))
+        with pytest.raises(WriteFailure) as bad_link:  # a link to something that is not an entity folder
+            await core.fs.symlink(props_ino, "Input.bad", "/etc")
+        bad_error = await text(core, *props, ".error")
+        with pytest.raises(WriteFailure) as no_namespace:  # property names must be namespaced
+            await core.write_file(b"x", *props, "nonamespace")
+        return s1, s2, items, through_mount, full, array_names, last, left, shown, errno_for(bad_link.value), bad_error, errno_for(no_namespace.value)
+
+    s1, s2, items, through_mount, full, array_names, last, left, shown, bad_link, bad_error, no_namespace = run(commands_account, tmp_path, scenario)
+    assert items["Input.note"]["Type"] == "string" and items["Input.note"]["Content"] == "second value"
+    assert items["Input.sample"]["Type"] == "sample" and items["Input.sample"]["Content"]["Id"] == s1
+    assert items["Input.samples"]["Type"] == "sample[]"
+    assert [i["Id"] for i in items["Input.samples"]["Items"]] == [s1, s2]
+    note, sample_link, array = through_mount
+    assert note == "second value" and sample_link.endswith(f"Samples/.id.{s1}") and array == ["0", "1"]
+    assert [i["Id"] for i in full["Input.samples"]["Items"]] == [s1, s2] * 12
+    assert sorted(array_names, key=int) == [str(n) for n in range(24)] and last == s2
+    assert not left & {"Input.note", "Input.sample", "Input.samples"}
+    assert not {"Input.note", "Input.sample", "Input.samples"} & shown
+    assert bad_link == errno.EINVAL and "not a project, sample" in bad_error
+    assert no_namespace == errno.EINVAL
+
+
+def test_commands_success_and_error_paths(commands_account, tmp_path):
+    async def scenario(core: Core):
+        result = ("Projects", "Keep", "AppResults", "Run A")
+        await core.mkdir(*result)
+        session_id = await linked_id(core, *result, "ParentAppSession")
+
+        async def listed(*folder: str) -> list[str]:  # what basemount-cmd --path FOLDER prints
+            listing = (await text(core, *folder, ".commands")).split("Commands valid here:", 1)[1]
+            return [line.split()[0] for line in listing.strip("\n").splitlines()]
+
+        async def refused(command: str, *folder: str) -> str:
+            with pytest.raises(WriteFailure) as raised:
+                await core.command(command + "\n", *folder)
+            assert errno_for(raised.value) == errno.EINVAL
+            return raised.value.message
+
+        in_result, at_top = await listed(*result), await listed()
+        unknown = await refused("explode", *result)
+        no_name = await refused("rename-appsession", *result)
+        not_here = await refused("mark-as-complete", "Runs")
+        await core.command("rename-appsession My analysis\n", *result)
+        renamed = (await core.api(f"v1pre3/appsessions/{session_id}"))["Response"]["Name"]
+        sessions = await core.visible("Projects", "Keep", "AppSessions")
+        await core.write_file(b"result\n", *result, "Files", "out.txt")
+        await core.command("mark-as-complete\n", *result)
+        status = (await core.api(f"v1pre3/appsessions/{session_id}"))["Response"]["Status"]
+        shown = await text(core, *result, ".status")
+        # complete = read-only; marking again is an error; the command is no longer listed
+        with pytest.raises(WriteFailure):
+            await core.write_file(b"late\n", *result, "Files", "late.txt")
+        after = await listed(*result)
+        again = await refused("mark-as-complete", *result)
+        error = await text(core, *result, ".error")
+        await core.command("refresh\n", "Projects")
+        await core.command("move-to-trash\n", *result)
+        results = await core.visible("Projects", "Keep", "AppResults")
+        with pytest.raises(WriteFailure):
+            await core.command("restore-from-trash\n", "Projects", "Keep", "Samples", "S1")
+        await core.command("unmount\n")
+        return (in_result, at_top, unknown, no_name, not_here, renamed, sessions, status, shown, after, again, error, results, core.kernel.terminated)
+
+    (in_result, at_top, unknown, no_name, not_here, renamed, sessions, status, shown, after, again, error, results, terminated) = run(
+        commands_account, tmp_path, scenario
+    )
+    assert in_result == ["refresh", "move-to-trash", "mark-as-complete", "rename-appsession"]
+    assert at_top == ["refresh", "unmount", "flush", "retry"]
+    assert "unknown command" in unknown and "needs the new name" in no_name and "not valid in this folder" in not_here
+    assert renamed == "My analysis" and "My analysis" in sessions
+    assert status == "Complete" and shown == "Complete\n"
+    assert "mark-as-complete" not in after
+    assert "not valid in this folder" in again and "not valid in this folder" in error
+    assert "Run A" not in results
+    assert terminated  # unmount from the top folder ends the session
+
+
+def test_an_app_session_goes_to_the_trash_with_its_outputs_and_comes_back(tmp_path):
+    root = tmp_path / "account"
+    for name, data in (("Align", b"bam"), ("QC", b"qc\n")):
+        write_file(root / "Projects" / "Keep" / "AppResults" / name / "Files" / f"{name}.out", data)
+        write_entity(root / "Projects" / "Keep" / "AppResults" / name, AppSession={"Name": "Pipeline"})
+    write_file(root / "Projects" / "Keep" / "Samples" / "S1" / "Files" / "r1.fastq", b"@r\nACGT\n+\nIIII\n")
+
+    async def scenario(core: Core):
+        keep = ("Projects", "Keep")
+        session_id = (await text(core, *keep, "AppSessions", "Pipeline", ".id")).strip()
+        await core.fs.rmdir(await core.ino(*keep, "AppSessions"), "Pipeline")  # = move-to-trash in the session
+        gone = (await core.visible(*keep, "AppSessions"), await core.visible(*keep, "AppResults"), await core.visible(*keep, "Samples"))
+        item_type = await text(core, ".Trash", "Pipeline", "TrashItemType")
+        trash = [t["Name"] for t in (await core.api("v2/trash"))["Items"]]
+        await core.command("restore-from-trash\n", ".Trash", "Pipeline")
+        back = (await core.visible(*keep, "AppResults"), await core.visible(*keep, "AppSessions"))
+        same = (await text(core, *keep, "AppSessions", "Pipeline", ".id")).strip() == session_id
+        qc = await core.read_all(*keep, "AppResults", "QC", "Files", "QC.out")
+        return gone, item_type, trash, back, same, qc, (await core.api("v2/trash"))["Items"]
+
+    gone, item_type, trash, back, same, qc, trash_after = run(root, tmp_path, scenario)
+    assert gone == ([], [], ["S1"])  # the samples are not outputs of the session: untouched
+    assert item_type.startswith("DeletedAppSession") and trash == ["Pipeline"]
+    assert back == (["Align", "QC"], ["Pipeline"]) and same
+    assert qc == b"qc\n" and trash_after == []
