@@ -71,6 +71,11 @@ def test_the_command_line_tools_through_a_mount(emulator, mount_factory):
     run = cmd("--path", str(result), "rename-appsession", "My", "analysis")
     assert run.returncode == 0, run.stderr
     assert get(emulator, f"v1pre3/appsessions/{session_id}")["Response"]["Name"] == "My analysis"
+    os.symlink(m.path("Projects", "Keep", "Samples", "S1"), result / "Properties" / "Input.sample")  # a property link, through the kernel
+    s1 = (m.path("Projects", "Keep", "Samples", "S1", ".id")).read_text().strip()
+    rid = (result / ".id").read_text().strip()
+    items = {p["Name"]: p for p in get(emulator, f"v1pre3/appresults/{rid}/properties")["Response"]["Items"]}
+    assert items["Input.sample"]["Content"]["Id"] == s1
     (result / "Files" / "out.txt").write_bytes(b"result\n")
     run = cmd("--path", str(result), "mark-as-complete")
     assert run.returncode == 0, run.stderr

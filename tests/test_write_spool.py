@@ -47,34 +47,6 @@ def fresh_files(em, mount_factory, name: str, *parts: str) -> Path:
     return fresh.path("Projects", "Uploads", "AppResults", "Result", "Files", *parts)
 
 
-# -- failure 1: sparse files and ftruncate ---------------------------------------------------------
-
-
-def test_sparse_file_and_ftruncate_upload_the_right_bytes(tmp_path, emulator, mount_factory):
-    sparse = tmp_path / "s.bin"
-    with open(sparse, "wb") as f:
-        f.truncate(40 * MiB)
-        f.seek(1000)
-        f.write(b"q")
-    m = mount_factory(emulator)
-    files = new_appresult(m) / "Files"
-    run = subprocess.run(["cp", str(sparse), str(files)], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr  # main: "failed to extend ... Invalid argument"
-    # ftruncate to a larger size, then a write past the hole
-    fd = os.open(files / "grown.bin", os.O_WRONLY | os.O_CREAT, 0o644)
-    os.write(fd, b"head")
-    os.ftruncate(fd, 3 * MiB)
-    os.pwrite(fd, b"tail", 3 * MiB - 4)
-    os.close(fd)
-    expected_grown = b"head" + b"\0" * (3 * MiB - 8) + b"tail"
-    assert (files / "grown.bin").read_bytes() == expected_grown  # readable from the spool meanwhile
-    flush_and_wait(m)
-    m.stop()
-    out = fresh_files(emulator, mount_factory, "fresh")
-    assert sha256_file(out / "s.bin") == sha256_file(sparse)
-    assert (out / "grown.bin").read_bytes() == expected_grown
-
-
 # -- tools ------------------------------------------------------------------------------------------
 
 
@@ -88,11 +60,19 @@ def _source_tree(root: Path) -> Path:
 
 
 def test_common_tools_give_byte_identical_files(tmp_path, emulator, mount_factory):
+    """cp (-r, -a, -p, a sparse file), rsync (-a, -r, --inplace), tar -x, install, dd (with and
+    without conv=fsync), a shell redirect, shutil.copytree, ftruncate past the end: the bytes a
+    fresh mount reads equal the sources."""
     src = _source_tree(tmp_path / "src")
     expected = tree_digests(src)
     tarball = tmp_path / "src.tar"
     with tarfile.open(tarball, "w") as tar:
         tar.add(src, arcname="src")
+    sparse = tmp_path / "s.bin"
+    with open(sparse, "wb") as f:
+        f.truncate(8 * MiB)
+        f.seek(1000)
+        f.write(b"q")
     m = mount_factory(emulator, *SMALL, *HOLD)
     files = new_appresult(m) / "Files"
     steps = {
@@ -105,23 +85,38 @@ def test_common_tools_give_byte_identical_files(tmp_path, emulator, mount_factor
         "tar": ["tar", "-xf", str(tarball), "-C", str(files / "tar")],
         "install": ["install", "-D", "-m", "0644", str(src / "big.bin"), str(files / "install" / "big.bin")],
         "dd": ["dd", f"if={src / 'big.bin'}", f"of={files / 'dd' / 'big.bin'}", "bs=64k", "status=none"],
+        # conv=fsync: fsync before close, which uploads at once and returns once committed
+        "dd-fsync": ["dd", f"if={src / 'big.bin'}", f"of={files / 'dd-fsync' / 'big.bin'}", "bs=64k", "conv=fsync", "status=none"],
         "echo": ["bash", "-c", f"echo alpha > '{files / 'echo' / 'a.txt'}'"],
     }
     for name, argv in steps.items():
-        if name in ("tar", "dd", "echo"):
+        if name in ("tar", "dd", "dd-fsync", "echo"):
             (files / name).mkdir()
         run = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, (name, run.stderr)
     shutil.copytree(src, files / "copytree")
+    # a sparse file (before the fix, cp failed: "failed to extend ... Invalid argument")
+    run = subprocess.run(["cp", str(sparse), str(files)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    # ftruncate to a larger size, then a write past the hole
+    fd = os.open(files / "grown.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, b"head")
+    os.ftruncate(fd, 3 * MiB)
+    os.pwrite(fd, b"tail", 3 * MiB - 4)
+    os.close(fd)
+    expected_grown = b"head" + b"\0" * (3 * MiB - 8) + b"tail"
+    assert (files / "grown.bin").read_bytes() == expected_grown  # readable from the spool meanwhile
     flush_and_wait(m)
     m.stop()
     out = fresh_files(emulator, mount_factory, "fresh")
-    for name in ("cp-r", "cp-a", "cp-p", "rsync", "rsync-inplace", "copytree"):
+    for name in ("cp-r", "cp-a", "cp-p", "rsync", "rsync-default", "rsync-inplace", "copytree"):
         assert tree_digests(out / name) == expected, name
     assert tree_digests(out / "tar" / "src") == expected
-    for name in ("install", "dd"):
+    for name in ("install", "dd", "dd-fsync"):
         assert sha256_file(out / name / "big.bin") == expected["big.bin"], name
     assert (out / "echo" / "a.txt").read_bytes() == b"alpha\n"
+    assert sha256_file(out / "s.bin") == sha256_file(sparse)
+    assert (out / "grown.bin").read_bytes() == expected_grown
     names = [p.name for p in out.rglob("*")]
     assert not [n for n in names if n.startswith(".big.bin.") or n.startswith(".a.txt.")]  # no rsync temp files
 
