@@ -15,18 +15,12 @@ The app's blocking work (reading account files, storing uploads, moving folders 
 runs inline (``basemount_py.blocking.inline``): a worker thread would let the MockClock jump while
 it runs. So every route works in-process, writes included, and so does the core's write path
 (``run_core_on_mock_clock(..., writes=UploadConfig(...))``: spool and uploader inline too).
-
-``AsyncioAppTransport(app)`` is the other way: the app runs on an asyncio loop in a thread of its
-own, so every route works (account files, uploads, the trash), at the cost of thread hops: trio's
-MockClock would jump ahead while a request is in that thread, so use it on the real clock.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -120,34 +114,6 @@ class EmulatorTransport(httpx.AsyncBaseTransport):
             raise httpx.ReadTimeout(f"no answer within the read timeout ({read_timeout:g} s)", request=request)
         assert status is not None, "the app sent no response"
         return httpx.Response(status, headers=headers, stream=httpx.ByteStream(b"".join(chunks)), request=request)
-
-
-class AsyncioAppTransport(httpx.AsyncBaseTransport):
-    """An ASGI app that needs asyncio, called from trio: it runs on an asyncio loop in a thread."""
-
-    def __init__(self, app):
-        self._inner = httpx.ASGITransport(app=app)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        body = await request.aread()
-
-        async def call():
-            inner = httpx.Request(request.method, request.url, headers=request.headers, content=body)
-            response = await self._inner.handle_async_request(inner)
-            return response.status_code, response.headers, await response.aread()
-
-        future = asyncio.run_coroutine_threadsafe(call(), self._loop)
-        status, headers, content = await trio.to_thread.run_sync(future.result, abandon_on_cancel=True)
-        # stream=, not content=: a streamed read (aiter_raw) must find the body unread
-        return httpx.Response(status, headers=headers, stream=httpx.ByteStream(content), request=request)
-
-    def close_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
 
 
 # -- the whole core in-process ---------------------------------------------------------------------

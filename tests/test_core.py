@@ -1,10 +1,9 @@
 """The kernel-free filesystem core (``core.Filesystem``) driven in-process: no kernel, no sockets.
 
-The emulator's ASGI app is called through an httpx transport. Its content and write routes use
-asyncio threads, so the app runs on an asyncio loop in a thread of its own
-(``inprocess.AsyncioAppTransport``). Timeouts are
-tested on trio's MockClock (``autojump_threshold=0``): they cost no wall time. Bytes read are
-compared with the account folder; bytes written with what the emulator stored.
+The emulator's ASGI app is called through an httpx transport (``inprocess.EmulatorTransport``),
+its blocking work (account files, uploads) done inline, so every test runs on trio's MockClock
+(``autojump_threshold=0``): timeouts cost no wall time. Bytes read are compared with the account
+folder; bytes written with what the emulator stored.
 """
 
 from __future__ import annotations
@@ -31,8 +30,8 @@ from basemount_py.api.errors import (
     quiet,
 )
 from basemount_py.api.retry import RetryPolicy
+from basemount_py.blocking import inline
 from basemount_py.core import CommandHandle, Filesystem, ReadHandle, UploadHandle
-from basemount_py.emulator.account import warm_etags
 from basemount_py.emulator.app import Emulator, build_app
 from basemount_py.read import ContentSource, ReadManager
 from basemount_py.tree import ROOT_INODE, Layout, Tree
@@ -40,7 +39,7 @@ from basemount_py.write import Spool, UploadConfig, WriteManager, account_key
 from basemount_py.write.upload import WriteFailure
 
 from conftest import write_entity, write_file
-from inprocess import AsyncioAppTransport, Core, Kernel
+from inprocess import Core, EmulatorTransport, Kernel, emulator_app
 
 FASTQ = b"@r\nACGT\n+\nIIII\n"
 BIG = os.urandom(3 * 2**20 + 12345)  # several blocks and prefetch windows
@@ -58,9 +57,7 @@ def account(tmp_path) -> Path:
 
 @pytest.fixture
 def emulator(account):
-    em = Emulator(str(account))
-    warm_etags(list(em.account.files.values()))  # else a listing computes MD5s on asyncio threads
-    return em
+    return emulator_app(account)[0]
 
 
 class RefusesWrites(httpx.AsyncBaseTransport):
@@ -77,9 +74,8 @@ class RefusesWrites(httpx.AsyncBaseTransport):
 
 
 def run_core(emulator: Emulator, tmp_path: Path, scenario, *, writes: bool = False, wrap=lambda t: t, op_timeout: float = 60.0):
-    """Run ``scenario(core)`` on a fresh Filesystem (real trio clock: the asyncio side runs on it)."""
-    bridge = AsyncioAppTransport(build_app(emulator))
-    transport = wrap(bridge)
+    """Run ``scenario(core)`` on a fresh Filesystem, on trio's MockClock."""
+    transport = wrap(EmulatorTransport(build_app(emulator)))
 
     async def main():
         api = BaseSpaceClient("http://emulator/", emulator.token, transport=transport,
@@ -92,17 +88,14 @@ def run_core(emulator: Emulator, tmp_path: Path, scenario, *, writes: bool = Fal
                 if not writes:
                     return await scenario(Core(Filesystem(tree, reads, kernel, op_timeout=op_timeout), kernel, emulator))
                 spool = Spool(tmp_path / "cache", account_key("http://emulator/", "u"), 2**30)
-                async with WriteManager(tree, api, spool, UploadConfig(write_back=0.0), mountpoint="/mnt") as manager:
+                async with WriteManager(tree, api, spool, UploadConfig(write_back=0.0), mountpoint="/mnt", run_blocking=inline) as manager:
                     fs = Filesystem(tree, reads, kernel, writes=manager, op_timeout=op_timeout)
                     return await scenario(Core(fs, kernel, emulator))
         finally:
             await content.aclose()
             await api.aclose()
 
-    try:
-        return trio.run(main)
-    finally:
-        bridge.close_loop()
+    return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 # -- lookup, readdir, attributes ---------------------------------------------------------------
