@@ -89,6 +89,7 @@ READERS = 8
 PREADS = 200
 PREAD_SIZE = 64 * 1024
 REGIONS = 100
+SMOKE_REGIONS, SMOKE_PREADS = 10, 20  # --smoke
 PARALLEL_RANGES = MountOptions.max_connections  # as many ranged curls as the mount has connections
 CHECK_WINDOWS = 16  # random 1 MiB windows compared with the source after every whole-file read
 CONTENT_ROUTE = "GET content"  # the emulator's counter of the mount's ranged GETs
@@ -203,9 +204,13 @@ class Sizes:
     bam_reads: int
     samples: int
     reread: int
+    regions: int = REGIONS
+    preads: int = PREADS
 
 
 def sizes_for(args: argparse.Namespace) -> Sizes:
+    if args.smoke:  # every row runs and is checked; the figures mean little (tests/test_bench_smoke.py)
+        return Sizes(cp=16 * MiB, reader=4 * MiB, random=256 * MiB, bam_reads=4_000, samples=50, reread=8 * MiB, regions=SMOKE_REGIONS, preads=SMOKE_PREADS)
     if args.quick:
         return Sizes(cp=96 * MiB, reader=16 * MiB, random=256 * MiB, bam_reads=40_000, samples=500, reread=32 * MiB)
     total = int(args.size * GiB)
@@ -513,14 +518,14 @@ def bench_pread(ctx: Context) -> None:
     profile, subjects, em, base, work, sizes, res, seeds, check_rng, files = _unpack(ctx)
     random_name = files / f"random-{profile}.bin"
     for kind in (*subjects.ours, *PEERS):
-        note(f"{profile}: {PREADS} random 64 KiB preads through {kind}")
+        note(f"{profile}: {sizes.preads} random 64 KiB preads through {kind}")
         drop_caches()
         with subjects.mount(kind) as m:
             target = m.path(str(random_name))
             os.stat(target)  # the lookup's API calls are not part of the reads
             em.reset_counters()
             out = subprocess.run(
-                [sys.executable, "-c", PREAD_SCRIPT, str(target), str(PREADS), str(sizes.random), "7",
+                [sys.executable, "-c", PREAD_SCRIPT, str(target), str(sizes.preads), str(sizes.random), "7",
                  urljoin(em.url, "_emulator/counters"), m.route],
                 capture_output=True, text=True, timeout=1800, check=True,
             )
@@ -534,23 +539,23 @@ def bench_pread(ctx: Context) -> None:
             raise RuntimeError(f"{kind}: the random reads returned wrong bytes")
         lat = [x * 1000 for x in data["latencies"]]
         res.peer_put(profile, "random 64 KiB pread, median ms", kind, statistics.median(lat))
-        res.peer_put(profile, "random 64 KiB pread, bytes sent / byte read", kind, fetched / (PREADS * PREAD_SIZE))
+        res.peer_put(profile, "random 64 KiB pread, bytes sent / byte read", kind, fetched / (sizes.preads * PREAD_SIZE))
         if kind == OURS:
             res.put("(d) pread 64 KiB median, ms", profile, statistics.median(lat))
             res.put("(d) pread 64 KiB p99, ms", profile, percentile(lat, 0.99))
             res.put("(d) ranged GETs per read, median", profile, statistics.median(data["requests"]), "{:.1f}")
             res.put("(d) ranged GETs per read, mean", profile, statistics.mean(data["requests"]), "{:.2f}")
-            res.put("(d) bytes fetched / bytes read", profile, fetched / (PREADS * PREAD_SIZE))
+            res.put("(d) bytes fetched / bytes read", profile, fetched / (sizes.preads * PREAD_SIZE))
 
 
 def bench_samtools(ctx: Context) -> None:
     """(e) samtools region queries."""
     profile, subjects, em, base, work, sizes, res, seeds, check_rng, files = _unpack(ctx)
-    note(f"{profile}: samtools view -c of {REGIONS} regions")
+    note(f"{profile}: samtools view -c of {sizes.regions} regions")
     local_bam = base / "account" / Path(*BAM_DIR) / "bench.bam"
     rng = random.Random(11)
     contig_len = ctx.info["contig_len"]
-    regions = [f"chr1:{(s := rng.randrange(1, contig_len - 5000))}-{s + rng.randrange(200, 5000)}" for _ in range(REGIONS)]
+    regions = [f"chr1:{(s := rng.randrange(1, contig_len - 5000))}-{s + rng.randrange(200, 5000)}" for _ in range(sizes.regions)]
     drop_caches()
     run(["cat", str(local_bam), str(local_bam) + ".bai"], 120, stdout=subprocess.DEVNULL)  # local copy: warm
     t_local_each, local_counts = _samtools_each(local_bam, regions)
@@ -574,14 +579,14 @@ def bench_samtools(ctx: Context) -> None:
             together[kind] = time.perf_counter() - t0
         if int(out.stdout) != sum(local_counts):
             raise RuntimeError(f"{kind}: samtools count of all regions differs from the local file")
-        res.peer_put(profile, f"samtools, {REGIONS} processes, s", kind, each[kind])
-        res.peer_put(profile, f"samtools, 1 process {REGIONS} regions, s", kind, together[kind])
-    res.put(f"(e) samtools, {REGIONS} processes: mount / local", profile, each[OURS] / t_local_each)
-    res.put(f"(e) samtools, {REGIONS} processes: mount s", profile, each[OURS])
-    res.put(f"(e) samtools, {REGIONS} processes: mount / rclone full", profile, each[OURS] / each[RCLONE_FULL])
-    res.put(f"(e) samtools, 1 process {REGIONS} regions: mount / local", profile, together[OURS] / t_local_all)
-    res.put(f"(e) samtools, 1 process {REGIONS} regions: mount s", profile, together[OURS], "{:.3f}")
-    res.put(f"(e) samtools, 1 process {REGIONS} regions: mount / rclone full", profile, together[OURS] / together[RCLONE_FULL])
+        res.peer_put(profile, f"samtools, {sizes.regions} processes, s", kind, each[kind])
+        res.peer_put(profile, f"samtools, 1 process {sizes.regions} regions, s", kind, together[kind])
+    res.put(f"(e) samtools, {sizes.regions} processes: mount / local", profile, each[OURS] / t_local_each)
+    res.put(f"(e) samtools, {sizes.regions} processes: mount s", profile, each[OURS])
+    res.put(f"(e) samtools, {sizes.regions} processes: mount / rclone full", profile, each[OURS] / each[RCLONE_FULL])
+    res.put(f"(e) samtools, 1 process {sizes.regions} regions: mount / local", profile, together[OURS] / t_local_all)
+    res.put(f"(e) samtools, 1 process {sizes.regions} regions: mount s", profile, together[OURS], "{:.3f}")
+    res.put(f"(e) samtools, 1 process {sizes.regions} regions: mount / rclone full", profile, together[OURS] / together[RCLONE_FULL])
 
 
 def bench_reread(ctx: Context) -> None:
@@ -821,7 +826,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", choices=["lan", "wan", "both"], default="both")
     parser.add_argument("--size", type=float, default=2.0, metavar="GiB", help="size of the cp file (default 2)")
-    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every row")
+    parser.add_argument("--quick", action="store_true", help="small sizes: quick figures of every row")
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"tiny sizes, {SMOKE_REGIONS} samtools regions, {SMOKE_PREADS} preads: every row runs (and its bytes are checked), its figures mean little")
     parser.add_argument("--out", metavar="FILE", help="also write the Markdown table here")
     parser.add_argument("--no-listing", action="store_true", help="skip the listing figures")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
