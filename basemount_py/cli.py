@@ -42,8 +42,8 @@ _TUNABLES: tuple[tuple[str, str, str, Callable[[str], float], str], ...] = (
         "whole_file_max",
         "MiB",
         int,
-        "fetch files up to this size whole, in parallel parts, when read at random or when they are an index "
-        "(.bai .csi .tbi .crai .fai .gzi); 0 = off (default {default} MiB, at most half of --cache-size)",
+        "fetch files up to this size whole, in parallel parts, when read at random, when they are an index "
+        "(.bai .csi .tbi .crai .fai .gzi) or have one beside them; 0 = off (default {default} MiB, at most half of --cache-size)",
     ),
     ("--max-connections", "max_connections", "", int, "parallel HTTP connections (default {default})"),
     (

@@ -27,6 +27,7 @@ from .api.errors import Refused, TimedOut
 from .commands import CommandRunner
 from .options import MountOptions
 from .read.concat import ConcatReader
+from .read.reader import index_names
 from .tree import COMMANDS, DIR, REMOTE, TEXT, Node, Tree
 from .tree.layout import LAZY
 
@@ -361,6 +362,7 @@ class Filesystem:
                 # could hand one handle another's bytes: these files always bypass it.
                 return Opened(self._add(ReadHandle(ConcatReader(self.reads, parts))))
             reader = self.reads.open(node.file_id, node.size, node.name, node.ctx.get("version"), etag=node.ctx.get("etag"))
+            self._fetch_if_indexed(node)
             fh = self._add(ReadHandle(reader))
             if self.direct_io:
                 return Opened(fh)
@@ -377,6 +379,15 @@ class Filesystem:
         if node.type == DIR:
             raise Refused(errno.EISDIR, f"/{'/'.join(node.path)} is a folder")
         raise Refused(errno.EINVAL, f"/{'/'.join(node.path)} cannot be opened")
+
+    def _fetch_if_indexed(self, node: Node) -> None:
+        """A file opened with an index beside it (``x.bam`` and ``x.bam.bai``) is about to be
+        read by region: start fetching it whole (small files only: ``ReadManager.fetch_indexed``).
+        The folder's listing is looked at as cached (it was listed to open the file); nothing is
+        listed for this."""
+        listing = self.tree.listings.peek(node.path[:-1])
+        if listing and any(name in listing for name in index_names(node.name)):
+            self.reads.fetch_indexed(node.file_id, node.size, node.ctx.get("version"))
 
     @bounded()
     async def read(self, fh: int, off: int, size: int) -> bytes:

@@ -243,6 +243,7 @@ def run_core_on_mock_clock(
     writes: UploadConfig | None = None,
     cache_dir: Path | None = None,
     emulator: tuple[Emulator, object] | None = None,
+    whole_file_max: int = 0,
 ):
     """``scenario(core)`` on trio's MockClock: a Filesystem as the daemon builds it (Tree over
     Layout, ReadManager over ContentSource, the network timeouts ``--op-timeout`` gives:
@@ -250,6 +251,7 @@ def run_core_on_mock_clock(
     unless ``writes`` gives the upload settings: then a WriteManager over a spool in
     ``cache_dir`` (the same folder in a second run: the next mount of the account, which adopts
     what the first left). ``emulator``: an ``emulator_app`` to reuse (its state carries over).
+    ``whole_file_max``: the ReadManager's (``--whole-file-max``; 0, off, by default).
     Returns what the scenario returns."""
     emulator, app = emulator or emulator_app(account)
     transport = EmulatorTransport(app)
@@ -259,7 +261,7 @@ def run_core_on_mock_clock(
         api = BaseSpaceClient(BASE_URL, emulator.token, transport=transport, policy=policy)
         content = ContentSource(api, policy=policy, stall_timeout=stall_timeout, transport=transport)
         try:
-            async with ReadManager(content.fetch, fetch_blocks=content.fetch_blocks, cache_bytes=16 << 20) as reads:
+            async with ReadManager(content.fetch, fetch_blocks=content.fetch_blocks, cache_bytes=16 << 20, whole_file_max=whole_file_max) as reads:
                 tree = Tree(Layout(api, metadata_ttl=metadata_ttl), metadata_ttl=metadata_ttl)
                 kernel = Kernel()
                 if writes is None:

@@ -39,7 +39,7 @@ from basemount_py.write import Spool, UploadConfig, WriteManager, account_key
 from basemount_py.write.upload import WriteFailure
 
 from conftest import write_entity, write_file
-from inprocess import Core, EmulatorTransport, Kernel, emulator_app
+from inprocess import Core, EmulatorTransport, Kernel, emulator_app, run_core_on_mock_clock
 
 FASTQ = b"@r\nACGT\n+\nIIII\n"
 BIG = os.urandom(3 * 2**20 + 12345)  # several blocks and prefetch windows
@@ -402,3 +402,40 @@ def test_the_adapter_only_translates_and_maps_every_failure_to_fuse_errors(emula
     assert broken == errno.EIO
     assert any(r.exc_info and "unexpected error in getattr" in r.getMessage() for r in caplog.records)
     assert not any("NoSuchProject" in r.getMessage() for r in caplog.records)  # a missing name is not logged
+
+
+def test_opening_a_file_with_an_index_beside_it_fetches_it_whole(tmp_path):
+    # htslib opens the BAM, reads its header, then opens the index and seeks: a BAM with an index
+    # beside it is fetched whole in parallel parts (--whole-file-max) from its open on, while the
+    # header and the index are read. A BAM without an index is not.
+    folder = ("Projects", "P", "AppResults", "Align", "Files")
+    bam = bytes(range(256)) * (12 * 1024 + 3)  # 3 MiB and a bit
+    index = b"BAI\1" * 2048
+    root = tmp_path / "account"
+    write_file(root.joinpath(*folder, "x.bam"), bam)
+    write_file(root.joinpath(*folder, "x.bam.bai"), index)
+    write_file(root.joinpath(*folder, "y.bam"), bam[::-1])  # another BAM: left alone
+
+    async def scenario(core: Core):
+        await core.ino(*folder, "x.bam")
+        await core.ino(*folder, "y.bam")
+        counters = core.emulator.counters
+        start = counters.content_bytes
+        fh = (await core.fs.open(await core.ino(*folder, "y.bam"), os.O_RDONLY)).fh
+        await trio.sleep(60)  # virtual time
+        await core.fs.release(fh)
+        unindexed = counters.content_bytes - start
+        fh = (await core.fs.open(await core.ino(*folder, "x.bam"), os.O_RDONLY)).fh
+        for _ in range(6000):  # virtual time: the parts arrive
+            if counters.content_bytes - start >= len(bam):
+                break
+            await trio.sleep(0.01)
+        await core.fs.release(fh)
+        fetched = counters.content_bytes - start
+        got = await core.read_all(*folder, "x.bam")
+        return unindexed, fetched, counters.content_bytes - start, got
+
+    unindexed, fetched, after_read, got = run_core_on_mock_clock(root, scenario, whole_file_max=64 << 20)
+    assert unindexed == 0  # y.bam has no index: nothing before it is read
+    assert fetched == len(bam)  # x.bam, each byte once, before any read
+    assert got == bam and after_read == fetched  # then read from memory

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from basemount_py.api.errors import ApiError, ProtocolError, ServerError
 from basemount_py.read import AccessPattern, BlockCache, PrefetchConfig, ReadManager
+from basemount_py.read.reader import index_names
 from basemount_py.read.prefetch import part_size, split_parts
 
 KiB, MiB = 1024, 1024 * 1024
@@ -475,6 +476,41 @@ async def test_an_index_is_fetched_whole_when_opened():
         assert source.bytes == len(data)
         await plain.close()
         await index.close()
+
+
+def test_the_index_of_a_file_is_named_after_it():
+    assert {"x.bam.bai", "x.bam.csi", "x.bai"} <= set(index_names("x.bam"))
+    assert {"Tumor.cram.crai", "Tumor.crai"} <= set(index_names("Tumor.cram"))
+    assert {"calls.vcf.gz.tbi", "calls.vcf.gz.csi"} <= set(index_names("calls.vcf.gz"))
+    assert {"ref.fa.fai"} <= set(index_names("ref.fa")) and {"ref.fa.gz.gzi", "ref.fa.gz.fai"} <= set(index_names("ref.fa.gz"))
+    assert "x.bai" not in index_names("x.bam.gz") and "bai" not in index_names(".bam")
+    assert index_names("x.bam.bai") == []  # an index has none
+
+
+async def test_an_indexed_file_is_fetched_whole_before_its_first_read(autojump_clock):
+    data = payload(6 * MiB + 5, seed=9)
+    source = MemorySource({"bam": data}, latency=0.02, bandwidth=50e6)
+    async with ReadManager(source, whole_file_max=64 * MiB) as manager:
+        assert manager.fetch_indexed("bam", len(data))
+        await background_done(manager)
+        # In parallel parts, each byte once, with no handle open.
+        assert 2 <= len(source.requests) <= 16 and source.peak_active >= 2 and source.bytes == len(data)
+        reader = manager.open("bam", len(data), "x.bam")
+        rng = random.Random(10)
+        for _ in range(30):  # the region queries that follow: from memory
+            offset = rng.randrange(len(data))
+            assert await reader.read(offset, 40_000) == data[offset : offset + 40_000]
+        await reader.close()
+        assert source.bytes == len(data)
+        assert manager.fetch_indexed("bam", len(data))  # opened again: nothing is fetched twice
+        await background_done(manager)
+        assert source.bytes == len(data)
+    # Larger than --whole-file-max: left to ranged reads.
+    source = MemorySource({"bam": data})
+    async with ReadManager(source, whole_file_max=4 * MiB) as manager:
+        assert not manager.fetch_indexed("bam", len(data))
+        await background_done(manager)
+        assert source.requests == []
 
 
 async def test_large_files_and_a_zero_limit_stay_on_ranged_reads():

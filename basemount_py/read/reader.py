@@ -64,6 +64,23 @@ DISK_WRITE_BACKLOG = 64 * 2**20  # bytes waiting to be written to the disk cache
 # soon as they are opened.
 WHOLE_FILE_PARTS = 16
 INDEX_SUFFIXES = (".bai", ".csi", ".tbi", ".crai", ".fai", ".gzi")
+# Indexes also named after their data file's stem (x.bai for x.bam, x.crai for x.cram).
+_STEM_INDEX = {".bam": ".bai", ".cram": ".crai"}
+
+
+def index_names(data_name: str) -> list[str]:
+    """The names an index of the file ``data_name`` may have in the same folder: ``x.bam.bai``,
+    ``x.bam.csi``, ... and ``x.bai`` for ``x.bam``; [] for an index itself."""
+    lower = data_name.lower()
+    if lower.endswith(INDEX_SUFFIXES):
+        return []
+    names = [data_name + suffix for suffix in INDEX_SUFFIXES]
+    for data_suffix, index_suffix in _STEM_INDEX.items():
+        if lower.endswith(data_suffix) and len(data_name) > len(data_suffix):
+            names.append(data_name[: -len(data_suffix)] + index_suffix)
+    return names
+
+
 _NOT_STARTED = RuntimeError("prefetch cancelled before it started")
 
 
@@ -188,6 +205,18 @@ class ReadManager:
         if expected is None:
             return reader
         return VerifiedReader(reader, file_id, size, expected, on_mismatch=self.forget_content)
+
+    def fetch_indexed(self, file_id: str, size: int, version: str | None = None) -> bool:
+        """Fetch whole, in the background, a file that has an index beside it, as it is opened.
+
+        An indexed file is read by region (htslib opens it, reads its header, opens the index,
+        then seeks), so the parts start at once, while the header and the index are read, rather
+        than at the first random read. The same bound as any whole-file fetch (``whole_file_max``)
+        applies, and what is in memory already is not fetched again. Not with a disk cache: what it holds of the file is unknown here (the
+        file's first random read still starts a whole-file fetch that skips it)."""
+        if self.disk is not None:
+            return False
+        return self.fetch_whole(FileReader(self, file_id, size, version))
 
     def fetch_whole(self, reader: "FileReader", skip: tuple[int, int] = (0, 0)) -> bool:
         """Fetch a small file entirely in the background; False if it is too big or out of memory.
