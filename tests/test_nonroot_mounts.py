@@ -44,12 +44,14 @@ def scratch():
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-def account(tmp_path):
-    acc = tmp_path / "account"
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    """One emulator for the module's mounts (none changes the account)."""
+    acc = tmp_path_factory.mktemp("nonroot") / "account"
     write_file(acc.joinpath(*FILES, "small.txt"), b"hello from BaseSpace\n")
     write_synthetic(acc.joinpath(*FILES, "big.bin"), SIZE, 5)
-    return acc
+    with EmulatorProcess(acc) as emulator:
+        yield emulator
 
 
 def mountpoint_for(scratch: Path, user, name: str = "mnt") -> Path:
@@ -130,11 +132,11 @@ def test_pre_mount_checks_say_exactly_what_is_missing(scratch, unprivileged_user
     assert "/dev/fd/77 is not an open descriptor" in one_line(not_open)
 
 
-def test_a_user_mounts_reads_and_unmounts_where_dev_fuse_allows_it(scratch, unprivileged_user, account):
+def test_a_user_mounts_reads_and_unmounts_where_dev_fuse_allows_it(scratch, unprivileged_user, emulator):
     user = unprivileged_user
     home = user_home(scratch, user)
     mp = mountpoint_for(scratch, user)
-    with EmulatorProcess(account) as emulator, fuse_device_mode(0o666):
+    with fuse_device_mode(0o666):
         creds = {"BASESPACE_API_SERVER": emulator.url, "BASESPACE_ACCESS_TOKEN": emulator.token}
         r = run_as(user, home, *user_cli(), "mount", str(mp), env=creds)
         try:
@@ -191,12 +193,12 @@ os.execv(sys.executable, [sys.executable, "-m", "basemount_py", "mount", f"/dev/
 
 
 @pytest.mark.parametrize("handover", ["fuse-socket", "inherited-dev-fd"])
-def test_fuse_helper_as_root_serves_an_unprivileged_daemon(scratch, unprivileged_user, account, handover):
+def test_fuse_helper_as_root_serves_an_unprivileged_daemon(scratch, unprivileged_user, emulator, handover):
     user = unprivileged_user
     home = user_home(scratch, user)
     target = mountpoint_for(scratch, user)
     sock = scratch / "fuse.sock"
-    with EmulatorProcess(account) as emulator, fuse_device_mode(0o600):  # the user cannot open /dev/fuse
+    with fuse_device_mode(0o600):  # the user cannot open /dev/fuse
         creds = {"BASESPACE_API_SERVER": emulator.url, "BASESPACE_ACCESS_TOKEN": emulator.token}
         helper = start_helper(target, sock, user)
         daemon = None
@@ -231,12 +233,12 @@ def test_fuse_helper_as_root_serves_an_unprivileged_daemon(scratch, unprivileged
         assert "Traceback" not in log_text, log_text[-3000:]
 
 
-def test_fuse_helper_unmounts_when_the_daemon_dies(scratch, unprivileged_user, account):
+def test_fuse_helper_unmounts_when_the_daemon_dies(scratch, unprivileged_user, emulator):
     user = unprivileged_user
     home = user_home(scratch, user)
     target = mountpoint_for(scratch, user)
     sock = scratch / "fuse.sock"
-    with EmulatorProcess(account) as emulator, fuse_device_mode(0o600):
+    with fuse_device_mode(0o600):
         creds = {"BASESPACE_API_SERVER": emulator.url, "BASESPACE_ACCESS_TOKEN": emulator.token}
         helper = start_helper(target, sock, user)
         daemon = None
