@@ -1,7 +1,8 @@
 """Tests for the demo account generator: determinism, real file formats, consistent metadata.
 
-One account is generated per module (about a second) and shared by the read-only checks; the
-determinism test generates a second one through the CLI entry point and compares bytes + mtimes.
+The read-only checks use the session's demo account (conftest.demo_account: built once per test
+run, ~3 s, and shared with the mount tests); the determinism test generates a second one through
+the CLI entry point and compares bytes + mtimes.
 The BAM/VCF checks run the real command-line tools (samtools, bcftools, tabix) and compare their
 answers with pysam's, so "works with the standard tools" is tested, not assumed.
 """
@@ -29,8 +30,8 @@ ALIGN = Path("Projects/Tumor-Normal Study/AppResults/Alignment & Variant Calling
 
 
 @pytest.fixture(scope="module")
-def account(tmp_path_factory) -> Path:
-    return generate_demo_account(tmp_path_factory.mktemp("demo") / "account")
+def account(demo_account) -> Path:
+    return demo_account
 
 
 def manifest(root: Path) -> list[tuple]:

@@ -297,6 +297,7 @@ def cluster_env(tmp_path_factory):
     with fuse_device_mode(0o666), EmulatorProcess(account) as emulator:
         users = [ensure_user(name, base / "home" / name) for name in USERS]
         try:
+            manifests = []  # one per user, made at once (each is a Python start-up and an API walk)
             for user in users:
                 home = Path(user.pw_dir)
                 config = home / ".basespace"
@@ -304,14 +305,17 @@ def cluster_env(tmp_path_factory):
                 cfg = config / "default.cfg"
                 cfg.write_text(f"apiServer   = {emulator.url}\naccessToken = {emulator.token}\n")
                 cfg.chmod(0o600)
-                manifest = subprocess.run(
+                manifests.append(subprocess.Popen(
                     [user_python(), "-m", "basemount_py", "manifest", "/".join(SAMPLE_DIR)],
-                    capture_output=True, text=True, timeout=120,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                     env={**os.environ, "PYTHONPATH": packages, "HOME": str(home)},
-                )
-                assert manifest.returncode == 0, manifest.stderr
-                (config / "slurm-manifest.json").write_text(manifest.stdout)
-                for path in (config, cfg, config / "slurm-manifest.json"):
+                ))
+            for user, manifest in zip(users, manifests):
+                config = Path(user.pw_dir) / ".basespace"
+                out, err = manifest.communicate(timeout=120)
+                assert manifest.returncode == 0, err
+                (config / "slurm-manifest.json").write_text(out)
+                for path in (config, config / "default.cfg", config / "slurm-manifest.json"):
                     os.chown(path, user.pw_uid, user.pw_gid)
             cluster = SlurmCluster(base, mount_root, f"PYTHONPATH={packages}").start()
             yield SimpleNamespace(cluster=cluster, emulator=emulator, users=users, sources=sources, reads=reads,
