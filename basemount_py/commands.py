@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .api.errors import errno_for
 from .tree import Node, Tree
-from .tree.nodes import TRASHABLE_FOLDERS, FolderKind
+from .tree.nodes import TRASHABLE_FOLDERS, EntityRef, FolderKind
 from .write.upload import WriteFailure
 
 if TYPE_CHECKING:
@@ -44,9 +44,10 @@ def valid(node: Node | None) -> list[str]:
     if kind == FolderKind.TRASHITEM:
         out.append("restore-from-trash")
     if kind in (FolderKind.APPRESULT, FolderKind.APPSESSION, FolderKind.SAMPLE):
-        entity = (node.ctx.get("entity") or {}) if node is not None else {}
+        entity = node.data.item if node is not None and isinstance(node.data, EntityRef) else {}
         # Whose Status says "not yet Complete": the app session's; for a sample as real lists give
         # it (no AppSession), the sample's own (BaseMount: "samples not yet Complete").
+        session: dict[str, Any] | None
         if kind == FolderKind.APPSESSION or (kind == FolderKind.SAMPLE and "AppSession" not in entity):
             session = entity
         else:

@@ -29,7 +29,7 @@ from .options import MountOptions
 from .read.concat import ConcatReader
 from .read.reader import index_names
 from .tree import COMMANDS, DIR, REMOTE, TEXT, Node, Tree
-from .tree.layout import LAZY
+from .tree.nodes import MergedRef, RemoteRef
 
 log = logging.getLogger(__name__)
 
@@ -242,10 +242,10 @@ class Filesystem:
 
     def attributes(self, ino: int, node: Node) -> Attributes:
         mode = node.mode
-        if node.ctx.get("writable"):  # write mode: mkdir/create/rmdir/ln -s allowed here (owner)
+        if node.writable:  # write mode: mkdir/create/rmdir/ln -s allowed here (owner)
             mode |= 0o200
-        bypasses_page_cache = node.type == REMOTE and (self.direct_io or "parts" in node.ctx)
-        dynamic = node.type == COMMANDS or node.ctx.get("dynamic")
+        bypasses_page_cache = node.type == REMOTE and (self.direct_io or isinstance(node.data, MergedRef))
+        dynamic = node.type == COMMANDS or node.dynamic is not None
         return Attributes(
             ino=ino,
             mode=mode,
@@ -355,14 +355,14 @@ class Filesystem:
             return Opened(self._add(UploadHandle(self.writes, entry, node)))
         if node.type == REMOTE:
             self.tree.layout.refuse_archived(node)  # EACCES, before any call
-            parts = node.ctx.get("parts")
-            if parts is not None:
+            if isinstance(node.data, MergedRef):
                 # A merged FASTQ: each handle reads the parts it was opened with, while a refresh
                 # may change the parts behind the same path. The page cache is per file, so it
                 # could hand one handle another's bytes: these files always bypass it.
-                return Opened(self._add(ReadHandle(ConcatReader(self.reads, parts))))
-            reader = self.reads.open(node.file_id, node.size, node.name, node.ctx.get("version"), etag=node.ctx.get("etag"))
-            self._fetch_if_indexed(node)
+                return Opened(self._add(ReadHandle(ConcatReader(self.reads, node.data.parts))))
+            remote = node.data if isinstance(node.data, RemoteRef) else RemoteRef()
+            reader = self.reads.open(node.file_id, node.size, node.name, remote.version, etag=remote.etag)
+            self._fetch_if_indexed(node, remote)
             fh = self._add(ReadHandle(reader))
             if self.direct_io:
                 return Opened(fh)
@@ -371,23 +371,23 @@ class Filesystem:
             return Opened(fh, direct_io=False, keep_cache=not self.reads.verify)
         if node.type == TEXT:
             # generated late (lazy) or changing (.error): the size the kernel holds may be stale
-            late = bool(node.ctx.get("dynamic") or node.ctx.get(LAZY))
+            late = node.dynamic is not None or node.lazy is not None
             return Opened(self._add(TextHandle(node.content)), direct_io=late)
-        if node.ctx.get("upload") is not None and self.writes is not None:
-            entry = node.ctx["upload"]  # not uploaded yet: read from the spool
+        if node.upload is not None and self.writes is not None:
+            entry = node.upload  # not uploaded yet: read from the spool
             return Opened(self._add(SpooledReadHandle(self.writes, entry, await self.writes.open_reader(entry))))
         if node.type == DIR:
             raise Refused(errno.EISDIR, f"/{'/'.join(node.path)} is a folder")
         raise Refused(errno.EINVAL, f"/{'/'.join(node.path)} cannot be opened")
 
-    def _fetch_if_indexed(self, node: Node) -> None:
+    def _fetch_if_indexed(self, node: Node, remote: RemoteRef) -> None:
         """A file opened with an index beside it (``x.bam`` and ``x.bam.bai``) is about to be
         read by region: start fetching it whole (small files only: ``ReadManager.fetch_indexed``).
         The folder's listing is looked at as cached (it was listed to open the file); nothing is
         listed for this."""
         listing = self.tree.listings.peek(node.path[:-1])
         if listing and any(name in listing for name in index_names(node.name)):
-            self.reads.fetch_indexed(node.file_id, node.size, node.ctx.get("version"))
+            self.reads.fetch_indexed(node.file_id, node.size, remote.version)
 
     @bounded()
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -427,7 +427,7 @@ class Filesystem:
         if isinstance(handle, UploadHandle):
             entry, target = handle.entry, handle.node
         else:
-            entry, target = node.ctx.get("upload"), node
+            entry, target = node.upload, node
         if entry is not None and self.writes is not None:
             # A file or property not uploaded yet: sizes go to the spool (ftruncate may grow it:
             # the hole reads as zeros); modes, owners and times are ignored (cp -p, cp -a,
@@ -445,7 +445,7 @@ class Filesystem:
 
     def setxattr(self, ino: int) -> None:
         node = self.tree.nodes.get(ino)
-        if node is not None and self.writes is not None and (node.ctx.get("upload") is not None or self.writes.accepts_attributes(node)):
+        if node is not None and self.writes is not None and (node.upload is not None or self.writes.accepts_attributes(node)):
             raise Refused(errno.ENOTSUP, "extended attributes are not kept")  # cp -a, copystat: skipped quietly
         raise Refused(errno.EROFS, "read-only")
 

@@ -14,8 +14,8 @@ from typing import Any, Iterable
 from ..api.errors import NotADirectory, NotFound
 from ..options import MountOptions
 from .cache import ListingCache
-from .layout import COMMANDS_NAME, EAGER, ERROR_NAME, Layout
-from .nodes import DIR, FolderKind, Node
+from .layout import COMMANDS_NAME, ERROR_NAME, Layout
+from .nodes import DIR, Dynamic, FolderKind, Node
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +81,10 @@ class Tree:
             child = self.layout.commands_node(parent.path)
         if child is None:
             raise NotFound(name)
-        if child.ctx.get("dynamic") == "error":
+        if child.dynamic == Dynamic.ERROR:
             child = self.layout.error_node(parent.path)
-        elif child.ctx.get("render") is not None:  # generated on every access (.uploads)
-            child.content = child.ctx["render"]().encode()
+        elif child.render is not None:  # generated on every access (.uploads)
+            child.content = child.render().encode()
         return child
 
     def _listed_before_refresh(self, path: tuple[str, ...]) -> bool:
@@ -182,7 +182,7 @@ class Tree:
         for name, child in entries.items():
             if child.hidden:
                 continue
-            if child.ctx.get(EAGER):
+            if child.eager:
                 # lazy entries that share one call (a sample's GET) are completed for `ls -l`; one the
                 # server says is absent (a sample without an app session) is left out
                 try:
@@ -201,11 +201,11 @@ class Tree:
     def current(self, ino: int) -> Node:
         """The node, with dynamic content (``.error``) brought up to date."""
         node = self.node(ino)
-        if node.ctx.get("dynamic") == "error":
+        if node.dynamic == Dynamic.ERROR:
             fresh = self.layout.error_node(node.path[:-1])
             node.content = fresh.content
-        elif node.ctx.get("render") is not None:
-            node.content = node.ctx["render"]().encode()
+        elif node.render is not None:
+            node.content = node.render().encode()
         return node
 
     # -- refresh ----------------------------------------------------------------------------

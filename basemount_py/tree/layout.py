@@ -41,9 +41,22 @@ from .nodes import (
     DIR,
     REMOTE,
     SYMLINK,
+    Dynamic,
+    EntityRef,
+    FilesRef,
     FolderKind,
+    MergedRef,
     Node,
     Owner,
+    Part,
+    ProjectScope,
+    PropertiesRef,
+    PropertyLink,
+    PropertyRef,
+    PropItemsRef,
+    RemoteRef,
+    SampleDetail,
+    SessionLink,
     entity_time,
     json_bytes,
     relative_link,
@@ -80,9 +93,6 @@ Restore; this takes about two days and is billed per TB), then refresh this fold
 ENTITY_HIDDEN = (".id", ".type", ".name", ".json", ".href", ".curl", ".error", ".status")
 LIST_HIDDEN = (".json", ".href", ".curl", ".type", ".error")
 COMMANDS_NAME = ".commands"
-ARCHIVED = "archived"  # Node.ctx key of a file in archival storage: not readable until restored
-LAZY = "lazy"  # Node.ctx key: what Layout.resolve fetches to complete the node
-EAGER = "eager"  # Node.ctx key: resolve while listing the folder (its lazy entries share one call)
 _ENTITY_FOLDER = {"sample": "Samples", "appresult": "AppResults"}  # property link kinds inside a project
 ERROR_NAME = ".error"  # every folder has one: why its listing, a write or a command failed
 MERGED_DIR = "Merged"  # BioSamples/<b>/Merged/: the biosample's FASTQs, one file per read
@@ -93,7 +103,7 @@ MANIFEST_NAME = ".manifest"
 class EntityList:
     """A folder that lists one API collection: an entity folder per item (``Layout._list_entities``)."""
 
-    href: str  # the listing; "{project}" stands for the project id of the folder's ctx
+    href: str  # the listing; "{project}" stands for the folder's project (its ProjectScope)
     child: FolderKind  # the kind of each entity folder
     collection: str  # API collection of the items (.type, xattrs, .href of each item)
     v2: bool = False
@@ -213,31 +223,29 @@ class Layout:
         return await self.lists.get((href, (), "entity"), load)
 
     # -- lazy entries -------------------------------------------------------------------------
-    # A node with ctx[LAZY] is complete only once ``resolve`` has run: its symlink target or text
+    # A node with a ``lazy`` is complete only once ``resolve`` has run: its symlink target or text
     # comes from a call that the folder's listing must not cost (see the module docstring).
 
     async def resolve(self, node: Node) -> Node:
         """Complete a lazy node in place (once per node); NotFound when the server has no such
         thing (a sample without an app session). Other nodes are returned untouched."""
-        lazy = node.ctx.get(LAZY)
-        if lazy is None or node.ctx.get("resolved"):
+        lazy = node.lazy
+        if lazy is None or node.resolved:
             return node
-        what, entity_id = lazy[0], lazy[1]
-        if what == "session":
-            detail = await self.entity_detail("samples", entity_id)
+        if isinstance(lazy, SessionLink):
+            detail = await self.entity_detail("samples", lazy.sample_id)
             session = detail.get("AppSession")
             if not isinstance(session, dict) or session.get("Id") is None:
                 raise NotFound(node.path)
             node.target = _session_target(session["Id"])
-        elif what == "sampleproperties":
-            detail = await self.entity_detail("samples", entity_id)
-            node.content = _sample_properties({**node.ctx["entity"], **detail}).encode()
-        elif what == "link":
-            kind, hint = lazy[2], lazy[3]
-            project_id = await self._project_of(kind, entity_id, hint)
-            target = ("Projects", sanitize(f".id.{project_id}"), _ENTITY_FOLDER[kind], sanitize(f".id.{entity_id}"))
+        elif isinstance(lazy, SampleDetail):
+            detail = await self.entity_detail("samples", lazy.sample_id)
+            node.content = _sample_properties({**lazy.item, **detail}).encode()
+        else:
+            project_id = await self._project_of(lazy.kind, lazy.entity_id, lazy.project_hint)
+            target = ("Projects", sanitize(f".id.{project_id}"), _ENTITY_FOLDER[lazy.kind], sanitize(f".id.{lazy.entity_id}"))
             node.target = relative_link(node.path[:-1], target)
-        node.ctx["resolved"] = True
+        node.resolved = True
         return node
 
     async def _project_of(self, kind: str, entity_id: str, hint: str | None) -> str:
@@ -266,13 +274,13 @@ class Layout:
         # by the next successful write or command in the folder
         text = self.errors.get(path, "") + self.problems.get(path, "") + self.write_errors.get(path, "") + self.upload_errors(path)
         node = text_node(_p(path, ERROR_NAME), text)
-        node.ctx["dynamic"] = "error"
+        node.dynamic = Dynamic.ERROR
         return node
 
     def refuse_archived(self, node: Node) -> None:
         """An archived file is refused at open, before any call (its content URL would only be
         refused too, and retrying cannot help): EACCES, and its folder's ``.error`` says why."""
-        if not node.ctx.get(ARCHIVED):
+        if not isinstance(node.data, (RemoteRef, MergedRef)) or not node.data.archived:
             return
         folder = node.path[:-1]
         self.write_errors[folder] = ARCHIVED_MESSAGE.format(name=node.name, folder="/".join(folder))
@@ -320,7 +328,9 @@ class Layout:
             nodes.append(text_node(_p(path, ".status"), f"{entity.get('Status')}\n", mtime))
         return nodes
 
-    def _entity_dirs(self, path: tuple[str, ...], items: list[dict], kind: FolderKind, collection: str, name_key: str = "Name", **ctx: Any) -> list[Node]:
+    def _entity_dirs(
+        self, path: tuple[str, ...], items: list[dict], kind: FolderKind, collection: str, name_key: str = "Name", project_id: str | None = None
+    ) -> list[Node]:
         """One folder per entity (duplicates suffixed), plus hidden ``.id.<id>`` links."""
         reserved = set(LIST_HIDDEN) | {COMMANDS_NAME}
         valid = [i for i in items if i.get("Id") is not None]
@@ -334,7 +344,7 @@ class Layout:
                     path=_p(path, name),
                     type=DIR,
                     kind=kind,
-                    ctx={"entity": item, "collection": collection, **ctx},
+                    data=EntityRef(item, collection, project_id),
                     mtime=entity_time(item),
                     xattrs=_entity_xattrs(item, collection),
                 )
@@ -344,8 +354,8 @@ class Layout:
         return out
 
     def _entity_children(self, node: Node, sub: list[Node], name_key: str = "Name") -> list[Node]:
-        entity, collection = node.ctx["entity"], node.ctx["collection"]
-        return sub + self._entity_hidden(node.path, entity, collection, name_key) + [self.commands_node(node.path)]
+        ref = _entity(node)
+        return sub + self._entity_hidden(node.path, ref.item, ref.collection, name_key) + [self.commands_node(node.path)]
 
     # -- the tree ---------------------------------------------------------------------------
 
@@ -353,7 +363,7 @@ class Layout:
         listed = await self._lister(node.kind)(node)
         names = {child.name for child in listed}
         for name, child in self.local.get(node.path, {}).items():
-            if child.ctx.get("upload") is not None and name in names:
+            if child.upload is not None and name in names:
                 # a spooled file or property not sent yet shadows the server's entry of that name
                 listed = [c for c in listed if c.name != name]
                 names.discard(name)
@@ -377,18 +387,19 @@ class Layout:
 
     async def _list_entities(self, node: Node, spec: EntityList) -> list[Node]:
         """The one recipe of a collection folder: list -> entity folders -> hidden files -> commands."""
-        ctx: dict[str, Any] = {}
+        pid: str | None = None
         href, params, shown = spec.href, None, spec.href
         if "{project}" in href or spec.project_param:
-            pid = node.ctx["project_id"]
-            ctx["project_id"] = pid
+            if not isinstance(node.data, ProjectScope):
+                raise TypeError(f"/{'/'.join(node.path)}: a {node.kind} folder without its project")
+            pid = node.data.project_id
             href = shown = href.format(project=path_segment(pid))
             if spec.project_param:
                 params = {spec.project_param: pid}
                 shown = f"{href}?{spec.project_param}={pid}"
         items = await self._list(href, params, v2=spec.v2)
         return (
-            self._entity_dirs(node.path, items, spec.child, spec.collection, name_key=spec.name_key, **ctx)
+            self._entity_dirs(node.path, items, spec.child, spec.collection, name_key=spec.name_key, project_id=pid)
             + self._list_hidden(node.path, shown, spec.collection, items)
             + [self.commands_node(node.path)]
         )
@@ -396,8 +407,8 @@ class Layout:
     async def _root(self, node: Node) -> list[Node]:
         path = node.path
         return [
-            Node(path=_p(path, "Projects"), type=DIR, kind=K.PROJECTS, ctx={"writable": True}),
-            Node(path=_p(path, "Runs"), type=DIR, kind=K.RUNS, ctx={"writable": True}),
+            Node(path=_p(path, "Projects"), type=DIR, kind=K.PROJECTS, writable=True),
+            Node(path=_p(path, "Runs"), type=DIR, kind=K.RUNS, writable=True),
             Node(path=_p(path, "BioSamples"), type=DIR, kind=K.BIOSAMPLES),
             Node(path=_p(path, ".Trash"), type=DIR, kind=K.TRASH),
             text_node(_p(path, "README"), ROOT_README),
@@ -405,15 +416,15 @@ class Layout:
         ]
 
     async def _project(self, node: Node) -> list[Node]:
-        pid = str(node.ctx["entity"]["Id"])
+        pid = _entity(node).id
         path, mtime = node.path, node.mtime
-        ctx = {"project_id": pid}
-        wctx = {**ctx, "writable": True}  # mkdir (AppResults) and rmdir = move to trash
+        scope = ProjectScope(pid)
+        # writable: mkdir (AppResults) and rmdir = move to trash
         sub = [
-            Node(path=_p(path, "Samples"), type=DIR, kind=K.SAMPLES, ctx=wctx, mtime=mtime),
-            Node(path=_p(path, "AppResults"), type=DIR, kind=K.APPRESULTS, ctx=wctx, mtime=mtime),
-            Node(path=_p(path, "AppSessions"), type=DIR, kind=K.APPSESSIONS, ctx=wctx, mtime=mtime),
-            Node(path=_p(path, "Datasets"), type=DIR, kind=K.DATASETS, ctx=ctx, mtime=mtime),
+            Node(path=_p(path, "Samples"), type=DIR, kind=K.SAMPLES, data=scope, writable=True, mtime=mtime),
+            Node(path=_p(path, "AppResults"), type=DIR, kind=K.APPRESULTS, data=scope, writable=True, mtime=mtime),
+            Node(path=_p(path, "AppSessions"), type=DIR, kind=K.APPSESSIONS, data=scope, writable=True, mtime=mtime),
+            Node(path=_p(path, "Datasets"), type=DIR, kind=K.DATASETS, data=scope, mtime=mtime),
             self._properties_dir(path, "projects", pid, mtime, project_id=pid),
         ]
         return self._entity_children(node, sub)
@@ -424,52 +435,56 @@ class Layout:
             path=_p(path, "Properties"),
             type=DIR,
             kind=K.PROPERTIES,
-            ctx={"owner": Owner(collection, entity_id), "writable": True, "project_id": project_id},
+            data=PropertiesRef(Owner(collection, entity_id), project_id),
+            writable=True,
             mtime=mtime,
         )
 
     def _files_dirs(self, path: tuple[str, ...], collection: str, entity_id: str, mtime: float, v2: bool = False, writable: bool = False) -> list[Node]:
-        owner: dict[str, Any] = {"owner": Owner(collection, entity_id, v2), "sub": ()}
-        if writable:  # an app result that is not Complete yet: files can be uploaded into it
-            owner["writable"] = True
+        files = FilesRef(Owner(collection, entity_id, v2))
+        # writable: an app result that is not Complete yet: files can be uploaded into it
         return [
-            Node(path=_p(path, "Files"), type=DIR, kind=K.FILES, ctx=owner, mtime=mtime),
-            Node(path=_p(path, "Files.metadata"), type=DIR, kind=K.FILESMETA, ctx=owner, mtime=mtime, hidden=True),
+            Node(path=_p(path, "Files"), type=DIR, kind=K.FILES, data=files, writable=writable, mtime=mtime),
+            Node(path=_p(path, "Files.metadata"), type=DIR, kind=K.FILESMETA, data=files, writable=writable, mtime=mtime, hidden=True),
         ]
 
     async def _sample(self, node: Node) -> list[Node]:
-        entity = node.ctx["entity"]
-        sid, mtime, path = str(entity["Id"]), node.mtime, node.path
+        ref = _entity(node)
+        sid, mtime, path = ref.id, node.mtime, node.path
         sub = self._files_dirs(path, "samples", sid, mtime)
-        sub.append(self._properties_dir(path, "samples", sid, mtime, project_id=node.ctx.get("project_id")))
+        sub.append(self._properties_dir(path, "samples", sid, mtime, project_id=ref.project_id))
         # Real sample list items lack SampleNumber and AppSession: both come from GET samples/{id},
         # made when one of these two entries is looked up or the sample folder is listed.
         props = text_node(_p(path, "SampleProperties"), "", mtime)
-        props.ctx.update({LAZY: ("sampleproperties", sid), "entity": entity, EAGER: True})
+        props.lazy, props.eager = SampleDetail(sid, ref.item), True
         sub.append(props)
         sub += self._parent_session_link(node)
         return self._entity_children(node, sub)
 
     def _parent_session_link(self, node: Node) -> list[Node]:
-        entity, path = node.ctx["entity"], _p(node.path, "ParentAppSession")
-        session = entity.get("AppSession")
+        ref, path = _entity(node), _p(node.path, "ParentAppSession")
+        session = ref.item.get("AppSession")
         if isinstance(session, dict) and session.get("Id") is not None:  # app result list items have it
             return [Node(path=path, type=SYMLINK, target=_session_target(session["Id"]), mtime=node.mtime)]
-        if node.ctx.get("collection") != "samples":
+        if ref.collection != "samples":
             return []
-        return [Node(path=path, type=SYMLINK, mtime=node.mtime, ctx={LAZY: ("session", str(entity["Id"])), EAGER: True})]
+        return [Node(path=path, type=SYMLINK, mtime=node.mtime, lazy=SessionLink(ref.id), eager=True)]
 
     async def _appresult(self, node: Node) -> list[Node]:
-        aid, mtime, path = str(node.ctx["entity"]["Id"]), node.mtime, node.path
-        running = str(node.ctx["entity"].get("Status", "Complete")).lower() != "complete"
+        ref = _entity(node)
+        aid, mtime, path = ref.id, node.mtime, node.path
+        running = str(ref.item.get("Status", "Complete")).lower() != "complete"
         sub = self._files_dirs(path, "appresults", aid, mtime, writable=running)
-        sub.append(self._properties_dir(path, "appresults", aid, mtime, project_id=node.ctx.get("project_id")))
+        sub.append(self._properties_dir(path, "appresults", aid, mtime, project_id=ref.project_id))
         sub += self._parent_session_link(node)
         return self._entity_children(node, sub)
 
     async def _appsession(self, node: Node) -> list[Node]:
-        entity, pid = node.ctx["entity"], node.ctx["project_id"]
-        sid, mtime, path = str(entity["Id"]), node.mtime, node.path
+        ref = _entity(node)
+        pid = ref.project_id
+        if pid is None:
+            raise TypeError(f"/{'/'.join(node.path)}: an app session folder without its project")
+        sid, mtime, path = ref.id, node.mtime, node.path
         sub = [self._properties_dir(path, "appsessions", sid, mtime, project_id=pid)]
         results = await self._list(f"v1pre3/projects/{path_segment(pid)}/appresults")
         for item in results:
@@ -481,16 +496,17 @@ class Layout:
         return self._entity_children(node, sub)
 
     async def _run(self, node: Node) -> list[Node]:
-        rid, mtime, path = str(node.ctx["entity"]["Id"]), node.mtime, node.path
+        rid, mtime, path = _entity(node).id, node.mtime, node.path
         sub = self._files_dirs(path, "runs", rid, mtime)
         sub.append(self._properties_dir(path, "runs", rid, mtime))
         return self._entity_children(node, sub)
 
     async def _biosample(self, node: Node) -> list[Node]:
-        entity, path, mtime = node.ctx["entity"], node.path, node.mtime
+        ref = _entity(node)
+        entity, path, mtime = ref.item, node.path, node.mtime
         sub = [
-            Node(path=_p(path, "Datasets"), type=DIR, kind=K.BIOSAMPLE_DATASETS, ctx={"id": str(entity["Id"])}, mtime=mtime),
-            Node(path=_p(path, MERGED_DIR), type=DIR, kind=K.BIOSAMPLE_MERGED, ctx={"entity": entity}, mtime=mtime),
+            Node(path=_p(path, "Datasets"), type=DIR, kind=K.BIOSAMPLE_DATASETS, data=ref, mtime=mtime),
+            Node(path=_p(path, MERGED_DIR), type=DIR, kind=K.BIOSAMPLE_MERGED, data=ref, mtime=mtime),
             text_node(_p(path, "Status"), f"{entity.get('Status', '')}\n", mtime),
         ]
         project = entity.get("DefaultProject")
@@ -506,7 +522,7 @@ class Layout:
         return items, names
 
     async def _biosample_datasets_links(self, node: Node) -> list[Node]:
-        items, names = await self._biosample_datasets(node.ctx["id"])
+        items, names = await self._biosample_datasets(_entity(node).id)
         out = []
         for item in items:
             project = found if isinstance(found := item.get("Project"), dict) else {}
@@ -519,7 +535,7 @@ class Layout:
     async def _biosample_merged(self, node: Node) -> list[Node]:
         """``Merged/``: one FASTQ.gz per read, concatenating the biosample's FASTQ datasets
         (tree/merged.py). Costs the listings ``Datasets/`` and each dataset's ``Files/`` make anyway."""
-        entity, path = node.ctx["entity"], node.path
+        entity, path = _entity(node).item, node.path
         items, names = await self._biosample_datasets(str(entity["Id"]))
         fastq = [i for i in items if i.get("Id") is not None and is_fastq_dataset(i)]
         trees = await _gather([lambda i=i: self.file_tree(Owner("datasets", str(i["Id"]), v2=True)) for i in fastq])
@@ -544,7 +560,7 @@ class Layout:
                     file_id=f"merged:{entity['Id']}:{read}",
                     size=sum(p.size for p in parts),
                     mtime=max(p.mtime for p in parts),
-                    ctx={"parts": tuple(_read_part(p.name, file_items[p.file_id]) for p in parts), ARCHIVED: bool(archived)},
+                    data=MergedRef(tuple(_read_part(p.name, file_items[p.file_id]) for p in parts), archived=bool(archived)),
                 )
             )
         manifest = manifest_text(entity, file_names, plan)
@@ -552,16 +568,16 @@ class Layout:
         return out + [self.commands_node(path)]
 
     async def _dataset(self, node: Node) -> list[Node]:
-        entity, path, mtime = node.ctx["entity"], node.path, node.mtime
+        entity, path, mtime = _entity(node).item, node.path, node.mtime
         sub = self._files_dirs(path, "datasets", str(entity["Id"]), mtime, v2=True)
-        dtype = entity.get("DatasetType") if isinstance(entity.get("DatasetType"), dict) else {}
+        dtype = found if isinstance(found := entity.get("DatasetType"), dict) else {}
         sub.append(text_node(_p(path, "DatasetTypeId"), f"{dtype.get('Id', '')}\n", mtime))
         return self._entity_children(node, sub)
 
     # -- trash ------------------------------------------------------------------------------------
 
     async def _trashitem(self, node: Node) -> list[Node]:
-        entity = node.ctx["entity"]
+        entity = _entity(node).item
         kind = entity.get("TrashItemType") or "Deleted"
         includes = entity.get("Includes")
         text = f"{kind} ({includes})\n" if includes else f"{kind}\n"
@@ -578,85 +594,67 @@ class Layout:
         return build_file_tree(items)
 
     async def _subtree(self, node: Node) -> dict | None:
-        tree = await self.file_tree(node.ctx["owner"])
-        for part in node.ctx["sub"]:
+        files = _files_ref(node)
+        tree = await self.file_tree(files.owner)
+        for part in files.sub:
             tree = tree["dirs"].get(part)
             if tree is None:
                 return None
         return tree
 
     async def _files(self, node: Node) -> list[Node]:
-        tree = await self._subtree(node)
-        if tree is None:
-            return []
-        out = []
-        for name, sub in tree["dirs"].items():
-            out.append(
-                Node(
-                    path=_p(node.path, name),
-                    type=DIR,
-                    kind=K.FILES,
-                    ctx={"owner": node.ctx["owner"], "sub": node.ctx["sub"] + (name,), "writable": node.ctx.get("writable", False)},
-                    mtime=sub["mtime"],
-                )
-            )
-        for name, item in tree["files"].items():
-            out.append(
-                Node(
-                    path=_p(node.path, name),
-                    type=REMOTE,
-                    file_id=str(item["Id"]),
-                    size=safe_size(item.get("Size")),
-                    mtime=entity_time(item),
-                    xattrs=_entity_xattrs(item, "files"),
-                    immutable=True,
-                    ctx={"version": content_version(item), ARCHIVED: item.get("IsArchived") is True, "etag": item.get("ETag")},
-                )
-            )
-        return out
+        return await self._files_listing(node, self._remote_file)
 
     async def _filesmeta(self, node: Node) -> list[Node]:
         """Files.metadata/<path>/: a folder per file holding its hidden metadata files."""
+        return await self._files_listing(node, self._file_metadata_dir)
+
+    async def _files_listing(self, node: Node, file_entry: Callable[[tuple[str, ...], dict], Node]) -> list[Node]:
+        """``Files/`` and ``Files.metadata/`` (and the folders below them) list the same folders of
+        the owner's file tree; each file is a ``file_entry``."""
         tree = await self._subtree(node)
         if tree is None:
             return []
-        out = []
-        for name, sub in tree["dirs"].items():
-            ctx = {"owner": node.ctx["owner"], "sub": node.ctx["sub"] + (name,)}
-            out.append(Node(path=_p(node.path, name), type=DIR, kind=K.FILESMETA, ctx=ctx, mtime=sub["mtime"]))
-        for name, item in tree["files"].items():
-            out.append(
-                Node(
-                    path=_p(node.path, name),
-                    type=DIR,
-                    kind=K.FILEMETA,
-                    ctx={"entity": item, "collection": "files"},
-                    mtime=entity_time(item),
-                    xattrs=_entity_xattrs(item, "files"),
-                )
-            )
-        return out
+        files = _files_ref(node)
+        writable = node.writable and node.kind == K.FILES  # uploads go to Files/, never to its metadata
+        out = [
+            Node(path=_p(node.path, name), type=DIR, kind=node.kind, data=FilesRef(files.owner, files.sub + (name,)), writable=writable, mtime=sub["mtime"])
+            for name, sub in tree["dirs"].items()
+        ]
+        return out + [file_entry(_p(node.path, name), item) for name, item in tree["files"].items()]
+
+    @staticmethod
+    def _remote_file(path: tuple[str, ...], item: dict) -> Node:
+        return Node(
+            path=path,
+            type=REMOTE,
+            file_id=str(item["Id"]),
+            size=safe_size(item.get("Size")),
+            mtime=entity_time(item),
+            xattrs=_entity_xattrs(item, "files"),
+            immutable=True,
+            data=RemoteRef(content_version(item), item.get("ETag"), archived=item.get("IsArchived") is True),
+        )
+
+    @staticmethod
+    def _file_metadata_dir(path: tuple[str, ...], item: dict) -> Node:
+        return Node(path=path, type=DIR, kind=K.FILEMETA, data=EntityRef(item, "files"), mtime=entity_time(item), xattrs=_entity_xattrs(item, "files"))
 
     async def _filemeta(self, node: Node) -> list[Node]:
-        return self._entity_hidden(node.path, node.ctx["entity"], "files")
+        return self._entity_hidden(node.path, _entity(node).item, "files")
 
     # -- properties ---------------------------------------------------------------------------
 
     async def _properties(self, node: Node) -> list[Node]:
-        owner: Owner = node.ctx["owner"]
-        collection, entity_id = owner.collection, owner.entity_id
-        items = await self._list(properties_href(collection, entity_id))
+        if not isinstance(node.data, PropertiesRef):
+            raise TypeError(f"/{'/'.join(node.path)}: a Properties folder without its owner")
+        owner, hint = node.data.owner, node.data.project_id
+        items = await self._list(properties_href(owner.collection, owner.entity_id))
         names = unique_names(((i, p.get("Name")) for i, p in enumerate(items)), reserved={COMMANDS_NAME})
-        out = []
-        hint = node.ctx.get("project_id")
-        for index, prop in enumerate(items):
-            child = self._property_node(_p(node.path, names[index]), prop, node.mtime, hint)
-            child.ctx.update(prop_name=str(prop.get("Name", "")), owner=Owner(collection, entity_id))
-            out.append(child)
-        return out
+        return [self._property_node(_p(node.path, names[index]), prop, node.mtime, owner, hint) for index, prop in enumerate(items)]
 
-    def _property_node(self, path: tuple[str, ...], prop: dict, mtime: float, hint: str | None) -> Node:
-        ptype = str(prop.get("Type", "string"))
+    def _property_node(self, path: tuple[str, ...], prop: dict, mtime: float, owner: Owner, hint: str | None) -> Node:
+        name, ptype = str(prop.get("Name", "")), str(prop.get("Type", "string"))
         if ptype.endswith("[]") or ptype in ("map", "maps"):
             items = prop.get("Items")
             if not isinstance(items, list):
@@ -665,10 +663,11 @@ class Layout:
             # The properties listing shows only the first items of a long array (BaseSpace's
             # propertyitemslimit): the folder then lists them all through .../items, paged.
             partial = isinstance(total, int) and not isinstance(total, bool) and total > len(items)
-            ctx = {"type": ptype, "items": items, "partial": partial, "writable": True, "project_id": hint}
-            return Node(path=path, type=DIR, kind=K.PROPITEMS, ctx=ctx, mtime=mtime)
-        content = prop.get("Content")
-        return self._property_value(path, ptype, content, mtime, hint)
+            data = PropItemsRef(owner, name, ptype, tuple(items), partial, hint)
+            return Node(path=path, type=DIR, kind=K.PROPITEMS, data=data, writable=True, mtime=mtime)
+        node = self._property_value(path, ptype, prop.get("Content"), mtime, hint)
+        node.data = PropertyRef(owner, name)
+        return node
 
     def _property_value(self, path: tuple[str, ...], ptype: str, value: Any, mtime: float, hint: str | None) -> Node:
         base = ptype.rstrip("[]")
@@ -680,20 +679,23 @@ class Layout:
             if target is not None:  # top-level folders: no project needed
                 return Node(path=path, type=SYMLINK, target=relative_link(path[:-1], target + (sanitize(f".id.{eid}"),)), mtime=mtime)
             if base in _ENTITY_FOLDER:  # the project is looked up when the link is (Layout.resolve)
-                return Node(path=path, type=SYMLINK, mtime=mtime, ctx={LAZY: ("link", eid, base, hint)})
+                return Node(path=path, type=SYMLINK, mtime=mtime, lazy=PropertyLink(eid, base, hint))
         return text_node(path, json_bytes(value), mtime)
 
     async def property_items(self, node: Node) -> list:
         """Every item of an array property's folder: the ones the properties listing showed, or,
         when it showed only the first ones, all pages of ``.../properties/{name}/items``."""
-        if node.ctx.get("partial") and node.ctx.get("owner"):
-            owner: Owner = node.ctx["owner"]
-            name = path_segment(node.ctx["prop_name"])
-            return await self._list(f"{properties_href(owner.collection, owner.entity_id)}/{name}/items", values=True)
-        return list(node.ctx.get("items") or [])
+        data = node.data
+        if not isinstance(data, PropItemsRef):
+            return []
+        if data.partial:
+            owner = data.owner
+            return await self._list(f"{properties_href(owner.collection, owner.entity_id)}/{path_segment(data.name)}/items", values=True)
+        return list(data.items)
 
     async def _propitems(self, node: Node) -> list[Node]:
-        ptype, items = node.ctx["type"], await self.property_items(node)
+        ptype = node.data.type if isinstance(node.data, PropItemsRef) else ""
+        items = await self.property_items(node)
         out = []
         if ptype in ("map", "maps"):
             names = unique_names((i, entry.get("Key") if isinstance(entry, dict) else None) for i, entry in enumerate(items))
@@ -702,10 +704,23 @@ class Layout:
                 text = "\n".join(str(v) for v in values) + "\n" if isinstance(values, list) else json_bytes(values)
                 out.append(text_node(_p(node.path, names[i]), text, node.mtime))
             return out
-        hint = node.ctx.get("project_id")
+        hint = node.data.project_id if isinstance(node.data, PropItemsRef) else None
         for i, value in enumerate(items):
             out.append(self._property_value(_p(node.path, str(i)), ptype, value, node.mtime, hint))
         return out
+
+
+def _entity(node: Node) -> EntityRef:
+    """The entity of an entity folder (its kind's lister needs one: anything else is a bug)."""
+    if not isinstance(node.data, EntityRef):
+        raise TypeError(f"/{'/'.join(node.path)}: a {node.kind} folder without its entity")
+    return node.data
+
+
+def _files_ref(node: Node) -> FilesRef:
+    if not isinstance(node.data, FilesRef):
+        raise TypeError(f"/{'/'.join(node.path)}: a {node.kind} folder without its files' owner")
+    return node.data
 
 
 def _session_target(session_id: object) -> str:
@@ -747,7 +762,7 @@ def _relative_href(href: str) -> str:
     return href[marker + 1 :] if href.startswith("http") and marker >= 0 else href
 
 
-def _read_part(name: str, item: dict) -> tuple[str, int, str, str, object]:
+def _read_part(name: str, item: dict) -> Part:
     """A merged file's part as read/concat.py opens it: id, size, name, version, ETag."""
     return (str(item["Id"]), safe_size(item.get("Size")), name, content_version(item), item.get("ETag"))
 

@@ -1,8 +1,10 @@
 """Node: one entry of the mounted tree (directory, remote file, generated text file, symlink).
 
 A node knows its path (its identity while it lives in the inode table), how it looks to ``stat``
-and, for directories, which *kind* of listing fills it (see ``layout.py``). Nodes are plain data;
-all API work happens in ``layout.py``.
+and, for directories, which *kind* of listing fills it (see ``layout.py``). What a listing or a
+write needs to know about the node (its entity, its files' owner, its property...) is one frozen
+dataclass in ``Node.data``, one per kind of data, below. Nodes are plain data; all API work
+happens in ``layout.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import StrEnum
-from typing import Any
+from typing import Any, Callable
 
 
 class NodeType(StrEnum):
@@ -79,6 +81,125 @@ class Owner:
     v2: bool = False  # the files are listed by the v2 API (datasets)
 
 
+# -- what a node stands for (Node.data): one frozen dataclass per kind of data ---------------------
+
+
+@dataclass(frozen=True)
+class EntityRef:
+    """An entity folder (and a file's ``Files.metadata/<file>/``): the listing item that made it."""
+
+    item: dict[str, Any]  # as the listing gave it (real list items are leaner than GET-one answers)
+    collection: str  # API collection of the item: "samples", "appresults", "files", ...
+    project_id: str | None = None  # the project it was listed in (Samples/, AppResults/, AppSessions/)
+
+    @property
+    def id(self) -> str:
+        return str(self.item.get("Id"))
+
+
+@dataclass(frozen=True)
+class ProjectScope:
+    """A folder listing one collection of a project (``Projects/<p>/Samples/`` ...)."""
+
+    project_id: str
+
+
+@dataclass(frozen=True)
+class FilesRef:
+    """``Files/``, ``Files.metadata/`` and the folders below them: whose files, and where in them."""
+
+    owner: Owner
+    sub: tuple[str, ...] = ()  # the folders from Files/ down to this one
+
+
+@dataclass(frozen=True)
+class PropertiesRef:
+    """An entity's ``Properties/``."""
+
+    owner: Owner
+    project_id: str | None = None  # the owner's project: where its property links most likely point
+
+
+@dataclass(frozen=True)
+class PropertyRef:
+    """One property of ``Properties/`` (a text file, a link, or a folder of items)."""
+
+    owner: Owner
+    name: str  # the property's name as BaseSpace spells it (the entry name is sanitised)
+
+
+@dataclass(frozen=True)
+class PropItemsRef(PropertyRef):
+    """An array or map property's folder: one entry per item."""
+
+    type: str = ""  # "sample[]", "string[]", "map"...; "" for a folder made by mkdir (no items yet)
+    items: tuple[Any, ...] = ()  # the items the properties listing showed
+    partial: bool = False  # the listing showed only the first items: all come from .../items
+    project_id: str | None = None
+
+
+@dataclass(frozen=True)
+class RemoteRef:
+    """A BaseSpace file: what pins its bytes besides its id (the content cache is keyed by it)."""
+
+    version: str | None = None
+    etag: object = None
+    archived: bool = False  # in archival storage: not readable until restored
+
+
+# A part of a merged file as read/concat.py opens it: id, size, name, version, ETag.
+Part = tuple[str, int, str, str, object]
+
+
+@dataclass(frozen=True)
+class MergedRef:
+    """``BioSamples/<b>/Merged/<read>``: the concatenation of the biosample's FASTQ parts."""
+
+    parts: tuple[Part, ...]
+    archived: bool = False  # one of its parts is archived
+
+
+NodeData = EntityRef | ProjectScope | FilesRef | PropertiesRef | PropertyRef | RemoteRef | MergedRef
+
+
+# -- what Layout.resolve fetches to complete a node (Node.lazy) ----------------------------------
+
+
+@dataclass(frozen=True)
+class SessionLink:
+    """A sample's ``ParentAppSession``: its target comes from ``GET samples/{id}``."""
+
+    sample_id: str
+
+
+@dataclass(frozen=True)
+class SampleDetail:
+    """A sample's ``SampleProperties``: its listing item completed by ``GET samples/{id}``."""
+
+    sample_id: str
+    item: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PropertyLink:
+    """A property linking a sample or app result: its target needs the entity's project."""
+
+    entity_id: str
+    kind: str  # "sample" or "appresult"
+    project_hint: str | None  # the owner's project, where the entity most likely is
+
+
+Lazy = SessionLink | SampleDetail | PropertyLink
+
+
+class Dynamic(StrEnum):
+    """Content that changes without a listing (never kept long by the kernel)."""
+
+    ERROR = "error"  # a folder's .error: rebuilt from the layout's error records at each access
+    STATUS = "status"  # the hidden status file of write mode: rendered at each access
+    UPLOAD = "upload"  # a file or property being written into the spool
+
+
 _DATE = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)?$")
 
 
@@ -124,7 +245,7 @@ class Node:
     path: tuple[str, ...]
     type: NodeType
     kind: FolderKind | None = None  # for DIR: which listing fills it (layout.py)
-    ctx: dict = field(default_factory=dict)  # ids and entity data the listing/renderer needs
+    data: NodeData | None = None  # what the node stands for (its listing and the writes need it)
     size: int = 0
     mtime: float = 0.0
     content: bytes = b""  # TEXT
@@ -133,6 +254,14 @@ class Node:
     xattrs: dict[str, bytes] = field(default_factory=dict)
     hidden: bool = False  # listed by readdir? (Files.metadata and .commands are "sneaky")
     immutable: bool = False  # remote files: kernel may keep their pages and attrs long
+    writable: bool = False  # write mode: mkdir/create/rmdir/ln -s allowed here (write/)
+    local: bool = False  # made in this mount (mkdir in Files/ or Properties/): not on the server yet
+    lazy: Lazy | None = None  # completed by Layout.resolve (once: ``resolved``)
+    eager: bool = False  # resolve while listing the folder (its lazy entries share one call)
+    resolved: bool = False
+    dynamic: Dynamic | None = None
+    render: Callable[[], str] | None = None  # Dynamic.STATUS: the content, made at each access
+    upload: Any = None  # Dynamic.UPLOAD: its write.spool.SpoolEntry (tree/ does not import write/)
 
     @property
     def name(self) -> str:

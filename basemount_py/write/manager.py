@@ -39,7 +39,20 @@ from ..api.errors import ApiError, FsError, errno_for
 from ..blocking import RunBlocking, in_worker_thread
 from ..entities import WITH_PROPERTIES
 from ..tree import DIR, SYMLINK, TEXT, Node, NotFound, Tree
-from ..tree.nodes import TRASHABLE_FOLDERS, UPLOAD, FolderKind, Owner, text_node
+from ..tree.nodes import (
+    TRASHABLE_FOLDERS,
+    UPLOAD,
+    Dynamic,
+    EntityRef,
+    FilesRef,
+    FolderKind,
+    Owner,
+    ProjectScope,
+    PropertiesRef,
+    PropertyRef,
+    PropItemsRef,
+    text_node,
+)
 from ..tree.layout import properties_href
 from .api import WriteApi
 from .properties import MAX_BYTES, entity_href, item_href
@@ -84,7 +97,7 @@ class WriteManager:
         self.layout.upload_errors = self.upload_errors
         # The hidden status file at the top (basemount-py status reads it).
         status = text_node((STATUS_NAME,), b"", hidden=True)
-        status.ctx.update(dynamic="status", render=self.status_text)
+        status.dynamic, status.render = Dynamic.STATUS, self.status_text
         self.layout.local.setdefault((), {})[STATUS_NAME] = status
 
     async def __aenter__(self) -> "WriteManager":
@@ -137,7 +150,7 @@ class WriteManager:
         self.layout.drop_api(properties_href(collection, entity_id), below=True)
 
     def _require(self, node: Node, folder: tuple[str, ...], what: str) -> None:
-        if not node.ctx.get("writable"):
+        if not node.writable:
             raise self.fail(folder, errno.EROFS, f"{what}: this folder is read-only")
 
     # -- mkdir / rmdir -----------------------------------------------------------------------------------
@@ -151,19 +164,20 @@ class WriteManager:
             self._drop_listing(path)
             return await self._created_child(parent, name, created)
         if parent.kind == FolderKind.APPRESULTS:
-            pid = parent.ctx["project_id"]
+            pid = _project_id(parent)
             with self._api_write(path, f"creating app result {name!r}"):
                 created = await self.api.create_appresult(pid, name)
             self.layout.drop_api(f"v1pre3/projects/{pid}/appresults", "v1pre3/users/current/appsessions")
             self._drop_listing(path, path[:-1] + ("AppSessions",))
             return await self._created_child(parent, name, created)
-        if parent.kind == FolderKind.FILES and parent.ctx.get("writable"):
-            ctx = {"owner": parent.ctx["owner"], "sub": parent.ctx["sub"] + (name,), "writable": True, "local": True}
-            return self._add_local(parent, Node(path=path + (name,), type=DIR, kind=FolderKind.FILES, ctx=ctx, mtime=time.time()))
+        if parent.kind == FolderKind.FILES and parent.writable:
+            files = _files_ref(parent)
+            data: FilesRef | PropItemsRef = FilesRef(files.owner, files.sub + (name,))
+            return self._add_local(parent, Node(path=path + (name,), type=DIR, kind=FolderKind.FILES, data=data, writable=True, local=True, mtime=time.time()))
         if parent.kind == FolderKind.PROPERTIES:
-            owner = parent.ctx["owner"]  # the Properties/ folder's
-            ctx = {"type": "", "items": [], "writable": True, "local": True, "prop_name": name, "owner": owner}
-            return self._add_local(parent, Node(path=path + (name,), type=DIR, kind=FolderKind.PROPITEMS, ctx=ctx, mtime=time.time()))
+            data = PropItemsRef(_owner(parent), name)  # an array property without items yet
+            folder = Node(path=path + (name,), type=DIR, kind=FolderKind.PROPITEMS, data=data, writable=True, local=True, mtime=time.time())
+            return self._add_local(parent, folder)
         raise self.fail(path, errno.EROFS, f"cannot create folder {name!r} here (read-only)")
 
     def _add_local(self, parent: Node, node: Node) -> Node:
@@ -184,8 +198,8 @@ class WriteManager:
         entries = await self.tree.children(parent)
         wanted = str(created.get("Id"))
         child = entries.get(name)
-        if child is None or str((child.ctx.get("entity") or {}).get("Id")) != wanted:
-            child = next((c for c in entries.values() if c.type == DIR and str((c.ctx.get("entity") or {}).get("Id")) == wanted), child)
+        if child is None or _entity_id(child) != wanted:
+            child = next((c for c in entries.values() if c.type == DIR and _entity_id(c) == wanted), child)
         if child is None:
             raise self.fail(parent.path, errno.EIO, f"{name!r} was created but is not listed yet; try: basemount-cmd refresh")
         self.layout.write_errors.pop(parent.path, None)
@@ -194,7 +208,7 @@ class WriteManager:
     async def rmdir(self, parent: Node, name: str) -> None:
         path = parent.path
         child = await self.tree.child(parent, name)
-        if child.ctx.get("local"):
+        if child.local:
             if self.layout.local.get(child.path):
                 raise self.fail(path, errno.ENOTEMPTY, f"{name}: folder is not empty")
             self._remove_local(child)
@@ -227,13 +241,14 @@ class WriteManager:
 
     @staticmethod
     def _is_property(parent: Node, child: Node) -> bool:
-        return parent.kind == FolderKind.PROPERTIES and bool(child.ctx.get("prop_name")) and bool(child.ctx.get("owner"))
+        return parent.kind == FolderKind.PROPERTIES and isinstance(child.data, PropertyRef) and bool(child.data.name)
 
     async def delete_property(self, parent: Node, child: Node) -> None:
         """``DELETE v2/{collection}/{id}/properties/{name}``: the property is gone from BaseSpace."""
-        owner: Owner = child.ctx["owner"]
-        collection, entity_id = owner.collection, owner.entity_id
-        name = child.ctx["prop_name"]
+        if not isinstance(child.data, PropertyRef):
+            raise self.fail(parent.path, errno.EINVAL, f"{child.name} is not a property")
+        collection, entity_id = child.data.owner.collection, child.data.owner.entity_id
+        name = child.data.name
         self._check_delete_guard(parent.path)
         with self._api_write(parent.path, f"deleting property {name}"):
             await self.api.delete_property(collection, entity_id, name)
@@ -249,10 +264,10 @@ class WriteManager:
         self._check_delete_guard(folder)
         if node.kind not in TRASHABLE_FOLDERS:
             raise self.fail(node.path, errno.EINVAL, "move-to-trash works on a project, sample, app result, app session or run folder")
-        entity, collection = node.ctx["entity"], node.ctx["collection"]
+        ref = _entity(node)
         with self._api_write(folder, f"moving {node.name!r} to the trash"):
-            await self.api.move_to_trash(collection, str(entity["Id"]))
-        log.info("moved %s %s (%s) to the trash", collection, entity.get("Id"), node.name)
+            await self.api.move_to_trash(ref.collection, ref.id)
+        log.info("moved %s %s (%s) to the trash", ref.collection, ref.id, node.name)
         # An app session takes its samples and app results with it: refresh the whole project.
         self.tree.refresh(folder[:-1] if node.kind == FolderKind.APPSESSION else folder)
         self._drop_listing((".Trash",), prefix=True)
@@ -262,12 +277,12 @@ class WriteManager:
         if node.kind != FolderKind.TRASHITEM:
             raise self.fail(node.path, errno.EINVAL, "restore-from-trash works on a .Trash/<item> folder")
         with self._api_write(node.path, f"restoring {node.name!r}"):
-            await self.api.restore_from_trash(str(node.ctx["entity"]["Id"]))
+            await self.api.restore_from_trash(_entity(node).id)
         log.info("restored %s from the trash", node.name)
         self.tree.refresh(())
 
     async def _session_of(self, node: Node) -> dict:
-        entity = node.ctx.get("entity") or {}
+        entity = node.data.item if isinstance(node.data, EntityRef) else {}
         if node.kind == FolderKind.APPSESSION:
             return entity
         if node.kind == FolderKind.SAMPLE and "AppSession" not in entity and entity.get("Id") is not None:
@@ -281,7 +296,7 @@ class WriteManager:
         session = await self._session_of(node)
         if str(session.get("Status", "")).lower() == "complete":
             raise self.fail(node.path, errno.EINVAL, f"app session {session.get('Name', session.get('Id'))!r} is already Complete")
-        owner = str((node.ctx.get("entity") or {}).get("Id")) if node.kind == FolderKind.APPRESULT else None
+        owner = _entity(node).id if node.kind == FolderKind.APPRESULT else None
 
         def waiting() -> list[SpoolEntry]:
             return [e for e in self.unfinished() if e.kind == FILE and (owner is None or e.owner_id == owner)]
@@ -354,10 +369,10 @@ class WriteManager:
                 folder = self.layout.local.setdefault(path[:i], {})
                 if path[i] not in folder:
                     sub = tuple(path[files_at + 1 : i + 1])
-                    ctx = {"owner": Owner("appresults", entry.owner_id), "sub": sub, "writable": True, "local": True}
-                    folder[path[i]] = Node(path=path[: i + 1], type=DIR, kind=FolderKind.FILES, ctx=ctx, mtime=entry.created)
+                    data = FilesRef(Owner("appresults", entry.owner_id), sub)
+                    folder[path[i]] = Node(path=path[: i + 1], type=DIR, kind=FolderKind.FILES, data=data, writable=True, local=True, mtime=entry.created)
                     self._drop_listing(path[:i])
-        node = Node(path=path, type=UPLOAD, ctx={"dynamic": UPLOAD, "writable": True, "upload": entry}, size=entry.size, mtime=entry.created)
+        node = Node(path=path, type=UPLOAD, dynamic=Dynamic.UPLOAD, writable=True, upload=entry, size=entry.size, mtime=entry.created)
         self.layout.local.setdefault(path[:-1], {})[path[-1]] = node
         self._drop_listing(path[:-1])
         self.tree.replace(node)
@@ -443,16 +458,16 @@ class WriteManager:
         path = parent.path
         if self.unavailable and parent.kind in (FolderKind.FILES, FolderKind.PROPERTIES):
             raise self.fail(path, errno.EROFS, self.unavailable)
-        if parent.kind == FolderKind.FILES and parent.ctx.get("writable"):
-            owner = parent.ctx["owner"]
-            collection, owner_id = owner.collection, owner.entity_id
-            if collection != "appresults":
+        if parent.kind == FolderKind.FILES and parent.writable:
+            files = _files_ref(parent)
+            if files.owner.collection != "appresults":
                 raise self.fail(path, errno.EROFS, "files can only be uploaded into an app result")
-            fields = {"kind": FILE, "owner_id": owner_id, "directory": "/".join(parent.ctx["sub"])}
+            fields = {"kind": FILE, "owner_id": files.owner.entity_id, "directory": "/".join(files.sub)}
         elif parent.kind == FolderKind.PROPERTIES:
             if "." not in name.strip(".") or name.startswith("."):
                 raise self.fail(path, errno.EINVAL, f"property names need a namespace, e.g. Input.{name} (BaseSpace refuses {name!r})")
-            fields = {"kind": PROPERTY, "owner_id": parent.ctx["owner"].entity_id, "collection": parent.ctx["owner"].collection}
+            owner = _owner(parent)
+            fields = {"kind": PROPERTY, "owner_id": owner.entity_id, "collection": owner.collection}
         else:
             raise self.fail(path, errno.EROFS, f"cannot create {name!r} here (read-only)")
         existing = self.layout.local.get(path, {}).get(name)
@@ -476,7 +491,7 @@ class WriteManager:
         """Opening an existing entry for writing: a file not sent yet, or a string property."""
         parent = self._parent(node)
         folder = node.path[:-1]
-        entry = node.ctx.get("upload")
+        entry = node.upload
         if node.type == UPLOAD and isinstance(entry, SpoolEntry) and entry.kind == PROPERTY and entry.state == UPLOADING:
             await self.uploader.wait_attempt(entry)  # a new value follows the one being sent
             if entry.id not in self.spool.entries:  # sent: the new value is a new entry
@@ -502,14 +517,15 @@ class WriteManager:
         """A new value of an existing string property, spooled like a file."""
         if parent is None:
             raise self.fail(node.path[:-1], errno.ENOENT, f"{node.name}: its Properties/ folder is gone")
-        name = node.ctx.get("prop_name") or node.name
+        name = (node.data.name if isinstance(node.data, PropertyRef) else "") or node.name
+        owner = _owner(parent)
         entry = await self._spool(
             self.spool.create,
             kind=PROPERTY,
             mount_path=list(node.path),
             name=name,
-            owner_id=parent.ctx["owner"].entity_id,
-            collection=parent.ctx["owner"].collection,
+            owner_id=owner.entity_id,
+            collection=owner.collection,
         )
         if initial:
             await self._spool(self.spool.write, entry, 0, initial)
@@ -524,9 +540,9 @@ class WriteManager:
         """chmod/chown/utimes on a file of a Running app result succeed and are ignored: tools
         (cp -p, rsync -a, tar -x) set them right after close, maybe after the upload."""
         if node.type == DIR:  # a folder inside a Running app result's Files/ (cp -a, tar, rsync)
-            return node.kind == FolderKind.FILES and bool(node.ctx.get("writable"))
+            return node.kind == FolderKind.FILES and node.writable
         parent = self._parent(node)
-        return parent is not None and parent.kind == FolderKind.FILES and bool(parent.ctx.get("writable"))
+        return parent is not None and parent.kind == FolderKind.FILES and parent.writable
 
     def _node_of(self, entry: SpoolEntry) -> Node | None:
         return self.layout.local.get(tuple(entry.mount_path[:-1]), {}).get(entry.mount_path[-1])
@@ -643,7 +659,7 @@ class WriteManager:
             self._nursery.start_soon(self.uploader.abort_multipart, entry)
 
     async def remove_upload(self, parent: Node, child: Node) -> None:
-        entry = child.ctx.get("upload")
+        entry = child.upload
         if isinstance(entry, SpoolEntry):
             if entry.state == UPLOADING:
                 raise self.fail(parent.path, errno.EBUSY, f"{child.name} is being uploaded; it cannot be removed now")
@@ -659,7 +675,7 @@ class WriteManager:
 
     async def _rename(self, old_parent: Node, old_name: str, new_parent: Node, new_name: str) -> None:
         child = await self.tree.child(old_parent, old_name)
-        entry = child.ctx.get("upload")
+        entry = child.upload
         folder = old_parent.path
         if child.type != UPLOAD or not isinstance(entry, SpoolEntry) or entry.kind != FILE:
             raise self.fail(folder, errno.EROFS, f"{old_name} cannot be renamed: BaseSpace files and folders keep their names once uploaded")
@@ -667,7 +683,7 @@ class WriteManager:
             await self.uploader.wait_committing(entry)
         if entry.state == COMMITTED or entry.id not in self.spool.entries:
             raise self.fail(folder, errno.EROFS, f"{old_name} is already uploaded under that name; it can no longer be renamed")
-        if new_parent.kind != FolderKind.FILES or not new_parent.ctx.get("writable") or new_parent.ctx["owner"].entity_id != entry.owner_id:
+        if new_parent.kind != FolderKind.FILES or not new_parent.writable or _files_ref(new_parent).owner.entity_id != entry.owner_id:
             raise self.fail(folder, errno.EXDEV, f"{old_name} can only be renamed within the Files/ folder of its app result")
         try:
             target = await self.tree.child(new_parent, new_name)
@@ -678,7 +694,7 @@ class WriteManager:
             log.info("rename into /%s: listing failed (%s); going by the local entries", "/".join(new_parent.path), exc)
             target = self.layout.local.get(new_parent.path, {}).get(new_name)
         if target is not None:
-            if target.type != UPLOAD or target.ctx.get("upload") is entry:
+            if target.type != UPLOAD or target.upload is entry:
                 raise self.fail(new_parent.path, errno.EROFS, f"{new_name} already exists on BaseSpace and cannot be replaced")
             await self.remove_upload(new_parent, target)
         old_path = tuple(entry.mount_path)
@@ -686,7 +702,7 @@ class WriteManager:
         if node is not None:
             self._remove_local(node)
         self.uploader.forget(entry)  # parts sent under the old name: aborted
-        entry.name, entry.directory = new_name, "/".join(new_parent.ctx["sub"])
+        entry.name, entry.directory = new_name, "/".join(_files_ref(new_parent).sub)
         entry.mount_path = list(new_parent.path + (new_name,))
         await self._spool(self.spool.persist, entry)
         fresh = self._show(entry)
@@ -757,24 +773,25 @@ class WriteManager:
         entity = await self.resolve(target, link_dir)
         if entity is None or entity.kind not in WITH_PROPERTIES:
             raise self.fail(path, errno.EINVAL, f"{target!r} is not a project, sample, app result or run folder of this mount")
-        kind, href = entity_href(entity.ctx)
-        owner: Owner = parent.ctx["owner"]  # Properties/ and its array folders both know it
+        kind, href = entity_href(entity.data)
+        owner = _owner(parent)  # Properties/ and its array folders both know it
         collection, entity_id = owner.collection, owner.entity_id
         if parent.kind == FolderKind.PROPERTIES:
             prop: dict[str, Any] = {"Type": kind, "Name": name, "Description": "", "Content": href}
         else:
-            ptype = parent.ctx.get("type") or f"{kind}[]"
+            ptype = (parent.data.type if isinstance(parent.data, PropItemsRef) else "") or f"{kind}[]"
             if ptype.rstrip("[]") != kind:
                 raise self.fail(path, errno.EINVAL, f"{parent.name} holds {ptype} items, not {kind}")
             # All of them: posting the property replaces its items, so the first 20 alone would drop the rest.
             items = [h for h in (item_href(i) for i in await self.layout.property_items(parent)) if h]
-            prop = {"Type": ptype, "Name": parent.ctx.get("prop_name") or parent.name, "Description": "", "Items": items + [href]}
+            prop_name = (parent.data.name if isinstance(parent.data, PropertyRef) else "") or parent.name
+            prop = {"Type": ptype, "Name": prop_name, "Description": "", "Items": items + [href]}
         with self._api_write(path, f"setting property {prop['Name']}"):
             await self.api.set_properties(collection, entity_id, [prop])
         properties_dir = path if parent.kind == FolderKind.PROPERTIES else path[:-1]
         self._drop_properties(collection, entity_id)
         self._drop_listing(properties_dir, prefix=True)
-        if parent.ctx.get("local"):
+        if parent.local:
             self._remove_local(parent)
         self.layout.write_errors.pop(path, None)
         folder = parent
@@ -828,3 +845,35 @@ class WriteManager:
 
 
 __all__ = ["WriteManager", "WriteFailure", "UploadConfig", "UPLOAD"]
+
+
+# -- what a folder stands for (Node.data), for the writes made in it ---------------------------------
+
+
+def _entity(node: Node) -> EntityRef:
+    if not isinstance(node.data, EntityRef):
+        raise WriteFailure(errno.EINVAL, f"{node.name}: not an entity folder")
+    return node.data
+
+
+def _entity_id(node: Node) -> str | None:
+    return node.data.id if isinstance(node.data, EntityRef) else None
+
+
+def _files_ref(folder: Node) -> FilesRef:
+    if not isinstance(folder.data, FilesRef):
+        raise WriteFailure(errno.EROFS, f"{folder.name}: not a Files/ folder")
+    return folder.data
+
+
+def _owner(folder: Node) -> Owner:
+    """The entity whose properties a Properties/ folder (or one of its array folders) shows."""
+    if not isinstance(folder.data, (PropertiesRef, PropertyRef)):
+        raise WriteFailure(errno.EROFS, f"{folder.name}: not a Properties/ folder")
+    return folder.data.owner
+
+
+def _project_id(folder: Node) -> str:
+    if not isinstance(folder.data, ProjectScope):
+        raise WriteFailure(errno.EROFS, f"{folder.name}: not a folder of a project")
+    return folder.data.project_id

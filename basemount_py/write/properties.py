@@ -13,18 +13,18 @@ import errno
 from typing import Any
 
 from ..entities import KIND_OF, WITH_PROPERTIES
+from ..tree.nodes import EntityRef, NodeData
 from .upload import WriteFailure
 
 MAX_BYTES = 1 << 20
 
 
-def entity_href(node_ctx: dict[str, Any]) -> tuple[str, str]:
-    """(kind, "v1pre3/<collection>/<id>") of an entity folder node, for a reference property."""
-    entity, collection = node_ctx.get("entity"), node_ctx.get("collection")
-    kind = KIND_OF.get(str(collection))
-    if not isinstance(entity, dict) or kind not in WITH_PROPERTIES or entity.get("Id") is None:
+def entity_href(data: NodeData | None) -> tuple[str, str]:
+    """(kind, "v1pre3/<collection>/<id>") of an entity folder node (its ``Node.data``), for a reference property."""
+    kind = KIND_OF.get(data.collection) if isinstance(data, EntityRef) else None
+    if not isinstance(data, EntityRef) or kind not in WITH_PROPERTIES or data.item.get("Id") is None:
         raise WriteFailure(errno.EINVAL, "a property link must point to a project, sample, app result or run folder")
-    return str(kind), f"v1pre3/{collection}/{entity['Id']}"
+    return str(kind), f"v1pre3/{data.collection}/{data.id}"
 
 
 def item_href(item: Any) -> str | None:
