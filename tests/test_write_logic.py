@@ -516,9 +516,9 @@ def test_a_full_spool_is_enospc_with_the_reason(account, tmp_path):
 
 
 def test_files_waiting_in_the_spool_hold_no_descriptors(account, tmp_path):
-    """Each closed file costs a few fsyncs of the spool: 64 of them show a descriptor per file as
+    """Each closed file costs a few fsyncs of the spool: 40 of them show a descriptor per file as
     well as 300 would (the real-mount test wrote 300 and allowed the daemon 100 descriptors)."""
-    WAITING = 64
+    WAITING = 40
     def open_fds() -> int:
         return len(os.listdir("/proc/self/fd"))
 
@@ -570,13 +570,13 @@ def test_an_unusable_cache_dir_leaves_files_read_only_with_the_reason(account, t
 
 
 def test_big_and_small_files_into_a_new_app_result_with_the_default_settings(account, tmp_path):
-    """A 60 MiB file (multipart: 8 MiB parts, the last one 4 MiB; the real-mount test copied
+    """A 36 MiB file (multipart: 8 MiB parts, the last one 4 MiB; the real-mount test copied
     300 MiB, which costs 12 s in-process and checks nothing more), a 10 MiB one (between one part and the 25 MiB
     threshold: one request), small ones and a nested folder, with the mount's default upload
     settings. The server gets the parts and requests expected, ETags as real BaseSpace gives them
     (the content MD5, or S3's ``<md5 of the part MD5s>-<parts>``), and keeps the bytes: an emulator
     started afresh on its folder serves them to a fresh core."""
-    big = synthetic_bytes(7, 0, 60 * MiB)
+    big = synthetic_bytes(7, 0, 36 * MiB)
     tree = {"big.bin": big, "mid.bin": os.urandom(10 * MiB), "notes.txt": b"hello\n", "nested/deeper/tiny.vcf": b"##fileformat=VCFv4.2\n"}
 
     async def scenario(core: Core):
@@ -590,8 +590,8 @@ def test_big_and_small_files_into_a_new_app_result_with_the_default_settings(acc
         return app_id, status, size, dict(core.emulator.counters.requests), await core.server_files(app_id)
 
     app_id, status, size, counters, listed = run(account, tmp_path, scenario, UploadConfig())
-    assert status == "Running" and size == 60 * MiB  # shown at once in this mount, with its size
-    assert counters["PUT v1pre3/files/{id}/parts/{n}"] == 60 // 8 + 1  # 8 parts of 8 MiB (the last 4 MiB)
+    assert status == "Running" and size == 36 * MiB  # shown at once in this mount, with its size
+    assert counters["PUT v1pre3/files/{id}/parts/{n}"] == 36 // 8 + 1  # 5 parts of 8 MiB (the last 4 MiB)
     assert counters["POST v1pre3/files/{id}"] == 1  # one multipart upload marked complete
     assert counters["POST v1pre3/appresults/{id}/files"] == 4  # 3 small + the multipart start
     assert {p.removeprefix("src/") for p in listed} == set(tree)
