@@ -27,6 +27,7 @@ from .api.errors import Refused, TimedOut
 from .commands import CommandRunner
 from .options import MountOptions
 from .read.concat import ConcatReader
+from .tasks import never_fatal
 from .read.reader import index_names
 from .tree import COMMANDS, DIR, REMOTE, TEXT, Node, Tree
 from .tree.nodes import MergedRef, RemoteRef
@@ -300,10 +301,8 @@ class Filesystem:
 
     def forget(self, items: Iterable[tuple[int, int]]) -> None:
         """The kernel dropped names; it hears of no failure (there is no reply), so none is raised."""
-        try:
+        with never_fatal(log, "forget failed", level=logging.ERROR):
             self.tree.forget(items)
-        except Exception:
-            log.exception("forget failed")
 
     @bounded()
     async def readlink(self, ino: int) -> str:
@@ -410,10 +409,8 @@ class Filesystem:
         handle = self.handles.pop(fh, None)
         if handle is None:
             return
-        try:
+        with never_fatal(log, "releasing %s failed", type(handle).__name__, level=logging.ERROR):
             await handle.release()
-        except Exception:
-            log.exception("releasing %s failed", type(handle).__name__)
 
     @bounded()
     async def setattr(self, ino: int, fh: int | None, *, size: int | None = None, ownership: bool = False) -> Attributes:

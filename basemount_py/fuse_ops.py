@@ -18,6 +18,7 @@ import trio
 
 from .api.errors import errno_for, expected, quiet
 from .core import Attributes, Filesystem, Opened
+from .tasks import never_fatal
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,8 @@ class PyfuseKernel:
     def invalidate_entry(self, parent_ino: int, name: str) -> None:
         # ignore_enoent: the kernel has often forgotten the name already, which is normal; pyfuse3
         # would otherwise log it as an ERROR with a traceback. The async variant never blocks.
-        try:
+        with never_fatal(log, "invalidate %s in %d", name, parent_ino, level=logging.DEBUG):
             pyfuse3.invalidate_entry_async(parent_ino, name.encode("utf-8", "surrogateescape"), ignore_enoent=True)
-        except Exception as exc:
-            log.debug("invalidate %s in %d: %s", name, parent_ino, exc)
 
     def terminate(self) -> None:
         pyfuse3.terminate()
@@ -43,7 +42,7 @@ def _errno_boundary(op: str, *args: Any) -> Iterator[None]:
         yield
     except pyfuse3.FUSEError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # THE boundary: whatever an operation raised, the kernel gets an errno
         if not quiet(exc):
             if expected(exc):
                 log.warning("%s%r: %s", op, args, exc)

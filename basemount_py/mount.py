@@ -29,6 +29,7 @@ from .fuse_helper import FuseHelperError, receive_fuse_fd
 from .fuse_ops import Operations, PyfuseKernel
 from .mount_table import FS_NAME, MountBusy, MountEntry, MountLock, mount_entry
 from .options import MountOptions, default_cache_dir
+from .tasks import never_fatal
 from .tree import Layout, Tree
 from .tree.manifest import ManifestApi
 
@@ -315,11 +316,8 @@ async def _main(credentials, opts: MountOptions, token_reloader, notify: int | N
     finally:
         with trio.CancelScope(shield=True):
             for closer in (content.aclose, api.aclose):
-                try:
-                    with trio.move_on_after(5):
-                        await closer()
-                except Exception as exc:
-                    log.warning("shutdown: %s", exc)
+                with never_fatal(log, "shutdown"), trio.move_on_after(5):
+                    await closer()
             if disk is not None:
                 disk.close()
 
@@ -348,15 +346,13 @@ async def _run_fuse(ops: Operations, opts: MountOptions, notify: int | None, use
             nursery.start_soon(_tune_kernel_after_init, ops, opts)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
-    except Exception:
+    except Exception:  # the daemon's top level: the traceback goes to its log before it ends
         log.exception("the FUSE main loop failed")
         raise
     finally:
         log.info("unmounting %s", opts.visible_path)
-        try:
+        with never_fatal(log, "closing the FUSE session"):
             pyfuse3.close(unmount=True)
-        except Exception as exc:
-            log.warning("closing the FUSE session: %s", exc)
     return 0
 
 

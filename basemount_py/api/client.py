@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import ssl
 from urllib.parse import quote
@@ -17,6 +18,7 @@ import httpx
 import trio
 
 from ..options import MountOptions
+from ..tasks import gather
 from .errors import (
     ApiError,
     AuthError,
@@ -28,6 +30,7 @@ from .errors import (
     ServerError,
 )
 from .budget import RequestBudget
+from .config import ConfigError
 from .retry import RetryPolicy, with_retries
 
 log = logging.getLogger(__name__)
@@ -212,7 +215,7 @@ class BaseSpaceClient:
             try:
                 # A file read: off the trio loop, so a slow home directory cannot stall the mount.
                 fresh = await trio.to_thread.run_sync(self._token_reloader)
-            except Exception as exc:  # a broken config must not crash the caller
+            except (OSError, ConfigError) as exc:  # a broken config must not crash the caller
                 log.warning("re-reading credentials failed: %s", exc)
                 return False
             if fresh and fresh != self._token:
@@ -256,24 +259,15 @@ class BaseSpaceClient:
             limiter = trio.CapacityLimiter(PAGE_CONCURRENCY)
             totals = [total]
 
-            errors: list[Exception] = []
-
             async def fetch(offset: int) -> None:
-                try:
-                    async with limiter:
-                        pages[offset], seen = await page(offset)
-                        totals.append(seen)
-                except Exception as exc:  # raised plainly below, not as an ExceptionGroup
-                    errors.append(exc)
+                async with limiter:
+                    pages[offset], seen = await page(offset)
+                    totals.append(seen)
 
             offset = step
             while offset < min(total, MAX_LIST_ITEMS):
                 wave = [o for o in range(offset, offset + WAVE_PAGES * step, step) if o < min(total, MAX_LIST_ITEMS)]
-                async with trio.open_nursery() as nursery:
-                    for o in wave:
-                        nursery.start_soon(fetch, o)
-                if errors:
-                    raise errors[0]
+                await gather([functools.partial(fetch, o) for o in wave])  # a failure: raised plainly
                 offset = wave[-1] + step
                 if any(not pages[o] for o in wave):
                     break

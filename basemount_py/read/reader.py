@@ -41,6 +41,7 @@ import trio
 
 from ..api.errors import ProtocolError
 from ..options import MountOptions
+from ..tasks import gather, never_fatal
 from .block_cache import BlockCache
 from .disk_cache import ContentKey, DiskCache
 from .disk_stream import DiskStream
@@ -335,7 +336,7 @@ class ReadManager:
             blocks[a:b] = got
             self._store(key, first + a, got)
 
-        await _run_all([functools.partial(fill, a, b) for a, b in runs])
+        await gather([functools.partial(fill, a, b) for a, b in runs])
         return blocks
 
     async def blocks_on_disk(self, reader: "FileReader") -> bytearray | None:
@@ -371,9 +372,8 @@ class ReadManager:
 
         async def write() -> None:
             try:
-                await trio.to_thread.run_sync(disk.write, key, first, blocks, limiter=self._disk_writer)
-            except Exception as exc:  # the cache logs its own failures; this is a bug, not fatal
-                log.warning("content cache write failed: %r", exc)
+                with never_fatal(log, "content cache write failed"):  # the cache logs its own failures: this is a bug
+                    await trio.to_thread.run_sync(disk.write, key, first, blocks, limiter=self._disk_writer)
             finally:
                 self._disk_backlog -= nbytes
 
@@ -456,10 +456,9 @@ class ReadManager:
 
     async def _background_task(self, reader: "FileReader", job: Callable[[], Awaitable[None]], scope: trio.CancelScope) -> None:
         try:
-            with scope:
+            # background work is never fatal: the reads do it themselves
+            with never_fatal(log, "background read of %s failed", reader.file_id, level=logging.DEBUG), scope:
                 await job()
-        except Exception as exc:  # background work is never fatal: the reads do it themselves
-            log.debug("background read of %s failed: %s", reader.file_id, exc)
         finally:
             reader._scopes.discard(scope)
             self._scopes.discard(scope)
@@ -471,8 +470,8 @@ class ReadManager:
         try:
             async with self._limiter:
                 await self._run(flight, reader, reserved)
-        except Exception as exc:
-            # Not fatal: the blocks stay absent and the next read fetches them itself.
+        except Exception as exc:  # a background task: never fatal (and told to the reader)
+            # The blocks stay absent and the next read fetches them itself.
             log.debug("prefetch of %s blocks %d-%d failed: %s", flight.file_id, flight.first, flight.last, exc)
             reader._prefetch_failed(flight.first * self.config.block_size)
         finally:
@@ -515,7 +514,7 @@ class ReadManager:
             self._counters["inflight_joins"] += len(waits)
             jobs = [self._own_fetch_job(reader, a, b, got, force) for a, b in runs]
             jobs += [self._wait_job(flight, got) for flight in waits]
-            await _run_all(jobs)
+            await gather(jobs)
         missing = [i for i in range(first, need) if i not in got]
         if missing:
             raise ProtocolError(f"file {file_id}: block {missing[0]} could not be obtained")
@@ -547,26 +546,6 @@ class ReadManager:
             # A failed or cancelled prefetch: the next round fetches these blocks ourselves.
 
         return job
-
-
-async def _run_all(jobs: list[Callable[[], Awaitable[None]]]) -> None:
-    """Run jobs concurrently; re-raise the first plain error (no ExceptionGroup for the caller)."""
-    if len(jobs) == 1:
-        await jobs[0]()
-        return
-    errors: list[Exception] = []
-
-    async def guarded(job: Callable[[], Awaitable[None]]) -> None:
-        try:
-            await job()
-        except Exception as exc:
-            errors.append(exc)
-
-    async with trio.open_nursery() as nursery:
-        for job in jobs:
-            nursery.start_soon(guarded, job)
-    if errors:
-        raise errors[0]
 
 
 class FileReader:

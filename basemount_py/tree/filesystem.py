@@ -44,7 +44,7 @@ class Tree:
             stale_before = self.layout.lists.stale_served
             try:
                 listed = await self.layout.children(node)
-            except Exception as exc:
+            except Exception as exc:  # whatever it was (a bug too) is told in .error, then raised on
                 self.layout.errors[node.path] = f"Error: listing this folder failed: {type(exc).__name__}: {exc}\n"
                 raise
             if self.layout.lists.stale_served != stale_before:
@@ -66,7 +66,7 @@ class Tree:
             return self.layout.error_node(parent.path)
         try:
             entries = await self.children(parent)
-        except Exception:
+        except Exception:  # any failure children() recorded: its .error tells it, the rest raise on
             if name == ERROR_NAME and parent.type == DIR:
                 return self.layout.error_node(parent.path)  # children() recorded the failure
             raise
@@ -189,7 +189,7 @@ class Tree:
                     await self.layout.resolve(child)
                 except NotFound:
                     continue
-                except Exception as exc:  # listed unresolved; looking it up will report the error
+                except Exception as exc:  # one entry never fails the listing: listed unresolved; its lookup reports the error
                     log.warning("%s: %s", "/".join(child.path), exc)
             listed.append((name, child))
         return listed

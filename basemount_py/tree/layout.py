@@ -22,17 +22,17 @@ Cost rules (why it is shaped like this):
 
 from __future__ import annotations
 
+import functools
 import logging
 import shlex
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-import trio
-
 from ..api.client import FILES_PAGE_MAX, BaseSpaceClient, path_segment
 from ..api.errors import ArchivedError, NotFound, ProtocolError
 from ..entities import COLLECTION
 from ..options import MountOptions
+from ..tasks import gather
 from .cache import ListingCache
 from .merged import DatasetFiles, is_fastq_dataset, manifest_text, merged_name, plan_merge
 from .naming import sanitize, unique_names
@@ -538,7 +538,7 @@ class Layout:
         entity, path = _entity(node).item, node.path
         items, names = await self._biosample_datasets(str(entity["Id"]))
         fastq = [i for i in items if i.get("Id") is not None and is_fastq_dataset(i)]
-        trees = await _gather([lambda i=i: self.file_tree(Owner("datasets", str(i["Id"]), v2=True)) for i in fastq])
+        trees = await gather([functools.partial(self.file_tree, Owner("datasets", str(i["Id"]), v2=True)) for i in fastq])
         datasets = [DatasetFiles(i, names[str(i["Id"])], list(walk_file_tree(t))) for i, t in zip(fastq, trees, strict=True)]
         plan = plan_merge(datasets)
         file_items = {str(item["Id"]): item for ds in datasets for _, item in ds.files}
@@ -796,26 +796,6 @@ def walk_file_tree(tree: dict, above: tuple[str, ...] = ()):
 async def _nothing(node: Node) -> list[Node]:
     """The listing of a node without a folder kind (none of its own)."""
     return []
-
-
-async def _gather(jobs: list) -> list:
-    """Run ``jobs`` (async callables) concurrently; their results in order, or the first error
-    raised as itself (never an ExceptionGroup: callers map it to one errno)."""
-    results: list = [None] * len(jobs)
-    errors: list[Exception] = []
-
-    async def run(index: int) -> None:
-        try:
-            results[index] = await jobs[index]()
-        except Exception as exc:
-            errors.append(exc)
-
-    async with trio.open_nursery() as nursery:
-        for index in range(len(jobs)):
-            nursery.start_soon(run, index)
-    if errors:
-        raise errors[0]
-    return results
 
 
 def build_file_tree(items: list[dict]) -> dict:

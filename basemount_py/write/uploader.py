@@ -44,6 +44,7 @@ import trio
 from ..api.client import FILES_PAGE_MAX, BaseSpaceClient
 from ..api.errors import ApiError
 from ..blocking import RunBlocking, in_worker_thread
+from ..tasks import never_fatal
 from .api import WriteApi
 from .spool import COMMITTED, FAILED, FILE, OPEN, PENDING, PROPERTY, UPLOADING, Spool, SpoolEntry
 from .upload import UploadConfig, content_type
@@ -226,7 +227,7 @@ class Uploader:
                 else:
                     s.sent[number] = length
                     p.sent += length
-            except Exception as exc:  # the attempt at close sends it (and reports what fails)
+            except Exception as exc:  # a part sender never dies: the attempt at close sends it (and reports what fails)
                 log.info("sending part %d of %s early: %s", number, entry.display, exc)
                 s.failed = s.stopping = True
             finally:
@@ -258,7 +259,7 @@ class Uploader:
                             s.in_flight.add(number)
                             s.on_server.add(number)
                             parts.start_soon(put, number, length)
-        except Exception as exc:
+        except Exception as exc:  # never fatal: the attempt at close sends the file
             log.info("sending %s while it is written: %s (it is sent at close instead)", entry.display, exc)
             s.failed = True
         finally:
@@ -373,7 +374,7 @@ class Uploader:
                 p.ready_at = trio.current_time() + self._write_back(entry)
                 log.info("upload of %s stopped before its commit: the file was renamed", entry.display)
                 return
-        except Exception as exc:
+        except Exception as exc:  # the uploader never dies: any failure is retried or kept as FAILED in the spool
             await self.abort_multipart(entry)
             reason = str(exc) or type(exc).__name__
             p.last_error = reason
@@ -406,10 +407,8 @@ class Uploader:
             await self.run_blocking(self.spool.remove, entry)
             self.recent = (self.recent + [entry])[-50:]
             self.progress.pop(entry.id, None)
-            try:
+            with never_fatal(log, "updating the tree after uploading %s", entry.display, level=logging.ERROR):
                 await self.on_committed(entry, result)
-            except Exception:
-                log.exception("updating the tree after uploading %s", entry.display)
         finally:
             p.scope, p.committing, p.current = None, False, None
             if entry.id in self.spool.entries and entry.state != UPLOADING:
@@ -513,8 +512,8 @@ class Uploader:
                 log.info("aborted the multipart upload %s of %s", file_id, display)
                 self._unaborted.pop(file_id, None)
                 return
-            except Exception as exc:
-                if getattr(exc, "status", 0) in REFUSED:  # completed or aborted already: nothing left
+            except ApiError as exc:  # (the client raises only these)
+                if exc.status in REFUSED:  # completed or aborted already: nothing left
                     self._unaborted.pop(file_id, None)
                     return
                 log.warning("aborting the multipart upload %s of %s: %s (tried again later)", file_id, display, exc)
