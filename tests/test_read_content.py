@@ -240,6 +240,25 @@ def test_a_proxied_content_host_goes_through_httpx(monkeypatch):
     assert not uses_proxy("https://bucket.s3.amazonaws.com/key")
 
 
+async def test_the_proxy_settings_are_read_once_per_content_host(monkeypatch):
+    # Per host, not per GET: every signed URL of a host (another query string, another key) is
+    # routed as the first one was.
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
+    api = BaseSpaceClient("http://emulator/", "t")
+    source = ContentSource(api, policy=POLICY)
+    try:
+        assert source._proxied_host("https://bucket.s3.amazonaws.com/a?X-Amz-Signature=1")
+        assert not source._proxied_host("http://127.0.0.1:8080/_content/1")
+        monkeypatch.delenv("https_proxy")  # read once: the daemon's environment does not change
+        assert source._proxied_host("https://bucket.s3.amazonaws.com/b?X-Amz-Signature=2")
+        assert set(source._proxied) == {("https", "bucket.s3.amazonaws.com"), ("http", "127.0.0.1")}
+    finally:
+        await source.aclose()
+        await api.aclose()
+
+
 # -- signed-URL expiry, in-process on the mock clock ------------------------------------------------
 
 

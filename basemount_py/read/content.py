@@ -33,7 +33,7 @@ import re
 import time
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import quote, urljoin
+from urllib.parse import quote, urljoin, urlsplit
 
 import cachetools
 import httpx
@@ -151,6 +151,9 @@ class ContentSource:
         # for an injected transport (an in-process emulator in tests), which carries every request.
         self._use_threads = transport is None
         self._threads = RangeThreads(max_connections, policy.request_timeout, self.stall_timeout)
+        # (scheme, host) -> whether the environment proxies it: read once per host, not per GET
+        # (urllib walks the whole environment each time: 5 % of the FUSE thread in a wan cp).
+        self._proxied: dict[tuple[str, str], bool] = {}
         # file_id -> (url, refresh_at on the trio clock)
         self._urls: cachetools.LRUCache = cachetools.LRUCache(maxsize=URL_CACHE_ENTRIES)
         # file_id -> (done event, [the _ResolveFailed if it failed]) of the resolution under way
@@ -269,10 +272,20 @@ class ContentSource:
 
     # -- ranged GET --------------------------------------------------------------------------
 
+    def _proxied_host(self, url: str) -> bool:
+        parts = urlsplit(url)
+        host = (parts.scheme, parts.hostname or "")
+        proxied = self._proxied.get(host)
+        if proxied is None:
+            if len(self._proxied) >= 256:  # signed URLs from many hosts: stay bounded
+                self._proxied.clear()
+            proxied = self._proxied[host] = uses_proxy(url)
+        return proxied
+
     async def _get_range(self, url: str, start: int, end: int, block_size: int, describe: str) -> list[bytearray]:
         expected = end - start
         self.stats["range_requests"] += 1
-        if self._use_threads and not uses_proxy(url):
+        if self._use_threads and not self._proxied_host(url):
             check = lambda response: self._check_status(response, start, end, describe)  # noqa: E731
             blocks = await self._threads.get(url, start, end, block_size, describe, check)
             self.stats["bytes_fetched"] += expected
