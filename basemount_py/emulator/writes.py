@@ -87,6 +87,20 @@ def _folder_name(parent: str, name: str) -> tuple[str, bool]:
     return candidate, candidate != name
 
 
+def _new_entity_folder(parent: str, name: str, fields: dict[str, Any]) -> str:
+    """Make the folder of a created entity called ``name`` under ``parent``, with its
+    ``.entity.json`` (``fields``, plus the real Name when the folder had to be named otherwise);
+    the folder's name."""
+    os.makedirs(parent, exist_ok=True)
+    folder, renamed = _folder_name(parent, name)
+    full = os.path.join(parent, folder)
+    os.mkdir(full)
+    if renamed:
+        fields = {**fields, "Name": name}
+    _write_entity_json(full, fields)
+    return folder
+
+
 def _read_entity_json(folder: str) -> dict[str, Any]:
     path = os.path.join(folder, ".entity.json")
     if not os.path.isfile(path):
@@ -253,14 +267,7 @@ async def create_project(em, request: Request):
         parent = os.path.join(em.account.root, "Projects")
 
         def make() -> str:
-            os.makedirs(parent, exist_ok=True)
-            folder, renamed = _folder_name(parent, name)
-            full = os.path.join(parent, folder)
-            os.mkdir(full)
-            fields: dict[str, Any] = {"Description": str(body.get("description") or "")}
-            if renamed:
-                fields["Name"] = name
-            _write_entity_json(full, fields)
+            folder = _new_entity_folder(parent, name, {"Description": str(body.get("description") or "")})
             return f"Projects/{folder}"
 
         key = await _create_folder(em, make)
@@ -294,21 +301,11 @@ async def create_appresult(em, request: Request):
         parent = os.path.join(project.folder or "", "AppResults")
 
         def make() -> str:
-            os.makedirs(parent, exist_ok=True)
-            folder, renamed = _folder_name(parent, name)
-            full = os.path.join(parent, folder)
-            os.mkdir(full)
-            fields: dict[str, Any] = {
-                "Description": str(body.get("description") or ""),
-                "Status": "Running",
-                "AppSession": session_spec,
-            }
-            if renamed:
-                fields["Name"] = name
+            fields: dict[str, Any] = {"Description": str(body.get("description") or ""), "Status": "Running", "AppSession": session_spec}
             references = body.get("references")
             if isinstance(references, list):
                 fields["References"] = references
-            _write_entity_json(full, fields)
+            folder = _new_entity_folder(parent, name, fields)
             return f"{project.key}/AppResults/{folder}"
 
         key = await _create_folder(em, make)
