@@ -252,12 +252,16 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
                 proc.wait()
 
 
-def leftovers(mount_root: Path) -> tuple[list[str], dict[int, list[int]], list[str]]:
-    """Mounts under the root, daemons of the test users, per-user state still on disk."""
-    uids = {pwd.getpwnam(u).pw_uid for u in USERS}
-    mounts = [str(p) for p in mount_root.iterdir() if not p.name.startswith(".") and mount_entry(str(p)) is not None] if mount_root.exists() else []
+def leftovers(mount_root: Path, user: pwd.struct_passwd | None = None) -> tuple[list[str], dict[int, list[int]], list[str]]:
+    """Mounts under the root, daemons of the test users, per-user state still on disk (of
+    ``user`` only, if given)."""
+    uids = {user.pw_uid} if user is not None else {pwd.getpwnam(u).pw_uid for u in USERS}
+    names = {pwd.getpwuid(uid).pw_name for uid in uids}
+    mounts = [
+        str(p) for p in mount_root.iterdir() if not p.name.startswith(".") and (user is None or p.name in names) and mount_entry(str(p)) is not None
+    ] if mount_root.exists() else []
     state = mount_root / ".state"
-    dirs = [p.name for p in state.iterdir() if p.is_dir()] if state.exists() else []
+    dirs = [p.name for p in state.iterdir() if p.is_dir() and (user is None or p.name in {str(u) for u in uids})] if state.exists() else []
     return mounts, {u: p for u, p in daemons().items() if u in uids}, dirs
 
 
@@ -384,24 +388,26 @@ def test_slurm_array_scancel_and_kill_9(cluster_env):
         assert api_calls / jobs <= 2.0, counters["requests"]
         assert counters["faults"].get("429", 0) > 0  # the 429s were there, and absorbed
 
-        # -- scancel mid-read: the epilog unmounts a mount a killed job was reading -----------------
+        # The next two run at once, one user each (each user has a daemon and a state of its own).
         emulator.set_knobs(throttle_rate=0)
-        user = users[0]
-        job = cluster.submit(user, holder_script(mount_root, "holding"))
-        wait_until((Path(user.pw_dir) / "out" / "holding").exists, 120, "the job to be mid-read")
+        cancelled, killed = users
+        job = cluster.submit(cancelled, holder_script(mount_root, "holding"))
+        holder = cluster.submit(killed, holder_script(mount_root, "holding2"))
+
+        # -- scancel mid-read: the epilog unmounts a mount a killed job was reading -----------------
+        wait_until((Path(cancelled.pw_dir) / "out" / "holding").exists, 120, "the job to be mid-read")
         assert cluster.run("scancel", job).returncode == 0
-        wait_until(lambda: not cluster.queued(user), 120, "the cancelled job to end", 0.5)
-        wait_until(lambda: leftovers(mount_root) == ([], {}, []), 60, "the epilog to clean up after scancel", 0.2)
 
         # -- kill -9 of the daemon under a running job; the next job gets a fresh one ----------------
-        user = users[1]
-        holder = cluster.submit(user, holder_script(mount_root, "holding2"))
-        wait_until((Path(user.pw_dir) / "out" / "holding2").exists, 120, "the job to be mid-read")
-        (pid,) = daemons()[user.pw_uid]
+        wait_until((Path(killed.pw_dir) / "out" / "holding2").exists, 120, "the job to be mid-read")
+        (pid,) = daemons()[killed.pw_uid]
         os.kill(pid, signal.SIGKILL)
-        cluster.submit(user, reader_script(mount_root, "after-kill"), "--array=0")
-        wait_until((Path(user.pw_dir) / "out" / "after-kill0").exists, 120, "a job after kill -9")
-        assert (Path(user.pw_dir) / "out" / "after-kill0").read_text().strip() == sources[0]
+        cluster.submit(killed, reader_script(mount_root, "after-kill"), "--array=0")
+
+        wait_until(lambda: not cluster.queued(cancelled), 120, "the cancelled job to end", 0.5)
+        wait_until(lambda: leftovers(mount_root, cancelled) == ([], {}, []), 60, "the epilog to clean up after scancel", 0.2)
+        wait_until((Path(killed.pw_dir) / "out" / "after-kill0").exists, 120, "a job after kill -9")
+        assert (Path(killed.pw_dir) / "out" / "after-kill0").read_text().strip() == sources[0]
         assert cluster.run("scancel", holder).returncode == 0
         wait_until(lambda: not cluster.queued(), 120, "the jobs to end", 0.5)
         wait_until(lambda: leftovers(mount_root) == ([], {}, []), 60, "the epilog to clean up after kill -9", 0.2)
