@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from .reader import FileReader, ReadManager
 from .verify import VerifiedReader
@@ -51,15 +51,24 @@ def _file_reader(reader: FileReader | VerifiedReader) -> FileReader:
     return reader.reader if isinstance(reader, VerifiedReader) else reader
 
 
-class ConcatReader:
-    """One open handle of a concatenation of ``parts``: ``(file_id, size, name, version, etag)``
-    each, as :meth:`ReadManager.open` takes them (under ``--verify`` each part whose ETag is a
-    plain MD5 is checked when it has been read whole, as a plain file is)."""
+class Part(NamedTuple):
+    """One file of a concatenation, as :meth:`ReadManager.open` takes it."""
 
-    def __init__(self, manager: ReadManager, parts: Sequence[tuple[str, int, str, str | None, object]]):
+    file_id: str
+    size: int
+    name: str
+    version: str | None
+    etag: object
+
+
+class ConcatReader:
+    """One open handle of a concatenation of ``parts`` (under ``--verify`` each part whose ETag is
+    a plain MD5 is checked when it has been read whole, as a plain file is)."""
+
+    def __init__(self, manager: ReadManager, parts: Sequence[Part | tuple[str, int, str, str | None, object]]):
         self.manager = manager
-        self.parts = tuple(parts)
-        self.starts = part_starts([int(part[1]) for part in self.parts])
+        self.parts = tuple(Part(*part) for part in parts)
+        self.starts = part_starts([int(part.size) for part in self.parts])
         self.size = self.starts[-1]
         self._readers: dict[int, FileReader | VerifiedReader] = {}
         self._closed = False
@@ -67,8 +76,8 @@ class ConcatReader:
     def _reader(self, index: int) -> FileReader | VerifiedReader:
         reader = self._readers.get(index)
         if reader is None:
-            file_id, size, name, version, etag = self.parts[index]
-            reader = self._readers[index] = self.manager.open(file_id, size, name, version, etag=etag)
+            part = self.parts[index]
+            reader = self._readers[index] = self.manager.open(part.file_id, part.size, part.name, part.version, etag=part.etag)
         return reader
 
     async def read(self, offset: int, size: int) -> bytes:
@@ -91,7 +100,7 @@ class ConcatReader:
         ahead = window - (reader.size - read_end)
         following = index + 1
         while ahead > 0 and following < len(self.parts):
-            size = self.parts[following][1]
+            size = self.parts[following].size
             if size > 0:
                 _file_reader(self._reader(following)).continue_stream(ahead, window)
             ahead -= size

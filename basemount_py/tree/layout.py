@@ -32,6 +32,7 @@ from ..api.client import FILES_PAGE_MAX, BaseSpaceClient, path_segment
 from ..api.errors import ArchivedError, NotFound, ProtocolError
 from ..entities import COLLECTION
 from ..options import MountOptions
+from ..read.concat import Part
 from ..tasks import gather
 from .cache import ListingCache
 from .merged import DatasetFiles, is_fastq_dataset, manifest_text, merged_name, plan_merge
@@ -48,7 +49,6 @@ from .nodes import (
     MergedRef,
     Node,
     Owner,
-    Part,
     ProjectScope,
     PropertiesRef,
     PropertyLink,
@@ -763,8 +763,8 @@ def _relative_href(href: str) -> str:
 
 
 def _read_part(name: str, item: dict) -> Part:
-    """A merged file's part as read/concat.py opens it: id, size, name, version, ETag."""
-    return (str(item["Id"]), safe_size(item.get("Size")), name, content_version(item), item.get("ETag"))
+    """A merged file's part as read/concat.py opens it."""
+    return Part(str(item["Id"]), safe_size(item.get("Size")), name, content_version(item), item.get("ETag"))
 
 
 def content_version(item: dict) -> str:

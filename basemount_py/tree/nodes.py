@@ -17,6 +17,8 @@ from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any, Callable
 
+from ..read.concat import Part
+
 
 class NodeType(StrEnum):
     """What an entry is to ``stat`` and ``open``."""
@@ -145,10 +147,6 @@ class RemoteRef:
     version: str | None = None
     etag: object = None
     archived: bool = False  # in archival storage: not readable until restored
-
-
-# A part of a merged file as read/concat.py opens it: id, size, name, version, ETag.
-Part = tuple[str, int, str, str, object]
 
 
 @dataclass(frozen=True)
