@@ -17,14 +17,14 @@ def test_build_file_tree_nests_paths_and_handles_duplicates():
         {"Id": "14", "Name": "Data", "Path": "Data", "Size": 3},
     ]
     tree = build_file_tree(items)
-    leaf = tree["dirs"]["Data"]["dirs"]["Intensities"]["dirs"]["BaseCalls"]
-    assert leaf["files"]["a.fastq.gz"]["Id"] == "10"
-    assert tree["files"]["b.txt"]["Id"] == "11"
-    assert tree["files"]["b.txt (2)"]["Id"] == "13"
+    leaf = tree.dirs["Data"].dirs["Intensities"].dirs["BaseCalls"]
+    assert leaf.files["a.fastq.gz"]["Id"] == "10"
+    assert tree.files["b.txt"]["Id"] == "11"
+    assert tree.files["b.txt (2)"]["Id"] == "13"
     # ".." components cannot climb: they become a literal folder named "_.."
-    assert tree["dirs"]["_.."]["dirs"]["_.."]["dirs"]["etc"]["files"]["passwd"]["Id"] == "12"
+    assert tree.dirs["_.."].dirs["_.."].dirs["etc"].files["passwd"]["Id"] == "12"
     # a file whose name equals a folder's gets suffixed instead of hiding the folder
-    assert tree["files"]["Data (2)"]["Id"] == "14"
+    assert tree.files["Data (2)"]["Id"] == "14"
 
 
 def test_relative_link():

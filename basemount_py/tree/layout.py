@@ -25,8 +25,8 @@ from __future__ import annotations
 import functools
 import logging
 import shlex
-from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Iterator
 
 from ..api.client import FILES_PAGE_MAX, BaseSpaceClient, path_segment
 from ..api.errors import ArchivedError, NotFound, ProtocolError
@@ -586,20 +586,18 @@ class Layout:
 
     # -- files --------------------------------------------------------------------------------
 
-    async def file_tree(self, owner: Owner) -> dict:
-        """The owner's files as a nested dict: {"dirs": {name: subtree}, "files": {name: item}}."""
+    async def file_tree(self, owner: Owner) -> FileTree:
+        """The owner's files, nested by folder."""
         prefix = "v2" if owner.v2 else "v1pre3"
         href = f"{prefix}/{owner.collection}/{path_segment(owner.entity_id)}/files"
         items = await self._list(href, v2=owner.v2, files=True)
         return build_file_tree(items)
 
-    async def _subtree(self, node: Node) -> dict | None:
+    async def _subtree(self, node: Node) -> FileTree | None:
         files = _files_ref(node)
-        tree = await self.file_tree(files.owner)
+        tree: FileTree | None = await self.file_tree(files.owner)
         for part in files.sub:
-            tree = tree["dirs"].get(part)
-            if tree is None:
-                return None
+            tree = tree.dirs.get(part) if tree is not None else None
         return tree
 
     async def _files(self, node: Node) -> list[Node]:
@@ -618,10 +616,10 @@ class Layout:
         files = _files_ref(node)
         writable = node.writable and node.kind == K.FILES  # uploads go to Files/, never to its metadata
         out = [
-            Node(path=_p(node.path, name), type=DIR, kind=node.kind, data=FilesRef(files.owner, files.sub + (name,)), writable=writable, mtime=sub["mtime"])
-            for name, sub in tree["dirs"].items()
+            Node(path=_p(node.path, name), type=DIR, kind=node.kind, data=FilesRef(files.owner, files.sub + (name,)), writable=writable, mtime=sub.mtime)
+            for name, sub in tree.dirs.items()
         ]
-        return out + [file_entry(_p(node.path, name), item) for name, item in tree["files"].items()]
+        return out + [file_entry(_p(node.path, name), item) for name, item in tree.files.items()]
 
     @staticmethod
     def _remote_file(path: tuple[str, ...], item: dict) -> Node:
@@ -785,11 +783,11 @@ def _entity_xattrs(entity: dict, collection: str) -> dict[str, bytes]:
     }
 
 
-def walk_file_tree(tree: dict, above: tuple[str, ...] = ()):
+def walk_file_tree(tree: FileTree, above: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], dict]]:
     """Every file of a :func:`build_file_tree` tree as (entry names from the top, item)."""
-    for name, item in tree["files"].items():
+    for name, item in tree.files.items():
         yield above + (name,), item
-    for name, sub in tree["dirs"].items():
+    for name, sub in tree.dirs.items():
         yield from walk_file_tree(sub, above + (name,))
 
 
@@ -798,13 +796,20 @@ async def _nothing(node: Node) -> list[Node]:
     return []
 
 
-def build_file_tree(items: list[dict]) -> dict:
+@dataclass
+class FileTree:
+    """An owner's files nested by their ``Path`` (:func:`build_file_tree`), by entry name."""
+
+    dirs: dict[str, FileTree] = field(default_factory=dict)
+    files: dict[str, dict] = field(default_factory=dict)  # entry name -> the file's listing item
+    mtime: float = 0.0  # of the newest file below (a folder has no date of its own)
+
+
+def build_file_tree(items: list[dict]) -> FileTree:
     """Nest a flat file listing by ``Path``; sanitise every component; suffix duplicates by Id."""
-
-    def new() -> dict:
-        return {"dirs": {}, "files": {}, "mtime": 0.0, "_pending": []}
-
-    root = new()
+    root = FileTree()
+    # Files are named once their folder is complete: a file may not take a sub-folder's name.
+    pending: dict[int, tuple[FileTree, list[tuple[str, str, dict]]]] = {}
     for item in items:
         if item.get("Id") is None:
             continue
@@ -814,17 +819,10 @@ def build_file_tree(items: list[dict]) -> dict:
             parts = [str(item.get("Name") or item["Id"])]
         node = root
         for part in parts[:-1]:
-            name = sanitize(part)
-            node = node["dirs"].setdefault(name, new())
-            node["mtime"] = max(node["mtime"], entity_time(item))
-        node["_pending"].append((str(item["Id"]), parts[-1], item))
-
-    def finish(node: dict) -> None:
-        pending = node.pop("_pending")
-        names = unique_names(((fid, raw) for fid, raw, _ in pending), reserved=set(node["dirs"]))
-        node["files"] = {names[fid]: item for fid, _, item in pending}
-        for sub in node["dirs"].values():
-            finish(sub)
-
-    finish(root)
+            node = node.dirs.setdefault(sanitize(part), FileTree())
+            node.mtime = max(node.mtime, entity_time(item))
+        pending.setdefault(id(node), (node, []))[1].append((str(item["Id"]), parts[-1], item))
+    for node, files in pending.values():
+        names = unique_names(((fid, raw) for fid, raw, _ in files), reserved=set(node.dirs))
+        node.files = {names[fid]: item for fid, _, item in files}
     return root
