@@ -661,14 +661,16 @@ def _samtools_each(bam: Path, regions: list[str]) -> tuple[float, list[int]]:
 # -- listing figures (issue 3) -----------------------------------------------------------------
 
 
-def bench_listing(base: Path, samples: int, res: Results, extra: list[str]) -> None:
+def bench_listing(base: Path, samples: int, res: Results, extra: list[str], demo: Path | None = None) -> None:
+    """``demo``: an existing demo account folder (read only), else one is generated."""
     from basemount_py.emulator.demo_data import generate_demo_account
 
     cohort = base / "listing-account"
     for i in range(samples):
         (cohort / "Projects" / "Cohort" / "Samples" / f"S{i:05d}").mkdir(parents=True)
-    demo = base / "demo-account"
-    generate_demo_account(demo)
+    if demo is None:
+        demo = base / "demo-account"
+        generate_demo_account(demo)
     for latency in (0, 20):
         column = f"{latency} ms"
         with EmulatorProcess(cohort, latency_ms=latency) as em:
@@ -837,6 +839,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, metavar="N", help="interleave N rounds; tables show medians")
     parser.add_argument("--baseline", type=Path, metavar="DIR",
                         help="also measure the daemon of this checkout (e.g. `git worktree add DIR main`) on every row")
+    parser.add_argument("--demo-account", type=Path, metavar="DIR",
+                        help="the demo account folder for the find figures (basemount-py demo-data DIR), instead of generating one")
     parser.add_argument("--mount-option", action="append", default=[], metavar="OPT",
                         help="extra option for basemount-py mount, e.g. --mount-option=--cache-size=128")
     args = parser.parse_args(argv)
@@ -844,6 +848,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--size must be > 0")
     if args.repeat < 1:
         parser.error("--repeat must be >= 1")
+    if args.demo_account is not None and not (args.demo_account / "account.json").is_file():
+        parser.error(f"--demo-account: {args.demo_account} is not a demo account folder (basemount-py demo-data DIR makes one)")
     if args.baseline is not None:
         args.baseline = args.baseline.resolve()
         if not (args.baseline / "basemount_py" / "__init__.py").is_file():
@@ -880,7 +886,7 @@ def main(argv: list[str] | None = None) -> int:
             bench_merged(profiles, base, READERS // 2 * sizes.reader, res, args.mount_option)
         if not args.no_listing:
             note("listing figures")
-            bench_listing(base, sizes.samples, res, args.mount_option)
+            bench_listing(base, sizes.samples, res, args.mount_option, args.demo_account)
     finally:
         if args.keep:
             note(f"kept {base}")

@@ -55,11 +55,12 @@ NUMBER = re.compile(r"^\d+(\.\d+)?( [✓✗])?$")
 # About 25 mounts (ours and rclone's) and 40 samtools processes: ~30 s on an idle 2-CPU VM, a few
 # minutes when the machine is shared.
 @pytest.mark.timeout(900)
-def test_bench_quick_prints_every_row_with_numbers(tmp_path):
+def test_bench_quick_prints_every_row_with_numbers(tmp_path, demo_account):
     require_fuse()
     out_file = tmp_path / "bench.md"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--smoke", "--profile", "lan", "--out", str(out_file)],
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--smoke", "--profile", "lan", "--out", str(out_file),
+         "--demo-account", str(demo_account)],  # the session's (built once per run), not a third one
         capture_output=True, text=True, timeout=850, cwd=ROOT,
         # Its temporary folders (and so its mounts) go under this test's own folder, so the
         # leftover check below cannot see another benchmark running on the same machine.
