@@ -23,7 +23,7 @@ from typing import Any, Awaitable, Callable, Iterable, NoReturn, Protocol, TypeV
 
 import trio
 
-from .api.errors import Refused, TimedOut
+from .api.errors import Refused, ShuttingDown, TimedOut
 from .commands import CommandRunner
 from .options import MountOptions
 from .read.concat import ConcatReader
@@ -191,20 +191,31 @@ class UploadHandle(Handle):
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
-def bounded(long: bool = False) -> Callable[[F], F]:
+def bounded(long: bool = False, interruptible: bool = True) -> Callable[[F], F]:
     """Bound an operation's time by ``op_timeout``; committing an upload (close/fsync) by
-    COMMIT_TIMEOUT instead, since every request in it has its own timeout and retry deadline."""
+    COMMIT_TIMEOUT instead, since every request in it has its own timeout and retry deadline.
+    ``interruptible``: ``Filesystem.shutdown`` cancels it at once (it fails with EIO); only
+    operations that never wait on the network (flush: the spool's own fsync) are left to finish."""
 
     def decorate(func: F) -> F:
         @functools.wraps(func)
         async def wrapper(self: "Filesystem", *args: Any, **kwargs: Any) -> Any:
             limit = COMMIT_TIMEOUT if long else self.op_timeout
+            scope = trio.CancelScope()
+            if interruptible:
+                if self.closing:
+                    scope.cancel()
+                self._in_flight.add(scope)
             try:
-                with trio.fail_after(limit):
-                    return await func(self, *args, **kwargs)
+                with scope:
+                    with trio.fail_after(limit):
+                        return await func(self, *args, **kwargs)
             except trio.TooSlowError:
                 log.error("%s%r took longer than %.0f s; failing it with EIO", func.__name__, args[:2], limit)
                 raise TimedOut(f"{func.__name__} took longer than {limit:.0f} s") from None
+            finally:
+                self._in_flight.discard(scope)
+            raise ShuttingDown(f"{func.__name__} interrupted: the mount is shutting down")  # only a shutdown cancels the scope
 
         return wrapper  # type: ignore[return-value]
 
@@ -235,9 +246,23 @@ class Filesystem:
         self.uid, self.gid = os.getuid(), os.getgid()
         self.handles: dict[int, Handle] = {}
         self._last_fh = 0
+        # The cancel scopes of the interruptible operations under way (see shutdown)
+        self._in_flight: set[trio.CancelScope] = set()
+        self.closing = False
         # Folders the mount makes up (the root, Projects/, Files/ of an undated entity...) have no
         # date of their own: they show the mount's start rather than 1 January 1970.
         self.mounted_at = time.time()
+
+    def shutdown(self) -> int:
+        """The mount is going away (SIGTERM/SIGINT/SIGHUP): fail the operations under way with EIO
+        at once, and every later one, instead of letting them retry a gone server until their
+        deadline (minutes with a large --op-timeout) while the daemon waits for them to end.
+        Nothing written is lost: uploads stay in the spool and resume at the next mount, and a
+        flush or release (local to the spool) still completes. Returns how many were cancelled."""
+        self.closing = True
+        for scope in self._in_flight:
+            scope.cancel()
+        return len(self._in_flight)
 
     # -- attributes and handles -------------------------------------------------------------------
 
@@ -396,7 +421,7 @@ class Filesystem:
     async def write(self, fh: int, off: int, data: bytes) -> int:
         return await self._handle(fh).write(off, data)
 
-    @bounded(long=True)
+    @bounded(long=True, interruptible=False)
     async def flush(self, fh: int) -> None:
         await self._handle(fh).flush()
 

@@ -342,7 +342,7 @@ async def _run_fuse(ops: Operations, opts: MountOptions, notify: int | None, use
     _notify(notify, "OK")
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_signals)
+            nursery.start_soon(_watch_signals, ops.fs)
             nursery.start_soon(_tune_kernel_after_init, ops, opts)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
@@ -356,10 +356,13 @@ async def _run_fuse(ops: Operations, opts: MountOptions, notify: int | None, use
     return 0
 
 
-async def _watch_signals() -> None:
+async def _watch_signals(fs: Filesystem) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async for signum in signals:
-            log.info("received %s; unmounting", signal.Signals(signum).name)
+            # pyfuse3.main() returns only once every request under way has been answered: without
+            # the shutdown, a read retrying a gone server held the exit for its whole retry deadline
+            cancelled = fs.shutdown()
+            log.info("received %s; unmounting (%d operation(s) under way fail with EIO)", signal.Signals(signum).name, cancelled)
             pyfuse3.terminate()
             return
 

@@ -248,3 +248,35 @@ def test_the_demo_tells_how_to_get_its_token_without_printing_it_and_says_what_c
             demo.wait()
         if mount_entry(str(mp)) is not None:
             subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
+
+
+def test_sigterm_ends_a_read_waiting_on_a_hung_server_at_once(tmp_path, mount_factory):
+    """A daemon whose server hangs (accepts requests, never answers) exits promptly on SIGTERM: the
+    read under way, which would wait out 20 s request timeouts until its 290 s retry deadline
+    (--op-timeout 300), fails with EIO at once, then the mount goes. Before Filesystem.shutdown,
+    pyfuse3 waited for that read and the daemon took minutes to exit."""
+    acc = tmp_path / "account"
+    write_file(acc / "Projects" / "P" / "Samples" / "S" / "Files" / "a.txt", b"payload\n" * 1000)
+    with EmulatorProcess(acc) as emulator:
+        m = mount_factory(emulator, "--op-timeout", "300")
+        target = m.path("Projects", "P", "Samples", "S", "Files", "a.txt")
+        assert target.stat().st_size == 8000  # listed while the server answers
+        emulator.set_knobs(stall_rate=1.0, stall_seconds=3600, fault_scope="api")  # from now on it hangs
+        reader = subprocess.Popen(["cat", str(target)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            wait_until(lambda: emulator.counters()["faults"].get("stall", 0) >= 1, timeout=120, what="the read's request hanging")
+            assert reader.poll() is None  # the read is under way
+            m.process.send_signal(signal.SIGTERM)
+            try:
+                m.process.wait(timeout=120)  # generous for a loaded machine; the old code took minutes
+            except subprocess.TimeoutExpired:
+                pytest.fail("the daemon did not exit within 120 s of SIGTERM")
+            out, err = reader.communicate(timeout=60)
+            assert reader.returncode != 0 and out == b"" and err  # an error, not a hang nor made-up bytes
+            assert mount_entry(str(m.mountpoint)) is None
+            assert "operation(s) under way fail with EIO" in m.log.read_text(errors="replace")
+        finally:
+            if reader.poll() is None:
+                reader.kill()
+                reader.wait()
+            emulator.set_knobs(stall_seconds=0)  # releases the held requests before the emulator stops

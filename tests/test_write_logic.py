@@ -22,7 +22,7 @@ import pytest
 import trio
 import trio.testing
 
-from basemount_py.api.errors import NotFound, errno_for
+from basemount_py.api.errors import FsError, NotFound, ShuttingDown, errno_for
 from basemount_py.emulator.synthetic import synthetic_bytes
 from basemount_py.write import UploadConfig
 from basemount_py.write.upload import WriteFailure
@@ -915,3 +915,51 @@ def test_an_app_session_goes_to_the_trash_with_its_outputs_and_comes_back(tmp_pa
     assert item_type.startswith("DeletedAppSession") and trash == ["Pipeline"]
     assert back == (["Align", "QC"], ["Pipeline"]) and same
     assert qc == b"qc\n" and trash_after == []
+
+
+# -- shutdown: at once, nothing written lost ---------------------------------------------------------
+
+
+def test_shutdown_fails_the_operations_under_way_at_once_and_keeps_what_was_written(account, tmp_path):
+    """``Filesystem.shutdown`` (the daemon's SIGTERM) while the server hangs: a read under way, which
+    would wait out request timeouts until its retry deadline (290 s with --op-timeout 300), fails
+    with EIO at the same virtual instant, and so does a later operation; a file written before
+    stays in the spool and lands at the next mount. (Through a real mount: test_mount_lifecycle.)"""
+    emulator = emulator_app(account)
+    r1 = ("Projects", "Existing", "Samples", "S1", "Files", "r1.fastq")
+
+    async def first(core: Core):
+        await new_appresult(core)
+        await core.write_file(b"written before the shutdown\n", *FILES, "kept.txt")
+        fh = (await core.fs.open(await core.ino(*r1), os.O_RDONLY)).fh
+        core.knobs(stall_rate=1.0, stall_seconds=3600, fault_scope="api")  # the server hangs
+        ended: dict[str, object] = {}
+
+        async def read() -> None:
+            try:
+                await core.fs.read(fh, 0, 4096)
+            except FsError as exc:
+                ended["error"] = exc
+            ended["at"] = trio.current_time()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            await trio.sleep(30)  # the read is waiting on the hung server
+            shutdown_at = trio.current_time()
+            cancelled = core.fs.shutdown()
+        later, later_took = await core.timed(core.ino, "Runs", "Run1", "Files")
+        core.knobs(stall_rate=0.0)  # lets the first run's shielded requests end
+        return cancelled, ended, shutdown_at, later, later_took
+
+    cancelled, ended, shutdown_at, later, later_took = run(account, tmp_path, first, op_timeout=300, emulator=emulator)
+    assert cancelled == 1
+    assert isinstance(ended.get("error"), ShuttingDown) and errno_for(ended["error"]) == errno.EIO, ended
+    assert ended["at"] == shutdown_at  # at once, not at the retry deadline
+    assert isinstance(later, ShuttingDown) and later_took == 0
+
+    async def next_mount(core: Core):
+        await core.flush_and_wait()
+        return [line[0] for line in core.status()]
+
+    assert run(account, tmp_path, next_mount, emulator=emulator) == ["committed"]
+    assert stored(account, "kept.txt") == b"written before the shutdown\n"

@@ -42,6 +42,13 @@ class TimedOut(FsError):
     quiet = True
 
 
+class ShuttingDown(FsError):
+    """The mount is shutting down (``core.Filesystem.shutdown``): operations under way end at once."""
+
+    errno = errno.EIO
+    quiet = True
+
+
 class OperationError(OSError, FsError):
     """A failure that knows its errno and has a one-line message for the folder's ``.error``
     (an ``OSError``, so ``exc.errno`` is the instance's code)."""
