@@ -259,8 +259,9 @@ def test_the_token_never_appears_in_logs_files_errors_or_arguments(small_account
     token = "tok-" + secrets.token_hex(16)
     log_file = tmp_path / "debug.log"
     with EmulatorProcess(small_account, token=token, url_lifetime=3) as emulator:
-        # --op-timeout 4: the listing that fails below gives up after its 3 s retry deadline
-        m = mount_factory(emulator, "--log-level", "DEBUG", "--log-file", str(log_file), "--op-timeout", "4")
+        # --op-timeout 6: the listing that fails below gives up after its 4.5 s retry deadline,
+        # while a read that meets all five content faults in a row (backoff up to 3.1 s) has room
+        m = mount_factory(emulator, "--log-level", "DEBUG", "--log-file", str(log_file), "--op-timeout", "6")
         emulator.set_knobs(
             fail_next=[
                 {"kind": "503", "count": 2, "scope": "api"},
@@ -278,7 +279,7 @@ def test_the_token_never_appears_in_logs_files_errors_or_arguments(small_account
         with pytest.raises(OSError):
             os.listdir(m.path("Projects", "Q", "Samples"))
         emulator.set_knobs(error_rate=0.0)
-        # the failed listing waited out its retry deadline (3 s): signed URLs (usable for half
+        # the failed listing waited out its retry deadline (4.5 s): signed URLs (usable for half
         # their 3 s) are re-resolved now, so more URLs pass through
         assert (files / "f0.bin").read_bytes()[:10] == synthetic_bytes(40, 0, 10)
         texts = [(m.path("Projects", "Q", "Samples", ".error")).read_bytes()]
