@@ -130,18 +130,21 @@ def test_cli_errors_are_one_clear_line(tmp_path):
     with EmulatorProcess(acc) as emulator:
         good = clean_env(tmp_path, BASESPACE_API_SERVER=emulator.url, BASESPACE_ACCESS_TOKEN=emulator.token)
         bad = dict(good, BASESPACE_ACCESS_TOKEN="wrong-token-123")
-        start = time.monotonic()
-        no_credentials, broken, unresolved, missing, full, bad_token, unreachable, http = at_once(
+
+        def timed_unreachable() -> tuple[subprocess.CompletedProcess, float]:
+            start = time.monotonic()
+            return run_cli("mount", str(mps["dead"]), "--op-timeout", "10", env=dead), time.monotonic() - start
+
+        no_credentials, broken, unresolved, missing, full, bad_token, (unreachable, took), http = at_once(
             lambda: run_cli("mount", str(mps["none"]), env=env),
             lambda: run_cli("mount", str(mps["broken"]), "--config", "broken", env=env),
             lambda: run_cli("mount", str(mps["unknown"]), env=unknown),
             lambda: run_cli("mount", str(tmp_path / "nope"), env=good),
             lambda: run_cli("mount", str(tmp_path / "full"), env=good),
             lambda: run_cli("mount", str(mps["token"]), env=bad),
-            lambda: run_cli("mount", str(mps["dead"]), "--op-timeout", "10", env=dead),
+            timed_unreachable,
             lambda: run_cli("mount", str(mps["http"]), env=plain),
         )
-        took = time.monotonic() - start
         # no credentials at all
         assert no_credentials.returncode != 0 and one_line(no_credentials), no_credentials.stderr
         # bad config file
