@@ -16,6 +16,93 @@ from basemount_py.mount_process import MountProcess, MountStartError, is_mounted
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# -- parallel runs (pytest-xdist; scripts/test runs the suite so, docs/testing.md says how) ------------
+
+# Test files that use what the machine has once: Slurm's daemons, system users and /dev/fuse's mode
+# (non-root mounts, the fuse helper), its CPUs for the benchmark's figures. They run one after
+# another on one worker (one group), never at the same time as each other.
+MACHINE_WIDE_FILES = frozenset({"tests/test_slurm.py", "tests/test_nonroot_mounts.py", "tests/test_bench_smoke.py"})
+MACHINE_WIDE_GROUP = "machine-wide"
+DURATIONS = ROOT / "tests" / "durations.json"
+UNKNOWN_DURATION = 1.0  # seconds: a test the durations file does not know yet
+
+
+def test_file(nodeid: str) -> str:
+    return nodeid.split("::")[0]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--store-durations",
+        action="store_true",
+        help=f"record each test's time (setup + call + teardown) in {DURATIONS.relative_to(ROOT)}: parallel runs start the longest test files first",
+    )
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook (absent with -p no:xdist)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """``--dist loadgroup``, with the machine-wide files as one group. (The group is decided here,
+    from the node ids, rather than with xdist_group marks: pytest 9.2 ignores the node id suffix
+    through which pytest-xdist 3.8 passes marks to its scheduler, pytest-xdist issue 1386.)"""
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class MachineWideAsOneGroup(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return MACHINE_WIDE_GROUP if test_file(nodeid) in MACHINE_WIDE_FILES else super()._split_scope(nodeid)
+
+    return MachineWideAsOneGroup(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: this order is the order tests are handed out in
+        items[:] = longest_first(items, recorded_durations())
+
+
+def recorded_durations() -> dict[str, float]:
+    try:
+        return json.loads(DURATIONS.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def longest_first(items: list[pytest.Item], seconds: dict[str, float]) -> list[pytest.Item]:
+    """The machine-wide group (its tests run one after another on one worker), then the test files
+    by their recorded time, longest first, so that no long file starts last and holds up the end
+    of the run. A file's tests stay together and in order: a worker that moves to another file
+    tears down the module's fixtures (its shared emulator, say), which it would set up again."""
+    files: dict[str, float] = {}
+    for item in items:
+        files[test_file(item.nodeid)] = files.get(test_file(item.nodeid), 0.0) + seconds.get(item.nodeid, UNKNOWN_DURATION)
+
+    def key(item: pytest.Item) -> tuple[bool, float]:
+        file = test_file(item.nodeid)
+        return (file not in MACHINE_WIDE_FILES, -files[file])
+
+    return sorted(items, key=key)  # stable: the collection order within a file
+
+
+class DurationRecorder:
+    """--store-durations: each test's setup + call + teardown time, merged into DURATIONS (tests
+    this run did not run keep their entries). In a parallel run the reports reach the controller."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.seconds[report.nodeid] = self.seconds.get(report.nodeid, 0.0) + report.duration
+
+    def pytest_sessionfinish(self) -> None:
+        merged = {**recorded_durations(), **{k: round(v, 2) for k, v in self.seconds.items()}}
+        DURATIONS.write_text(json.dumps(dict(sorted(merged.items())), indent=0) + "\n")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("store_durations") and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(DurationRecorder(), "basemount-durations")
+
+
 # Property tests must not depend on the wall clock either: on a loaded machine (or several test
 # processes on two cores) one example may take longer than hypothesis's 200 ms deadline, and
 # generating inputs longer than its "too slow" health check allows. Tests that set their own
