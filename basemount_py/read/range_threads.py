@@ -65,12 +65,13 @@ class RangeThreads:
 
     async def get(self, url: str, start: int, end: int, block_size: int, describe: str, check: Check) -> list[bytearray]:
         """Bytes ``[start, end)`` of ``url`` as block buffers; ``check`` vets the status and headers."""
-        # The buffers are allocated here, on the trio thread: allocated in the workers, they came
-        # from one glibc arena per thread, each keeping its freed heap (up to the trim threshold
-        # set in mount._tune_malloc), and the daemon's peak RSS doubled (docs/performance.md).
-        expected = end - start
-        blocks = [bytearray(min(block_size, expected - o)) for o in range(0, expected, block_size)]
-        await trio.to_thread.run_sync(self._get, url, start, end, blocks, describe, check, limiter=self._limiter, abandon_on_cancel=True)
+        # The buffers are allocated in the worker, each just before it is filled: on the trio
+        # thread, allocating (and zeroing) them was a quarter of the FUSE thread's time in a wan
+        # cp (docs/performance.md). That they come from a worker does not raise the daemon's RSS
+        # because mount._tune_malloc limits glibc to one arena (before that, each thread's arena
+        # kept its freed heap and the peak RSS doubled).
+        blocks: list[bytearray] = []
+        await trio.to_thread.run_sync(self._get, url, start, end, block_size, blocks, describe, check, limiter=self._limiter, abandon_on_cancel=True)
         return blocks
 
     def close(self) -> None:
@@ -83,7 +84,7 @@ class RangeThreads:
 
     # -- in the worker thread ------------------------------------------------------------------
 
-    def _get(self, url: str, start: int, end: int, blocks: list[bytearray], describe: str, check: Check) -> None:
+    def _get(self, url: str, start: int, end: int, block_size: int, blocks: list[bytearray], describe: str, check: Check) -> None:
         parts = urlsplit(url)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         origin = (parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
@@ -101,7 +102,7 @@ class RangeThreads:
                         raise
                     # The path only: the query string of a signed URL is a credential.
                     log.debug("GET %s://%s%s bytes=%d-%d: %d", parts.scheme, origin[1], parts.path, start, end - 1, response.status)
-                    self._receive(response, start, end, blocks, describe, check)
+                    self._receive(response, start, end, block_size, blocks, describe, check)
                     reusable = not response.will_close
                     return
                 finally:
@@ -121,7 +122,7 @@ class RangeThreads:
             raise NetworkError(f"{describe}: {type(exc).__name__}") from None
 
     @staticmethod
-    def _receive(response: http.client.HTTPResponse, start: int, end: int, blocks: list[bytearray], describe: str, check: Check) -> None:
+    def _receive(response: http.client.HTTPResponse, start: int, end: int, block_size: int, blocks: list[bytearray], describe: str, check: Check) -> None:
         if response.status == 403:
             raise ContentExpiredError(f"{describe}: 403 from the content host", 403)
         if response.status >= 400:
@@ -130,7 +131,10 @@ class RangeThreads:
         check(httpx.Response(response.status, headers=response.getheaders()))
         expected = end - start
         received = 0
-        for block in blocks:
+        blocks.clear()  # a second attempt (a stale keep-alive connection) starts again
+        for offset in range(0, expected, block_size):
+            block = bytearray(min(block_size, expected - offset))
+            blocks.append(block)
             view = memoryview(block)
             got = 0
             while got < len(block):
