@@ -963,3 +963,40 @@ def test_shutdown_fails_the_operations_under_way_at_once_and_keeps_what_was_writ
 
     assert run(account, tmp_path, next_mount, emulator=emulator) == ["committed"]
     assert stored(account, "kept.txt") == b"written before the shutdown\n"
+
+
+def test_an_abort_that_failed_in_an_outage_is_retried_after_it(account, tmp_path):
+    """Parts of a large file are sent while it is written; then the API goes down and the file is
+    removed: the abort of its multipart upload fails. Once the API answers again (the next upload
+    succeeds) the abort is tried again, so no multipart upload is left on the server. Before
+    10b3277 the failed abort was only logged and the parts stayed on the server for good."""
+    abort = "POST v1pre3/files/{id}"
+
+    async def scenario(core: Core):
+        await new_appresult(core)
+        files = await core.ino(*FILES)
+        opened, _ = await core.fs.create(files, "dropped.bin")
+        data = os.urandom(3 * MiB)
+        for off in range(0, len(data), 128 * KiB):
+            await core.fs.write(opened.fh, off, data[off : off + 128 * KiB])
+        await until(lambda: core.emulator.counters.requests.get("PUT v1pre3/files/{id}/parts/{n}", 0) >= 4, poll=0.05)
+        await core.fs.flush(opened.fh)
+        await core.fs.release(opened.fh)
+        parts_before_outage = leftover_parts(account)
+        await core.names(*FILES)  # listed before the outage (the unlink looks the name up)
+        core.knobs(fail_next=OUTAGE)
+        core.emulator.counters.reset()
+        await core.fs.unlink(files, "dropped.bin")  # its multipart upload is to be aborted
+        await until(lambda: core.emulator.counters.requests.get(abort, 0) >= 1)
+        await trio.sleep(60)  # virtual: past the abort's own bound (30 s); it has failed
+        parts_after_failed_abort = leftover_parts(account)
+        core.knobs(fail_next=[])  # the API is back
+        await core.write_file(b"after the outage\n", *FILES, "next.txt")
+        await core.flush_and_wait()
+        return parts_before_outage, parts_after_failed_abort, core.emulator.counters.faults
+
+    before, after_failed, faults = run(account, tmp_path, scenario, upload(write_back=HOLD), metadata_ttl=3600)
+    assert len(before) == 1 and after_failed == before  # the failed abort left the parts there
+    assert faults.get("500", 0) >= 1
+    assert stored(account, "next.txt") == b"after the outage\n"
+    assert not leftover_parts(account)  # the abort was tried again once the API answered
