@@ -13,6 +13,7 @@ through ``errno_for``, the one mapping. Each operation is bounded in time (``op_
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import functools
 import logging
@@ -189,6 +190,8 @@ class UploadHandle(Handle):
 # -- the filesystem ------------------------------------------------------------------------------
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+# The cancel scope of the operation this task is running (the one a shutdown it asks for spares)
+_current_operation: contextvars.ContextVar[trio.CancelScope | None] = contextvars.ContextVar("current_operation", default=None)
 
 
 def bounded(long: bool = False, interruptible: bool = True) -> Callable[[F], F]:
@@ -206,6 +209,7 @@ def bounded(long: bool = False, interruptible: bool = True) -> Callable[[F], F]:
                 if self.closing:
                     scope.cancel()
                 self._in_flight.add(scope)
+            token = _current_operation.set(scope)
             try:
                 with scope:
                     with trio.fail_after(limit):
@@ -214,12 +218,29 @@ def bounded(long: bool = False, interruptible: bool = True) -> Callable[[F], F]:
                 log.error("%s%r took longer than %.0f s; failing it with EIO", func.__name__, args[:2], limit)
                 raise TimedOut(f"{func.__name__} took longer than {limit:.0f} s") from None
             finally:
+                _current_operation.reset(token)
                 self._in_flight.discard(scope)
             raise ShuttingDown(f"{func.__name__} interrupted: the mount is shutting down")  # only a shutdown cancels the scope
 
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+class _ShutdownFirst:
+    """The kernel as the commands see it: `unmount` ends the operations under way, then the session
+    (as a signal does, mount._watch_signals)."""
+
+    def __init__(self, fs: "Filesystem", kernel: Kernel):
+        self.fs, self.kernel = fs, kernel
+
+    def invalidate_entry(self, parent_ino: int, name: str) -> None:
+        self.kernel.invalidate_entry(parent_ino, name)
+
+    def terminate(self) -> None:
+        cancelled = self.fs.shutdown()
+        log.info("unmounting: %d operation(s) under way fail with EIO", cancelled)
+        self.kernel.terminate()
 
 
 class Filesystem:
@@ -236,7 +257,7 @@ class Filesystem:
         self.tree = tree
         self.reads = reads  # read.ReadManager
         self.writes = writes  # write.WriteManager (None: everything read-only)
-        self.commands = CommandRunner(tree, writes, kernel)
+        self.commands = CommandRunner(tree, writes, _ShutdownFirst(self, kernel))
         self.op_timeout = op_timeout
         # --direct-io: BaseSpace files bypass the page cache. Reads then go from the daemon straight
         # into the reader's buffer; filling fresh page-cache pages was half the daemon's CPU on a
@@ -260,9 +281,11 @@ class Filesystem:
         Nothing written is lost: uploads stay in the spool and resume at the next mount, and a
         flush or release (local to the spool) still completes. Returns how many were cancelled."""
         self.closing = True
-        for scope in self._in_flight:
+        asking = _current_operation.get()  # `unmount` written to .commands: that write succeeds
+        others = [scope for scope in self._in_flight if scope is not asking]
+        for scope in others:
             scope.cancel()
-        return len(self._in_flight)
+        return len(others)
 
     # -- attributes and handles -------------------------------------------------------------------
 

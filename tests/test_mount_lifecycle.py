@@ -14,11 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
+import trio
 
 from conftest import at_once, require_fuse, write_entity, write_file
 from inprocess import Core, run_core_on_mock_clock
 
-from basemount_py.api.errors import errno_for
+from basemount_py.api.errors import ShuttingDown, errno_for
 
 from basemount_py.emulator.control import EmulatorProcess
 from basemount_py.mount_table import mount_entry
@@ -280,3 +281,33 @@ def test_sigterm_ends_a_read_waiting_on_a_hung_server_at_once(tmp_path, mount_fa
                 reader.kill()
                 reader.wait()
             emulator.set_knobs(stall_seconds=0)  # releases the held requests before the emulator stops
+
+
+def test_unmount_written_to_commands_ends_the_read_under_way_at_once(tmp_path):
+    """In-process on MockClock: `unmount` written to .commands while a read waits on a hung server
+    ends that read with EIO at once (as SIGTERM does), the command's own write succeeds, and the
+    session is ended."""
+    acc = tmp_path / "account"
+    write_file(acc / "Projects" / "P" / "Samples" / "S" / "Files" / "a.txt", b"payload\n")
+
+    async def scenario(core: Core):
+        fh = (await core.fs.open(await core.ino("Projects", "P", "Samples", "S", "Files", "a.txt"), os.O_RDONLY)).fh
+        await core.names()  # the root's .commands is listed before the server hangs
+        core.knobs(stall_rate=1.0, stall_seconds=3600, fault_scope="api")
+        ended: dict[str, object] = {}
+
+        async def read() -> None:
+            ended["result"], _ = await core.timed(core.fs.read, fh, 0, 4096)
+            ended["at"] = trio.current_time()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            await trio.sleep(30)  # the read is waiting on the hung server
+            asked_at = trio.current_time()
+            await core.command("unmount\n")
+        return ended, asked_at, core.kernel.terminated
+
+    ended, asked_at, terminated = run_core_on_mock_clock(acc, scenario, op_timeout=300, metadata_ttl=3600)
+    assert isinstance(ended["result"], ShuttingDown) and errno_for(ended["result"]) == errno.EIO, ended
+    assert ended["at"] == asked_at  # at once, not at the retry deadline (290 s)
+    assert terminated
