@@ -15,33 +15,29 @@ import random
 import subprocess
 import threading
 import time
-import zlib
 
 import pytest
 import trio
 
 from basemount_py.emulator.control import EmulatorProcess
 from basemount_py.read import ReadManager
-from basemount_py.read.checksum import CRC32, XXH3, BlockChecksum, best
+from basemount_py.read.checksum import XXH3
 from basemount_py.read.disk_cache import ContentKey, DiskCache
 from conftest import sha256_file, write_file
 
 KiB, MiB = 1024, 1024 * 1024
 BS = 64 * KiB
-LAYOUT = best().layout  # the cache's subdirectory a mount on this machine uses
-# Both checksums where the system has libxxhash (the in-process tests run with each), else CRC-32.
-CHECKSUMS = [c for c in (XXH3, CRC32) if c is not None]
+LAYOUT = XXH3.layout  # the cache's subdirectory a mount uses
 
 
 def blocks_of(data: bytes, first: int, last: int) -> list[bytes]:
     return [data[i * BS : (i + 1) * BS] for i in range(first, last)]
 
 
-@pytest.mark.parametrize("checksum", CHECKSUMS, ids=lambda c: c.name)
-def test_blocks_round_trip_and_absent_blocks_are_none(tmp_path, checksum: BlockChecksum):
+def test_blocks_round_trip_and_absent_blocks_are_none(tmp_path):
     data = random.Random(1).randbytes(10 * BS + 100)
     key = ContentKey("f1", "etag:a", len(data))
-    cache = DiskCache.open(tmp_path, 1 << 30, BS, checksum)
+    cache = DiskCache.open(tmp_path, 1 << 30, BS)
     assert cache.read(key, 0, 11) == [None] * 11
     assert cache.write(key, 2, blocks_of(data, 2, 5))
     assert cache.write(key, 10, blocks_of(data, 10, 11))  # the short last block
@@ -51,22 +47,21 @@ def test_blocks_round_trip_and_absent_blocks_are_none(tmp_path, checksum: BlockC
     assert bytes(got[10]) == data[10 * BS :]
     cache.close()
     # Another instance (another mount) over the same directory sees the same blocks.
-    again = DiskCache.open(tmp_path, 1 << 30, BS, checksum)
+    again = DiskCache.open(tmp_path, 1 << 30, BS)
     assert bytes(again.read(key, 3, 4)[0]) == data[3 * BS : 4 * BS]
     # A changed ETag or size is a different key: nothing is served for it.
     assert again.read(ContentKey("f1", "etag:b", len(data)), 2, 5) == [None] * 3
     assert again.read(ContentKey("f1", "etag:a", len(data) + 1), 2, 5) == [None] * 3
 
 
-@pytest.mark.parametrize("checksum", CHECKSUMS, ids=lambda c: c.name)
-def test_a_corrupt_block_or_record_is_dropped_never_returned(tmp_path, checksum: BlockChecksum):
+def test_a_corrupt_block_or_record_is_dropped_never_returned(tmp_path):
     data = random.Random(2).randbytes(4 * BS)
     key = ContentKey("f2", "etag:x", len(data))
-    cache = DiskCache.open(tmp_path, 1 << 30, BS, checksum)
+    cache = DiskCache.open(tmp_path, 1 << 30, BS)
     cache.write(key, 0, blocks_of(data, 0, 4))
     cache.close()
-    (data_file,) = glob.glob(str(tmp_path / checksum.layout / "*" / "*.data"))
-    (records,) = glob.glob(str(tmp_path / checksum.layout / "*" / "*.idx"))
+    (data_file,) = glob.glob(str(tmp_path / LAYOUT / "*" / "*.data"))
+    (records,) = glob.glob(str(tmp_path / LAYOUT / "*" / "*.idx"))
     with open(data_file, "r+b") as f:  # flip one byte of block 1
         f.seek(BS + 777)
         byte = f.read(1)
@@ -75,7 +70,7 @@ def test_a_corrupt_block_or_record_is_dropped_never_returned(tmp_path, checksum:
     with open(records, "r+b") as f:  # a record claiming a wrong length for block 3
         f.seek(3 * 8)
         f.write(b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    cache = DiskCache.open(tmp_path, 1 << 30, BS, checksum)
+    cache = DiskCache.open(tmp_path, 1 << 30, BS)
     got = cache.read(key, 0, 4)
     assert got[1] is None and got[3] is None
     assert bytes(got[0]) == data[:BS] and bytes(got[2]) == data[2 * BS : 3 * BS]
@@ -106,11 +101,10 @@ def test_the_bound_evicts_the_least_recently_used_files(tmp_path):
     assert not cache.write(ContentKey("big", "etag:1", len(big)), 0, blocks_of(big, 0, 20))
 
 
-@pytest.mark.parametrize("checksum", CHECKSUMS, ids=lambda c: c.name)
-def test_a_run_of_blocks_reads_back_as_one_verified_buffer(tmp_path, checksum: BlockChecksum):
+def test_a_run_of_blocks_reads_back_as_one_verified_buffer(tmp_path):
     data = random.Random(3).randbytes(10 * BS + 100)
     key = ContentKey("f3", "etag:r", len(data))
-    cache = DiskCache.open(tmp_path, 1 << 30, BS, checksum)
+    cache = DiskCache.open(tmp_path, 1 << 30, BS)
     assert cache.blocks_present(key) == bytearray(11)
     cache.write(key, 0, blocks_of(data, 0, 6))
     cache.write(key, 7, blocks_of(data, 7, 11))  # block 6 absent, the short last block present
@@ -118,7 +112,7 @@ def test_a_run_of_blocks_reads_back_as_one_verified_buffer(tmp_path, checksum: B
     assert cache.read_run(key, 0, 6) == data[: 6 * BS]
     assert cache.read_run(key, 7, 11) == data[7 * BS :]
     assert cache.read_run(key, 5, 8) is None  # one block of the run is absent
-    (data_file,) = glob.glob(str(tmp_path / checksum.layout / "*" / "*.data"))
+    (data_file,) = glob.glob(str(tmp_path / LAYOUT / "*" / "*.data"))
     with open(data_file, "r+b") as f:  # flip one byte of block 2
         f.seek(2 * BS + 5)
         byte = f.read(1)
@@ -130,37 +124,18 @@ def test_a_run_of_blocks_reads_back_as_one_verified_buffer(tmp_path, checksum: B
     assert cache.read_run(key, 3, 6) == data[3 * BS : 6 * BS]
 
 
-def test_the_checksums_cover_exactly_the_bytes_asked_for_in_any_buffer_type():
+def test_the_checksum_covers_exactly_the_bytes_asked_for_in_any_buffer_type():
     data = random.Random(11).randbytes(3 * BS + 5)
-    for checksum in CHECKSUMS:
-        whole = checksum(data)
-        # bytes, a bytearray and views of either give the same value, with no copy for the first three.
-        assert checksum(bytearray(data)) == checksum(memoryview(data)) == checksum(memoryview(bytearray(data))) == whole
-        # An offset and length select exactly those bytes.
-        part = checksum(data[BS : 2 * BS + 7])
-        assert checksum(data, BS, BS + 7) == checksum(bytearray(data), BS, BS + 7) == checksum(memoryview(data)[BS:], 0, BS + 7) == part
-        assert part != checksum(data, BS, BS + 6) != checksum(data, BS + 1, BS + 6)
-    assert CRC32(data, 5, 100) == zlib.crc32(data[5:105])
-    if XXH3 is not None:  # the published XXH3-64 of empty input (low 32 bits of 0x2D06800538D394C2)
-        assert XXH3(b"") == 0x38D394C2
-        with pytest.raises(ValueError):
-            XXH3(data, len(data) - 1, 2)  # never reads past the buffer
-
-
-@pytest.mark.skipif(XXH3 is None, reason="libxxhash is not installed: only CRC-32 is used here")
-def test_blocks_stored_with_one_checksum_are_never_read_with_the_other(tmp_path):
-    # A cache directory shared by a mount with XXH3 and one without it (no libxxhash): each
-    # keeps its own layout, so neither checks the other's records with the wrong function.
-    data = random.Random(12).randbytes(3 * BS)
-    key = ContentKey("f", "etag:1", len(data))
-    crc = DiskCache.open(tmp_path, 1 << 30, BS, CRC32)
-    xxh = DiskCache.open(tmp_path, 1 << 30, BS, XXH3)
-    assert crc.root != xxh.root
-    assert crc.write(key, 0, blocks_of(data, 0, 3))
-    assert xxh.read(key, 0, 3) == [None] * 3 and xxh.read_run(key, 0, 3) is None
-    assert xxh.stats["corrupt"] == 0  # absent, not failed
-    assert xxh.write(key, 0, blocks_of(data, 0, 3))
-    assert xxh.read_run(key, 0, 3) == crc.read_run(key, 0, 3) == data
+    whole = XXH3(data)
+    # bytes, a bytearray and views of either give the same value.
+    assert XXH3(bytearray(data)) == XXH3(memoryview(data)) == XXH3(memoryview(bytearray(data))) == whole
+    # An offset and length select exactly those bytes.
+    part = XXH3(data[BS : 2 * BS + 7])
+    assert XXH3(data, BS, BS + 7) == XXH3(bytearray(data), BS, BS + 7) == XXH3(memoryview(data)[BS:], 0, BS + 7) == part
+    assert part != XXH3(data, BS, BS + 6) != XXH3(data, BS + 1, BS + 6)
+    assert XXH3(b"") == 0x38D394C2  # the published XXH3-64 of empty input (low 32 bits of 0x2D06800538D394C2)
+    with pytest.raises(ValueError):
+        XXH3(data, len(data) - 1, 2)  # never reads past the buffer
 
 
 class CountingSource:

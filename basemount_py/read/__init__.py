@@ -11,7 +11,7 @@ Layers (each usable and tested on its own):
 * :mod:`.range_threads` — the ranged GETs themselves: ``http.client`` in worker threads, reading
   the body with ``readinto`` straight into the block buffers (httpx stays for the API).
 * :mod:`.disk_cache` — :class:`DiskCache`, the persistent content cache (``--cache-max``): blocks
-  on local disk keyed by file id + ETag + size, checksummed (XXH3, else CRC-32: :mod:`.checksum`)
+  on local disk keyed by file id + ETag + size, checksummed (XXH3: :mod:`.checksum`)
   and checked on every read, LRU-bounded, shared by concurrent mounts; every failure falls back to
   the network.
 * :mod:`.disk_stream` — reads whose blocks are all on the disk cache skip the memory cache, the

@@ -5,9 +5,8 @@ Layout, under ``<cache-dir>/content/`` (the spool of uploads lives beside it in 
     v2/<2 hex>/<key>.data   the file's bytes at their own offsets (a sparse file)
     v2/<2 hex>/<key>.idx    one 8-byte record per block: (length, checksum of the block)
 
-``v2`` holds records checked with XXH3, ``v1`` those checked with CRC-32, used where the system's
-``libxxhash`` is missing (checksum.py): a mount uses one of them, and a cache directory left by an
-older version (``v1`` only) is not read by a mount that has XXH3.
+``v2`` holds records checked with XXH3 (checksum.py); a ``v1`` directory left by an older version
+(CRC-32 records) is not read.
 
 ``key`` is a digest of the file id, its ETag and its size, so content that changed under the same
 id is a different key and never served (a file without an ETag is keyed by its modification time
@@ -50,7 +49,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from .checksum import BlockChecksum, best
+from .checksum import XXH3, BlockChecksum
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +86,8 @@ class _Pair:
 class DiskCache:
     """Blocks of ``block_size`` bytes per :class:`ContentKey`, in ``root`` (see module docstring)."""
 
-    def __init__(self, root: str | os.PathLike, max_bytes: int, block_size: int, checksum: BlockChecksum | None = None):
-        self.checksum = checksum or best()
+    def __init__(self, root: str | os.PathLike, max_bytes: int, block_size: int, checksum: BlockChecksum = XXH3):
+        self.checksum = checksum
         self.root = os.path.join(os.fspath(root), self.checksum.layout)
         self.max_bytes = max_bytes
         self.block_size = block_size
@@ -101,9 +100,9 @@ class DiskCache:
         self.stats = {"hits": 0, "misses": 0, "corrupt": 0, "written": 0, "write_errors": 0, "evicted": 0}
 
     @classmethod
-    def open(cls, root: str | os.PathLike, max_bytes: int, block_size: int, checksum: BlockChecksum | None = None) -> "DiskCache | None":
+    def open(cls, root: str | os.PathLike, max_bytes: int, block_size: int, checksum: BlockChecksum = XXH3) -> "DiskCache | None":
         """The cache at ``root``, or None (logged) when the directory cannot be used."""
-        layout = (checksum or best()).layout
+        layout = checksum.layout
         try:
             os.makedirs(os.path.join(root, layout), mode=0o700, exist_ok=True)
             probe = os.path.join(root, layout, f".probe-{os.getpid()}")
