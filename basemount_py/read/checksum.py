@@ -7,35 +7,23 @@ re-read, more than any other single cost (docs/performance.md, "Third round"). X
 which hashes any buffer in place and releases the GIL while it does, as ``zlib.crc32`` does.
 
 A record keeps 32 bits of it (the record stays 8 bytes): a random corruption goes unnoticed with a
-2**-32 chance, as with CRC-32. The cache's layout directory (:data:`XXH3`'s ``layout``) names the
+2**-32 chance, as with CRC-32. The cache's layout directory (:data:`LAYOUT`) names the
 checksum, so records an older version made with CRC-32 (``v1``) are never checked with it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import xxhash
 
 Buffer = bytes | bytearray | memoryview
+LAYOUT = "v2"  # the cache's subdirectory holding records checked with this function (v1: CRC-32)
 
 
-@dataclass(frozen=True)
-class BlockChecksum:
-    """A 32-bit checksum of ``buffer[offset:offset + length]`` and the cache layout of its records."""
-
-    name: str
-    layout: str  # the cache's subdirectory holding records made with it
-    _digest: Callable[[Buffer], int]
-
-    def __call__(self, buffer: Buffer, offset: int = 0, length: int | None = None) -> int:
-        view = memoryview(buffer).cast("B")
-        if length is None:
-            length = len(view) - offset
-        if not 0 <= offset <= offset + length <= len(view):
-            raise ValueError("checksum range outside the buffer")
-        return self._digest(view[offset : offset + length]) & 0xFFFFFFFF
-
-
-XXH3 = BlockChecksum("XXH3", "v2", xxhash.xxh3_64_intdigest)
+def block_checksum(buffer: Buffer, offset: int = 0, length: int | None = None) -> int:
+    """The low 32 bits of the XXH3-64 of ``buffer[offset:offset + length]`` (hashed in place)."""
+    view = memoryview(buffer).cast("B")
+    if length is None:
+        length = len(view) - offset
+    if not 0 <= offset <= offset + length <= len(view):
+        raise ValueError("checksum range outside the buffer")
+    return xxhash.xxh3_64_intdigest(view[offset : offset + length]) & 0xFFFFFFFF

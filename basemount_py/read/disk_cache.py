@@ -49,7 +49,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from .checksum import XXH3, BlockChecksum
+from .checksum import LAYOUT, block_checksum
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +86,8 @@ class _Pair:
 class DiskCache:
     """Blocks of ``block_size`` bytes per :class:`ContentKey`, in ``root`` (see module docstring)."""
 
-    def __init__(self, root: str | os.PathLike, max_bytes: int, block_size: int, checksum: BlockChecksum = XXH3):
-        self.checksum = checksum
-        self.root = os.path.join(os.fspath(root), self.checksum.layout)
+    def __init__(self, root: str | os.PathLike, max_bytes: int, block_size: int):
+        self.root = os.path.join(os.fspath(root), LAYOUT)
         self.max_bytes = max_bytes
         self.block_size = block_size
         self._lock = threading.Lock()
@@ -100,9 +99,9 @@ class DiskCache:
         self.stats = {"hits": 0, "misses": 0, "corrupt": 0, "written": 0, "write_errors": 0, "evicted": 0}
 
     @classmethod
-    def open(cls, root: str | os.PathLike, max_bytes: int, block_size: int, checksum: BlockChecksum = XXH3) -> "DiskCache | None":
+    def open(cls, root: str | os.PathLike, max_bytes: int, block_size: int) -> "DiskCache | None":
         """The cache at ``root``, or None (logged) when the directory cannot be used."""
-        layout = checksum.layout
+        layout = LAYOUT
         try:
             os.makedirs(os.path.join(root, layout), mode=0o700, exist_ok=True)
             probe = os.path.join(root, layout, f".probe-{os.getpid()}")
@@ -115,9 +114,9 @@ class DiskCache:
         except OSError as exc:
             log.warning("content cache disabled: cannot write to %s (%s); reading from the network only", root, exc.strerror or exc)
             return None
-        cache = cls(root, max_bytes, block_size, checksum)
+        cache = cls(root, max_bytes, block_size)
         cache._rescan()
-        log.info("content cache in %s: %.1f of %.1f GiB used, %s checksums", cache.root, cache._used / 2**30, max_bytes / 2**30, cache.checksum.name)
+        log.info("content cache in %s: %.1f of %.1f GiB used, XXH3 checksums", cache.root, cache._used / 2**30, max_bytes / 2**30)
         return cache
 
     def close(self) -> None:
@@ -147,7 +146,7 @@ class DiskCache:
                 if got != sum(len(b) for b in buffers):
                     continue  # a record without its data (a crash between the two writes)
                 for (index, _, check), buffer in zip(run, buffers, strict=True):
-                    if self.checksum(buffer) == check:
+                    if block_checksum(buffer) == check:
                         out[index - first] = buffer
                     else:
                         self._drop_block(key, pair, index)
@@ -202,7 +201,7 @@ class DiskCache:
                 return None  # a record without its data (a crash between the two writes)
             bs = self.block_size
             for i, (length, check) in enumerate(checks):
-                if self.checksum(buffer, i * bs, length) != check:
+                if block_checksum(buffer, i * bs, length) != check:
                     self._drop_block(key, pair, first + i)
                     return None
             self._touch(key, pair)
@@ -250,7 +249,7 @@ class DiskCache:
             written = os.pwritev(pair.data, blocks, first * self.block_size)
             if written != nbytes:
                 raise OSError(errno.ENOSPC, "short write")
-            records = b"".join(RECORD.pack(len(b), self.checksum(b)) for b in blocks)
+            records = b"".join(RECORD.pack(len(b), block_checksum(b)) for b in blocks)
             os.pwrite(pair.records, records, RECORD.size * first)
         except OSError as exc:
             self.stats["write_errors"] += 1
