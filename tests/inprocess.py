@@ -139,6 +139,7 @@ class Core:
 
     def __init__(self, fs: Filesystem, kernel: Kernel, emulator: Emulator, transport: httpx.AsyncBaseTransport | None = None):
         self.fs, self.kernel, self.emulator, self.transport = fs, kernel, emulator, transport
+        self.closed_at: float | None = None  # write mode: when the WriteManager had ended (virtual time)
 
     async def ino(self, *path: str) -> int:
         ino = ROOT_INODE
@@ -244,6 +245,7 @@ def run_core_on_mock_clock(
     cache_dir: Path | None = None,
     emulator: tuple[Emulator, object] | None = None,
     whole_file_max: int = 0,
+    transport: EmulatorTransport | None = None,
 ):
     """``scenario(core)`` on trio's MockClock: a Filesystem as the daemon builds it (Tree over
     Layout, ReadManager over ContentSource, the network timeouts ``--op-timeout`` gives:
@@ -252,9 +254,10 @@ def run_core_on_mock_clock(
     ``cache_dir`` (the same folder in a second run: the next mount of the account, which adopts
     what the first left). ``emulator``: an ``emulator_app`` to reuse (its state carries over).
     ``whole_file_max``: the ReadManager's (``--whole-file-max``; 0, off, by default).
-    Returns what the scenario returns."""
+    ``transport``: one over ``emulator``'s app to use instead of a plain EmulatorTransport (a
+    subclass that loses answers, say). Returns what the scenario returns."""
     emulator, app = emulator or emulator_app(account)
-    transport = EmulatorTransport(app)
+    transport = transport or EmulatorTransport(app)
     policy, stall_timeout = timeouts_for(op_timeout)
 
     async def main():
@@ -269,8 +272,10 @@ def run_core_on_mock_clock(
                 assert cache_dir is not None, "write mode needs a cache_dir for its spool"
                 spool = Spool(cache_dir, account_key(BASE_URL, "user"), writes.spool_max)
                 async with WriteManager(tree, api, spool, writes, mountpoint=MOUNTPOINT, fetch=content.fetch, run_blocking=inline) as manager:
-                    fs = Filesystem(tree, reads, kernel, writes=manager, op_timeout=op_timeout)
-                    return await scenario(Core(fs, kernel, emulator, transport))
+                    core = Core(Filesystem(tree, reads, kernel, writes=manager, op_timeout=op_timeout), kernel, emulator, transport)
+                    result = await scenario(core)
+                core.closed_at = trio.current_time()  # the WriteManager is done: its uploads ended
+                return result
         finally:
             await content.aclose()
             await api.aclose()

@@ -1000,3 +1000,46 @@ def test_an_abort_that_failed_in_an_outage_is_retried_after_it(account, tmp_path
     assert faults.get("500", 0) >= 1
     assert stored(account, "next.txt") == b"after the outage\n"
     assert not leftover_parts(account)  # the abort was tried again once the API answered
+
+
+def test_a_shutdown_during_a_hung_commit_ends_at_once_and_the_next_mount_commits_each_file_once(account, tmp_path):
+    """SIGTERM (``Filesystem.shutdown``, then the WriteManager ends as the daemon's main does)
+    while the server hangs on the commit of a small file (its one POST) and of a multipart one
+    (``complete``, every part sent): the daemon is done at once, not when those shielded requests
+    reach their retry deadline (290 s with --op-timeout 300; before the fix the exit waited that
+    long). Both files stay in the spool and the next mount commits each of them once."""
+    emulator = emulator_app(account)
+    small, big = b"small result\n", os.urandom(2 * MiB + 5)  # big: 5 parts of 512 KiB
+    commit_small, commit_big = "POST v1pre3/appresults/{id}/files", "POST v1pre3/files/{id}"
+    marks: dict[str, object] = {}
+
+    async def first(core: Core):
+        marks["app_id"] = await new_appresult(core)
+        await core.names(*FILES)
+        await core.write_file(small, *FILES, "small.txt")
+        await core.write_file(big, *FILES, "big.bin")
+        await until(lambda: core.emulator.counters.requests.get("PUT v1pre3/files/{id}/parts/{n}", 0) >= 5, poll=0.05)
+        core.emulator.counters.reset()
+        core.knobs(stall_rate=1.0, stall_seconds=3600, fault_scope="api")  # the server hangs
+        await core.command("flush\n")
+        await until(lambda: core.emulator.counters.requests.get(commit_small) and core.emulator.counters.requests.get(commit_big), poll=0.05)
+        await trio.sleep(5)  # both commits are waiting on the hung server
+        marks["states"] = sorted(s[0] for s in core.status())
+        marks["shutdown_at"] = trio.current_time()
+        core.fs.shutdown()
+        return core
+
+    core = run(account, tmp_path, first, upload(write_back=HOLD), op_timeout=300, emulator=emulator)
+    assert marks["states"] == ["uploading", "uploading"]
+    assert core.closed_at is not None and core.closed_at - marks["shutdown_at"] <= 1.0, core.closed_at - marks["shutdown_at"]
+    emulator[0].knobs.merge({"stall_rate": 0.0})
+
+    async def next_mount(core: Core):
+        await core.flush_and_wait()
+        return [s[0] for s in core.status()], await core.server_files(marks["app_id"])
+
+    states, listed = run(account, tmp_path, next_mount, upload(write_back=HOLD), emulator=emulator)
+    assert states == ["committed", "committed"]
+    assert {p: f["Size"] for p, f in listed.items()} == {"small.txt": len(small), "big.bin": len(big)}
+    assert stored(account, "small.txt") == small and stored(account, "big.bin") == big
+    assert not leftover_parts(account)

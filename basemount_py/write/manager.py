@@ -119,6 +119,7 @@ class WriteManager:
     async def __aexit__(self, *exc: Any) -> Any:
         assert self._nursery is not None
         self._nursery.cancel_scope.cancel()
+        self.uploader.stop()  # a commit waiting on a hung server too: the next mount checks and finishes it
         try:
             return await self._cm.__aexit__(*exc)
         finally:

@@ -33,11 +33,12 @@ meets the committing step waits for it, and gets EROFS if the file was committed
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 import trio
 
@@ -152,9 +153,37 @@ class Uploader:
         # Multipart uploads whose abort failed (the API was down): tried again after the next
         # upload that succeeds, so no parts are left on the server once it is back.
         self._unaborted: dict[str, str] = {}  # file id -> the file it was for (log)
+        # Requests that must not be cut halfway (a commit, a multipart start): only stop() does.
+        self._shields: set[trio.CancelScope] = set()
+        self.stopped = False
 
     def start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
+
+    def stop(self) -> None:
+        """The daemon ends (its nursery is cancelled): cut the shielded requests too. A commit
+        waiting on a hung server would otherwise hold the exit until its retry deadline (minutes
+        with a large --op-timeout). Its outcome is then unknown, and that is safe: the entry stays
+        ``uploading`` in the spool, and the next mount checks the server before sending it again."""
+        self.stopped = True
+        for scope in list(self._shields):
+            scope.cancel()
+
+    @contextlib.asynccontextmanager
+    async def _shielded(self) -> AsyncIterator[None]:
+        """Run a request that nothing but ``stop`` may cancel (a rename, a removal cannot)."""
+        scope = trio.CancelScope(shield=True)
+        if self.stopped:
+            scope.cancel()
+        self._shields.add(scope)
+        try:
+            with scope:
+                yield
+        finally:
+            self._shields.discard(scope)
+        if scope.cancelled_caught:  # stop() comes after the daemon's nursery was cancelled:
+            await trio.lowlevel.checkpoint()  # this raises that Cancelled
+            raise RuntimeError("a shielded upload request was cut although the daemon is not ending")
 
     def _progress(self, entry: SpoolEntry) -> _Progress:
         p = self.progress.get(entry.id)
@@ -237,7 +266,7 @@ class Uploader:
 
         try:
             with s.scope:
-                with trio.CancelScope(shield=True):  # its id must be known, to abort it
+                async with self._shielded():  # its id must be known, to abort it
                     s.file_id = await self.api.start_multipart(entry.owner_id, entry.name, entry.directory, content_type(entry.name))
                 if p.stream is s:
                     entry.file_id = s.file_id
@@ -415,13 +444,12 @@ class Uploader:
                 self.spool.release_fd(entry)  # the attempt's reads are over
             done.set()
 
-    @staticmethod
-    async def _point_of_no_return(p: _Progress, call: Callable[[], Awaitable[dict]]) -> dict:
+    async def _point_of_no_return(self, p: _Progress, call: Callable[[], Awaitable[dict]]) -> dict:
         """The request that commits the file under its name: a rename no longer cancels it (it
-        waits for the outcome); nothing cancels it halfway (its outcome would be unknown)."""
+        waits for the outcome); nothing but the end of the daemon cancels it halfway (``stop``)."""
         await trio.lowlevel.checkpoint()  # a rename that came first wins
         p.committing = True
-        with trio.CancelScope(shield=True):
+        async with self._shielded():
             result = await call()
         return result
 
@@ -461,7 +489,7 @@ class Uploader:
             p.sent = entry.size
             return result
         if not entry.file_id:
-            with trio.CancelScope(shield=True):  # its id must be known, to abort it
+            async with self._shielded():  # its id must be known, to abort it
                 entry.file_id = await self.api.start_multipart(entry.owner_id, entry.name, entry.directory, content_type(entry.name))
             await self.run_blocking(self.spool.persist, entry)  # abortable by the next daemon
         slots = trio.Semaphore(max(1, self.cfg.parallel))
