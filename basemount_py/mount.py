@@ -27,6 +27,7 @@ from .core import Filesystem
 from .fuse_access import FuseAccessError, check_fuse_access, check_fuse_fd, handed_in_fd
 from .fuse_helper import FuseHelperError, receive_fuse_fd
 from .fuse_ops import Operations, PyfuseKernel
+from .malloc import tune_malloc
 from .mount_table import FS_NAME, MountBusy, MountEntry, MountLock, mount_entry
 from .options import MountOptions, default_cache_dir
 from .tasks import never_fatal
@@ -222,32 +223,8 @@ def timeouts_for(op_timeout: float) -> tuple[RetryPolicy, float]:
     return RetryPolicy(deadline=deadline, request_timeout=request_timeout), min(10.0, deadline / 3)
 
 
-# glibc malloc: serve every buffer up to 32 MiB from the heap and keep up to 64 MiB of freed heap
-# instead of handing it back to the kernel at once. The read path allocates and frees 64 KiB blocks
-# and ~1 MiB receive and reply buffers all the time; left to glibc's defaults, buffers of 1 MiB
-# went to fresh mmap()s and freed heap was trimmed, so every reuse page-faulted, which is costly on
-# a VM (first touch of memory at ~0.7 GB/s). Measured on a 2 GiB cp with --direct-io: 3.9 s of
-# daemon CPU without this, 3.4 s with it; peak RSS unchanged (docs/performance.md).
-# One arena: the content fetcher's and the disk cache's worker threads would each get an arena of
-# their own, each keeping up to the trim threshold of freed heap (peak RSS 446 MiB instead of 196
-# on a 2 GiB cp, docs/performance.md).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
-
-
-def _tune_malloc() -> None:
-    try:
-        import ctypes
-
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc (musl, macOS): keep the allocator's defaults
-        return
-    mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)
-    mallopt(_M_TRIM_THRESHOLD, 64 * 2**20)
-    mallopt(_M_ARENA_MAX, 1)
-
-
 def _serve(credentials: object, opts: MountOptions, token_reloader, notify: int | None) -> int:
-    _tune_malloc()
+    tune_malloc()
     try:
         return trio.run(_main, credentials, opts, token_reloader, notify)
     except KeyboardInterrupt:

@@ -22,6 +22,7 @@ import tempfile
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from ..malloc import tune_malloc
 from .app import Emulator, build_app
 from .responses import TRANSPORTS
 
@@ -87,6 +88,7 @@ def serve(
     tls: tuple[str, str] | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM (blocking); HTTPS when ``tls`` = (certificate, key) PEM files."""
+    tune_malloc()  # its body pieces come from the heap, not from fresh mmap()s (malloc.py)
     host, port = sock.getsockname()[:2]
     shown_host = f"[{host}]" if ":" in host else host
     base_url = f"{'https' if tls else 'http'}://{shown_host}:{port}"

@@ -11,8 +11,8 @@ Design (fast and random-access):
   slice ``pad[o : o + CHUNK]`` where the offset ``o`` comes from a BLAKE2b digest of
   ``(seed, block index)`` (one 64-byte digest yields the 16 chunk offsets of a block).
 
-So producing any byte range is a couple of slices of an in-memory buffer (memcpy speed, several
-GB/s) plus one small hash per MiB, and the bytes at a given offset never depend on how the
+So producing any byte range is one join of views of an in-memory buffer (one memcpy of the
+range, several GB/s) plus one small hash per MiB, and the bytes at a given offset never depend on how the
 range was asked for.  The content is not cryptographically random, but every chunk starts at an
 independent random place of a random pad, so an off-by-N error in a client's range arithmetic
 shows up as a mismatch (what the tests need).  Pure Python ``randbytes`` for every block would be
@@ -65,8 +65,8 @@ def synthetic_bytes(seed: int, offset: int, length: int) -> bytes:
         raise ValueError("offset and length must be >= 0")
     if length == 0:
         return b""
-    pad = _pad(seed)
-    parts: list[bytes] = []
+    pad = memoryview(_pad(seed))  # views of the pad: the join below is the one copy of the bytes
+    parts: list[memoryview] = []
     pos, end = offset, offset + length
     block, offsets = -1, []
     while pos < end:
@@ -79,7 +79,7 @@ def synthetic_bytes(seed: int, offset: int, length: int) -> bytes:
         take = min(CHUNK - within, end - pos)
         parts.append(pad[start + within : start + within + take])
         pos += take
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    return b"".join(parts)
 
 
 def iter_synthetic(seed: int, offset: int, length: int, step: int = BLOCK):

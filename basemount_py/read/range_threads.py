@@ -68,7 +68,7 @@ class RangeThreads:
         # The buffers are allocated in the worker, each just before it is filled: on the trio
         # thread, allocating (and zeroing) them was a quarter of the FUSE thread's time in a wan
         # cp (docs/performance.md). That they come from a worker does not raise the daemon's RSS
-        # because mount._tune_malloc limits glibc to one arena (before that, each thread's arena
+        # because malloc.tune_malloc limits glibc to one arena (before that, each thread's arena
         # kept its freed heap and the peak RSS doubled).
         blocks: list[bytearray] = []
         await trio.to_thread.run_sync(self._get, url, start, end, block_size, blocks, describe, check, limiter=self._limiter, abandon_on_cancel=True)
