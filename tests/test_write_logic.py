@@ -100,6 +100,16 @@ async def linked_id(core: Core, *path: str) -> str:
     return target.rsplit("/.id.", 1)[1]
 
 
+async def written_while_parts_go(core: Core, name: str, data: bytes) -> None:
+    """create, write in 128 KiB pieces, wait until 4 parts of it are on the server, close."""
+    opened, _ = await core.fs.create(await core.ino(*FILES), name)
+    for off in range(0, len(data), 128 * KiB):
+        await core.fs.write(opened.fh, off, data[off : off + 128 * KiB])
+    await until(lambda: core.emulator.counters.requests.get("PUT v1pre3/files/{id}/parts/{n}", 0) >= 4, poll=0.05)
+    await core.fs.flush(opened.fh)
+    await core.fs.release(opened.fh)
+
+
 async def until(condition, bound: float = 3600.0, poll: float = 0.5) -> None:
     """Wait (in virtual time) until ``condition()`` holds."""
     with trio.fail_after(bound):
@@ -975,13 +985,7 @@ def test_an_abort_that_failed_in_an_outage_is_retried_after_it(account, tmp_path
     async def scenario(core: Core):
         await new_appresult(core)
         files = await core.ino(*FILES)
-        opened, _ = await core.fs.create(files, "dropped.bin")
-        data = os.urandom(3 * MiB)
-        for off in range(0, len(data), 128 * KiB):
-            await core.fs.write(opened.fh, off, data[off : off + 128 * KiB])
-        await until(lambda: core.emulator.counters.requests.get("PUT v1pre3/files/{id}/parts/{n}", 0) >= 4, poll=0.05)
-        await core.fs.flush(opened.fh)
-        await core.fs.release(opened.fh)
+        await written_while_parts_go(core, "dropped.bin", os.urandom(3 * MiB))
         parts_before_outage = leftover_parts(account)
         await core.names(*FILES)  # listed before the outage (the unlink looks the name up)
         core.knobs(fail_next=OUTAGE)
@@ -1042,4 +1046,69 @@ def test_a_shutdown_during_a_hung_commit_ends_at_once_and_the_next_mount_commits
     assert states == ["committed", "committed"]
     assert {p: f["Size"] for p, f in listed.items()} == {"small.txt": len(small), "big.bin": len(big)}
     assert stored(account, "small.txt") == small and stored(account, "big.bin") == big
+    assert not leftover_parts(account)
+
+
+def test_an_abort_owed_when_the_daemon_ends_is_made_by_the_next_mount(account, tmp_path):
+    """A large file whose parts were sent while it was written is removed during an outage: the
+    abort of its multipart upload fails, and the daemon ends before the API is back. The next
+    mount of the account makes that abort (the owed aborts are kept in the spool), so no parts are
+    left on the server. Before: the owed abort lived in memory only, and the parts stayed for good."""
+    emulator = emulator_app(account)
+
+    async def first(core: Core):
+        await new_appresult(core)
+        files = await core.ino(*FILES)
+        await core.names(*FILES)
+        await written_while_parts_go(core, "dropped.bin", os.urandom(3 * MiB))
+        core.knobs(fail_next=OUTAGE)
+        core.emulator.counters.reset()
+        await core.fs.unlink(files, "dropped.bin")
+        await until(lambda: core.emulator.counters.requests.get("POST v1pre3/files/{id}", 0) >= 1)
+        await trio.sleep(60)  # past the abort's own bound: it has failed
+        core.fs.shutdown()
+        return leftover_parts(account)
+
+    assert len(run(account, tmp_path, first, upload(write_back=HOLD), emulator=emulator)) == 1  # the failed abort left them
+    emulator[0].knobs.merge({"fail_next": []})
+
+    async def next_mount(core: Core):
+        await until(lambda: not leftover_parts(account), bound=600)
+        return [s for s in core.status()]
+
+    assert run(account, tmp_path, next_mount, upload(write_back=HOLD), emulator=emulator) == []
+    assert not leftover_parts(account)
+    assert not list((tmp_path / "cache" / "spool").rglob("*.owed"))  # nothing owed any more
+
+
+def test_a_rename_while_the_abort_of_the_old_name_hangs_uploads_under_the_new_name(account, tmp_path):
+    """Parts of a large file went while it was written, under its first name; it is renamed, and
+    the abort of that first multipart upload hangs on the server. The upload that follows must
+    start a new multipart upload under the new name. Before the fix it reused the first one (the
+    entry kept its file id until the abort ended), so the file was committed under its OLD name."""
+    data = os.urandom(2 * MiB + 9)
+
+    async def scenario(core: Core):
+        app_id = await new_appresult(core)
+        files = await core.ino(*FILES)
+        await core.names(*FILES)
+        await core.write_file(data, *FILES, "first.bin")
+        await until(lambda: core.emulator.counters.requests.get("PUT v1pre3/files/{id}/parts/{n}", 0) >= 5, poll=0.05)
+        core.emulator.counters.reset()
+        core.knobs(stall_rate=1.0, stall_seconds=3600, fault_scope="api")
+        await core.fs.rename(files, "first.bin", files, "second.bin")
+        await until(lambda: core.emulator.counters.requests.get("POST v1pre3/files/{id}", 0) >= 1, poll=0.05)  # the abort, held
+        core.knobs(stall_rate=0.0)  # the held abort stays held; what follows is answered
+        await core.command("flush\n")
+        await until(lambda: not [s for s in core.status() if s[0] in ("pending", "uploading")], poll=0.05)
+        listed = {p: f["Size"] for p, f in (await core.server_files(app_id)).items()}
+        core.knobs(stall_seconds=0)  # releases the held abort
+        await core.flush_and_wait()
+        return listed
+
+    # one file uploads at a time: the stream of the old name still counts when the rename
+    # reschedules the file, so no new stream replaces the entry's file id
+    listed = run(account, tmp_path, scenario, upload(write_back=HOLD, parallel_files=1), metadata_ttl=3600)
+    assert listed == {"second.bin": len(data)}
+    assert stored(account, "second.bin") == data
     assert not leftover_parts(account)

@@ -114,6 +114,8 @@ class WriteManager:
         self._nursery = await self._cm.__aenter__()
         self.uploader.start(self._nursery)
         await self._resume(adopted)
+        if self.spool.owed:  # aborts an earlier daemon of this account could not make
+            self._nursery.start_soon(self.uploader.abort_owed)
         return self
 
     async def __aexit__(self, *exc: Any) -> Any:
@@ -655,9 +657,8 @@ class WriteManager:
         node = self._node_of(entry)
         if node is not None:
             self._remove_local(node)
+        self.uploader.forget(entry)  # its multipart uploads: owed an abort, written with the removal
         await self.run_blocking(self.spool.remove, entry)
-        if not self.uploader.forget(entry) and entry.file_id and self._nursery is not None:
-            self._nursery.start_soon(self.uploader.abort_multipart, entry)
 
     async def remove_upload(self, parent: Node, child: Node) -> None:
         entry = child.upload

@@ -12,6 +12,11 @@ Layout on disk (``<cache-dir>/spool/<account>/<session>/``):
   ``<id>.json`` (what it is, where it goes, its state), the JSON replaced atomically (write, fsync,
   rename, fsync the folder) so a crash leaves the old or the new state, never half of one.
 
+``aborts.owed`` (JSON: multipart upload id -> the file it was for) lists the multipart uploads
+this daemon must abort (a rename or removal dropped them, or an attempt failed) until the server
+has taken each abort; a new daemon adopts that list with the entries, so parts never stay on the
+server because a daemon ended during an outage.
+
 Entry states: ``open`` (a writer has it open; durable up to its last close), ``pending`` (closed,
 waiting for the write-back delay or a retry), ``uploading``, ``committed`` (the server has it: the
 files are removed), ``failed`` (gave up: kept, readable, listed in status until removed or retried).
@@ -40,6 +45,7 @@ log = logging.getLogger(__name__)
 
 OPEN, PENDING, UPLOADING, COMMITTED, FAILED = "open", "pending", "uploading", "committed", "failed"
 FILE, PROPERTY = "file", "property"
+OWED_ABORTS = "aborts.owed"
 
 
 def account_key(api_server: str, user_id: str) -> str:
@@ -91,6 +97,10 @@ class Spool:
         self._fds: dict[str, int] = {}
         self._lock_fd: int | None = None
         self._persisting = threading.Lock()  # release and rename may persist one entry at once
+        # Multipart uploads to abort (file id -> the file it was for), kept in OWED_ABORTS:
+        # owe() and paid() change it here, the next persist (of it or of any entry) writes it.
+        self.owed: dict[str, str] = {}
+        self._owed_dirty = False
 
     # -- session -------------------------------------------------------------------------------
 
@@ -123,6 +133,14 @@ class Spool:
             except OSError:
                 return []  # a live daemon of this account owns it
             out = []
+            owed = other / OWED_ABORTS
+            if owed.exists():
+                try:
+                    self.owed.update({str(k): str(v) for k, v in json.loads(owed.read_text()).items()})
+                except (ValueError, AttributeError, OSError) as exc:
+                    log.warning("spool: unreadable list of aborts owed %s (%s)", owed, exc)
+                self._owed_dirty = True
+                self.persist_owed()  # ours now, before the dead session's folder goes
             for meta in sorted(other.glob("*.json")):
                 try:
                     entry = SpoolEntry(**json.loads(meta.read_text()))
@@ -149,7 +167,7 @@ class Spool:
             os.close(fd)
         self._fds.clear()
         try:
-            if not any(self.session.glob("*.json")):
+            if not any(self.session.glob("*.json")) and not (self.session / OWED_ABORTS).exists():
                 shutil.rmtree(self.session, ignore_errors=True)
         except OSError:  # never created (an unusable --cache-dir)
             pass
@@ -226,19 +244,59 @@ class Spool:
 
     def persist(self, entry: SpoolEntry) -> None:
         with self._persisting:
+            self._write_owed()  # first: an entry that no longer names its multipart upload is owed it
             if entry.id not in self.entries:
                 return  # removed meanwhile
-            tmp = self.session / f"{entry.id}.json.tmp"
-            with open(tmp, "w") as f:
-                json.dump(asdict(entry), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(tmp, self._meta(entry.id))
-            dirfd = os.open(self.session, os.O_RDONLY)
+            self._replace(self._meta(entry.id), asdict(entry))
+
+    def _replace(self, path: Path, value: Any) -> None:
+        """Write JSON atomically and durably: the old or the new content after a crash."""
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(value, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+        self._sync_folder()
+
+    def _sync_folder(self) -> None:
+        dirfd = os.open(self.session, os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+
+    # -- multipart uploads to abort ------------------------------------------------------------------
+
+    def owe(self, file_id: str, display: str) -> None:
+        """This multipart upload must be aborted (written at the next persist)."""
+        if file_id and file_id not in self.owed:
+            self.owed[file_id] = display
+            self._owed_dirty = True
+
+    def paid(self, file_id: str) -> None:
+        """The server has taken the abort (or the upload was completed or aborted already)."""
+        if self.owed.pop(file_id, None) is not None:
+            self._owed_dirty = True
+
+    def persist_owed(self) -> None:
+        with self._persisting:
+            self._write_owed()
+
+    def _write_owed(self) -> None:
+        if not self._owed_dirty:
+            return
+        path = self.session / OWED_ABORTS
+        if self.owed:
+            self._replace(path, self.owed)
+        else:
             try:
-                os.fsync(dirfd)
-            finally:
-                os.close(dirfd)
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            else:
+                self._sync_folder()
+        self._owed_dirty = False
 
     def md5(self, entry: SpoolEntry) -> str:
         h = hashlib.md5()
@@ -255,6 +313,7 @@ class Spool:
     def remove(self, entry: SpoolEntry) -> None:
         """The bytes are no longer needed (committed, or the user removed the file)."""
         with self._persisting:
+            self._write_owed()  # an upload of it still to abort outlives the entry
             self.entries.pop(entry.id, None)
         fd = self._fds.pop(entry.id, None)
         if fd is not None:

@@ -150,9 +150,9 @@ class Uploader:
         self.quiet_from: dict[tuple[str, ...], float] = {}
         self._nursery: trio.Nursery | None = None
         self._streams = 0  # streams running (at most parallel_files)
-        # Multipart uploads whose abort failed (the API was down): tried again after the next
-        # upload that succeeds, so no parts are left on the server once it is back.
-        self._unaborted: dict[str, str] = {}  # file id -> the file it was for (log)
+        # Multipart uploads to abort are owed in the spool (``Spool.owed``, kept across daemons):
+        # one whose abort failed (the API was down) is tried again after the next upload that
+        # succeeds, and by the next daemon at its start, so no parts stay on the server.
         # Requests that must not be cut halfway (a commit, a multipart start): only stop() does.
         self._shields: set[trio.CancelScope] = set()
         self.stopped = False
@@ -301,28 +301,37 @@ class Uploader:
         s.wake.set()
         await s.finished.wait()
 
-    def forget(self, entry: SpoolEntry) -> bool:
-        """The entry is renamed or removed: its stream (if any: True) stops and is aborted."""
+    def forget(self, entry: SpoolEntry) -> None:
+        """The entry is renamed or removed: its stream (if any) stops, and the multipart uploads
+        it started (named after the old path, or holding bytes that are gone) are owed an abort.
+        Its file id goes at once: an upload after a rename must not complete the old one."""
         p = self.progress.get(entry.id)
-        if p is None or p.stream is None:
-            return False
-        s, p.stream = p.stream, None
-        s.scope.cancel()
-        if self._nursery is not None:
+        s = p.stream if p is not None else None
+        if p is not None:
+            p.stream = None
+        if s is not None:
+            s.scope.cancel()
+        if entry.file_id:
+            self.spool.owe(entry.file_id, entry.display)
+            entry.file_id = ""
+        if self._nursery is not None and (s is not None or self.spool.owed):
             self._nursery.start_soon(self._retire, entry, s)
-        return True
 
     def streaming(self, entry: SpoolEntry) -> bool:
         """Parts of this entry may be read from the spool right now (keep its descriptor)."""
         p = self.progress.get(entry.id)
         return p is not None and p.stream is not None and not p.stream.finished.is_set()
 
-    async def _retire(self, entry: SpoolEntry, s: _Stream) -> None:
-        await s.finished.wait()
-        if s.file_id:
-            await self._abort(s.file_id, entry.display)
-            if entry.file_id == s.file_id:
-                entry.file_id = ""
+    async def _retire(self, entry: SpoolEntry, s: _Stream | None) -> None:
+        if s is not None:
+            await s.finished.wait()  # its multipart start may have been under way
+            self.spool.owe(s.file_id, entry.display)
+        await self.abort_owed()
+
+    async def abort_owed(self) -> None:
+        """Every multipart upload owed an abort (this daemon's and those a dead one left)."""
+        for file_id, display in list(self.spool.owed.items()):
+            await self._abort(file_id, display)
 
     def give_way(self, entry: SpoolEntry) -> bool:
         """A rename meets this entry's upload attempt: cancel it if it is before its point of no
@@ -428,8 +437,6 @@ class Uploader:
                 log.warning("upload of %s failed (attempt %d of %d, next in %.0f s): %s", entry.display, entry.attempts, self.cfg.attempts, delay, reason)
                 p.ready_at = trio.current_time() + delay
         else:
-            for file_id, display in list(self._unaborted.items()):  # the API answers again
-                await self._abort(file_id, display)
             entry.state, entry.error, entry.committed_at = COMMITTED, "", trio.current_time()
             if entry.kind == FILE:
                 entry.result_id = str(result.get("Id", ""))
@@ -438,6 +445,7 @@ class Uploader:
             self.progress.pop(entry.id, None)
             with never_fatal(log, "updating the tree after uploading %s", entry.display, level=logging.ERROR):
                 await self.on_committed(entry, result)
+            await self.abort_owed()  # the API answers again: those that failed before
         finally:
             p.scope, p.committing, p.current = None, False, None
             if entry.id in self.spool.entries and entry.state != UPLOADING:
@@ -534,18 +542,23 @@ class Uploader:
         entry.file_id = ""
 
     async def _abort(self, file_id: str, display: str) -> None:
+        """Abort one multipart upload. It is owed in the spool first, and stays owed until the
+        server has taken it: a daemon that ends before (an outage, a signal) leaves it to the next."""
+        self.spool.owe(file_id, display)
+        await self.run_blocking(self.spool.persist_owed)
+        done = False
         with trio.move_on_after(30):
             try:
                 await self.api.abort(file_id)
                 log.info("aborted the multipart upload %s of %s", file_id, display)
-                self._unaborted.pop(file_id, None)
-                return
+                done = True
             except ApiError as exc:  # (the client raises only these)
-                if exc.status in REFUSED:  # completed or aborted already: nothing left
-                    self._unaborted.pop(file_id, None)
-                    return
-                log.warning("aborting the multipart upload %s of %s: %s (tried again later)", file_id, display, exc)
-        self._unaborted[file_id] = display
+                done = exc.status in REFUSED  # completed or aborted already: nothing left
+                if not done:
+                    log.warning("aborting the multipart upload %s of %s: %s (tried again later)", file_id, display, exc)
+        if done:
+            self.spool.paid(file_id)
+            await self.run_blocking(self.spool.persist_owed)
 
     async def _already_there(self, entry: SpoolEntry) -> dict | None:
         """The server's file at this entry's path if it has the same bytes; raises if it differs."""
