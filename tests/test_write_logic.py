@@ -1112,3 +1112,87 @@ def test_a_rename_while_the_abort_of_the_old_name_hangs_uploads_under_the_new_na
     assert listed == {"second.bin": len(data)}
     assert stored(account, "second.bin") == data
     assert not leftover_parts(account)
+
+
+class AnswerLost(EmulatorTransport):
+    """The server takes the first request that ``matches``, and its answer is lost (the connection
+    drops after the server acted); ``then``: knobs set at that moment (an outage, say)."""
+
+    def __init__(self, emulator, matches, then: dict | None = None):
+        super().__init__(emulator[1])
+        self.emulator, self.matches, self.then, self.armed = emulator[0], matches, then, True
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        if self.armed and self.matches(request):
+            self.armed = False
+            if self.then:
+                self.emulator.knobs.merge(self.then)
+            raise httpx.ReadError("connection lost before the answer", request=request)
+        return response
+
+
+def _commit_request(request: httpx.Request) -> bool:
+    """The request that commits a file: a small file's POST, a multipart upload's complete."""
+    params = request.url.params
+    small = request.url.path.endswith("/files") and "multipart" not in params
+    return request.method == "POST" and (small or params.get("uploadstatus") == "complete")
+
+
+@pytest.mark.parametrize("size", [11, 2 * MiB + 3], ids=["small", "multipart"])
+def test_a_commit_whose_answer_was_lost_is_committed_once(account, tmp_path, size):
+    """The server commits the file but the answer is lost; the client sends the request again and
+    the server refuses it (409: the file exists; 404: that multipart upload is complete). The
+    server holds our bytes at our path, so that is our commit. Before: the file was *failed for
+    good* with that refusal, although BaseSpace had it."""
+    data = os.urandom(size)
+    emulator = emulator_app(account)
+
+    async def scenario(core: Core):
+        app_id = await new_appresult(core)
+        await core.write_file(data, *FILES, "lost.bin")
+        await core.flush_and_wait()
+        return [s[0] for s in core.status()], await core.server_files(app_id)
+
+    transport = AnswerLost(emulator, _commit_request)
+    states, listed = run(account, tmp_path, scenario, upload(write_back=HOLD), emulator=emulator, transport=transport)
+    assert not transport.armed  # an answer was lost
+    assert states == ["committed"]
+    assert list(listed) == ["lost.bin"] and stored(account, "lost.bin") == data
+    assert not leftover_parts(account)
+
+
+def test_a_rename_after_a_commit_whose_answer_was_lost_never_makes_a_second_file(account, tmp_path):
+    """rsync's temp file is committed under its temp name, the answer is lost and the API goes
+    down at that moment; then rsync renames it (or a shell appends to it). The rename cannot know whether the first name
+    is on BaseSpace already: it fails with EIO (the reason in .error) rather than let a second
+    file appear under the new name; once the API answers, the server says the file landed: it
+    is committed under its first name, and a rename is EROFS. Before: the rename succeeded and the
+    file ended on BaseSpace twice, under both names."""
+    data = b"rsync temp file bytes\n"
+    emulator = emulator_app(account)
+    temp = ".result.txt.Xy12Zq"
+
+    async def scenario(core: Core):
+        app_id = await new_appresult(core)
+        files = await core.ino(*FILES)
+        await core.names(*FILES)
+        await core.write_file(data, *FILES, temp)
+        await core.command("flush\n")
+        await until(lambda: [s[0] for s in core.status() if len(s) > 3 and "attempt 1" in s[3]] == ["pending"])
+        during, _ = await core.timed(core.fs.rename, files, temp, files, "result.txt")
+        reopened, _ = await core.timed(core.fs.open, await core.ino(*FILES, temp), os.O_WRONLY | os.O_APPEND)  # echo more >> it
+        error = await text(core, *FILES, ".error")
+        core.knobs(fail_next=[])
+        after, _ = await core.timed(core.fs.rename, files, temp, files, "result.txt")
+        await core.flush_and_wait()
+        return during, reopened, error, after, {p: f["Size"] for p, f in (await core.server_files(app_id)).items()}
+
+    transport = AnswerLost(emulator, _commit_request, then={"fail_next": OUTAGE})
+    during, reopened, error, after, listed = run(account, tmp_path, scenario, upload(write_back=HOLD), emulator=emulator, transport=transport, metadata_ttl=3600)
+    assert isinstance(during, FsError) and errno_for(during) == errno.EIO, during
+    assert isinstance(reopened, FsError) and errno_for(reopened) == errno.EIO, reopened  # nor rewritten
+    assert "may have reached BaseSpace" in error
+    assert isinstance(after, FsError) and errno_for(after) == errno.EROFS, after
+    assert listed == {temp: len(data)}  # one file, never a second under the new name
+    assert stored(account, temp) == data

@@ -502,6 +502,11 @@ class WriteManager:
         if node.type == UPLOAD and isinstance(entry, SpoolEntry):
             if entry.state in (UPLOADING, COMMITTED) or entry.id not in self.spool.entries:
                 raise self.fail(folder, errno.EBUSY, f"{node.name} is being uploaded; BaseSpace files cannot be changed")
+            if self.uploader.may_have_landed(entry):
+                with self.folder_activity(folder):  # no attempt starts while the server is asked
+                    await self._not_landed(entry, folder, "changed")
+            if entry.state in (UPLOADING, COMMITTED) or entry.id not in self.spool.entries:
+                raise self.fail(folder, errno.EBUSY, f"{node.name} is being uploaded; BaseSpace files cannot be changed")
             entry.state, entry.error = OPEN, ""
             if truncate:
                 old_size = entry.size
@@ -675,6 +680,23 @@ class WriteManager:
         with self.folder_activity(old_parent.path), self.folder_activity(new_parent.path):
             await self._rename(old_parent, old_name, new_parent, new_name)
 
+    async def _not_landed(self, entry: SpoolEntry, folder: tuple[str, ...], what: str) -> None:
+        """Before a rename or a rewrite of a file whose last commit request got no answer: it may be
+        on BaseSpace under its name already. Then it is committed, and changing it now would put a
+        second file there (or leave the server's bytes different from ours): EROFS. If BaseSpace
+        cannot say (an outage): EIO, and nothing changes."""
+        try:
+            landed = await self.uploader.landed_under_its_name(entry)
+        except ApiError as exc:
+            raise self.fail(
+                folder,
+                errno.EIO,
+                f"{entry.name} cannot be {what} now: an earlier upload of it may have reached BaseSpace under this name "
+                f"and BaseSpace cannot tell ({exc}); try again when it answers",
+            ) from None
+        if landed:
+            raise self.fail(folder, errno.EROFS, f"{entry.name} is already uploaded under that name; it can no longer be {what}")
+
     async def _rename(self, old_parent: Node, old_name: str, new_parent: Node, new_name: str) -> None:
         child = await self.tree.child(old_parent, old_name)
         entry = child.upload
@@ -687,6 +709,7 @@ class WriteManager:
             raise self.fail(folder, errno.EROFS, f"{old_name} is already uploaded under that name; it can no longer be renamed")
         if new_parent.kind != FolderKind.FILES or not new_parent.writable or _files_ref(new_parent).owner.entity_id != entry.owner_id:
             raise self.fail(folder, errno.EXDEV, f"{old_name} can only be renamed within the Files/ folder of its app result")
+        await self._not_landed(entry, folder, "renamed")
         try:
             target = await self.tree.child(new_parent, new_name)
         except NotFound:

@@ -416,7 +416,8 @@ class Uploader:
             await self.abort_multipart(entry)
             reason = str(exc) or type(exc).__name__
             p.last_error = reason
-            p.verify_first = True  # it may have landed although the answer was lost
+            # Only a commit request that was sent may have landed although its answer was lost.
+            p.verify_first = p.verify_first or p.committing
             status = exc.status if isinstance(exc, ApiError) else 0
             if entry.id not in self.spool.entries:
                 pass  # removed while uploading
@@ -437,14 +438,7 @@ class Uploader:
                 log.warning("upload of %s failed (attempt %d of %d, next in %.0f s): %s", entry.display, entry.attempts, self.cfg.attempts, delay, reason)
                 p.ready_at = trio.current_time() + delay
         else:
-            entry.state, entry.error, entry.committed_at = COMMITTED, "", trio.current_time()
-            if entry.kind == FILE:
-                entry.result_id = str(result.get("Id", ""))
-            await self.run_blocking(self.spool.remove, entry)
-            self.recent = (self.recent + [entry])[-50:]
-            self.progress.pop(entry.id, None)
-            with never_fatal(log, "updating the tree after uploading %s", entry.display, level=logging.ERROR):
-                await self.on_committed(entry, result)
+            await self._commit(entry, result)
             await self.abort_owed()  # the API answers again: those that failed before
         finally:
             p.scope, p.committing, p.current = None, False, None
@@ -452,14 +446,61 @@ class Uploader:
                 self.spool.release_fd(entry)  # the attempt's reads are over
             done.set()
 
-    async def _point_of_no_return(self, p: _Progress, call: Callable[[], Awaitable[dict]]) -> dict:
+    async def _commit(self, entry: SpoolEntry, result: dict) -> None:
+        """The server has the entry: it leaves the spool, and the tree shows the server's file."""
+        entry.state, entry.error, entry.committed_at = COMMITTED, "", trio.current_time()
+        if entry.kind == FILE:
+            entry.result_id = str(result.get("Id", ""))
+        await self.run_blocking(self.spool.remove, entry)
+        self.recent = (self.recent + [entry])[-50:]
+        p = self.progress.pop(entry.id, None)
+        if p is not None:
+            p.kick.set()  # its driver, waiting for the next attempt, ends
+        with never_fatal(log, "updating the tree after uploading %s", entry.display, level=logging.ERROR):
+            await self.on_committed(entry, result)
+
+    async def _point_of_no_return(self, entry: SpoolEntry, p: _Progress, call: Callable[[], Awaitable[dict]]) -> dict:
         """The request that commits the file under its name: a rename no longer cancels it (it
-        waits for the outcome); nothing but the end of the daemon cancels it halfway (``stop``)."""
+        waits for the outcome); nothing but the end of the daemon cancels it halfway (``stop``).
+        A refusal (409, 404) may answer a retry of that request whose first send landed (its answer
+        lost): the server's file at our path with our bytes is then our commit."""
         await trio.lowlevel.checkpoint()  # a rename that came first wins
         p.committing = True
-        async with self._shielded():
-            result = await call()
+        try:
+            async with self._shielded():
+                result = await call()
+        except ApiError as exc:
+            if exc.status not in REFUSED or entry.kind != FILE:
+                raise
+            landed = await self._already_there(entry)
+            if landed is None:
+                raise
+            log.info("%s: %s; but the server has our bytes at our path (an earlier send landed): committed", entry.display, exc)
+            return landed
         return result
+
+    def may_have_landed(self, entry: SpoolEntry) -> bool:
+        """A commit request of this file got no answer (or a dead daemon left it): the server may have it."""
+        p = self.progress.get(entry.id)
+        return entry.kind == FILE and p is not None and p.verify_first
+
+    async def landed_under_its_name(self, entry: SpoolEntry) -> bool:
+        """Before a rename or a rewrite: an earlier attempt whose commit request got no answer may
+        have committed the file under its current name. Ask the server: True if it did (the entry
+        is committed now, it can no longer change); raises ApiError if the server cannot tell."""
+        if not self.may_have_landed(entry):
+            return False
+        try:
+            landed = await self._already_there(entry)
+        except ApiError as exc:
+            if exc.status != 409:  # 409: someone else's file at that path, so ours did not land
+                raise
+            landed = None
+        if landed is None:
+            return False
+        log.info("%s had reached BaseSpace under this name (its answer was lost): committed", entry.display)
+        await self._commit(entry, landed)
+        return True
 
     # -- one attempt ----------------------------------------------------------------------------
 
@@ -492,7 +533,7 @@ class Uploader:
             data = await self.run_blocking(self.spool.read, entry, 0, entry.size)
             digest = await self.run_blocking(_md5_b64, data)
             result = await self._point_of_no_return(
-                p, lambda: self.api.upload_small(entry.owner_id, entry.name, entry.directory, data, content_type(entry.name), digest)
+                entry, p, lambda: self.api.upload_small(entry.owner_id, entry.name, entry.directory, data, content_type(entry.name), digest)
             )
             p.sent = entry.size
             return result
@@ -516,7 +557,8 @@ class Uploader:
                     continue
                 await slots.acquire()
                 parts.start_soon(put, number)
-        result = await self._point_of_no_return(p, lambda: self.api.complete(entry.file_id))
+        file_id = entry.file_id
+        result = await self._point_of_no_return(entry, p, lambda: self.api.complete(file_id))
         entry.file_id = ""
         p.stream = None
         return result
