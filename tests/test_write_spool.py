@@ -1,6 +1,7 @@
 """The write-back spool through a real mount: the tools people copy with give byte-identical files
-(also rsync -a during an API outage), a daemon killed mid-upload is resumed by the next mount,
-unmount waits for uploads. The logic behind them (outages, renames, fsync/close errors, a full
+(also rsync -a/-r, tar -x, cp -a and a shell's > and >> during an API outage), a daemon killed
+mid-upload is resumed by the next mount, unmount waits for uploads or keeps them (also
+fusermount3 -u during a commit that hangs) for the next mount. The logic behind them (outages, renames, fsync/close errors, a full
 spool, mark-as-complete, descriptors) is tested in-process on the MockClock:
 tests/test_write_logic.py.
 
@@ -11,6 +12,7 @@ with a generous bound.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -24,7 +26,7 @@ import pytest
 from basemount_py.emulator.control import EmulatorProcess
 
 from conftest import flush, flush_and_wait, is_mounted, sha256_file, status_lines, wait_until, write_file
-from test_write_upload import SMALL, account, new_appresult  # noqa: F401 (account: a fixture)
+from test_write_upload import SMALL, account, api, new_appresult  # noqa: F401 (account: a fixture)
 from test_write_upload import appresult_files as server_files
 
 MiB = 2**20
@@ -121,34 +123,61 @@ def test_common_tools_give_byte_identical_files(tmp_path, emulator, mount_factor
     assert not [n for n in names if n.startswith(".big.bin.") or n.startswith(".a.txt.")]  # no rsync temp files
 
 
-def test_rsync_a_during_an_api_outage_lands_after_it(tmp_path, emulator, mount_factory):
-    """rsync -a through the kernel while every API call fails: its temp files, renames and
-    chmod/utimes succeed, the files wait in the spool, and once the API is back each is committed
-    under its own name with its bytes. (The same for rsync -r, tar -x and cp -a, step by step,
-    runs in-process: tests/test_write_logic.py.) ``--op-timeout 6`` shortens each failing upload
-    attempt (its retry deadline) so that every file meets the outage quickly."""
+def server_digests(em, app_id: str) -> dict[str, str]:
+    """Every file of the app result as the server serves it (its content through the API), by path."""
+    with api(em) as c:
+        return {path: hashlib.sha256(c.get(f"v1pre3/files/{item['Id']}/content", follow_redirects=True).content).hexdigest() for path, item in server_files(em, app_id).items()}
+
+
+def test_tools_and_shell_writes_during_an_api_outage_land_after_it(tmp_path, emulator, mount_factory):
+    """Through the kernel, while every API call fails: rsync -a (temp files, renames, chmod/utimes),
+    rsync -r, tar -x, cp -a of a tree, and a shell's ``echo x > f; echo y >> f`` all succeed; the
+    files wait in the spool and meet the outage. ``echo z >> FILE`` on a file already on BaseSpace
+    fails where the shell sees it (EROFS: "Read-only file system", exit 1) and leaves that file as
+    it was. Once the API is back every file is committed under its own name, and the bytes the
+    server serves equal the sources: nothing lost, no temp names, nothing extra. (Each step, file
+    by file, also runs in-process: tests/test_write_logic.py.) ``--op-timeout 4`` shortens each
+    failing upload attempt (its retry deadline: 3 s)."""
     src = _source_tree(tmp_path / "src")
     expected = tree_digests(src)
-    m = mount_factory(emulator, *SMALL, "--op-timeout", "6")  # the default write-back delay: as a user runs it
+    tarball = tmp_path / "src.tar"
+    with tarfile.open(tarball, "w") as tar:
+        tar.add(src, arcname="src")
+    m = mount_factory(emulator, *SMALL, "--op-timeout", "4")  # the default write-back delay: as a user runs it
     result = new_appresult(m)
     files = result / "Files"
     app_id = (result / ".id").read_text().strip()
+    (files / "done.txt").write_bytes(b"uploaded before the outage\n")
+    flush_and_wait(m)
+    (files / "tar").mkdir()
+    (files / "shell").mkdir()
     os.listdir(files)
     emulator.set_knobs(fail_next=[{"kind": "500", "count": 1_000_000, "scope": "api"}])
     try:
-        run = subprocess.run(["rsync", "-a", f"{src}/", str(files / "rsync")], capture_output=True, text=True, timeout=300)
-        assert run.returncode == 0, run.stderr
-        # every file is waiting in the spool and has met the outage (a failed attempt)
-        wait_until(lambda: flush(m) or len([s for s in status_lines(m) if s[0] in ("pending", "uploading") and "attempt" in s[-1]]) == len(expected),
-                   f"{len(expected)} files with a failed attempt", timeout=300, poll=0.5)
-        assert not [s for s in status_lines(m) if s[0] in ("failed", "committed")]
+        steps = {
+            "rsync -a": ["rsync", "-a", f"{src}/", str(files / "rsync")],
+            "rsync -r": ["rsync", "-r", f"{src}/", str(files / "rsync-r")],
+            "tar -x": ["tar", "-xf", str(tarball), "-C", str(files / "tar")],
+            "cp -a": ["cp", "-a", str(src), str(files / "cp-a")],
+            "echo >, >>": ["bash", "-c", f"echo x > '{files / 'shell' / 'f.txt'}' && echo y >> '{files / 'shell' / 'f.txt'}'"],
+        }
+        for name, argv in steps.items():
+            run = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+            assert run.returncode == 0, (name, run.stderr)
+        appended = subprocess.run(["bash", "-c", f"echo z >> '{files / 'done.txt'}'"], capture_output=True, text=True, timeout=60)
+        assert appended.returncode == 1 and "Read-only file system" in appended.stderr, appended
+        flush(m)  # start the uploads now: they meet the outage
+        wait_until(lambda: flush(m) or [s for s in status_lines(m) if "attempt" in s[-1]], "an upload attempt that met the outage", timeout=120, poll=0.2)
+        states = {s[0] for s in status_lines(m) if s[0] != "committed"}
+        assert states <= {"pending", "uploading"}, status_lines(m)
     finally:
         emulator.set_knobs(fail_next=[])
     flush_and_wait(m, timeout=300)
     assert not [s for s in status_lines(m) if s[0] == "failed"]
-    assert set(server_files(emulator, app_id)) == {f"rsync/{path}" for path in expected}  # nothing lost, no temp names
-    m.stop()
-    assert tree_digests(fresh_files(emulator, mount_factory, "fresh", "rsync")) == expected
+    want = {"done.txt": hashlib.sha256(b"uploaded before the outage\n").hexdigest(), "shell/f.txt": hashlib.sha256(b"x\ny\n").hexdigest()}
+    for folder in ("rsync", "rsync-r", "tar/src", "cp-a"):
+        want.update({f"{folder}/{path}": digest for path, digest in expected.items()})
+    assert server_digests(emulator, app_id) == want
 
 
 # -- restarts ----------------------------------------------------------------------------------------
@@ -216,3 +245,25 @@ def test_unmount_waits_for_uploads_or_keeps_them_for_the_next_mount(emulator, mo
     wait_until(lambda: "third.txt" in server_files(emulator, app_id), "third.txt uploaded after the retry")
     status = subprocess.run([str(BIN / "basemount-py"), "status", str(m3.mountpoint)], capture_output=True, text=True, timeout=60)
     assert status.returncode == 0 and "committed\t7\t" in status.stdout
+
+    # fusermount3 -u while the server hangs on the commit of one file and another waits: the
+    # daemon ends at once (before the fix: after the commit's retry deadline, 50 s by default);
+    # the next mount commits both, each once.
+    (files / "fourth.txt").write_bytes(b"fourth\n")
+    emulator.reset_counters()
+    emulator.set_knobs(stall_rate=1.0, stall_seconds=3600, fault_scope="api")
+    try:
+        flush(m3)
+        wait_until(lambda: emulator.counters()["requests"].get("POST v1pre3/appresults/{id}/files"), "the commit of fourth.txt to hang")
+        (files / "fifth.txt").write_bytes(b"fifth\n")  # waits (--write-back 600)
+        subprocess.run(["fusermount3", "-u", str(m3.mountpoint)], check=True, capture_output=True, timeout=30)
+        assert m3.process.wait(timeout=15) == 0
+    finally:
+        emulator.set_knobs(stall_rate=0.0, stall_seconds=0)  # the held request goes on: it may land now
+    m4 = mount_factory(emulator, *HOLD, name="mnt")
+    flush_and_wait(m4)
+    assert not [s for s in status_lines(m4) if s[0] == "failed"]
+    listed = server_files(emulator, app_id)
+    assert sorted(listed) == ["fifth.txt", "first.txt", "fourth.txt", "second.txt", "third.txt"]  # each once
+    with api(emulator) as c:
+        assert [c.get(f"v1pre3/files/{listed[n]['Id']}/content", follow_redirects=True).content for n in ("fourth.txt", "fifth.txt")] == [b"fourth\n", b"fifth\n"]
