@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from basemount_py.api.errors import ApiError, ProtocolError, ServerError
 from basemount_py.read import AccessPattern, BlockCache, PrefetchConfig, ReadManager
+from basemount_py.read.block_cache import Part
 from basemount_py.read.reader import index_names
 from basemount_py.read.prefetch import part_size, split_parts
 
@@ -192,6 +193,50 @@ def test_demoted_blocks_are_evicted_first():
     assert cache.reserve(4)
     assert "c" not in cache and "a" in cache and "b" in cache
     assert cache.hits == 1
+
+
+def test_a_part_counts_whole_until_its_last_block_is_evicted():
+    cache = BlockCache(24)
+    data = b"0123456789abcdef"  # one fetch of 16 bytes, cached as four 4-byte views of it
+    view = memoryview(data)
+    assert cache.reserve(16)
+    part = Part(data, 0)
+    cache.put_part(["p0", "p1", "p2", "p3"], [view[i : i + 4] for i in range(0, 16, 4)], part)
+    assert cache.cached_bytes == 16 and cache.reserved_bytes == 0
+    assert cache.part_of("p2") is part and cache.get("p2") == b"89ab"
+    assert cache.reserve(4)
+    cache.put_reserved("x", b"xxxx")
+    cache.demote("p1")
+    # Room for 12 more bytes: evicting p1 alone frees nothing (the buffer is still held by the
+    # other three views), so eviction goes on until the whole part is gone.
+    assert cache.reserve(12)
+    assert not any(key in cache for key in ("p0", "p1", "p2", "p3")) and "x" in cache
+    assert cache.part_of("p0") is None and part.live == 0
+    assert cache.cached_bytes == 4 and cache.cached_bytes + cache.reserved_bytes <= 24
+    # Replacing one block of a part, and dropping the rest, frees the part once.
+    cache.release(12)
+    assert cache.reserve(8)
+    other = Part(b"ABCDEFGH", 0)
+    cache.put_part(["q0", "q1"], [memoryview(other.data)[:4], memoryview(other.data)[4:]], other)
+    assert cache.reserve(4)
+    cache.put_reserved("q1", b"QQQQ")
+    assert cache.cached_bytes == 4 + 8 + 4 and other.live == 1
+    assert cache.discard(lambda key: key == "q0") == 1
+    assert cache.cached_bytes == 8 and other.live == 0
+
+
+async def test_a_read_inside_one_fetch_is_a_view_of_its_buffer_and_across_fetches_a_join():
+    data = payload(4 * MiB, seed=9)
+    source = MemorySource({"f": data})
+    async with ReadManager(source, cache_bytes=16 * MiB) as manager:
+        reader = manager.open("f", len(data))
+        first = await reader.read(0, MiB)  # one demand fetch of 16 blocks: a view of its buffer
+        assert isinstance(first, memoryview) and first == data[:MiB]
+        assert len(first.obj) == MiB and source.requests[0] == ("f", 0, MiB)
+        across = await reader.read(MiB - 64 * KiB, 128 * KiB)  # the demand fetch's end, a prefetch's start
+        assert not isinstance(across, memoryview) and across == data[MiB - 64 * KiB : MiB + 64 * KiB]
+        assert await read_all(reader, MiB) == data
+        await reader.close()
 
 
 # -- FileReader against the in-memory source ---------------------------------------------------

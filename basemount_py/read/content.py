@@ -2,9 +2,10 @@
 
 ``ContentSource.fetch(file_id, start, end)`` returns exactly ``end - start`` bytes or raises an
 ``ApiError``; a wrong length is never returned. ``fetch_blocks(file_id, start, end, block_size)``
-returns the same bytes already cut into block-sized buffers (the last may be shorter), filled
-straight from the socket's chunks: the block cache keeps them as they are, which saves copying
-every byte once more (7 % of the daemon's CPU on a sequential read).
+returns the same bytes cut into block-sized views (the last may be shorter) of the one buffer they
+were received in: the block cache keeps them as they are, which saves copying every byte once
+more (7 % of the daemon's CPU on a sequential read), and a kernel read inside that buffer is
+answered with one view of it (reader.py).
 
 * **URL resolution.** ``GET v1pre3/files/{id}/content?redirect=meta`` (through the API client, so
   it has the token and the client's own retries) answers a pre-signed URL and its ``Expires``. The
@@ -177,10 +178,13 @@ class ContentSource:
         if end == start and start >= 0:
             return b""
         (body,) = await self.fetch_blocks(file_id, start, end, max(1, end - start))
-        return body
+        buffer = body.obj  # the one view covers the whole buffer
+        assert isinstance(buffer, (bytes, bytearray))
+        return buffer
 
-    async def fetch_blocks(self, file_id: str, start: int, end: int, block_size: int) -> list[bytearray]:
-        """Bytes ``[start, end)`` as consecutive buffers of ``block_size`` (the last may be shorter)."""
+    async def fetch_blocks(self, file_id: str, start: int, end: int, block_size: int) -> list[memoryview]:
+        """Bytes ``[start, end)`` as consecutive views of ``block_size`` (the last may be shorter)
+        of the one buffer they were received in."""
         if start < 0 or end < start:
             raise ValueError(f"invalid byte range [{start}, {end})")
         if block_size <= 0:
@@ -191,7 +195,7 @@ class ContentSource:
         attempts = 0
         refreshed = False
 
-        async def attempt() -> list[bytearray]:
+        async def attempt() -> list[memoryview]:
             nonlocal attempts, refreshed
             attempts += 1
             if attempts > 1:
@@ -282,7 +286,7 @@ class ContentSource:
             proxied = self._proxied[host] = uses_proxy(url)
         return proxied
 
-    async def _get_range(self, url: str, start: int, end: int, block_size: int, describe: str) -> list[bytearray]:
+    async def _get_range(self, url: str, start: int, end: int, block_size: int, describe: str) -> list[memoryview]:
         expected = end - start
         self.stats["range_requests"] += 1
         if self._use_threads and not self._proxied_host(url):
@@ -299,11 +303,11 @@ class ContentSource:
                     await response.aread()
                     raise_for_status(response, describe)
                 self._check_status(response, start, end, describe)
-                # Buffers of the exact sizes, filled in place: growing a bytearray and copying it
+                # One buffer of the exact size, filled in place: growing a bytearray and copying it
                 # to bytes at the end cost two extra copies of every byte (and page faults on
                 # fresh memory), a third of the daemon's CPU on a sequential read (py-spy).
-                blocks = [bytearray(min(block_size, expected - o)) for o in range(0, expected, block_size)]
-                received = await _fill(response.aiter_raw(), blocks, expected, describe)
+                body = bytearray(expected)
+                received = await _fill(response.aiter_raw(), [body], expected, describe)
         except httpx.TimeoutException as exc:
             raise NetworkError(f"{describe}: stalled or timed out ({type(exc).__name__})") from None
         except httpx.HTTPError as exc:
@@ -315,8 +319,9 @@ class ContentSource:
         if received != expected:
             raise NetworkError(f"{describe}: truncated body ({received} of {expected} bytes)")
         self.stats["bytes_fetched"] += expected
-        # The bytearrays themselves (never modified again): bytes(block) would copy them once more.
-        return blocks
+        # Views of the buffer itself (never modified again), as the worker threads give them.
+        view = memoryview(body)
+        return [view[o : o + block_size] for o in range(0, expected, block_size)]
 
     @staticmethod
     def _check_status(response: httpx.Response, start: int, end: int, describe: str) -> None:

@@ -8,7 +8,9 @@ Data flow of ``FileReader.read(offset, size)``:
 3. The blocks the read needs are taken from the cache, or awaited from a fetch already in flight
    (any reader's, demand or prefetch: one GET per block however many readers want it), or fetched
    now as contiguous runs of missing blocks (one ranged request per run; a random read is one run).
-4. The bytes are cut out of the blocks and joined once.
+4. The bytes are cut out of the blocks: a read inside one fetch's buffer is a view of it (the
+   blocks are views of that buffer, :class:`~.block_cache.Part`), a read that spans two fetches is
+   joined once.
 
 Fetches are block aligned (``PrefetchConfig.block_size``, 64 KiB by default: a random 64 KiB pread
 costs at most two blocks, i.e. amplification ≤ 2). Every fetch reserves its size in the cache before
@@ -42,7 +44,7 @@ import trio
 from ..api.errors import ProtocolError
 from ..options import MountOptions
 from ..tasks import gather, never_fatal
-from .block_cache import BlockCache
+from .block_cache import BlockCache, Part
 from .disk_cache import ContentKey, DiskCache
 from .disk_stream import DiskStream
 from .prefetch import AccessPattern, Plan, PrefetchConfig, part_size, round_up, split_parts
@@ -83,6 +85,17 @@ def index_names(data_name: str) -> list[str]:
 
 
 _NOT_STARTED = RuntimeError("prefetch cancelled before it started")
+
+
+def _one_buffer(blocks: list, nbytes: int) -> Any:
+    """The buffer the ``blocks`` of one fetch are consecutive views of, if they are (exactly
+    ``nbytes`` long); None when they are separate buffers (or came partly from the disk cache)."""
+    head, tail = blocks[0], blocks[-1]
+    if type(head) is memoryview and type(tail) is memoryview and head.obj is tail.obj:
+        buffer = head.obj
+        if buffer is not None and memoryview(buffer).nbytes == nbytes:
+            return buffer
+    return None
 
 
 class _InFlight:
@@ -297,14 +310,19 @@ class ReadManager:
                 self._counters["prefetch_requests"] += 1
             if not reserved:
                 self._counters["uncached_fetches"] += 1
-            blocks = await self._fetch_as_blocks(reader, start, end, reserved > 0)
+            blocks = await self._fetch_as_blocks(reader, start, end)
             self._counters["bytes_fetched"] += end - start
             if flight.prefetch:
                 self._counters["prefetch_bytes"] += end - start
             flight.blocks = blocks
             if reserved:
-                for index, block in enumerate(blocks, flight.first):
-                    self.cache.put_reserved((flight.file_id, index), block)
+                keys = [(flight.file_id, index) for index in range(flight.first, flight.last)]
+                buffer = _one_buffer(blocks, end - start)
+                if buffer is not None:  # views of one buffer: cached as one part, none copied
+                    self.cache.put_part(keys, blocks, Part(buffer, start))
+                else:
+                    for key, block in zip(keys, blocks, strict=True):
+                        self.cache.put_reserved(key, block)
                 reserved = 0
         except BaseException as exc:
             if not isinstance(exc, trio.Cancelled):
@@ -314,10 +332,10 @@ class ReadManager:
         finally:
             self._finish(flight, reserved)
 
-    async def _fetch_as_blocks(self, reader: "FileReader", start: int, end: int, cached: bool) -> list:
+    async def _fetch_as_blocks(self, reader: "FileReader", start: int, end: int) -> list:
         """Bytes ``[start, end)`` as block-sized pieces: from the disk cache, else the network."""
         if self.disk is None or reader.version is None:
-            return await self._network_blocks(reader.file_id, start, end, cached)
+            return await self._network_blocks(reader.file_id, start, end)
         bs = self.config.block_size
         key = ContentKey(reader.file_id, reader.version, reader.size)
         first = start // bs
@@ -332,7 +350,7 @@ class ReadManager:
                 runs.append([i, i + 1])
 
         async def fill(a: int, b: int) -> None:
-            got = await self._network_blocks(reader.file_id, start + a * bs, min(end, start + b * bs), cached)
+            got = await self._network_blocks(reader.file_id, start + a * bs, min(end, start + b * bs))
             blocks[a:b] = got
             self._store(key, first + a, got)
 
@@ -379,8 +397,11 @@ class ReadManager:
 
         self._nursery.start_soon(write)
 
-    async def _network_blocks(self, file_id: str, start: int, end: int, cached: bool) -> list:
-        """Bytes ``[start, end)`` from the source as block-sized pieces, their lengths checked."""
+    async def _network_blocks(self, file_id: str, start: int, end: int) -> list:
+        """Bytes ``[start, end)`` from the source as block-sized pieces, their lengths checked.
+
+        The pieces are views of the one buffer the bytes were received in (no copy); the cache
+        keeps that buffer as a part, counted whole until its last block goes (block_cache.py)."""
         bs = self.config.block_size
         expected = [min(bs, end - o) for o in range(start, end, bs)]
         if self._fetch_blocks is not None:
@@ -390,10 +411,7 @@ class ReadManager:
             if len(data) != end - start:
                 raise ProtocolError(f"file {file_id}: asked for {end - start} bytes at {start}, got {len(data)}")
             view = memoryview(data)
-            # Cached blocks are copies, so evicting one frees its memory (a view would keep the
-            # whole response alive); uncached ones are served once and can stay views.
-            cut = (lambda o: bytes(view[o : o + bs])) if cached else (lambda o: view[o : o + bs])
-            blocks = [cut(o) for o in range(0, len(data), bs)]
+            blocks = [view[o : o + bs] for o in range(0, len(data), bs)]
         if [len(block) for block in blocks] != expected:
             # The source contract is exact bytes; never hand a wrong length to a reader.
             raise ProtocolError(f"file {file_id}: the {end - start} bytes at {start} came back cut wrong")
@@ -606,17 +624,7 @@ class FileReader:
             self._whole_requested = True
             manager.fetch_whole(self, skip=(first, want))
         blocks = await manager.get_blocks(self, first, need, want)
-
-        pieces = []
-        for index in range(first, need):
-            block = blocks[index]
-            lo = max(offset - index * bs, 0)
-            hi = min(end - index * bs, len(block))
-            # A view: slicing a bytearray block would copy it before the join copies it again.
-            pieces.append(memoryview(block)[lo:hi])
-        # Within one block (small reads: htslib's, random preads): the view itself goes to the
-        # kernel, no copy (cached blocks are never written again). Across blocks, one join.
-        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        data = self._assemble(blocks, offset, end, first, need)
         if len(data) != end - offset:  # a short block would mean a bug upstream; never return it
             raise ProtocolError(f"file {self.file_id}: assembled {len(data)} bytes, expected {end - offset}")
         if plan.sequential:
@@ -624,6 +632,27 @@ class FileReader:
             for index in range(first, end // bs):
                 manager.cache.demote((self.file_id, index))
         return data
+
+    def _assemble(self, blocks: dict, offset: int, end: int, first: int, need: int) -> bytes | memoryview:
+        """The bytes ``[offset, end)`` from ``blocks`` ``[first, need)``, copied only if they must be.
+
+        Within one block (small reads: htslib's, random preads), or within one part's buffer
+        (a 1 MiB kernel read of a stream: 16 blocks of one 4 MiB fetch), the answer is a view and
+        the kernel copies it straight from the buffer it was received in. The bytes of a cached
+        block are never written again. Across parts, one join."""
+        bs = self.manager.config.block_size
+        if need - first > 1:
+            cache = self.manager.cache
+            part = cache.part_of((self.file_id, first))
+            if part is not None and part is cache.part_of((self.file_id, need - 1)):
+                # A part is one contiguous fetch, so the blocks between are in its buffer too.
+                return memoryview(part.data)[offset - part.start : end - part.start]
+        pieces = []
+        for index in range(first, need):
+            block = blocks[index]
+            # A view: slicing a bytearray block would copy it before the join copies it again.
+            pieces.append(memoryview(block)[max(offset - index * bs, 0) : min(end - index * bs, len(block))])
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def _all_on_disk(self, first: int, last: int) -> bool:
         return self._on_disk is not None and first < last and self._on_disk.find(0, first, last) == -1
