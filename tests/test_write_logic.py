@@ -1196,3 +1196,39 @@ def test_a_rename_after_a_commit_whose_answer_was_lost_never_makes_a_second_file
     assert isinstance(after, FsError) and errno_for(after) == errno.EROFS, after
     assert listed == {temp: len(data)}  # one file, never a second under the new name
     assert stored(account, temp) == data
+
+
+def test_a_file_failed_for_good_and_written_again_gets_every_attempt_again(account, tmp_path):
+    """A file that used up its attempts in an outage (failed for good: kept, readable) is opened
+    again and appended to (``echo more >> f``) once the API answers (during the outage that open
+    is EIO: its commit got no answer, so it may be on BaseSpace already). Its next upload gets the
+    full number of attempts: when the API fails again it waits and retries, and it lands once the
+    API is back, with every byte. Before: the attempts it had used counted, so its first new
+    failure made it failed for good."""
+
+    async def scenario(core: Core):
+        app_id = await new_appresult(core)
+        await core.names(*FILES)
+        core.knobs(fail_next=OUTAGE)
+        await core.write_file(b"first line\n", *FILES, "log.txt")
+        await core.command("flush\n")
+        await until(lambda: [s[0] for s in core.status()] == ["failed"])
+        during, _ = await core.timed(core.fs.open, await core.ino(*FILES, "log.txt"), os.O_WRONLY | os.O_APPEND)
+        core.knobs(fail_next=[])
+        opened = await core.fs.open(await core.ino(*FILES, "log.txt"), os.O_WRONLY | os.O_APPEND)
+        await core.fs.write(opened.fh, len(b"first line\n"), b"second line\n")
+        core.knobs(fail_next=OUTAGE)
+        await core.fs.flush(opened.fh)
+        await core.fs.release(opened.fh)
+        await core.command("flush\n")
+        await until(lambda: [s for s in core.status() if len(s) > 3 and "attempt 1:" in s[3]] != [])
+        after_a_new_failure = [s[0] for s in core.status()]
+        core.knobs(fail_next=[])
+        await core.flush_and_wait()
+        return errno_for(during), after_a_new_failure, [s[0] for s in core.status()], list(await core.server_files(app_id))
+
+    during, after_a_new_failure, states, listed = run(account, tmp_path, scenario, upload(write_back=HOLD, attempts=2), metadata_ttl=3600)
+    assert during == errno.EIO
+    assert after_a_new_failure == ["pending"]
+    assert states == ["committed"] and listed == ["log.txt"]
+    assert stored(account, "log.txt") == b"first line\nsecond line\n"

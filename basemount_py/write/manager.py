@@ -507,7 +507,7 @@ class WriteManager:
                     await self._not_landed(entry, folder, "changed")
             if entry.state in (UPLOADING, COMMITTED) or entry.id not in self.spool.entries:
                 raise self.fail(folder, errno.EBUSY, f"{node.name} is being uploaded; BaseSpace files cannot be changed")
-            entry.state, entry.error = OPEN, ""
+            entry.state, entry.error, entry.attempts = OPEN, "", 0  # new bytes: a full set of attempts again
             if truncate:
                 old_size = entry.size
                 await self._spool(self.spool.truncate, entry, 0)
