@@ -117,7 +117,9 @@ def wait_for_uploads(mountpoint: str, keep_pending: bool = False, out: TextIO = 
         shown = True
         time.sleep(poll)
     if shown:
-        out.write("\rall uploads committed" + " " * 60 + "\n")
+        failed = sum(1 for e in entries or [] if e[0] == "failed")
+        done = f"{failed} upload(s) failed for good" if failed else "all uploads committed"
+        out.write(f"\r{done}" + " " * 60 + "\n")
     _report_failed(entries or [], out)
 
 

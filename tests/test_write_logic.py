@@ -1232,3 +1232,26 @@ def test_a_file_failed_for_good_and_written_again_gets_every_attempt_again(accou
     assert after_a_new_failure == ["pending"]
     assert states == ["committed"] and listed == ["log.txt"]
     assert stored(account, "log.txt") == b"first line\nsecond line\n"
+
+
+def test_unmount_waiting_for_uploads_never_says_all_committed_when_one_failed(tmp_path, monkeypatch):
+    """``basemount-py unmount`` waits for the uploads; one of them then fails for good (kept in the
+    spool). Its last line must say so, not "all uploads committed" (before: it said that, then
+    listed the failure below it)."""
+    import io
+
+    from basemount_py import pending
+
+    status = tmp_path / ".uploads"
+    status.write_text("summary: x\nuploading\t5\tP/x.txt\tsent 0 of 5 bytes\nuploading\t6\tP/y.txt\tsent 0 of 6 bytes\n")
+    (tmp_path / ".commands").write_text("")
+
+    def upload_ends(seconds: float) -> None:  # what the daemon does meanwhile
+        status.write_text("summary: x\nfailed\t5\tP/x.txt\ta different file 'x.txt' is already there\ncommitted\t6\tP/y.txt\n")
+
+    monkeypatch.setattr(pending.time, "sleep", upload_ends)
+    out = io.StringIO()
+    pending.wait_for_uploads(str(tmp_path), out=out)
+    text = out.getvalue()
+    assert "all uploads committed" not in text
+    assert "1 upload(s) failed for good" in text and "failed upload kept in the spool: /P/x.txt" in text
