@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # -- parallel runs (pytest-xdist; scripts/test runs the suite so, docs/testing.md says how) ------------
 
 # Test files that use what the machine has once: Slurm's daemons, system users and /dev/fuse's mode
-# (non-root mounts, the fuse helper), its CPUs for the benchmark's figures. They run one after
-# another on one worker (one group), never at the same time as each other.
-MACHINE_WIDE_FILES = frozenset({"tests/test_slurm.py", "tests/test_nonroot_mounts.py", "tests/test_bench_smoke.py"})
+# (non-root mounts, the fuse helper). They run one after another on one worker (one group), never
+# at the same time as each other. (The benchmark's smoke run is not one: it asserts no figure.)
+MACHINE_WIDE_FILES = frozenset({"tests/test_slurm.py", "tests/test_nonroot_mounts.py"})
 MACHINE_WIDE_GROUP = "machine-wide"
 DURATIONS = ROOT / "tests" / "durations.json"
 UNKNOWN_DURATION = 1.0  # seconds: a test the durations file does not know yet

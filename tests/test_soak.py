@@ -1,5 +1,5 @@
 """The soak, short: 16 processes of ls/stat/sequential/random reads and 2 writers through one mount
-for ~20 s with faults on (the 2-minute run is ``scripts/soak``; its figures are in docs/reliability.md).
+for ~10 s with faults on (the 2-minute run is ``scripts/soak``; its figures are in docs/reliability.md).
 
 Its faults: a schedule of one-shot faults of every kind (taken by the first requests of their
 scope, so the run has at least MIN_FAULTS however slow the machine is) on top of the seeded random
@@ -20,14 +20,14 @@ from conftest import require_fuse
 from soak import SOAK_FAULTS, SOAK_OP_TIMEOUT, run_soak
 
 MIN_FAULTS = 20  # the run is extended until the emulator injected this many (soak.run_soak)
-CI_SECONDS = float(os.environ.get("BASEMOUNT_SOAK_SECONDS", "20"))
+CI_SECONDS = float(os.environ.get("BASEMOUNT_SOAK_SECONDS", "10"))
 CI_FAULTS = dict(SOAK_FAULTS, throttle_rate=0.0)
 # Every kind, API and content, spread over the kinds so that no request meets many in a row.
 SCHEDULE = [("500", "api"), ("503", "content"), ("429", "content"), ("reset", "content"), ("truncate", "content")] * 4 + [("stall", "api")]
 SCHEDULED_FAULTS = [{"kind": kind, "count": 1, "scope": scope} for kind, scope in SCHEDULE]
 # Files per writer, spread over the run (all three ways of writing, ~25 MiB each): unpaced, two
 # writers spooled ~150 MiB in 20 s, and the drain after the run took longer than the run.
-WRITER_FILES = 30
+WRITER_FILES = 15
 
 
 def _check(result) -> None:
