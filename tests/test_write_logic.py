@@ -1255,3 +1255,30 @@ def test_unmount_waiting_for_uploads_never_says_all_committed_when_one_failed(tm
     text = out.getvalue()
     assert "all uploads committed" not in text
     assert "1 upload(s) failed for good" in text and "failed upload kept in the spool: /P/x.txt" in text
+
+
+def test_a_file_whose_commit_never_reached_the_server_can_still_be_appended_to_and_renamed(account, tmp_path):
+    """The network is down (every connection refused): a file's upload attempt fails without its
+    commit request ever reaching the server, so the file cannot be on BaseSpace. ``echo y >> f``
+    and a rename then work at once (no EIO, unlike after a commit whose answer was lost), and once
+    the network is back the file lands under its new name with every byte."""
+
+    async def scenario(core: Core):
+        app_id = await new_appresult(core)
+        files = await core.ino(*FILES)
+        await core.names(*FILES)
+        await core.write_file(b"x\n", *FILES, "f.txt")
+        core.transport.up = False  # connections refused
+        await core.command("flush\n")
+        await until(lambda: [s[0] for s in core.status() if len(s) > 3 and "attempt 1" in s[3]] == ["pending"])
+        opened = await core.fs.open(await core.ino(*FILES, "f.txt"), os.O_WRONLY | os.O_APPEND)
+        await core.fs.write(opened.fh, 2, b"y\n")
+        await core.fs.flush(opened.fh)
+        await core.fs.release(opened.fh)
+        await core.fs.rename(files, "f.txt", files, "g.txt")
+        core.transport.up = True
+        await core.flush_and_wait()
+        return {p: f["Size"] for p, f in (await core.server_files(app_id)).items()}
+
+    assert run(account, tmp_path, scenario, upload(write_back=HOLD), metadata_ttl=3600) == {"g.txt": 4}
+    assert stored(account, "g.txt") == b"x\ny\n"

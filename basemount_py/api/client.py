@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import ssl
@@ -37,6 +38,20 @@ log = logging.getLogger(__name__)
 
 V1_PAGE_MAX = 1024  # BaseSpace caps v1pre3 list Limit at 1024
 FILES_PAGE_MAX = 1000  # ...and file listings at 1000
+# A caller that must know whether a request may have reached the server (the commit of an upload,
+# whose outcome decides whether the file may still be renamed) sets ``[False]`` here: every try of
+# a request run in that context which got past connecting sets it to True. A try that could not
+# connect (refused, unreachable, no connection from the pool in time) sent nothing.
+reached_server: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar("reached_server", default=None)
+
+
+def _note_reached(exc: BaseException | None = None) -> None:
+    never_sent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+    marker = reached_server.get()
+    if marker is not None and not never_sent:
+        marker[0] = True
+
+
 PAGE_CONCURRENCY = 8
 WAVE_PAGES = 32  # pages requested before looking at what came back (see list_all)
 MAX_LIST_ITEMS = 1_000_000  # a listing longer than this is cut (a lying TotalCount cannot loop us)
@@ -173,12 +188,15 @@ class BaseSpaceClient:
         try:
             response = await self._http.request(method, path, params=params, headers=headers, **kwargs)
         except httpx.TimeoutException as exc:
+            _note_reached(exc)
             raise NetworkError(f"{method} {path}: timed out ({type(exc).__name__})") from None
         except httpx.HTTPError as exc:
+            _note_reached(exc)
             bad_certificate = certificate_error(exc, f"{method} {path}")
             if bad_certificate is not None:
                 raise bad_certificate from None
             raise NetworkError(f"{method} {path}: {type(exc).__name__}: {transport_detail(exc)}") from None
+        _note_reached()
         if response.status_code == 429:
             self.budget.throttled(_retry_after(response))
         elif response.status_code < 500:

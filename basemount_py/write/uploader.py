@@ -42,7 +42,7 @@ from typing import AsyncIterator, Awaitable, Callable
 
 import trio
 
-from ..api.client import FILES_PAGE_MAX, BaseSpaceClient
+from ..api.client import FILES_PAGE_MAX, BaseSpaceClient, reached_server
 from ..api.errors import ApiError
 from ..blocking import RunBlocking, in_worker_thread
 from ..tasks import never_fatal
@@ -122,6 +122,7 @@ class _Progress:
     # of no return), and ``current`` is set when the attempt is over.
     scope: trio.CancelScope | None = None
     committing: bool = False
+    commit_sent: bool = False  # the committing request may have reached the server (client.reached_server)
     current: trio.Event | None = None
 
 
@@ -396,6 +397,7 @@ class Uploader:
         p.sent = 0
         done, p.attempt_done = p.attempt_done, trio.Event()
         p.scope, p.committing, p.current = trio.CancelScope(), False, done
+        p.commit_sent = False
         result: dict = {}
         overtaken = True
         try:
@@ -416,8 +418,8 @@ class Uploader:
             await self.abort_multipart(entry)
             reason = str(exc) or type(exc).__name__
             p.last_error = reason
-            # Only a commit request that was sent may have landed although its answer was lost.
-            p.verify_first = p.verify_first or p.committing
+            # Only a commit request that reached the server may have landed although its answer was lost.
+            p.verify_first = p.verify_first or p.commit_sent
             status = exc.status if isinstance(exc, ApiError) else 0
             if entry.id not in self.spool.entries:
                 pass  # removed while uploading
@@ -466,6 +468,8 @@ class Uploader:
         lost): the server's file at our path with our bytes is then our commit."""
         await trio.lowlevel.checkpoint()  # a rename that came first wins
         p.committing = True
+        reached = [False]
+        token = reached_server.set(reached)
         try:
             async with self._shielded():
                 result = await call()
@@ -477,6 +481,9 @@ class Uploader:
                 raise
             log.info("%s: %s; but the server has our bytes at our path (an earlier send landed): committed", entry.display, exc)
             return landed
+        finally:
+            reached_server.reset(token)
+            p.commit_sent = reached[0]
         return result
 
     def may_have_landed(self, entry: SpoolEntry) -> bool:
