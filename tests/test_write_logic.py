@@ -1006,9 +1006,10 @@ def test_an_abort_that_failed_in_an_outage_is_retried_after_it(account, tmp_path
     assert not leftover_parts(account)  # the abort was tried again once the API answered
 
 
-def test_a_shutdown_during_a_hung_commit_ends_at_once_and_the_next_mount_commits_each_file_once(account, tmp_path):
-    """SIGTERM (``Filesystem.shutdown``, then the WriteManager ends as the daemon's main does)
-    while the server hangs on the commit of a small file (its one POST) and of a multipart one
+@pytest.mark.parametrize("ending", ["signal", "unmount-command"])
+def test_a_shutdown_during_a_hung_commit_ends_at_once_and_the_next_mount_commits_each_file_once(account, tmp_path, ending):
+    """SIGTERM (``Filesystem.shutdown``, then the WriteManager ends as the daemon's main does), or
+    ``unmount`` written to ``.commands``, while the server hangs on the commit of a small file (its one POST) and of a multipart one
     (``complete``, every part sent): the daemon is done at once, not when those shielded requests
     reach their retry deadline (290 s with --op-timeout 300; before the fix the exit waited that
     long). Both files stay in the spool and the next mount commits each of them once."""
@@ -1030,7 +1031,11 @@ def test_a_shutdown_during_a_hung_commit_ends_at_once_and_the_next_mount_commits
         await trio.sleep(5)  # both commits are waiting on the hung server
         marks["states"] = sorted(s[0] for s in core.status())
         marks["shutdown_at"] = trio.current_time()
-        core.fs.shutdown()
+        if ending == "signal":
+            core.fs.shutdown()  # what the daemon's signal handler does
+        else:
+            await core.command("unmount\n")
+            assert core.kernel.terminated
         return core
 
     core = run(account, tmp_path, first, upload(write_back=HOLD), op_timeout=300, emulator=emulator)
