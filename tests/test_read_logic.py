@@ -109,6 +109,20 @@ def test_out_of_order_readahead_and_small_forward_skips_do_not_reset():
     assert plan.sequential and pattern.window == 2 * window
 
 
+def test_a_readahead_request_megabytes_late_does_not_reset_the_stream():
+    # What a wan cp through the mount looked like: 1 MiB reads, one of them handled after the
+    # requests up to 14 MiB beyond it (trio runs the concurrent requests in a shuffled order).
+    pattern = AccessPattern(1 << 40)
+    for i in range(20):
+        pattern.observe(i * MiB, MiB)
+    window = pattern.window
+    assert window > 0
+    plan = pattern.observe(6 * MiB + 512 * KiB, 512 * KiB)  # 14 MiB behind: late, not a seek
+    assert plan.sequential and pattern.window == window and pattern.last_end == 20 * MiB
+    plan = pattern.observe(20 * MiB, MiB)
+    assert plan.sequential and plan.prefetch_end == 21 * MiB + pattern.window
+
+
 def test_far_seek_resets_to_random_mode_without_prefetch():
     pattern = AccessPattern(1 << 40)
     for i in range(4):
