@@ -1287,3 +1287,34 @@ def test_a_file_whose_commit_never_reached_the_server_can_still_be_appended_to_a
 
     assert run(account, tmp_path, scenario, upload(write_back=HOLD), metadata_ttl=3600) == {"g.txt": 4}
     assert stored(account, "g.txt") == b"x\ny\n"
+
+
+def test_a_file_whose_write_the_shutdown_refused_is_never_uploaded_partial(account, tmp_path):
+    """SIGTERM while ``cp`` is writing a file: its next write fails (EIO) and cp closes the file.
+    The file is incomplete, so it must not reach BaseSpace: it is kept as failed (readable, in
+    status, with the reason), at this mount and the next. Before: the close made it pending and
+    the next mount uploaded the partial file under its real name."""
+    emulator = emulator_app(account)
+    head = os.urandom(300 * KiB)
+
+    async def first(core: Core):
+        await new_appresult(core)
+        opened, _ = await core.fs.create(await core.ino(*FILES), "copy.bin")
+        await core.fs.write(opened.fh, 0, head)
+        core.fs.shutdown()  # SIGTERM
+        refused, _ = await core.timed(core.fs.write, opened.fh, len(head), os.urandom(100 * KiB))
+        await core.fs.flush(opened.fh)  # cp closes the file after the error
+        await core.fs.release(opened.fh)
+        return errno_for(refused) if isinstance(refused, FsError) else refused, core.status()
+
+    code, states = run(account, tmp_path, first, upload(write_back=HOLD), emulator=emulator)
+    assert code == errno.EIO
+    assert [s[0] for s in states] == ["failed"] and "write" in states[0][3], states
+
+    async def next_mount(core: Core):
+        await core.flush_and_wait()
+        return core.status(), await core.server_files((await core.read_all(*RESULT, ".id")).decode().strip())
+
+    states, listed = run(account, tmp_path, next_mount, upload(write_back=HOLD), emulator=emulator)
+    assert [s[0] for s in states] == ["failed"], states
+    assert listed == {}  # nothing partial on the server

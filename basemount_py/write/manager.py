@@ -561,10 +561,11 @@ class WriteManager:
 
     async def write(self, entry: SpoolEntry, node: Node | None, off: int, data: bytes) -> int:
         try:
-            self._writable(entry)
-            if entry.kind == PROPERTY and off + len(data) > MAX_BYTES:
-                raise WriteFailure(errno.EFBIG, f"property {entry.name}: values are limited to {MAX_BYTES} bytes")
-            await self._spool(self.spool.write, entry, off, data)
+            with self._interrupted_spoils(entry):
+                self._writable(entry)
+                if entry.kind == PROPERTY and off + len(data) > MAX_BYTES:
+                    raise WriteFailure(errno.EFBIG, f"property {entry.name}: values are limited to {MAX_BYTES} bytes")
+                await self._spool(self.spool.write, entry, off, data)
         except WriteFailure as exc:
             self._spoiled(entry, exc)
             raise self._report(tuple(entry.mount_path[:-1]), exc) from None
@@ -579,12 +580,24 @@ class WriteManager:
             if entry.kind == PROPERTY and size > MAX_BYTES:
                 raise WriteFailure(errno.EFBIG, f"property {entry.name}: values are limited to {MAX_BYTES} bytes")
             old_size = entry.size
-            await self._spool(self.spool.truncate, entry, size)
+            with self._interrupted_spoils(entry):
+                await self._spool(self.spool.truncate, entry, size)
         except WriteFailure as exc:
             self._spoiled(entry, exc)
             raise self._report(tuple(entry.mount_path[:-1]), exc) from None
         self.uploader.wrote(entry, min(old_size, size), max(old_size, size))
         node.size = entry.size
+
+    @contextlib.contextmanager
+    def _interrupted_spoils(self, entry: SpoolEntry) -> Iterator[None]:
+        """A write or truncate that the end of the mount (or its op timeout) cancels fails for the
+        writer (EIO) without a WriteFailure: the file is just as incomplete, so it is spoiled too
+        (the writer closes it next; uploaded, it would put a partial file on BaseSpace)."""
+        try:
+            yield
+        except trio.Cancelled:
+            self._spoiled(entry, WriteFailure(errno.EIO, "interrupted: the mount was shutting down or the write took too long"))
+            raise
 
     @staticmethod
     def _spoiled(entry: SpoolEntry, exc: WriteFailure) -> None:
