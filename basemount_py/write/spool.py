@@ -98,9 +98,11 @@ class Spool:
         self._lock_fd: int | None = None
         self._persisting = threading.Lock()  # release and rename may persist one entry at once
         # Multipart uploads to abort (file id -> the file it was for), kept in OWED_ABORTS:
-        # owe() and paid() change it here, the next persist (of it or of any entry) writes it.
+        # owe() and paid() change it (on the event loop) and count the change; the next persist
+        # (of it or of any entry, in a worker thread) writes a copy of it and the count it covers.
         self.owed: dict[str, str] = {}
-        self._owed_dirty = False
+        self._owed_changes = 0
+        self._owed_written = 0
 
     # -- session -------------------------------------------------------------------------------
 
@@ -139,7 +141,7 @@ class Spool:
                     self.owed.update({str(k): str(v) for k, v in json.loads(owed.read_text()).items()})
                 except (ValueError, AttributeError, OSError) as exc:
                     log.warning("spool: unreadable list of aborts owed %s (%s)", owed, exc)
-                self._owed_dirty = True
+                self._owed_changes += 1
                 self.persist_owed()  # ours now, before the dead session's folder goes
             for meta in sorted(other.glob("*.json")):
                 try:
@@ -272,23 +274,25 @@ class Spool:
         """This multipart upload must be aborted (written at the next persist)."""
         if file_id and file_id not in self.owed:
             self.owed[file_id] = display
-            self._owed_dirty = True
+            self._owed_changes += 1
 
     def paid(self, file_id: str) -> None:
         """The server has taken the abort (or the upload was completed or aborted already)."""
         if self.owed.pop(file_id, None) is not None:
-            self._owed_dirty = True
+            self._owed_changes += 1
 
     def persist_owed(self) -> None:
         with self._persisting:
             self._write_owed()
 
     def _write_owed(self) -> None:
-        if not self._owed_dirty:
+        changes = self._owed_changes
+        if changes == self._owed_written:
             return
+        owed = dict(self.owed)  # a copy: the event loop may change the dict meanwhile
         path = self.session / OWED_ABORTS
-        if self.owed:
-            self._replace(path, self.owed)
+        if owed:
+            self._replace(path, owed)
         else:
             try:
                 os.unlink(path)
@@ -296,7 +300,7 @@ class Spool:
                 pass
             else:
                 self._sync_folder()
-        self._owed_dirty = False
+        self._owed_written = changes  # a change made since is written by the next persist
 
     def md5(self, entry: SpoolEntry) -> str:
         h = hashlib.md5()
