@@ -1109,6 +1109,7 @@ def test_a_rename_while_the_abort_of_the_old_name_hangs_uploads_under_the_new_na
         listed = {p: f["Size"] for p, f in (await core.server_files(app_id)).items()}
         core.knobs(stall_seconds=0)  # releases the held abort
         await core.flush_and_wait()
+        await until(lambda: not leftover_parts(account), bound=600)  # the abort is retried after its timeout
         return listed
 
     # one file uploads at a time: the stream of the old name still counts when the rename

@@ -157,6 +157,7 @@ class Uploader:
         # Requests that must not be cut halfway (a commit, a multipart start): only stop() does.
         self._shields: set[trio.CancelScope] = set()
         self.stopped = False
+        self._aborting = self._abort_again = False  # abort_owed: one pass at a time
 
     def start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
@@ -330,9 +331,21 @@ class Uploader:
         await self.abort_owed()
 
     async def abort_owed(self) -> None:
-        """Every multipart upload owed an abort (this daemon's and those a dead one left)."""
-        for file_id, display in list(self.spool.owed.items()):
-            await self._abort(file_id, display)
+        """Every multipart upload owed an abort (this daemon's and those a dead one left). One
+        pass at a time: a pass asked for while one runs makes that one go round once more."""
+        if self._aborting:
+            self._abort_again = True
+            return
+        self._aborting = True
+        try:
+            again = True
+            while again:
+                self._abort_again = False
+                for file_id, display in list(self.spool.owed.items()):
+                    await self._abort(file_id, display)
+                again = self._abort_again
+        finally:
+            self._aborting = False
 
     def give_way(self, entry: SpoolEntry) -> bool:
         """A rename meets this entry's upload attempt: cancel it if it is before its point of no
@@ -441,7 +454,8 @@ class Uploader:
                 p.ready_at = trio.current_time() + delay
         else:
             await self._commit(entry, result)
-            await self.abort_owed()  # the API answers again: those that failed before
+            if self.spool.owed and self._nursery is not None:  # the API answers again: those that failed before
+                self._nursery.start_soon(self.abort_owed)  # (not holding this upload's slot)
         finally:
             p.scope, p.committing, p.current = None, False, None
             if entry.id in self.spool.entries and entry.state != UPLOADING:
