@@ -1263,9 +1263,12 @@ def test_unmount_waiting_for_uploads_never_says_all_committed_when_one_failed(tm
     assert "1 upload(s) failed for good" in text and "failed upload kept in the spool: /P/x.txt" in text
 
 
-def test_a_file_whose_commit_never_reached_the_server_can_still_be_appended_to_and_renamed(account, tmp_path):
-    """The network is down (every connection refused): a file's upload attempt fails without its
-    commit request ever reaching the server, so the file cannot be on BaseSpace. ``echo y >> f``
+@pytest.mark.parametrize("down", ["refused", "503", "429"])
+def test_a_file_whose_commit_never_reached_the_server_can_still_be_appended_to_and_renamed(account, tmp_path, down):
+    """The network is down (every connection refused), or the API answers every request with 503
+    (unavailable) or 429 (too many requests), which mean it did not handle them: a file's upload
+    attempt fails without its commit request ever reaching the server, so the file cannot be on
+    BaseSpace. ``echo y >> f``
     and a rename then work at once (no EIO, unlike after a commit whose answer was lost), and once
     the network is back the file lands under its new name with every byte."""
 
@@ -1274,7 +1277,10 @@ def test_a_file_whose_commit_never_reached_the_server_can_still_be_appended_to_a
         files = await core.ino(*FILES)
         await core.names(*FILES)
         await core.write_file(b"x\n", *FILES, "f.txt")
-        core.transport.up = False  # connections refused
+        if down == "refused":
+            core.transport.up = False
+        else:
+            core.knobs(fail_next=[{"kind": down, "count": 1_000_000, "scope": "api"}], retry_after=1)
         await core.command("flush\n")
         await until(lambda: [s[0] for s in core.status() if len(s) > 3 and "attempt 1" in s[3]] == ["pending"])
         opened = await core.fs.open(await core.ino(*FILES, "f.txt"), os.O_WRONLY | os.O_APPEND)
@@ -1283,6 +1289,7 @@ def test_a_file_whose_commit_never_reached_the_server_can_still_be_appended_to_a
         await core.fs.release(opened.fh)
         await core.fs.rename(files, "f.txt", files, "g.txt")
         core.transport.up = True
+        core.knobs(fail_next=[])
         await core.flush_and_wait()
         return {p: f["Size"] for p, f in (await core.server_files(app_id)).items()}
 

@@ -41,12 +41,16 @@ FILES_PAGE_MAX = 1000  # ...and file listings at 1000
 # A caller that must know whether a request may have reached the server (the commit of an upload,
 # whose outcome decides whether the file may still be renamed) sets ``[False]`` here: every try of
 # a request run in that context which got past connecting sets it to True. A try that could not
-# connect (refused, unreachable, no connection from the pool in time) sent nothing.
+# connect (refused, unreachable, no connection from the pool in time) sent nothing, and one
+# answered 429 or 503 was not handled (too many requests; unavailable).
 reached_server: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar("reached_server", default=None)
 
 
-def _note_reached(exc: BaseException | None = None) -> None:
-    never_sent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+NOT_HANDLED = (429, 503)
+
+
+def _note_reached(exc: BaseException | None = None, status: int = 0) -> None:
+    never_sent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)) or status in NOT_HANDLED
     marker = reached_server.get()
     if marker is not None and not never_sent:
         marker[0] = True
@@ -196,7 +200,7 @@ class BaseSpaceClient:
             if bad_certificate is not None:
                 raise bad_certificate from None
             raise NetworkError(f"{method} {path}: {type(exc).__name__}: {transport_detail(exc)}") from None
-        _note_reached()
+        _note_reached(status=response.status_code)
         if response.status_code == 429:
             self.budget.throttled(_retry_after(response))
         elif response.status_code < 500:
