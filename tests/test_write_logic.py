@@ -1326,3 +1326,31 @@ def test_a_file_whose_write_the_shutdown_refused_is_never_uploaded_partial(accou
     states, listed = run(account, tmp_path, next_mount, upload(write_back=HOLD), emulator=emulator)
     assert [s[0] for s in states] == ["failed"], states
     assert listed == {}  # nothing partial on the server
+
+
+@pytest.mark.parametrize("how", ["append", "rewrite"])
+def test_a_file_being_rewritten_when_the_daemon_dies_is_never_uploaded_half_changed(account, tmp_path, how):
+    """A file waits in the spool; it is opened again (``cat more >> f``, or ``> f`` and new bytes)
+    and the daemon dies in the middle of that write (before the writer's close). Its bytes are
+    half old, half new: the next mount keeps it as failed (never closed), and uploads nothing.
+    Before: the open was not written to the spool, which still said *pending*, so the next mount
+    uploaded the half-changed file (a rewrite: new bytes, then zeros up to the old size)."""
+    emulator = emulator_app(account)
+    old = os.urandom(200 * KiB)
+
+    async def first(core: Core):
+        app_id = await new_appresult(core)
+        await core.write_file(old, *FILES, "f.bin")
+        flags = os.O_WRONLY | (os.O_APPEND if how == "append" else os.O_TRUNC)
+        opened = await core.fs.open(await core.ino(*FILES, "f.bin"), flags)
+        await core.fs.write(opened.fh, len(old) if how == "append" else 0, os.urandom(50 * KiB))
+        return app_id  # the daemon dies here: no close, no release
+
+    app_id = run(account, tmp_path, first, upload(write_back=HOLD), emulator=emulator)
+
+    async def next_mount(core: Core):
+        await core.flush_and_wait()
+        return [s[0] for s in core.status()], await core.server_files(app_id)
+
+    states, listed = run(account, tmp_path, next_mount, upload(write_back=HOLD), emulator=emulator)
+    assert states == ["failed"] and listed == {}

@@ -508,6 +508,10 @@ class WriteManager:
             if entry.state in (UPLOADING, COMMITTED) or entry.id not in self.spool.entries:
                 raise self.fail(folder, errno.EBUSY, f"{node.name} is being uploaded; BaseSpace files cannot be changed")
             entry.state, entry.error, entry.attempts = OPEN, "", 0  # new bytes: a full set of attempts again
+            # Until the writer's next close the bytes are half changed: on disk before any of them
+            # is, so that a daemon that dies meanwhile leaves the file failed, never uploaded.
+            entry.closed_once = False
+            await self._spool(self.spool.persist, entry)
             if truncate:
                 old_size = entry.size
                 await self._spool(self.spool.truncate, entry, 0)
