@@ -257,7 +257,7 @@ def test_unmount_waits_for_uploads_or_keeps_them_for_the_next_mount(emulator, mo
         wait_until(lambda: emulator.counters()["requests"].get("POST v1pre3/appresults/{id}/files"), "the commit of fourth.txt to hang")
         (files / "fifth.txt").write_bytes(b"fifth\n")  # waits (--write-back 600)
         subprocess.run(["fusermount3", "-u", str(m3.mountpoint)], check=True, capture_output=True, timeout=30)
-        assert m3.process.wait(timeout=15) == 0
+        assert m3.process.wait(timeout=30) == 0  # well under that deadline, on a loaded machine too
     finally:
         emulator.set_knobs(stall_rate=0.0, stall_seconds=0)  # the held request goes on: it may land now
     m4 = mount_factory(emulator, *HOLD, name="mnt")
