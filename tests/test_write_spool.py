@@ -126,7 +126,12 @@ def test_common_tools_give_byte_identical_files(tmp_path, emulator, mount_factor
 def server_digests(em, app_id: str) -> dict[str, str]:
     """Every file of the app result as the server serves it (its content through the API), by path."""
     with api(em) as c:
-        return {path: hashlib.sha256(c.get(f"v1pre3/files/{item['Id']}/content", follow_redirects=True).content).hexdigest() for path, item in server_files(em, app_id).items()}
+        return {path: hashlib.sha256(content(c, item)).hexdigest() for path, item in server_files(em, app_id).items()}
+
+
+def content(c, item: dict) -> bytes:
+    """A file's bytes as the server serves them (``c``: an API client)."""
+    return c.get(f"v1pre3/files/{item['Id']}/content", follow_redirects=True).content
 
 
 def test_tools_and_shell_writes_during_an_api_outage_land_after_it(tmp_path, emulator, mount_factory):
@@ -266,4 +271,4 @@ def test_unmount_waits_for_uploads_or_keeps_them_for_the_next_mount(emulator, mo
     listed = server_files(emulator, app_id)
     assert sorted(listed) == ["fifth.txt", "first.txt", "fourth.txt", "second.txt", "third.txt"]  # each once
     with api(emulator) as c:
-        assert [c.get(f"v1pre3/files/{listed[n]['Id']}/content", follow_redirects=True).content for n in ("fourth.txt", "fifth.txt")] == [b"fourth\n", b"fifth\n"]
+        assert [content(c, listed[n]) for n in ("fourth.txt", "fifth.txt")] == [b"fourth\n", b"fifth\n"]
