@@ -328,6 +328,7 @@ class Uploader:
         if s is not None:
             await s.finished.wait()  # its multipart start may have been under way
             self.spool.owe(s.file_id, entry.display)
+        await self.run_blocking(self.spool.persist_owed)  # kept, even while another pass is stuck
         await self.abort_owed()
 
     async def abort_owed(self) -> None:
