@@ -1354,3 +1354,37 @@ def test_a_file_being_rewritten_when_the_daemon_dies_is_never_uploaded_half_chan
 
     states, listed = run(account, tmp_path, next_mount, upload(write_back=HOLD), emulator=emulator)
     assert states == ["failed"] and listed == {}
+
+
+def test_a_close_whose_spool_fsync_fails_leaves_the_file_failed_and_says_so(account, tmp_path, monkeypatch):
+    """close() fsyncs the file into the spool; the disk fails that fsync (EIO). The writer gets the
+    errno, but a shell ignores errors from close(): so the file must not go on as if it were safe.
+    It is kept as failed (not uploaded: its bytes on disk are in doubt), and .error and the status
+    say why. Before: .error said nothing, the file went on as pending and was uploaded."""
+    from basemount_py.write.spool import Spool
+
+    real_sync = Spool.sync
+    failing = {"left": 1}
+
+    def sync(self, entry):
+        if failing["left"]:
+            failing["left"] -= 1
+            raise OSError(errno.EIO, "Input/output error")
+        real_sync(self, entry)
+
+    monkeypatch.setattr(Spool, "sync", sync)
+
+    async def scenario(core: Core):
+        app_id = await new_appresult(core)
+        opened, _ = await core.fs.create(await core.ino(*FILES), "result.txt")
+        await core.fs.write(opened.fh, 0, b"result\n")
+        closed, _ = await core.timed(core.fs.flush, opened.fh)
+        await core.fs.release(opened.fh)
+        await core.flush_and_wait()
+        return closed, core.status(), await text(core, *FILES, ".error"), await core.server_files(app_id)
+
+    closed, states, error, listed = run(account, tmp_path, scenario, upload(write_back=HOLD))
+    assert isinstance(closed, FsError) and errno_for(closed) == errno.EIO
+    assert [s[0] for s in states] == ["failed"] and "Input/output error" in states[0][3], states
+    assert "result.txt" in error and "Input/output error" in error
+    assert listed == {}

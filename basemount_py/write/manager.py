@@ -630,8 +630,14 @@ class WriteManager:
             # A shell's `echo x > f` closes an empty descriptor before writing through its dup:
             # only the writer hears of it here; .error gets it if the file stays empty (release).
             raise WriteFailure(errno.EINVAL, f"{entry.name}: BaseSpace does not accept zero-byte files; nothing was uploaded")
-        entry.closed_once = True
-        await self._spool(self.spool.sync, entry)
+        entry.closed_once = True  # written by the sync: a close that returns is what the writer meant
+        try:
+            await self._spool(self.spool.sync, entry)
+        except WriteFailure as exc:
+            # A shell ignores errors from close(): the file must not go on as if it were safe.
+            # Kept as failed (the bytes on disk are in doubt), and .error, status and the log say why.
+            self._spoiled(entry, exc)
+            raise self._report(tuple(entry.mount_path[:-1]), exc) from None
 
     async def fsync(self, entry: SpoolEntry, node: Node) -> None:
         """fsync(fd): the file is uploaded now; returns once it is committed, or its error."""
