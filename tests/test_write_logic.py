@@ -1356,19 +1356,23 @@ def test_a_file_being_rewritten_when_the_daemon_dies_is_never_uploaded_half_chan
     assert states == ["failed"] and listed == {}
 
 
-def test_a_close_whose_spool_fsync_fails_leaves_the_file_failed_and_says_so(account, tmp_path, monkeypatch):
+@pytest.mark.parametrize("failing", ["close", "release"])
+def test_a_close_whose_spool_fsync_fails_leaves_the_file_failed_and_says_so(account, tmp_path, monkeypatch, failing):
     """close() fsyncs the file into the spool; the disk fails that fsync (EIO). The writer gets the
     errno, but a shell ignores errors from close(): so the file must not go on as if it were safe.
     It is kept as failed (not uploaded: its bytes on disk are in doubt), and .error and the status
-    say why. Before: .error said nothing, the file went on as pending and was uploaded."""
+    say why. Before: .error said nothing, the file went on as pending and was uploaded.
+    [release]: close() succeeded (the bytes are safe) and only recording the last close fails:
+    the file is uploaded all the same, and .error says what failed. Before: it stayed *pending*
+    with no upload scheduled, for good (an unmount waited for it forever)."""
     from basemount_py.write.spool import Spool
 
     real_sync = Spool.sync
-    failing = {"left": 1}
+    calls = {"n": 0}
 
     def sync(self, entry):
-        if failing["left"]:
-            failing["left"] -= 1
+        calls["n"] += 1
+        if calls["n"] == (1 if failing == "close" else 2):
             raise OSError(errno.EIO, "Input/output error")
         real_sync(self, entry)
 
@@ -1380,11 +1384,16 @@ def test_a_close_whose_spool_fsync_fails_leaves_the_file_failed_and_says_so(acco
         await core.fs.write(opened.fh, 0, b"result\n")
         closed, _ = await core.timed(core.fs.flush, opened.fh)
         await core.fs.release(opened.fh)
+        error = await text(core, *FILES, ".error")
         await core.flush_and_wait()
-        return closed, core.status(), await text(core, *FILES, ".error"), await core.server_files(app_id)
+        return closed, core.status(), error, await core.server_files(app_id)
 
     closed, states, error, listed = run(account, tmp_path, scenario, upload(write_back=HOLD))
+    assert "result.txt" in error and "Input/output error" in error
+    if failing == "release":
+        assert closed is None and [s[0] for s in states] == ["committed"] and list(listed) == ["result.txt"]
+        assert stored(account, "result.txt") == b"result\n"
+        return
     assert isinstance(closed, FsError) and errno_for(closed) == errno.EIO
     assert [s[0] for s in states] == ["failed"] and "Input/output error" in states[0][3], states
-    assert "result.txt" in error and "Input/output error" in error
     assert listed == {}
