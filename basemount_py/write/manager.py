@@ -637,7 +637,7 @@ class WriteManager:
             # A shell ignores errors from close(): the file must not go on as if it were safe.
             # Kept as failed (the bytes on disk are in doubt), and .error, status and the log say why.
             self._spoiled(entry, exc)
-            raise self._report(tuple(entry.mount_path[:-1]), WriteFailure(exc.errno, f"{entry.name}: {exc.message}")) from None
+            raise self._report(tuple(entry.mount_path[:-1]), WriteFailure(exc.errno or errno.EIO, f"{entry.name}: {exc.message}")) from None
 
     async def fsync(self, entry: SpoolEntry, node: Node) -> None:
         """fsync(fd): the file is uploaded now; returns once it is committed, or its error."""
@@ -678,7 +678,7 @@ class WriteManager:
         try:
             await self._spool(self.spool.sync, entry)
         except WriteFailure as exc:  # the close's own fsync made the bytes safe: upload them anyway
-            self._report(tuple(entry.mount_path[:-1]), WriteFailure(exc.errno, f"{entry.name}: {exc.message}"))
+            self._report(tuple(entry.mount_path[:-1]), WriteFailure(exc.errno or errno.EIO, f"{entry.name}: {exc.message}"))
             log.error("%s: recording it as closed in the spool failed (%s); uploading it anyway", entry.display, exc.message)
         if not self.uploader.streaming(entry):
             self.spool.release_fd(entry)
