@@ -1170,7 +1170,7 @@ def test_a_commit_whose_answer_was_lost_is_committed_once(account, tmp_path, siz
 
 def test_a_rename_after_a_commit_whose_answer_was_lost_never_makes_a_second_file(account, tmp_path):
     """rsync's temp file is committed under its temp name, the answer is lost and the API goes
-    down at that moment; then rsync renames it (or a shell appends to it). The rename cannot know whether the first name
+    down at that moment; then rsync renames it (or a shell appends to it, or rm removes it). The rename cannot know whether the first name
     is on BaseSpace already: it fails with EIO (the reason in .error) rather than let a second
     file appear under the new name; once the API answers, the server says the file landed: it
     is committed under its first name, and a rename is EROFS. Before: the rename succeeded and the
@@ -1188,16 +1188,18 @@ def test_a_rename_after_a_commit_whose_answer_was_lost_never_makes_a_second_file
         await until(lambda: [s[0] for s in core.status() if len(s) > 3 and "attempt 1" in s[3]] == ["pending"])
         during, _ = await core.timed(core.fs.rename, files, temp, files, "result.txt")
         reopened, _ = await core.timed(core.fs.open, await core.ino(*FILES, temp), os.O_WRONLY | os.O_APPEND)  # echo more >> it
+        removed, _ = await core.timed(core.fs.unlink, files, temp)  # rm: it could not be undone on BaseSpace
         error = await text(core, *FILES, ".error")
         core.knobs(fail_next=[])
         after, _ = await core.timed(core.fs.rename, files, temp, files, "result.txt")
         await core.flush_and_wait()
-        return during, reopened, error, after, {p: f["Size"] for p, f in (await core.server_files(app_id)).items()}
+        return during, reopened, removed, error, after, {p: f["Size"] for p, f in (await core.server_files(app_id)).items()}
 
     transport = AnswerLost(emulator, _commit_request, then={"fail_next": OUTAGE})
-    during, reopened, error, after, listed = run(account, tmp_path, scenario, upload(write_back=HOLD), emulator=emulator, transport=transport, metadata_ttl=3600)
+    during, reopened, removed, error, after, listed = run(account, tmp_path, scenario, upload(write_back=HOLD), emulator=emulator, transport=transport, metadata_ttl=3600)
     assert isinstance(during, FsError) and errno_for(during) == errno.EIO, during
     assert isinstance(reopened, FsError) and errno_for(reopened) == errno.EIO, reopened  # nor rewritten
+    assert isinstance(removed, FsError) and errno_for(removed) == errno.EIO, removed  # nor removed
     assert "may have reached BaseSpace" in error
     assert isinstance(after, FsError) and errno_for(after) == errno.EROFS, after
     assert listed == {temp: len(data)}  # one file, never a second under the new name

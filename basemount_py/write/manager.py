@@ -697,6 +697,11 @@ class WriteManager:
         if isinstance(entry, SpoolEntry):
             if entry.state == UPLOADING:
                 raise self.fail(parent.path, errno.EBUSY, f"{child.name} is being uploaded; it cannot be removed now")
+            if self.uploader.may_have_landed(entry):  # on BaseSpace already, it could not be removed
+                with self.folder_activity(parent.path):
+                    await self._not_landed(entry, parent.path, "removed")
+                if entry.state == UPLOADING or entry.id not in self.spool.entries:
+                    raise self.fail(parent.path, errno.EBUSY, f"{child.name} is being uploaded; it cannot be removed now")
             log.info("removed %s from the upload spool (%s, never uploaded)", entry.display, entry.state)
             await self._discard(entry)
         else:
