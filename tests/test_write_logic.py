@@ -1399,3 +1399,49 @@ def test_a_close_whose_spool_fsync_fails_leaves_the_file_failed_and_says_so(acco
     assert isinstance(closed, FsError) and errno_for(closed) == errno.EIO
     assert [s[0] for s in states] == ["failed"] and "Input/output error" in states[0][3], states
     assert listed == {}
+
+
+class PartsRefused(EmulatorTransport):
+    """Connections for multipart parts are refused while ``refusing`` (an outage that hits the
+    parts of an upload already started)."""
+
+    refusing = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.refusing and request.method == "PUT" and "/parts/" in request.url.path:
+            await trio.lowlevel.checkpoint()
+            raise httpx.ConnectError("connection refused", request=request)
+        return await super().handle_async_request(request)
+
+
+def test_appending_to_a_file_whose_parts_are_being_sent_stops_that_upload_and_keeps_every_byte(account, tmp_path):
+    """A large file's upload is sending its parts (before its point of no return) and the network
+    fails them; ``cat more >> f`` then opens it: the open stops that upload (its multipart upload
+    is aborted) instead of failing with EBUSY, the bytes are appended, and once the network is
+    back the file lands with every byte. Before: EBUSY until the attempt gave up (~50 s)."""
+    emulator = emulator_app(account)
+    transport = PartsRefused(emulator[1])
+    data, more = os.urandom(2 * MiB + 5), os.urandom(70 * KiB)
+    name = ".big.bin"  # a hidden name: no parts go while it is written, all of them in the attempt
+
+    async def scenario(core: Core):
+        app_id = await new_appresult(core)
+        await core.write_file(data, *FILES, name)
+        transport.refusing = True
+        await core.command("flush\n")
+        await until(lambda: [s[0] for s in core.status()] == ["uploading"] and core.emulator.counters.requests.get("POST v1pre3/appresults/{id}/files"), poll=0.05)
+        await trio.sleep(1)  # its parts are being refused
+        opened, took = await core.timed(core.fs.open, await core.ino(*FILES, name), os.O_WRONLY | os.O_APPEND)
+        assert not isinstance(opened, FsError), opened
+        await core.fs.write(opened.fh, len(data), more)
+        await core.fs.flush(opened.fh)
+        await core.fs.release(opened.fh)
+        transport.refusing = False
+        await core.flush_and_wait()
+        await until(lambda: not leftover_parts(account), bound=600)
+        return took, {p: f["Size"] for p, f in (await core.server_files(app_id)).items()}
+
+    took, listed = run(account, tmp_path, scenario, upload(write_back=HOLD), emulator=emulator, transport=transport)
+    assert took < 1.0, took
+    assert listed == {name: len(data) + len(more)} and stored(account, name) == data + more
+    assert not leftover_parts(account)

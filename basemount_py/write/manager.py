@@ -500,6 +500,8 @@ class WriteManager:
             if entry.id not in self.spool.entries:  # sent: the new value is a new entry
                 return await self._property_entry(node, parent, b"")
         if node.type == UPLOAD and isinstance(entry, SpoolEntry):
+            if entry.state == UPLOADING and entry.kind == FILE and self.uploader.give_way(entry, at_once=True):
+                await self.uploader.wait_committing(entry)  # its attempt, before its point of no return, stops
             if entry.state in (UPLOADING, COMMITTED) or entry.id not in self.spool.entries:
                 raise self.fail(folder, errno.EBUSY, f"{node.name} is being uploaded; BaseSpace files cannot be changed")
             if self.uploader.may_have_landed(entry):

@@ -122,6 +122,7 @@ class _Progress:
     # of no return), and ``current`` is set when the attempt is over.
     scope: trio.CancelScope | None = None
     committing: bool = False
+    starting: bool = False  # in its multipart start (shielded: a cancel waits for its answer)
     commit_sent: bool = False  # the committing request may have reached the server (client.reached_server)
     current: trio.Event | None = None
 
@@ -348,13 +349,15 @@ class Uploader:
         finally:
             self._aborting = False
 
-    def give_way(self, entry: SpoolEntry) -> bool:
-        """A rename meets this entry's upload attempt: cancel it if it is before its point of no
-        return (True: the rename may go on); False if it is committing (then wait_committing)."""
+    def give_way(self, entry: SpoolEntry, at_once: bool = False) -> bool:
+        """A rename (or, ``at_once``, a reopen) meets this entry's upload attempt: cancel it if it
+        is before its point of no return (True: the rename may go on; wait_committing waits for
+        the cancelled attempt to end); False if it is committing (then wait_committing waits for
+        the outcome), or, ``at_once``, in its multipart start, whose answer a cancel waits for."""
         p = self.progress.get(entry.id)
         if entry.state != UPLOADING or p is None or p.scope is None:
             return entry.state != COMMITTED
-        if p.committing:
+        if p.committing or (at_once and p.starting):
             return False
         p.scope.cancel()
         return True
@@ -419,14 +422,14 @@ class Uploader:
                 await self.run_blocking(self.spool.persist, entry)
                 result = await (self._upload_property(entry) if entry.kind == PROPERTY else self._upload_file(entry, p))
                 overtaken = False
-            if overtaken:  # a rename cancelled it before its point of no return
-                await self.abort_multipart(entry)
+            if overtaken:  # a rename or reopen cancelled it before its point of no return
+                self.forget(entry)  # its multipart upload: aborted in the background
                 entry.attempts -= 1
                 if entry.id in self.spool.entries:
                     entry.state = PENDING
                     await self.run_blocking(self.spool.persist, entry)
                 p.ready_at = trio.current_time() + self._write_back(entry)
-                log.info("upload of %s stopped before its commit: the file was renamed", entry.display)
+                log.info("upload of %s stopped before its commit: the file was renamed or opened again", entry.display)
                 return
         except Exception as exc:  # the uploader never dies: any failure is retried or kept as FAILED in the spool
             await self.abort_multipart(entry)
@@ -560,8 +563,12 @@ class Uploader:
             p.sent = entry.size
             return result
         if not entry.file_id:
-            async with self._shielded():  # its id must be known, to abort it
-                entry.file_id = await self.api.start_multipart(entry.owner_id, entry.name, entry.directory, content_type(entry.name))
+            p.starting = True
+            try:
+                async with self._shielded():  # its id must be known, to abort it
+                    entry.file_id = await self.api.start_multipart(entry.owner_id, entry.name, entry.directory, content_type(entry.name))
+            finally:
+                p.starting = False
             await self.run_blocking(self.spool.persist, entry)  # abortable by the next daemon
         slots = trio.Semaphore(max(1, self.cfg.parallel))
 
