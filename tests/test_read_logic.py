@@ -239,6 +239,28 @@ def test_a_part_counts_whole_until_its_last_block_is_evicted():
     assert cache.cached_bytes == 8 and other.live == 0
 
 
+def test_blocks_partly_from_the_disk_cache_are_cached_as_parts_and_single_blocks():
+    from basemount_py.read.reader import _InFlight
+
+    async def unused(file_id, start, end):
+        raise AssertionError("no fetch here")
+
+    bs = 64 * KiB
+    manager = ReadManager(unused, cache_bytes=MiB)
+    from_disk = bytearray(b"d" * bs)  # block 0: read back from the disk cache
+    run = bytes(range(256)) * (2 * bs // 256)  # blocks 1-2: one GET's whole body
+    larger = b"L" * (4 * bs)  # block 3: a view of a buffer it does not cover (kept on its own)
+    blocks = [from_disk, memoryview(run)[:bs], memoryview(run)[bs:], memoryview(larger)[:bs]]
+    assert manager.cache.reserve(4 * bs)
+    manager._cache_blocks(_InFlight("f", 0, 4, True), blocks)
+    cache = manager.cache
+    part = cache.part_of(("f", 1))
+    assert part is not None and part is cache.part_of(("f", 2)) and part.data is run and part.start == bs
+    assert cache.part_of(("f", 0)) is None and cache.part_of(("f", 3)) is None
+    assert cache.cached_bytes == 4 * bs and cache.reserved_bytes == 0
+    assert bytes(cache.get(("f", 2))) == run[bs:] and cache.get(("f", 0)) is from_disk
+
+
 async def test_a_read_inside_one_fetch_is_a_view_of_its_buffer_and_across_fetches_a_join():
     data = payload(4 * MiB, seed=9)
     source = MemorySource({"f": data})

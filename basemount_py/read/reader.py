@@ -87,17 +87,6 @@ def index_names(data_name: str) -> list[str]:
 _NOT_STARTED = RuntimeError("prefetch cancelled before it started")
 
 
-def _one_buffer(blocks: list, nbytes: int) -> Any:
-    """The buffer the ``blocks`` of one fetch are consecutive views of, if they are (exactly
-    ``nbytes`` long); None when they are separate buffers (or came partly from the disk cache)."""
-    head, tail = blocks[0], blocks[-1]
-    if type(head) is memoryview and type(tail) is memoryview and head.obj is tail.obj:
-        buffer = head.obj
-        if buffer is not None and memoryview(buffer).nbytes == nbytes:
-            return buffer
-    return None
-
-
 class _InFlight:
     """One ranged fetch of blocks ``[first, last)``; waiters block on ``done``."""
 
@@ -316,13 +305,7 @@ class ReadManager:
                 self._counters["prefetch_bytes"] += end - start
             flight.blocks = blocks
             if reserved:
-                keys = [(flight.file_id, index) for index in range(flight.first, flight.last)]
-                buffer = _one_buffer(blocks, end - start)
-                if buffer is not None:  # views of one buffer: cached as one part, none copied
-                    self.cache.put_part(keys, blocks, Part(buffer, start))
-                else:
-                    for key, block in zip(keys, blocks, strict=True):
-                        self.cache.put_reserved(key, block)
+                self._cache_blocks(flight, blocks)
                 reserved = 0
         except BaseException as exc:
             if not isinstance(exc, trio.Cancelled):
@@ -331,6 +314,28 @@ class ReadManager:
             raise
         finally:
             self._finish(flight, reserved)
+
+    def _cache_blocks(self, flight: _InFlight, blocks: list) -> None:
+        """Put a reserved fetch's blocks in the cache, none copied: each run of consecutive views
+        that covers one whole buffer (a GET's body) as a part, any other block on its own (a block
+        read from the disk cache)."""
+        bs, cache, count = self.config.block_size, self.cache, len(blocks)
+        i = 0
+        while i < count:
+            block = blocks[i]
+            j = i + 1
+            if type(block) is memoryview:
+                buffer = block.obj
+                while j < count and type(blocks[j]) is memoryview and blocks[j].obj is buffer:
+                    j += 1
+                if memoryview(buffer).nbytes == sum(len(b) for b in blocks[i:j]):
+                    keys = [(flight.file_id, flight.first + k) for k in range(i, j)]
+                    cache.put_part(keys, blocks[i:j], Part(buffer, (flight.first + i) * bs))
+                    i = j
+                    continue
+                j = i + 1
+            cache.put_reserved((flight.file_id, flight.first + i), block)
+            i = j
 
     async def _fetch_as_blocks(self, reader: "FileReader", start: int, end: int) -> list:
         """Bytes ``[start, end)`` as block-sized pieces: from the disk cache, else the network."""
