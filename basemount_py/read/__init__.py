@@ -8,8 +8,8 @@ Layers (each usable and tested on its own):
   redirect=meta`` to a signed URL, caches it until shortly before it expires, and issues bounded
   ``Range`` GETs (never open-ended: those bill the whole object) with stall timeouts, retries with
   jittered backoff, and one transparent re-resolve when the content host answers 403 (expired URL).
-* :mod:`.range_threads` — the ranged GETs themselves: ``http.client`` in worker threads, reading
-  the body with ``readinto`` straight into the block buffers (httpx stays for the API).
+* :mod:`.range_threads` — the ranged GETs themselves: ``http.client`` in worker threads, each
+  body received into one buffer whose blocks are views of it (httpx stays for the API).
 * :mod:`.disk_cache` — :class:`DiskCache`, the persistent content cache (``--cache-max``): blocks
   on local disk keyed by file id + ETag + size, checksummed (XXH3: :mod:`.checksum`)
   and checked on every read, LRU-bounded, shared by concurrent mounts; every failure falls back to
