@@ -7,25 +7,25 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import at_once, write_entity, write_file
+from conftest import cli_in_process, write_entity, write_file
 
 from basemount_py.emulator.control import EmulatorProcess
 from basemount_py.tree.manifest import ManifestError, load_manifest
 
-CLI = [sys.executable, "-m", "basemount_py"]
 SUBTREE = "Projects/Study/Samples"
 SAMPLES = 4
 
 
 def run_cli(*args: str, emulator: EmulatorProcess, home: Path) -> subprocess.CompletedProcess:
+    """``basemount-py ARGS`` against the emulator, in this process (the manifest command and the
+    refusals before mounting need no process of their own)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BASESPACE_")}
     env.update(HOME=str(home), BASESPACE_API_SERVER=emulator.url, BASESPACE_ACCESS_TOKEN=emulator.token)
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, timeout=120)
+    return cli_in_process(*args, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +91,8 @@ def test_folders_outside_the_manifest_are_refused_with_a_reason(emulator, manife
 
 
 def test_manifest_of_a_missing_folder_is_one_clear_line(emulator, tmp_path):
-    missing, outside = at_once(
-        lambda: run_cli("manifest", "Projects/Nope", emulator=emulator, home=tmp_path),
-        lambda: run_cli("manifest", "../etc", emulator=emulator, home=tmp_path),
-    )
+    missing = run_cli("manifest", "Projects/Nope", emulator=emulator, home=tmp_path)
+    outside = run_cli("manifest", "../etc", emulator=emulator, home=tmp_path)
     assert missing.returncode == 1
     assert missing.stderr.strip() == "basemount-py: manifest of Projects/Nope: no folder Projects/Nope in this account"
     assert outside.returncode == 1 and "'..'" in outside.stderr and "Traceback" not in outside.stderr
@@ -131,12 +129,8 @@ def test_hostile_manifests_are_refused_before_mounting(emulator, manifest_file, 
         assert expected in str(info.value), name
         if name in ("not-json", "other-server"):  # the CLI path is the same for all: two suffice
             through_cli.append((name, bad, expected))
-    results = at_once(
-        *[lambda bad=bad: run_cli("mount", "--foreground", "--manifest", str(bad), str(mountpoint), emulator=emulator, home=tmp_path)
-          for _, bad, _ in through_cli],
-        lambda: run_cli("mount", "--manifest", str(tmp_path / "missing.json"), str(mountpoint), emulator=emulator, home=tmp_path),
-    )
-    *refused, result = results
+    refused = [run_cli("mount", "--foreground", "--manifest", str(bad), str(mountpoint), emulator=emulator, home=tmp_path) for _, bad, _ in through_cli]
+    result = run_cli("mount", "--manifest", str(tmp_path / "missing.json"), str(mountpoint), emulator=emulator, home=tmp_path)
     for (name, _, expected), refusal in zip(through_cli, refused, strict=True):
         assert refusal.returncode == 1 and expected in refusal.stderr and "Traceback" not in refusal.stderr, (name, refusal.stderr)
     assert result.returncode == 1 and "cannot read manifest" in result.stderr

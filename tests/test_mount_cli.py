@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import at_once, require_fuse, write_entity, write_file
+from conftest import cli_in_process, require_fuse, write_entity, write_file
 
 from basemount_py.emulator.control import EmulatorProcess
 from basemount_py.tree.naming import SLASH_SUBSTITUTE
@@ -73,7 +73,7 @@ def test_refresh_picks_up_a_new_entity(tmp_path, mount_factory):
         write_entity(acc / "Projects" / "P" / "Samples" / "S2")
         emulator.reload()
         assert [n for n in os.listdir(samples) if not n.startswith(".")] == ["S1"]  # cached
-        result = run_cli("refresh", str(samples))
+        result = cli_in_process("refresh", str(samples), env=dict(os.environ))
         assert result.returncode == 0, result.stderr
         assert sorted(n for n in os.listdir(samples) if not n.startswith(".")) == ["S1", "S2"]
         # the same through BaseMount's own interface
@@ -107,8 +107,10 @@ def one_line(r: subprocess.CompletedProcess) -> bool:
 
 
 def test_cli_errors_are_one_clear_line(tmp_path):
-    """Every refused mount says why in one line; the independent refusals run at once, each on a
-    mountpoint of its own (so one that mounted by mistake cannot hide another's answer)."""
+    """Every refused mount says why in one line, each on a mountpoint of its own (so one that
+    mounted by mistake cannot hide another's answer). The refusals run in this process (cli.main:
+    the checks, and for a token or server that fails the forked daemon's answer through its pipe);
+    the second mount on a live one runs as a real process: its exit code and one stderr line."""
     require_fuse()
     mps = {name: tmp_path / f"mp-{name}" for name in ("none", "broken", "unknown", "token", "dead", "http", "bg")}
     for mp in mps.values():
@@ -131,37 +133,33 @@ def test_cli_errors_are_one_clear_line(tmp_path):
         good = clean_env(tmp_path, BASESPACE_API_SERVER=emulator.url, BASESPACE_ACCESS_TOKEN=emulator.token)
         bad = dict(good, BASESPACE_ACCESS_TOKEN="wrong-token-123")
 
-        def timed_unreachable() -> tuple[subprocess.CompletedProcess, float]:
-            start = time.monotonic()
-            return run_cli("mount", str(mps["dead"]), "--op-timeout", "10", env=dead), time.monotonic() - start
-
-        no_credentials, broken, unresolved, missing, full, bad_token, (unreachable, took), http = at_once(
-            lambda: run_cli("mount", str(mps["none"]), env=env),
-            lambda: run_cli("mount", str(mps["broken"]), "--config", "broken", env=env),
-            lambda: run_cli("mount", str(mps["unknown"]), env=unknown),
-            lambda: run_cli("mount", str(tmp_path / "nope"), env=good),
-            lambda: run_cli("mount", str(tmp_path / "full"), env=good),
-            lambda: run_cli("mount", str(mps["token"]), env=bad),
-            timed_unreachable,
-            lambda: run_cli("mount", str(mps["http"]), env=plain),
-        )
         # no credentials at all
+        no_credentials = cli_in_process("mount", str(mps["none"]), env=env)
         assert no_credentials.returncode != 0 and one_line(no_credentials), no_credentials.stderr
         # bad config file
+        broken = cli_in_process("mount", str(mps["broken"]), "--config", "broken", env=env)
         assert broken.returncode != 0 and one_line(broken) and "broken.cfg" in broken.stderr
+        unresolved = cli_in_process("mount", str(mps["unknown"]), env=unknown)
         assert unresolved.returncode == 1 and one_line(unresolved) and "basespace.invalid" in unresolved.stderr
         assert "ConnectError" in unresolved.stderr
         # missing mountpoint
+        missing = cli_in_process("mount", str(tmp_path / "nope"), env=good)
         assert missing.returncode == 1 and "does not exist" in missing.stderr and one_line(missing)
         # non-empty mountpoint
+        full = cli_in_process("mount", str(tmp_path / "full"), env=good)
         assert full.returncode == 1 and "not empty" in full.stderr
         # bad token: refused before mounting, token not echoed
+        bad_token = cli_in_process("mount", str(mps["token"]), env=bad)
         assert bad_token.returncode == 1 and "401" in bad_token.stderr and "wrong-token-123" not in bad_token.stderr
         assert one_line(bad_token)
         # unreachable server: one line, well within a generous bound
+        start = time.monotonic()
+        unreachable = cli_in_process("mount", str(mps["dead"]), "--op-timeout", "10", env=dead)
+        took = time.monotonic() - start
         assert unreachable.returncode == 1 and one_line(unreachable), unreachable.stderr
         assert took < 30
         # https is required for a non-loopback server
+        http = cli_in_process("mount", str(mps["http"]), env=plain)
         assert http.returncode == 1 and "https" in http.stderr.lower()
         assert not any(os.path.ismount(mp) for mp in mps.values())
         # background mount returns once live; unmount clears it
@@ -170,11 +168,12 @@ def test_cli_errors_are_one_clear_line(tmp_path):
         try:
             assert r.returncode == 0, r.stderr
             assert os.path.ismount(mp) and "Projects" in os.listdir(mp)
-            # a second mount on the same place is refused with one line
+            # a second mount on the same place is refused with one line (a real process: its exit
+            # code and its stderr as the shell sees them)
             r2 = run_cli("mount", str(mp), env=good)
-            assert r2.returncode == 1 and "already mounted" in r2.stderr
+            assert r2.returncode == 1 and "already mounted" in r2.stderr and one_line(r2), r2.stderr
         finally:
-            u = run_cli("unmount", str(mp))
+            u = cli_in_process("unmount", str(mp), env=good)
         assert u.returncode == 0, u.stderr
         assert not os.path.ismount(mp)
 
@@ -192,12 +191,12 @@ def test_unmount_busy_names_the_process(small_emulator, mount_factory):
     m = mount_factory(small_emulator)
     holder = subprocess.Popen(["sleep", "60"], cwd=m.path("Projects"))
     try:
-        r = run_cli("unmount", str(m.mountpoint))
+        r = cli_in_process("unmount", str(m.mountpoint), env=dict(os.environ))
         assert r.returncode == 1 and "busy" in r.stderr and str(holder.pid) in r.stderr
     finally:
         holder.kill()
         holder.wait()
-    r = run_cli("unmount", str(m.mountpoint))
+    r = cli_in_process("unmount", str(m.mountpoint), env=dict(os.environ))
     assert r.returncode == 0, r.stderr
 
 
@@ -207,6 +206,6 @@ def test_killed_daemon_leaves_a_mount_that_unmount_clears(small_emulator, mount_
     m.process.wait()
     with pytest.raises(OSError):
         os.listdir(m.mountpoint)  # Transport endpoint is not connected
-    r = run_cli("unmount", str(m.mountpoint))
+    r = cli_in_process("unmount", str(m.mountpoint), env=dict(os.environ))
     assert r.returncode == 0, r.stderr
     assert not os.path.ismount(m.mountpoint)

@@ -18,19 +18,17 @@ import secrets
 import shlex
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import at_once, write_entity, write_file, write_synthetic
+from conftest import cli_in_process, write_entity, write_file, write_synthetic
 from inprocess import Core, run_core_on_mock_clock
 
 from basemount_py.emulator.control import EmulatorProcess
 from basemount_py.emulator.synthetic import synthetic_bytes
 from basemount_py.tree.naming import SLASH_SUBSTITUTE
 
-CLI = [sys.executable, "-m", "basemount_py"]
 FILES = ("Projects", "P", "Samples", "S", "Files")
 
 
@@ -306,7 +304,7 @@ def test_a_group_readable_config_is_refused_at_mount(tmp_path):
     _home_with_config(home, "loose", "http://127.0.0.1:9", token, mode=0o640)
     mp = tmp_path / "mp"
     mp.mkdir()
-    r = subprocess.run([*CLI, "mount", str(mp), "--config", "loose"], capture_output=True, text=True, env=_clean_env(home), timeout=60)
+    r = cli_in_process("mount", str(mp), "--config", "loose", env=_clean_env(home))
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "chmod 600" in r.stderr and token not in r.stderr and "Traceback" not in r.stderr
     assert not os.path.ismount(mp)
@@ -321,12 +319,8 @@ def test_plain_http_needs_loopback_or_the_explicit_flag(small_account, tmp_path,
         _home_with_config(home, "odd", odd, emulator.token)
         mp = tmp_path / "mp"
         mp.mkdir()
-        r, r2 = at_once(
-            lambda: subprocess.run([*CLI, "mount", str(mp), "--config", "odd"], capture_output=True, text=True, env=_clean_env(home), timeout=60),
-            lambda: subprocess.run(
-                [*CLI, "mount", str(mp), "--config", "odd", "--api-server", odd], capture_output=True, text=True, env=_clean_env(home), timeout=60
-            ),
-        )
+        r = cli_in_process("mount", str(mp), "--config", "odd", env=_clean_env(home))
+        r2 = cli_in_process("mount", str(mp), "--config", "odd", "--api-server", odd, env=_clean_env(home))
         assert r.returncode != 0 and "--allow-insecure-http" in r.stderr and len(r.stderr.strip().splitlines()) == 1
         assert r2.returncode != 0 and "https" in r2.stderr.lower()
         m = mount_factory(None, "--config", "odd", "--allow-insecure-http", env={"HOME": str(home)})
@@ -354,11 +348,10 @@ def test_https_end_to_end_and_an_untrusted_certificate_is_refused(small_account,
         mp.mkdir()
         env = {k: v for k, v in _clean_env(home).items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
         env.update(BASESPACE_API_SERVER=emulator.url, BASESPACE_ACCESS_TOKEN=emulator.token)
-        # refused without the CA, mounted with it (the CA the user trusts), at once
-        r, m = at_once(
-            lambda: subprocess.run([*CLI, "mount", str(mp)], capture_output=True, text=True, env=env, timeout=60),
-            lambda: mount_factory(emulator, env={"SSL_CERT_FILE": str(cert)}),
-        )
+        # refused without the CA (the daemon forked from this process finds the certificate
+        # untrusted), mounted with it (the CA the user trusts)
+        r = cli_in_process("mount", str(mp), env=env)
+        m = mount_factory(emulator, env={"SSL_CERT_FILE": str(cert)})
         assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert "certificate" in r.stderr and "SSL_CERT_FILE" in r.stderr and "Traceback" not in r.stderr
         assert emulator.token not in r.stderr and not os.path.ismount(mp)
