@@ -106,7 +106,7 @@ def one_line(r: subprocess.CompletedProcess) -> bool:
     return len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
-def test_cli_errors_are_one_clear_line(tmp_path):
+def test_cli_errors_are_one_clear_line(small_emulator, tmp_path):
     """Every refused mount says why in one line, each on a mountpoint of its own (so one that
     mounted by mistake cannot hide another's answer). The refusals run in this process (cli.main:
     the checks, and for a token or server that fails the forked daemon's answer through its pipe);
@@ -125,62 +125,60 @@ def test_cli_errors_are_one_clear_line(tmp_path):
     unknown = clean_env(tmp_path, BASESPACE_API_SERVER="https://basespace.invalid", BASESPACE_ACCESS_TOKEN="t")
     dead = clean_env(tmp_path, BASESPACE_API_SERVER="http://127.0.0.1:9", BASESPACE_ACCESS_TOKEN="t")
     plain = clean_env(tmp_path, BASESPACE_API_SERVER="http://example.org", BASESPACE_ACCESS_TOKEN="t")
-    acc = tmp_path / "account"
-    (acc / "Projects").mkdir(parents=True)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "f").write_text("x")
-    with EmulatorProcess(acc) as emulator:
-        good = clean_env(tmp_path, BASESPACE_API_SERVER=emulator.url, BASESPACE_ACCESS_TOKEN=emulator.token)
-        bad = dict(good, BASESPACE_ACCESS_TOKEN="wrong-token-123")
+    good = clean_env(tmp_path, BASESPACE_API_SERVER=small_emulator.url, BASESPACE_ACCESS_TOKEN=small_emulator.token)
+    bad = dict(good, BASESPACE_ACCESS_TOKEN="wrong-token-123")
 
-        # no credentials at all
-        no_credentials = cli_in_process("mount", str(mps["none"]), env=env)
-        assert no_credentials.returncode != 0 and one_line(no_credentials), no_credentials.stderr
-        # bad config file
-        broken = cli_in_process("mount", str(mps["broken"]), "--config", "broken", env=env)
-        assert broken.returncode != 0 and one_line(broken) and "broken.cfg" in broken.stderr
-        unresolved = cli_in_process("mount", str(mps["unknown"]), env=unknown)
-        assert unresolved.returncode == 1 and one_line(unresolved) and "basespace.invalid" in unresolved.stderr
-        assert "ConnectError" in unresolved.stderr
-        # missing mountpoint
-        missing = cli_in_process("mount", str(tmp_path / "nope"), env=good)
-        assert missing.returncode == 1 and "does not exist" in missing.stderr and one_line(missing)
-        # non-empty mountpoint
-        full = cli_in_process("mount", str(tmp_path / "full"), env=good)
-        assert full.returncode == 1 and "not empty" in full.stderr
-        # bad token: refused before mounting, token not echoed
-        bad_token = cli_in_process("mount", str(mps["token"]), env=bad)
-        assert bad_token.returncode == 1 and "401" in bad_token.stderr and "wrong-token-123" not in bad_token.stderr
-        assert one_line(bad_token)
-        # unreachable server: one line, well within a generous bound
-        start = time.monotonic()
-        unreachable = cli_in_process("mount", str(mps["dead"]), "--op-timeout", "10", env=dead)
-        took = time.monotonic() - start
-        assert unreachable.returncode == 1 and one_line(unreachable), unreachable.stderr
-        assert took < 30
-        # https is required for a non-loopback server
-        http = cli_in_process("mount", str(mps["http"]), env=plain)
-        assert http.returncode == 1 and "https" in http.stderr.lower()
-        assert not any(os.path.ismount(mp) for mp in mps.values())
-        # background mount returns once live; unmount clears it
-        mp = mps["bg"]
-        r = run_cli("mount", str(mp), "--log-file", str(tmp_path / "daemon.log"), env=good)
-        try:
-            assert r.returncode == 0, r.stderr
-            assert os.path.ismount(mp) and "Projects" in os.listdir(mp)
-            # a second mount on the same place is refused with one line (a real process: its exit
-            # code and its stderr as the shell sees them)
-            r2 = run_cli("mount", str(mp), env=good)
-            assert r2.returncode == 1 and "already mounted" in r2.stderr and one_line(r2), r2.stderr
-        finally:
-            u = cli_in_process("unmount", str(mp), env=good)
-        assert u.returncode == 0, u.stderr
-        assert not os.path.ismount(mp)
+    # no credentials at all
+    no_credentials = cli_in_process("mount", str(mps["none"]), env=env)
+    assert no_credentials.returncode != 0 and one_line(no_credentials), no_credentials.stderr
+    # bad config file
+    broken = cli_in_process("mount", str(mps["broken"]), "--config", "broken", env=env)
+    assert broken.returncode != 0 and one_line(broken) and "broken.cfg" in broken.stderr
+    unresolved = cli_in_process("mount", str(mps["unknown"]), env=unknown)
+    assert unresolved.returncode == 1 and one_line(unresolved) and "basespace.invalid" in unresolved.stderr
+    assert "ConnectError" in unresolved.stderr
+    # missing mountpoint
+    missing = cli_in_process("mount", str(tmp_path / "nope"), env=good)
+    assert missing.returncode == 1 and "does not exist" in missing.stderr and one_line(missing)
+    # non-empty mountpoint
+    full = cli_in_process("mount", str(tmp_path / "full"), env=good)
+    assert full.returncode == 1 and "not empty" in full.stderr
+    # bad token: refused before mounting, token not echoed
+    bad_token = cli_in_process("mount", str(mps["token"]), env=bad)
+    assert bad_token.returncode == 1 and "401" in bad_token.stderr and "wrong-token-123" not in bad_token.stderr
+    assert one_line(bad_token)
+    # unreachable server: one line, well within a generous bound
+    start = time.monotonic()
+    unreachable = cli_in_process("mount", str(mps["dead"]), "--op-timeout", "10", env=dead)
+    took = time.monotonic() - start
+    assert unreachable.returncode == 1 and one_line(unreachable), unreachable.stderr
+    assert took < 30
+    # https is required for a non-loopback server
+    http = cli_in_process("mount", str(mps["http"]), env=plain)
+    assert http.returncode == 1 and "https" in http.stderr.lower()
+    assert not any(os.path.ismount(mp) for mp in mps.values())
+    # background mount returns once live; unmount clears it
+    mp = mps["bg"]
+    r = run_cli("mount", str(mp), "--log-file", str(tmp_path / "daemon.log"), env=good)
+    try:
+        assert r.returncode == 0, r.stderr
+        assert os.path.ismount(mp) and "Projects" in os.listdir(mp)
+        # a second mount on the same place is refused with one line (a real process: its exit
+        # code and its stderr as the shell sees them)
+        r2 = run_cli("mount", str(mp), env=good)
+        assert r2.returncode == 1 and "already mounted" in r2.stderr and one_line(r2), r2.stderr
+    finally:
+        u = cli_in_process("unmount", str(mp), env=good)
+    assert u.returncode == 0, u.stderr
+    assert not os.path.ismount(mp)
 
 
 @pytest.fixture(scope="module")
 def small_emulator(tmp_path_factory):
-    """One emulator of a one-sample account for the tests that only mount it."""
+    """One emulator of a one-sample account for the tests that only mount it or are refused (none
+    changes the account, the token or a knob)."""
     acc = tmp_path_factory.mktemp("cli") / "account"
     write_entity(acc / "Projects" / "P" / "Samples" / "S1")
     with EmulatorProcess(acc) as emulator:

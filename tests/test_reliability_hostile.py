@@ -244,13 +244,22 @@ def _clean_env(home: Path) -> dict:
     return env
 
 
-@pytest.fixture
-def small_account(tmp_path) -> Path:
-    acc = tmp_path / "account"
+@pytest.fixture(scope="module")
+def small_account(tmp_path_factory) -> Path:
+    """Six files and an empty sample; no test here changes it (tokens and knobs live in the emulator)."""
+    acc = tmp_path_factory.mktemp("small") / "account"
     for i in range(6):
         write_synthetic(acc.joinpath(*FILES, f"f{i}.bin"), 300_000 + i, 40 + i)
     write_entity(acc / "Projects" / "Q" / "Samples" / "T")
     return acc
+
+
+@pytest.fixture(scope="module")
+def plain_emulator(small_account):
+    """One emulator of the small account, default token and knobs, for the tests that only mount
+    and read it (those that rotate the token, set knobs or need TLS start their own)."""
+    with EmulatorProcess(small_account) as emulator:
+        yield emulator
 
 
 def test_the_token_never_appears_in_logs_files_errors_or_arguments(small_account, tmp_path, mount_factory):
@@ -310,21 +319,21 @@ def test_a_group_readable_config_is_refused_at_mount(tmp_path):
     assert not os.path.ismount(mp)
 
 
-def test_plain_http_needs_loopback_or_the_explicit_flag(small_account, tmp_path, mount_factory):
+def test_plain_http_needs_loopback_or_the_explicit_flag(plain_emulator, tmp_path, mount_factory):
     """``127.1`` reaches 127.0.0.1 but is not a recognised loopback spelling: refused unless
     ``--allow-insecure-http``; then the mount works (still loopback traffic only)."""
-    with EmulatorProcess(small_account) as emulator:
-        odd = emulator.url.replace("127.0.0.1", "127.1")
-        home = tmp_path / "home"
-        _home_with_config(home, "odd", odd, emulator.token)
-        mp = tmp_path / "mp"
-        mp.mkdir()
-        r = cli_in_process("mount", str(mp), "--config", "odd", env=_clean_env(home))
-        r2 = cli_in_process("mount", str(mp), "--config", "odd", "--api-server", odd, env=_clean_env(home))
-        assert r.returncode != 0 and "--allow-insecure-http" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-        assert r2.returncode != 0 and "https" in r2.stderr.lower()
-        m = mount_factory(None, "--config", "odd", "--allow-insecure-http", env={"HOME": str(home)})
-        assert "P" in os.listdir(m.path("Projects"))
+    emulator = plain_emulator
+    odd = emulator.url.replace("127.0.0.1", "127.1")
+    home = tmp_path / "home"
+    _home_with_config(home, "odd", odd, emulator.token)
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    r = cli_in_process("mount", str(mp), "--config", "odd", env=_clean_env(home))
+    r2 = cli_in_process("mount", str(mp), "--config", "odd", "--api-server", odd, env=_clean_env(home))
+    assert r.returncode != 0 and "--allow-insecure-http" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r2.returncode != 0 and "https" in r2.stderr.lower()
+    m = mount_factory(None, "--config", "odd", "--allow-insecure-http", env={"HOME": str(home)})
+    assert "P" in os.listdir(m.path("Projects"))
 
 
 def _self_signed_certificate(folder: Path) -> tuple[Path, Path]:
@@ -371,18 +380,18 @@ def _mount_options(mountpoint: Path) -> set[str]:
     raise AssertionError(f"{mountpoint} is not mounted")
 
 
-def test_the_mount_is_private_by_default_and_allow_other_keeps_default_permissions(small_account, mount_factory):
-    with EmulatorProcess(small_account) as emulator:
-        private = mount_factory(emulator, name="private")
-        opts = _mount_options(private.mountpoint)
-        assert "default_permissions" in opts and "allow_other" not in opts, opts
-        assert {"nosuid", "nodev"} <= opts
-        shared = mount_factory(emulator, "--allow-other", name="shared")
-        opts = _mount_options(shared.mountpoint)
-        assert {"allow_other", "default_permissions"} <= opts, opts
-        # Files are read-only for everyone, whatever the options.
-        mode = os.stat(shared.path(*FILES, "f0.bin")).st_mode
-        assert not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+def test_the_mount_is_private_by_default_and_allow_other_keeps_default_permissions(plain_emulator, mount_factory):
+    emulator = plain_emulator
+    private = mount_factory(emulator, name="private")
+    opts = _mount_options(private.mountpoint)
+    assert "default_permissions" in opts and "allow_other" not in opts, opts
+    assert {"nosuid", "nodev"} <= opts
+    shared = mount_factory(emulator, "--allow-other", name="shared")
+    opts = _mount_options(shared.mountpoint)
+    assert {"allow_other", "default_permissions"} <= opts, opts
+    # Files are read-only for everyone, whatever the options.
+    mode = os.stat(shared.path(*FILES, "f0.bin")).st_mode
+    assert not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
 
 
 def test_a_401_re_reads_the_config_once_then_fails_clean_with_eacces(small_account, tmp_path, mount_factory):
