@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from conftest import at_once, require_fuse, write_entity, write_file
+from conftest import cli_in_process, require_fuse, write_entity, write_file
 from inprocess import Core, run_core_on_mock_clock
 
 from basemount_py.api.errors import ShuttingDown, errno_for
@@ -78,14 +78,11 @@ def served(tmp_path_factory):
 def test_unmount_refuses_a_mount_that_is_not_basemount_py(tmp_path, tmpfs):
     (tmpfs / "keep.txt").write_text("still here")
     env = dict(clean_env(tmp_path), BASESPACE_API_SERVER="http://127.0.0.1:9", BASESPACE_ACCESS_TOKEN="t")
-    # every refusal at once (none may change anything)
-    plain, lazy, root, *mounts = at_once(
-        lambda: run_cli("unmount", str(tmpfs)),
-        lambda: run_cli("unmount", str(tmpfs), "--lazy"),
-        lambda: run_cli("unmount", "/"),
-        lambda: run_cli("mount", "/", env=env),
-        lambda: run_cli("mount", str(tmpfs), env=env),
-    )
+    # every refusal in this process (none may change anything; none gets as far as a daemon)
+    plain = cli_in_process("unmount", str(tmpfs), env=env)
+    lazy = cli_in_process("unmount", str(tmpfs), "--lazy", env=env)
+    root = cli_in_process("unmount", "/", env=env)
+    mounts = [cli_in_process("mount", "/", env=env), cli_in_process("mount", str(tmpfs), env=env)]
     assert plain.returncode == 1 and "not a basemount_py mount (tmpfs)" in plain.stderr, plain.stderr
     assert lazy.returncode == 1
     assert mount_entry(str(tmpfs)).fstype == "tmpfs" and (tmpfs / "keep.txt").read_text() == "still here"
@@ -110,7 +107,7 @@ def test_a_background_mount_logs_to_a_private_file_and_says_where(tmp_path, serv
         assert f"log: {log_file}" in first, first
         assert (mp / "Projects" / "P" / "Samples" / "S" / "Files" / "a.txt").read_bytes() == b"payload\n"
     finally:
-        u = run_cli("unmount", str(mp))
+        u = cli_in_process("unmount", str(mp), env=env)
     assert u.returncode == 0, u.stderr
     wait_until(lambda: "unmounting" in log_file.read_text(), what="the daemon's last log line")
     assert stat.S_IMODE(log_file.stat().st_mode) == 0o600
@@ -169,7 +166,7 @@ def test_two_mounts_started_at_once_on_one_mountpoint_the_second_fails(tmp_path,
     first = subprocess.Popen([*CLI, "mount", str(mp)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: emulator.counters()["faults"].get("stall") == 1, what="the first mount's API check")
-        second = run_cli("mount", str(mp), env=env)
+        second = cli_in_process("mount", str(mp), env=env)  # the lock check, then refused: no daemon
         emulator.set_knobs(stall_seconds=0)
         out, err = first.communicate(timeout=60)
         assert first.returncode == 0, err
@@ -188,7 +185,7 @@ def test_two_mounts_started_at_once_on_one_mountpoint_the_second_fails(tmp_path,
     try:
         assert r.returncode == 0, r.stderr
     finally:
-        assert run_cli("unmount", str(mp)).returncode == 0
+        assert cli_in_process("unmount", str(mp), env=env).returncode == 0
 
 
 def test_refresh_of_names_the_kernel_already_forgot_logs_no_error(served, mount_factory):
@@ -197,7 +194,7 @@ def test_refresh_of_names_the_kernel_already_forgot_logs_no_error(served, mount_
     walk = ["ls", "-laR", str(m.path("Projects"))]
     subprocess.run(walk, capture_output=True, check=True)
     for _ in range(2):  # the second refresh invalidates names the first one made the kernel drop
-        assert run_cli("refresh", str(m.mountpoint)).returncode == 0
+        assert cli_in_process("refresh", str(m.mountpoint), env=dict(os.environ)).returncode == 0
     # Invalidations are sent in order by one thread. S1 is looked up again (the kernel holds
     # its name for an hour), then refreshed: until its invalidation reaches the kernel a stat
     # is answered from the kernel's cache; after it, the stat is a LOOKUP that reloads the
@@ -205,7 +202,7 @@ def test_refresh_of_names_the_kernel_already_forgot_logs_no_error(served, mount_
     samples = m.path("Projects", "P", "Samples")
     os.stat(samples / "S1")
     emulator.reset_counters()
-    assert run_cli("refresh", str(samples)).returncode == 0
+    assert cli_in_process("refresh", str(samples), env=dict(os.environ)).returncode == 0
 
     def s1_looked_up_again() -> bool:
         os.stat(samples / "S1")

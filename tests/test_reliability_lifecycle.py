@@ -9,18 +9,16 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import is_mounted, sha256_file, write_entity, write_synthetic
+from conftest import cli_in_process, is_mounted, sha256_file, write_entity, write_synthetic
 
 from basemount_py.emulator.control import EmulatorProcess
 from basemount_py.emulator.synthetic import synthetic_bytes, synthetic_sha256
 
-CLI = [sys.executable, "-m", "basemount_py"]
 MiB = 1 << 20
 FILES = ("Projects", "P", "Samples", "S", "Files")
 
@@ -104,7 +102,7 @@ def test_a_killed_daemon_fails_reads_in_flight_and_unmount_clears_it(slow_emulat
         for p in readers:
             p.kill()
             p.wait()
-    r = subprocess.run([*CLI, "unmount", str(m.mountpoint)], capture_output=True, text=True, timeout=30)
+    r = cli_in_process("unmount", str(m.mountpoint), env=dict(os.environ))
     assert r.returncode == 0, r.stderr
     assert not is_mounted(str(m.mountpoint))
 
