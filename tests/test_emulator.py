@@ -21,7 +21,6 @@ from basemount_py.emulator.control import EmulatorProcess
 from basemount_py.emulator.knobs import Knobs
 from basemount_py.emulator.synthetic import synthetic_bytes, synthetic_sha256
 
-from conftest import at_once
 
 SMALL = bytes(range(256)) * 4  # 1024 known bytes for Range tests
 BIG_SIZE = 100 * 1024 * 1024
@@ -745,16 +744,29 @@ def _serve(*args) -> subprocess.CompletedProcess:
     )
 
 
+def _serve_in_process(*args) -> subprocess.CompletedProcess:
+    """``python -m basemount_py.emulator ARGS``'s own function (``run``) in this process, for the
+    refusals that end before it listens: the same code and message without a Python start."""
+    import contextlib
+    import io
+    from unittest import mock
+
+    from basemount_py.emulator.__main__ import run
+
+    err = io.StringIO()
+    with mock.patch.object(sys, "argv", ["python -m basemount_py.emulator", *args]), contextlib.redirect_stderr(err):
+        code = run()
+    return subprocess.CompletedProcess(args, code, "", err.getvalue())
+
+
 def test_invalid_account_folder(tmp_path):
     missing = str(tmp_path / "missing")
     bad = tmp_path / "bad"
     _write(str(bad / "Projects" / "P" / ".entity.json"), b"[1, 2")
-    r, broken, unmarked, bad_knob = at_once(
-        lambda: _serve("--data", missing),
-        lambda: _serve("--data", str(bad)),
-        lambda: _serve("--data", str(tmp_path)),  # no account markers
-        lambda: _serve("--data", str(bad), "--error-rate", "3"),
-    )
+    r = _serve("--data", missing)  # a real process: the exit code and one stderr line as a shell sees them
+    broken = _serve_in_process("--data", str(bad))
+    unmarked = _serve_in_process("--data", str(tmp_path))  # no account markers
+    bad_knob = _serve_in_process("--data", str(bad), "--error-rate", "3")
     assert r.returncode == 2 and missing in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert broken.returncode == 2 and ".entity.json" in broken.stderr and "Traceback" not in broken.stderr
