@@ -34,6 +34,7 @@ from conftest import write_synthetic
 
 from basemount_py.api.errors import ApiError, ProtocolError, ServerError
 from basemount_py.emulator.control import EmulatorProcess
+from basemount_py.emulator.knobs import Knobs
 from basemount_py.emulator.synthetic import synthetic_bytes
 from basemount_py.read import AccessPattern, PrefetchConfig, ReadManager
 from basemount_py.read.content import ContentSource
@@ -53,6 +54,23 @@ def fsx_account(tmp_path_factory) -> Path:
     for i, size in enumerate(SIZES):
         write_synthetic(acc.joinpath(*FILES, f"f{i}.bin"), size, 500 + i)
     return acc
+
+
+@pytest.fixture(scope="module")
+def fsx_emulator(fsx_account):
+    """One emulator for the mounts of this section: each test sets the fault knobs it runs with
+    (fault_seed re-seeds the fault RNG whenever it is set, so a run meets the faults a fresh
+    emulator started with those knobs would) and resets the counters it checks."""
+    with EmulatorProcess(fsx_account) as emulator:
+        yield emulator
+
+
+def with_knobs(emulator: EmulatorProcess, **knobs) -> EmulatorProcess:
+    """Every fault knob at its default, then ``knobs``; counters zeroed."""
+    defaults = Knobs()
+    emulator.set_knobs(**{name: getattr(defaults, name) for name in FAULTS} | knobs)
+    emulator.reset_counters()
+    return emulator
 
 
 class Fsx:
@@ -141,54 +159,54 @@ FAULTS = dict(error_rate=0.1, reset_rate=0.05, truncate_rate=0.05, throttle_rate
     [({}, (), 500), (FAULTS, (), 250), (FAULTS, ("--direct-io",), 250)],
     ids=["clean", "faults", "faults-direct-io"],
 )
-def test_fsx_random_reads_through_the_mount_match_the_source(fsx_account, mount_factory, knobs, options, ops):
-    with EmulatorProcess(fsx_account, **knobs) as emulator:
-        m = mount_factory(emulator, "--cache-size", "8", "--prefetch-max", "4", "--op-timeout", "30", *options)
-        # Under --direct-io only private mappings exist (the kernel refuses shared ones: ENODEV).
-        flags = mmap.MAP_PRIVATE if "--direct-io" in options else mmap.MAP_SHARED
-        checkers = [Fsx(m.path(*FILES), seed=s, ops=ops, mmap_flags=flags) for s in range(4)]
-        threads = [threading.Thread(target=c.run) for c in checkers]
-        start = time.monotonic()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-        assert not any(t.is_alive() for t in threads), "an fsx thread hung"
-        failures = [f for c in checkers for f in c.failures]
-        assert not failures, failures[:5]
-        assert sum(c.done for c in checkers) == 4 * ops
-        print(f"fsx: {4 * ops} ops in {time.monotonic() - start:.1f} s, faults {emulator.counters()['faults']}")
-        if knobs:
-            assert sum(emulator.counters()["faults"].values()) > 0
-        assert m.process.poll() is None
-        # Unmounted while its server is up: the kernel's readahead may still have a read in flight,
-        # which against a stopped emulator would retry until its deadline before the daemon exits.
-        m.stop()
+def test_fsx_random_reads_through_the_mount_match_the_source(fsx_emulator, mount_factory, knobs, options, ops):
+    emulator = with_knobs(fsx_emulator, **knobs)
+    m = mount_factory(emulator, "--cache-size", "8", "--prefetch-max", "4", "--op-timeout", "30", *options)
+    # Under --direct-io only private mappings exist (the kernel refuses shared ones: ENODEV).
+    flags = mmap.MAP_PRIVATE if "--direct-io" in options else mmap.MAP_SHARED
+    checkers = [Fsx(m.path(*FILES), seed=s, ops=ops, mmap_flags=flags) for s in range(4)]
+    threads = [threading.Thread(target=c.run) for c in checkers]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "an fsx thread hung"
+    failures = [f for c in checkers for f in c.failures]
+    assert not failures, failures[:5]
+    assert sum(c.done for c in checkers) == 4 * ops
+    print(f"fsx: {4 * ops} ops in {time.monotonic() - start:.1f} s, faults {emulator.counters()['faults']}")
+    if knobs:
+        assert sum(emulator.counters()["faults"].values()) > 0
+    assert m.process.poll() is None
+    # Unmounted while its server is up: the kernel's readahead may still have a read in flight,
+    # which against a stopped emulator would retry until its deadline before the daemon exits.
+    m.stop()
 
 
-def test_direct_io_reads_bypass_the_page_cache_and_refuse_shared_mmap(fsx_account, mount_factory):
+def test_direct_io_reads_bypass_the_page_cache_and_refuse_shared_mmap(fsx_emulator, mount_factory):
     """--direct-io: exact bytes in 1 MiB reads (st_blksize), every read reaches the daemon (nothing is
     served from the page cache), MAP_PRIVATE works and MAP_SHARED fails with ENODEV as documented."""
     i = SIZES.index(9 * MiB + 1)
-    with EmulatorProcess(fsx_account) as emulator:
-        m = mount_factory(emulator, "--direct-io", "--cache-size", "1")
-        path = m.path(*FILES, f"f{i}.bin")
-        assert os.stat(path).st_blksize == MiB
-        want = synthetic_bytes(500 + i, 0, SIZES[i])
-        for _ in range(2):  # the second pass comes neither from the page cache nor the 1 MiB block cache
-            before = emulator.counters()["content_bytes"]
-            with open(path, "rb") as f:
-                assert f.read() == want
-            assert emulator.counters()["content_bytes"] - before >= SIZES[i] - MiB
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            with mmap.mmap(fd, 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ) as mm:
-                assert mm[MiB : 2 * MiB] == want[MiB : 2 * MiB]
-            with pytest.raises(OSError) as err:
-                mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
-            assert err.value.errno == errno.ENODEV
-        finally:
-            os.close(fd)
+    emulator = with_knobs(fsx_emulator)
+    m = mount_factory(emulator, "--direct-io", "--cache-size", "1")
+    path = m.path(*FILES, f"f{i}.bin")
+    assert os.stat(path).st_blksize == MiB
+    want = synthetic_bytes(500 + i, 0, SIZES[i])
+    for _ in range(2):  # the second pass comes neither from the page cache nor the 1 MiB block cache
+        before = emulator.counters()["content_bytes"]
+        with open(path, "rb") as f:
+            assert f.read() == want
+        assert emulator.counters()["content_bytes"] - before >= SIZES[i] - MiB
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with mmap.mmap(fd, 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ) as mm:
+            assert mm[MiB : 2 * MiB] == want[MiB : 2 * MiB]
+        with pytest.raises(OSError) as err:
+            mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        assert err.value.errno == errno.ENODEV
+    finally:
+        os.close(fd)
 
 
 # -- 2a. access pattern and part splitting (pure) ------------------------------------------------
