@@ -191,12 +191,13 @@ def at_once(*calls):
         return [f.result() for f in [pool.submit(call) for call in calls]]
 
 
-def cli_in_process(*args: str, env: dict[str, str]):
-    """``basemount-py ARGS`` run in this process (``cli.main``) under exactly the environment ``env``,
-    as a subprocess would see it; a CompletedProcess with the exit code and what it printed. A CLI
-    subprocess spends most of a CPU-second importing; the refusals that never mount need none.
-    A background ``mount`` that passes its checks forks its daemon from this process (the daemon's
-    answer comes back through its pipe, as from a subprocess). One at a time: not thread-safe."""
+def cli_in_process(*args: str, env: dict[str, str], entry=None):
+    """``basemount-py ARGS`` run in this process (``cli.main``, or the entry point function
+    ``entry``) under exactly the environment ``env``, as a subprocess would see it; a
+    CompletedProcess with the exit code and what it printed. A CLI subprocess spends most of a
+    CPU-second importing; the refusals that never mount need none. A background ``mount`` that
+    passes its checks forks its daemon from this process (the daemon's answer comes back through
+    its pipe, as from a subprocess). One at a time: not thread-safe."""
     import contextlib
     import io
     import subprocess
@@ -206,8 +207,8 @@ def cli_in_process(*args: str, env: dict[str, str]):
 
     out, err = io.StringIO(), io.StringIO()
     with mock.patch.dict(os.environ, env, clear=True), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(args))
-    return subprocess.CompletedProcess(["basemount-py", *args], code, out.getvalue(), err.getvalue())
+        code = (entry or main)(list(args))
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def fuse_available() -> bool:

@@ -13,14 +13,14 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import write_entity, write_file
+from conftest import cli_in_process, write_entity, write_file
 
+from basemount_py.cli import basemount_cmd_main
 from basemount_py.emulator.control import EmulatorProcess
 
 # Fields real list items never carry (recordings); the mount must not need them.
@@ -219,11 +219,15 @@ def test_mark_as_complete_of_a_sample_from_its_real_list_item(tmp_path, mount_fa
     with EmulatorProcess(acc) as emulator:
         m = mount_factory(emulator)
         up = m.path("Projects", "P", "Samples", "Up")
-        cmd = [str(Path(sys.executable).parent / "basemount-cmd"), "--path"]
-        listed = subprocess.run([*cmd, str(up)], capture_output=True, text=True)
+        # basemount-cmd's function in this process (the installed entry point runs for real in
+        # tests/test_write_commands.py)
+        def cmd(*args: str) -> subprocess.CompletedProcess:
+            return cli_in_process("--path", *args, env=dict(os.environ), entry=basemount_cmd_main)
+
+        listed = cmd(str(up))
         assert "mark-as-complete" in listed.stdout, listed
-        assert "mark-as-complete" not in subprocess.run([*cmd, str(up.parent / "Done")], capture_output=True, text=True).stdout
-        run = subprocess.run([*cmd, str(up), "mark-as-complete"], capture_output=True, text=True)
+        assert "mark-as-complete" not in cmd(str(up.parent / "Done")).stdout
+        run = cmd(str(up), "mark-as-complete")
         assert run.returncode == 0, run.stderr
         session_id = _api(emulator, f"v1pre3/samples/{(up / '.id').read_text().strip()}")["AppSession"]["Id"]
         assert _api(emulator, f"v1pre3/appsessions/{session_id}")["Status"] == "Complete"
