@@ -81,15 +81,15 @@ async def test_fetch_blocks_cuts_exact_blocks_whatever_the_chunking(api, file_id
         await source.aclose()
 
 
-async def test_fill_copies_any_chunking_into_the_blocks():
-    """The block filler against a model: random chunk sizes, including chunks spanning many blocks."""
+async def test_fill_copies_any_chunking_into_the_buffer():
+    """The body filler against a model: random chunk sizes, one to many chunks per body."""
     import random
 
     from basemount_py.read.content import _fill
 
     rng = random.Random(5)
     for _ in range(200):
-        expected, bs = rng.randint(1, 5000), rng.randint(1, 700)
+        expected = rng.randint(1, 5000)
         payload = bytes(rng.getrandbits(8) for _ in range(expected))
         cuts = sorted(rng.sample(range(1, expected), min(expected - 1, rng.randint(0, 12)))) if expected > 1 else []
         chunks = [payload[a:b] for a, b in zip([0] + cuts, cuts + [expected])]
@@ -98,10 +98,10 @@ async def test_fill_copies_any_chunking_into_the_blocks():
             for chunk in chunks:
                 yield chunk
 
-        blocks = [bytearray(min(bs, expected - o)) for o in range(0, expected, bs)]
-        assert await _fill(stream(), blocks, expected, "model") == expected
-        assert b"".join(blocks) == payload
-    too_long = [bytearray(4)]
+        body = bytearray(expected)
+        assert await _fill(stream(), body, expected, "model") == expected
+        assert body == payload
+    too_long = bytearray(4)
 
     async def overflow():
         yield b"12345"

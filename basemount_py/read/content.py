@@ -307,7 +307,7 @@ class ContentSource:
                 # to bytes at the end cost two extra copies of every byte (and page faults on
                 # fresh memory), a third of the daemon's CPU on a sequential read (py-spy).
                 body = bytearray(expected)
-                received = await _fill(response.aiter_raw(), [body], expected, describe)
+                received = await _fill(response.aiter_raw(), body, expected, describe)
         except httpx.TimeoutException as exc:
             raise NetworkError(f"{describe}: stalled or timed out ({type(exc).__name__})") from None
         except httpx.HTTPError as exc:
@@ -344,29 +344,20 @@ class ContentSource:
             raise ProtocolError(f"{describe}: Content-Length {length} for {end - start} requested bytes")
 
 
-async def _fill(chunks: Any, blocks: list[bytearray], expected: int, describe: str) -> int:
-    """Copy a body's chunks into consecutive ``blocks``; the number of bytes received.
+async def _fill(chunks: Any, body: bytearray, expected: int, describe: str) -> int:
+    """Copy a body's chunks into ``body`` (``expected`` bytes long); the number of bytes received.
 
     Raises ProtocolError as soon as the body runs past ``expected`` bytes (the caller checks a
     short body)."""
-    views = [memoryview(block) for block in blocks]
-    index, offset, received = 0, 0, 0
+    view = memoryview(body)
+    received = 0
     try:
         async for chunk in chunks:
             n = len(chunk)
             if received + n > expected:
                 raise ProtocolError(f"{describe}: the server sent more than {expected} bytes")
-            data = memoryview(chunk)
-            pos = 0
-            while pos < n:
-                take = min(len(views[index]) - offset, n - pos)
-                views[index][offset : offset + take] = data[pos : pos + take]
-                pos += take
-                offset += take
-                if offset == len(views[index]):
-                    index, offset = index + 1, 0
+            view[received : received + n] = chunk
             received += n
     finally:
-        for view in views:
-            view.release()
+        view.release()
     return received
