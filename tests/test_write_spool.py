@@ -135,14 +135,15 @@ def content(c, item: dict) -> bytes:
 
 
 def test_tools_and_shell_writes_during_an_api_outage_land_after_it(tmp_path, emulator, mount_factory):
-    """Through the kernel, while every API call fails: rsync -a (temp files, renames, chmod/utimes),
-    rsync -r, tar -x, cp -a of a tree, and a shell's ``echo x > f; echo y >> f`` all succeed; the
-    files wait in the spool and meet the outage. ``echo z >> FILE`` on a file already on BaseSpace
-    fails where the shell sees it (EROFS: "Read-only file system", exit 1) and leaves that file as
-    it was. Once the API is back every file is committed under its own name, and the bytes the
-    server serves equal the sources: nothing lost, no temp names, nothing extra. (Each step, file
-    by file, also runs in-process: tests/test_write_logic.py.) ``--op-timeout 4`` shortens each
-    failing upload attempt (its retry deadline: 3 s)."""
+    """Through the kernel, while every API call fails: rsync with its default options, rsync -a
+    (temp files, renames, chmod/utimes), rsync -r, tar -x, cp -a of a tree, and a shell's
+    ``echo x > f; echo y >> f`` all succeed; the files wait in the spool and meet the outage.
+    ``echo z >> FILE`` on a file already on BaseSpace fails where the shell sees it (EROFS:
+    "Read-only file system", exit 1) and leaves that file as it was. Once the API is back every
+    file is committed under its own name, and the bytes the server serves, through the API and
+    through a fresh mount, equal the sources: nothing lost, no temp names, nothing extra. (Each
+    step, file by file, also runs in-process: tests/test_write_logic.py.) ``--op-timeout 4``
+    shortens each failing upload attempt (its retry deadline: 3 s)."""
     src = _source_tree(tmp_path / "src")
     expected = tree_digests(src)
     tarball = tmp_path / "src.tar"
@@ -160,6 +161,7 @@ def test_tools_and_shell_writes_during_an_api_outage_land_after_it(tmp_path, emu
     emulator.set_knobs(fail_next=[{"kind": "500", "count": 1_000_000, "scope": "api"}])
     try:
         steps = {
+            "rsync": ["rsync", str(src / "a.txt"), str(src / "big.bin"), str(files / "rsync-plain")],  # default options
             "rsync -a": ["rsync", "-a", f"{src}/", str(files / "rsync")],
             "rsync -r": ["rsync", "-r", f"{src}/", str(files / "rsync-r")],
             "tar -x": ["tar", "-xf", str(tarball), "-C", str(files / "tar")],
@@ -182,7 +184,11 @@ def test_tools_and_shell_writes_during_an_api_outage_land_after_it(tmp_path, emu
     want = {"done.txt": hashlib.sha256(b"uploaded before the outage\n").hexdigest(), "shell/f.txt": hashlib.sha256(b"x\ny\n").hexdigest()}
     for folder in ("rsync", "rsync-r", "tar/src", "cp-a"):
         want.update({f"{folder}/{path}": digest for path, digest in expected.items()})
+    want.update({f"rsync-plain/{name}": expected[name] for name in ("a.txt", "big.bin")})
     assert server_digests(emulator, app_id) == want
+    # and as a fresh mount reads them from the server
+    fresh = mount_factory(emulator, name="fresh")
+    assert tree_digests(fresh.path(*result.relative_to(m.mountpoint).parts, "Files")) == want
 
 
 # -- restarts ----------------------------------------------------------------------------------------
