@@ -18,6 +18,7 @@ import time
 
 import pytest
 import trio
+import trio.testing
 
 from basemount_py.emulator.control import EmulatorProcess
 from basemount_py.read import ReadManager
@@ -194,6 +195,75 @@ async def test_a_corrupt_block_under_the_chunked_read_is_fetched_again_and_only_
     assert out == data
     assert cache.stats["corrupt"] == 1
     assert 0 < source.bytes <= 2 * BS  # the dropped block (and at most its neighbour), not the chunk
+
+
+class GatedCache(DiskCache):
+    """A disk cache whose ``read_run`` records each call and holds the first until ``gate`` is set."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.runs: list[int] = []
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def read_run(self, key, first, last):
+        self.runs.append(first)
+        self.entered.set()
+        assert self.gate.wait(60), "the test never opened the gate"
+        return super().read_run(key, first, last)
+
+
+def gated_file(tmp_path, size: int, seed: int) -> tuple[GatedCache, bytes]:
+    data = random.Random(seed).randbytes(size)
+    DiskCache.open(tmp_path, 1 << 30, BS).write(ContentKey("f", "etag:1", size), 0, blocks_of(data, 0, -(-size // BS)))
+    return GatedCache(tmp_path, 1 << 30, BS), data
+
+
+async def test_a_stream_reads_its_chunks_from_disk_one_at_a_time_in_order(tmp_path):
+    # Several threads reading one cold cache file at once defeat the kernel's readahead on it
+    # (570-1,000 MB/s against 1,500-1,800 for one reader here), and each chunk waited for a worker
+    # of its own: one worker thread reads a stream's chunks, in order (disk_stream.py, the pump).
+    cache, data = gated_file(tmp_path, 29 * MiB + 5, seed=8)
+    source = CountingSource({"f": data})
+    async with ReadManager(source, cache_bytes=64 * MiB, disk=cache) as manager:
+        reader = manager.open("f", len(data), version="etag:1")
+        async with trio.open_nursery() as nursery:
+            first = {}
+
+            async def first_read():
+                first["data"] = bytes(await reader.read(0, MiB))
+
+            nursery.start_soon(first_read)
+            await trio.to_thread.run_sync(cache.entered.wait)
+            await trio.testing.wait_all_tasks_blocked()
+            # The first read asked for 7 chunks (its own and 6 ahead): one is being read, none beside it.
+            assert manager._disk_readers.borrowed_tokens == 1
+            assert cache.runs == [0]
+            cache.gate.set()
+        out = bytearray(first["data"])
+        while piece := await reader.read(len(out), MiB):
+            out += piece
+        assert out == data
+        assert cache.runs == sorted(set(cache.runs))  # in order, each chunk once
+        await reader.close()
+    assert source.bytes == 0
+    assert manager.cache.reserved_bytes == 0
+
+
+async def test_chunks_queued_when_their_handle_closes_are_never_read_and_give_their_memory_back(tmp_path):
+    cache, data = gated_file(tmp_path, 29 * MiB, seed=9)
+    async with ReadManager(CountingSource({"f": data}), cache_bytes=64 * MiB, disk=cache) as manager:
+        reader = manager.open("f", len(data), version="etag:1")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.read, 0, MiB)
+            await trio.to_thread.run_sync(cache.entered.wait)
+            await trio.testing.wait_all_tasks_blocked()
+            assert manager.cache.reserved_bytes == 7 * 4 * MiB  # the chunk being read and 6 queued
+            nursery.cancel_scope.cancel()  # the reader goes away while the first chunk is read
+        await reader.close()
+        cache.gate.set()
+    assert cache.runs == [0]  # the queued chunks were not read
+    assert manager.cache.reserved_bytes == 0
 
 
 def test_an_unusable_directory_disables_the_cache(tmp_path, caplog):

@@ -5,13 +5,20 @@ A read whose blocks are all on the disk cache (by the handle's snapshot of the c
 network at all:
 
 * **sequential reads** are served from chunks of ``CHUNK_BLOCKS`` blocks (4 MiB), each read with
-  one ``preadv`` into one buffer and checked block by block (``DiskCache.read_run``) in a worker
+  one ``pread`` into one buffer and checked block by block (``DiskCache.read_run``) in a worker
   thread, ``CHUNKS_AHEAD`` chunks ahead of the reader. Most FUSE reads then find their chunk
   already read and are answered on the trio thread at once, with a ``memoryview`` of the chunk: no
   thread hop and no copy in the daemon between the cache file and the kernel. The kernel's own
   readahead keeps only a few requests in flight, so without reading ahead each request waited for
-  a disk read and a trip through a worker thread, which on a loaded machine is mostly waiting for
-  a CPU (docs/performance.md, "Second-mount re-read").
+  a disk read and a trip through a worker thread.
+* **one worker thread reads a stream's chunks in order** (the *pump*): the trio thread queues the
+  chunks it wants, and one ``trio.to_thread`` call reads them one after the other and hands each
+  over with ``run_sync_soon`` as soon as it is checked, without waiting for the trio thread to
+  start the next one. Each chunk in its own ``trio.to_thread`` call, in up to 4 threads at once,
+  was slower twice over (docs/performance.md, "Fifth round"): the cold cache file, read by several
+  threads at once, came off the disk at 570-1,000 MB/s against 1,500-1,800 for one sequential
+  reader here, and each chunk waited 1-17 ms for a worker to be woken and to get the GIL while the
+  trio thread answered the kernel.
 * **other reads** are one ``read_run`` of exactly their blocks.
 
 Chunks hold memory reserved in the mount's block cache bound (so ``--cache-size`` still bounds
@@ -22,15 +29,19 @@ take the ordinary path, which fetches what is missing from the network.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING
 
 import trio
+
+from .disk_cache import ContentKey
 
 if TYPE_CHECKING:
     from .reader import FileReader, ReadManager
 
 CHUNK_BLOCKS = 64  # blocks per chunk: 4 MiB with 64 KiB blocks
 CHUNKS_AHEAD = 6  # chunks read ahead of a sequential reader (beyond the one it is in)
+PUMP_BATCH = CHUNKS_AHEAD + 1  # chunks one worker-thread call reads before it lets other streams' reads in
 
 
 class _Chunk:
@@ -50,6 +61,8 @@ class DiskStream:
         self.manager = manager
         self.reader = reader
         self._chunks: dict[int, _Chunk] = {}
+        self._queue: deque[tuple[int, _Chunk, int, int]] = deque()  # started, not yet taken by a thread
+        self._pumping = False  # a _pump task is running
         bs = manager.config.block_size
         self._blocks = -(-reader.size // bs)
 
@@ -69,22 +82,65 @@ class DiskStream:
         nbytes = min(self.reader.size, last * manager.config.block_size) - first * manager.config.block_size
         if not manager.cache.reserve(nbytes):
             return None
+        if not self._pumping:
+            if not manager._background(self.reader, self._pump):
+                manager.cache.release(nbytes)
+                return None
+            self._pumping = True
         chunk = self._chunks[index] = _Chunk(nbytes)
-
-        async def read() -> None:
-            try:
-                chunk.data = await manager.read_disk_run(self.reader, first, last)
-            finally:
-                chunk.done.set()
-                if chunk.dropped:
-                    chunk.data = None
-                    manager.cache.release(chunk.reserved)
-
-        if not manager._background(self.reader, read):
-            del self._chunks[index]
-            manager.cache.release(nbytes)
-            return None
+        self._queue.append((index, chunk, first, last))
         return chunk
+
+    async def _pump(self) -> None:
+        """Read the queued chunks in worker threads, one thread call after another, until none is left."""
+        token = trio.lowlevel.current_trio_token()
+        try:
+            while self._queue:
+                await trio.to_thread.run_sync(self._read_queued, token, limiter=self.manager._disk_readers)
+        finally:
+            self._pumping = False
+            self._unqueue()  # cancelled (the handle's close, the mount's shutdown): never read
+
+    def _unqueue(self) -> None:
+        """Forget the chunks no thread has taken yet (their reads, if any, read their own blocks)."""
+        while True:
+            try:
+                index, chunk, _, _ = self._queue.popleft()  # a worker thread may take one meanwhile
+            except IndexError:
+                return
+            if self._chunks.get(index) is chunk:
+                del self._chunks[index]
+            chunk.dropped = True
+            self._deliver(chunk, 0, None)
+
+    def _read_queued(self, token: trio.lowlevel.TrioToken) -> None:
+        """In a worker thread: read up to ``PUMP_BATCH`` queued chunks in order, handing each to the
+        trio thread as soon as it is read (``deque.popleft`` is atomic; the trio thread only appends
+        or clears)."""
+        reader, disk = self.reader, self.manager.disk
+        assert disk is not None and reader.version is not None
+        key = ContentKey(reader.file_id, reader.version, reader.size)
+        for _ in range(PUMP_BATCH):
+            try:
+                _, chunk, first, last = self._queue.popleft()
+            except IndexError:
+                return
+            data = None
+            try:
+                if not chunk.dropped:  # a stale answer only costs a read: _deliver releases it
+                    data = disk.read_run(key, first, last)
+            finally:
+                token.run_sync_soon(self._deliver, chunk, last - first, data)
+
+    def _deliver(self, chunk: _Chunk, blocks: int, data: bytes | None) -> None:
+        """On the trio thread: a chunk's read is over (``data`` None: absent, corrupt or not read)."""
+        if data is not None:
+            self.manager.count_disk_run(blocks)
+        if chunk.dropped:
+            self.manager.cache.release(chunk.reserved)  # forgotten while queued or being read
+        else:
+            chunk.data = data
+        chunk.done.set()
 
     async def read(self, offset: int, end: int, sequential: bool) -> bytes | memoryview | None:
         """Bytes ``[offset, end)`` from the disk cache, or None: take the ordinary path."""
@@ -132,8 +188,9 @@ class DiskStream:
             chunk.data = None
             self.manager.cache.release(chunk.reserved)
         else:
-            chunk.dropped = True  # still being read: its task releases the reservation
+            chunk.dropped = True  # queued or being read: _deliver releases the reservation
 
     def close(self) -> None:
+        self._unqueue()
         for index in list(self._chunks):
             self._drop(index)

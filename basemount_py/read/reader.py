@@ -375,9 +375,13 @@ class ReadManager:
         key = ContentKey(reader.file_id, reader.version, reader.size)
         data = await trio.to_thread.run_sync(self.disk.read_run, key, first, last, limiter=self._disk_readers)
         if data is not None:
-            self._counters["disk_direct_reads"] += 1
-            self._counters["disk_blocks_read"] += last - first
+            self.count_disk_run(last - first)
         return data
+
+    def count_disk_run(self, blocks: int) -> None:
+        """Count one verified run of ``blocks`` blocks read from the disk cache."""
+        self._counters["disk_direct_reads"] += 1
+        self._counters["disk_blocks_read"] += blocks
 
     def in_memory(self, file_id: str, first: int, last: int) -> bool:
         return all((file_id, index) in self.cache for index in range(first, last))
