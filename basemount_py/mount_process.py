@@ -61,7 +61,7 @@ class MountProcess:
     def start(self, timeout: float = 30) -> "MountProcess":
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log, "ab")
-        self.process = subprocess.Popen(self.args, env=self.env, cwd=self.cwd, stdout=self._log_file, stderr=subprocess.STDOUT)
+        self.process = self._spawn(self._log_file)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if is_mounted(self.mountpoint):
@@ -72,6 +72,10 @@ class MountProcess:
         self.stop()
         tail = self.log.read_text(errors="replace")[-3000:]
         raise MountStartError(f"the mount at {self.mountpoint} did not come up; log:\n{tail}")
+
+    def _spawn(self, log_file: IO[bytes]) -> subprocess.Popen:
+        """Start the daemon, its output going to ``log_file`` (tests fork theirs from a launcher)."""
+        return subprocess.Popen(self.args, env=self.env, cwd=self.cwd, stdout=log_file, stderr=subprocess.STDOUT)
 
     def stop(self, timeout: float = 15) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -53,6 +53,7 @@ from this process; ``curl`` gets the signed URL (which needs no token) from a 06
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -373,16 +374,35 @@ class Results:
 
 
 class Subjects:
-    """Fresh mounts of each kind: ours (with the bench's extra options) and the peer's."""
+    """Fresh mounts of each kind: ours (with the bench's extra options) and the peer's.
 
-    def __init__(self, em: EmulatorProcess, base: Path, extra: list[str], baseline: Path | None = None):
+    ``keep`` (--smoke): one mount per kind serves every row that needs no fresh one (all but the
+    re-read's pair): each row still reads its own files through it and checks the bytes, without
+    a daemon start (most of a smoke run's CPU) per row. ``close()`` stops them."""
+
+    def __init__(self, em: EmulatorProcess, base: Path, extra: list[str], baseline: Path | None = None, keep: bool = False):
         self.em, self.base, self.extra, self.baseline = em, base, extra, baseline
         self.count = 0
         # Our daemon, then the baseline's right after it on every row (interleaved).
         self.ours = (OURS, BASELINE) if baseline is not None else (OURS,)
+        self.keep = keep
+        self.kept: dict[str, KeptMount] = {}
 
-    def mount(self, kind: str, cache_dir: Path | None = None) -> BenchMount:
-        """A fresh mount; ``cache_dir``: a persistent cache to share with another mount."""
+    def mount(self, kind: str, cache_dir: Path | None = None) -> "BenchMount | KeptMount":
+        """A fresh mount (or, with ``keep``, the kind's running one); ``cache_dir``: a persistent
+        cache to share with another mount (always fresh)."""
+        if self.keep and cache_dir is None:
+            if kind not in self.kept:
+                self.kept[kind] = KeptMount(self._fresh(kind).start())
+            return self.kept[kind]
+        return self._fresh(kind, cache_dir)
+
+    def close(self) -> None:
+        for kept in self.kept.values():
+            kept.mount.stop()
+        self.kept.clear()
+
+    def _fresh(self, kind: str, cache_dir: Path | None = None) -> BenchMount:
         self.count += 1
         mountpoint = self.base / f"mnt-{self.count}"
         if kind in PEERS:
@@ -393,6 +413,19 @@ class Subjects:
         if cache_dir is not None and supports_cache_dir(source):
             extra += [f"--cache-dir={cache_dir}", "--cache-max=16"]
         return BenchMount(self.em, mountpoint, *extra, source=source)
+
+
+class KeptMount:
+    """A running mount used as ``with subjects.mount(kind) as m:``, left running at the end."""
+
+    def __init__(self, mount: BenchMount):
+        self.mount = mount
+
+    def __enter__(self) -> BenchMount:
+        return self.mount
+
+    def __exit__(self, *exc: object) -> None:
+        pass
 
 
 def check_windows(path: Path, seed: int, size: int, rng: random.Random) -> None:
@@ -639,7 +672,11 @@ MEASUREMENTS = {"cp": bench_cp, "readers": bench_readers, "pread": bench_pread, 
 def supports_cache_dir(source: Path | None = None) -> bool:
     """Whether the daemon (ours, or that of checkout ``source``) has a persistent content cache
     (the re-read row then gives it one)."""
-    env = {**os.environ, "PYTHONPATH": str(source)} if source is not None else None
+    if source is None:  # this checkout: its own parser, without starting another Python
+        from basemount_py.cli import build_parser
+
+        return hasattr(build_parser().parse_args(["mount", "MP"]), "cache_max")
+    env = {**os.environ, "PYTHONPATH": str(source)}
     usage = subprocess.run([sys.executable, "-m", "basemount_py", "mount", "--help"], capture_output=True, text=True, cwd=source, env=env)
     return "--cache-max" in usage.stdout
 
@@ -666,8 +703,10 @@ def _samtools_each(bam: Path, regions: list[str]) -> tuple[float, list[int]]:
 # -- listing figures (issue 3) -----------------------------------------------------------------
 
 
-def bench_listing(base: Path, samples: int, res: Results, extra: list[str], demo: Path | None = None) -> None:
-    """``demo``: an existing demo account folder (read only), else one is generated."""
+def bench_listing(base: Path, samples: int, res: Results, extra: list[str], demo: Path | None = None, keep: bool = False) -> None:
+    """``demo``: an existing demo account folder (read only), else one is generated. ``keep``
+    (--smoke): one emulator per account, its latency set for each column, instead of one per
+    column (each mount is still fresh)."""
     from basemount_py.emulator.demo_data import generate_demo_account
 
     cohort = base / "listing-account"
@@ -676,26 +715,46 @@ def bench_listing(base: Path, samples: int, res: Results, extra: list[str], demo
     if demo is None:
         demo = base / "demo-account"
         generate_demo_account(demo)
-    for latency in (0, 20):
-        column = f"{latency} ms"
-        with EmulatorProcess(cohort, latency_ms=latency) as em:
-            with BenchMount(em, base / f"mnt-ls-{latency}", *extra) as m:
-                em.reset_counters()
-                t = timed(["ls", "-l", str(m.path("Projects", "Cohort", "Samples"))], 300)
-                calls = api_calls(em)
-            res.listing.setdefault(f"`ls -l` {samples}-sample project: wall s", {})[column] = f"{t:.2f}"
-            res.listing.setdefault(f"`ls -l` {samples}-sample project: API calls", {})[column] = str(calls)
-        with EmulatorProcess(demo, latency_ms=latency) as em:
-            with BenchMount(em, base / f"mnt-find-{latency}", *extra) as m:
-                em.reset_counters()
-                t0 = time.perf_counter()
-                out = subprocess.run(["find", str(m.mountpoint)], capture_output=True, timeout=600, check=True)
-                t = time.perf_counter() - t0
-                calls = api_calls(em)
-            entries = out.stdout.count(b"\n")
-            res.listing.setdefault("`find MP` demo account: wall s", {})[column] = f"{t:.2f}"
-            res.listing.setdefault("`find MP` demo account: API calls", {})[column] = str(calls)
-            res.listing.setdefault("`find MP` demo account: entries", {})[column] = str(entries)
+    kept: dict[Path, EmulatorProcess] | None = {} if keep else None
+    try:
+        for latency in (0, 20):
+            _listing_column(base, samples, res, extra, cohort, demo, latency, kept)
+    finally:
+        for em in (kept or {}).values():
+            em.close()
+
+
+def _listing_emulator(account: Path, latency: int, kept: dict[Path, EmulatorProcess] | None):
+    """A fresh emulator at ``latency`` ms, or the account's kept one (started once) set to it."""
+    if kept is None:
+        return EmulatorProcess(account, latency_ms=latency)
+    if account not in kept:
+        kept[account] = EmulatorProcess(account).start()
+    kept[account].set_knobs(latency_ms=latency)
+    return contextlib.nullcontext(kept[account])
+
+
+def _listing_column(base: Path, samples: int, res: Results, extra: list[str], cohort: Path, demo: Path, latency: int,
+                    kept: dict[Path, EmulatorProcess] | None) -> None:
+    column = f"{latency} ms"
+    with _listing_emulator(cohort, latency, kept) as em:
+        with BenchMount(em, base / f"mnt-ls-{latency}", *extra) as m:
+            em.reset_counters()
+            t = timed(["ls", "-l", str(m.path("Projects", "Cohort", "Samples"))], 300)
+            calls = api_calls(em)
+        res.listing.setdefault(f"`ls -l` {samples}-sample project: wall s", {})[column] = f"{t:.2f}"
+        res.listing.setdefault(f"`ls -l` {samples}-sample project: API calls", {})[column] = str(calls)
+    with _listing_emulator(demo, latency, kept) as em:
+        with BenchMount(em, base / f"mnt-find-{latency}", *extra) as m:
+            em.reset_counters()
+            t0 = time.perf_counter()
+            out = subprocess.run(["find", str(m.mountpoint)], capture_output=True, timeout=600, check=True)
+            t = time.perf_counter() - t0
+            calls = api_calls(em)
+        entries = out.stdout.count(b"\n")
+        res.listing.setdefault("`find MP` demo account: wall s", {})[column] = f"{t:.2f}"
+        res.listing.setdefault("`find MP` demo account: API calls", {})[column] = str(calls)
+        res.listing.setdefault("`find MP` demo account: entries", {})[column] = str(entries)
 
 
 # -- merged biosample FASTQs (issue 12) ---------------------------------------------------------
@@ -884,16 +943,19 @@ def main(argv: list[str] | None = None) -> int:
         note(f"building the account in {base}")
         info = build_account(base / "account", sizes, profiles, work)
         with EmulatorProcess(base / "account") as em:
-            subjects = Subjects(em, base, args.mount_option, args.baseline)
-            for round_ in range(args.repeat):
-                for profile in profiles:
-                    note(f"round {round_ + 1} of {args.repeat}: {profile}")
-                    bench_profile(profile, subjects, base, work, sizes, res, info, only)
+            subjects = Subjects(em, base, args.mount_option, args.baseline, keep=args.smoke)
+            try:
+                for round_ in range(args.repeat):
+                    for profile in profiles:
+                        note(f"round {round_ + 1} of {args.repeat}: {profile}")
+                        bench_profile(profile, subjects, base, work, sizes, res, info, only)
+            finally:
+                subjects.close()
         if "merged" in only:
             bench_merged(profiles, base, READERS // 2 * sizes.reader, res, args.mount_option)
         if not args.no_listing:
             note("listing figures")
-            bench_listing(base, sizes.samples, res, args.mount_option, args.demo_account)
+            bench_listing(base, sizes.samples, res, args.mount_option, args.demo_account, keep=args.smoke)
     finally:
         if args.keep:
             note(f"kept {base}")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+from basemount_py.emulator import control as emulator_control
 from basemount_py.mount_process import MountProcess, MountStartError, is_mounted  # noqa: F401 (is_mounted: tests import it)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,6 +103,16 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("store_durations") and not hasattr(config, "workerinput"):
         config.pluginmanager.register(DurationRecorder(), "basemount-durations")
 
+
+def _fork_emulator(argv: list[str], log: str):
+    from launcher import spawn_python_module
+
+    return spawn_python_module(argv, log)
+
+
+# Emulators (EmulatorProcess) and mount daemons (Mount) are forked from this process's launcher
+# (tests/launcher.py), which has imported the package once: a Python start is most of their CPU.
+emulator_control.SPAWN = _fork_emulator
 
 # Property tests must not depend on the wall clock either: on a loaded machine (or several test
 # processes on two cores) one example may take longer than hypothesis's 200 ms deadline, and
@@ -224,9 +235,13 @@ def require_fuse() -> None:
 
 
 class Mount(MountProcess):
-    """A real ``basemount-py mount --foreground`` process against an emulator, HOME in a temp dir."""
+    """A real ``basemount-py mount --foreground`` process against an emulator, HOME in a temp dir.
 
-    def __init__(self, emulator, mountpoint: Path, *extra: str, env: dict | None = None):
+    The daemon is forked from this test process's launcher (tests/launcher.py: the package
+    already imported, about half of a daemon start's CPU); ``fresh_python=True`` starts it as
+    ``python -m basemount_py`` instead (a test that looks at the process's own command line)."""
+
+    def __init__(self, emulator, mountpoint: Path, *extra: str, env: dict | None = None, fresh_python: bool = False):
         home = {"HOME": str(mountpoint.parent / "home")}
         super().__init__(
             mountpoint,
@@ -235,7 +250,15 @@ class Mount(MountProcess):
             access_token=emulator.token if emulator is not None else None,
             env={**home, **(env or {})},
         )
+        self.fresh_python = fresh_python
         mountpoint.mkdir(parents=True, exist_ok=True)
+
+    def _spawn(self, log_file):
+        if self.fresh_python:
+            return super()._spawn(log_file)
+        from launcher import spawn_python_module
+
+        return spawn_python_module(self.args, str(self.log), self.env, None if self.cwd is None else str(self.cwd))
 
     def start(self, timeout: float = 60) -> "Mount":  # generous: a loaded machine took over 20 s
         try:
@@ -245,13 +268,24 @@ class Mount(MountProcess):
         return self
 
 
+@pytest.fixture(scope="session", autouse=True)
+def daemon_launcher():
+    """Ends the session's daemon launcher (tests/launcher.py) with the session, before pytest-cov
+    combines the coverage data: the launcher writes its own (the package's import-time lines) as
+    it exits."""
+    yield
+    import launcher
+
+    launcher.close()
+
+
 @pytest.fixture
 def mount_factory(tmp_path):
     require_fuse()
     mounts: list[Mount] = []
 
-    def make(emulator, *extra: str, name: str = "mnt", env: dict | None = None, start: bool = True) -> Mount:
-        m = Mount(emulator, tmp_path / name, *extra, env=env)
+    def make(emulator, *extra: str, name: str = "mnt", env: dict | None = None, start: bool = True, fresh_python: bool = False) -> Mount:
+        m = Mount(emulator, tmp_path / name, *extra, env=env, fresh_python=fresh_python)
         mounts.append(m)
         return m.start() if start else m
 

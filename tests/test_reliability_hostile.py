@@ -268,7 +268,8 @@ def test_the_token_never_appears_in_logs_files_errors_or_arguments(small_account
     with EmulatorProcess(small_account, token=token, url_lifetime=3) as emulator:
         # --op-timeout 6: the listing that fails below gives up after its 4.5 s retry deadline,
         # while a read that meets all five content faults in a row (backoff up to 3.1 s) has room
-        m = mount_factory(emulator, "--log-level", "DEBUG", "--log-file", str(log_file), "--op-timeout", "6")
+        # fresh_python: the daemon's own command line is checked below, not the launcher's
+        m = mount_factory(emulator, "--log-level", "DEBUG", "--log-file", str(log_file), "--op-timeout", "6", fresh_python=True)
         emulator.set_knobs(
             fail_next=[
                 {"kind": "503", "count": 2, "scope": "api"},
