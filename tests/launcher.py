@@ -35,6 +35,10 @@ PRELOAD = (  # what a daemon and an emulator import
     "basemount_py.emulator.cli",
     "basemount_py.emulator.app",
     "basemount_py.emulator.server",
+    # imported at run time: the daemon's first worker thread (anyio's trio backend), uvicorn's loop
+    "anyio._backends._trio",
+    "anyio._backends._asyncio",
+    "encodings.idna",
 )
 
 
