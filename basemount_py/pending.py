@@ -43,7 +43,9 @@ def read_status(root: str) -> list[tuple[str, int, str, str]] | None:
     return out
 
 
-def status(mountpoint: str, out: TextIO = sys.stdout) -> int:
+def status(mountpoint: str, out: TextIO | None = None) -> int:
+    """Print the mount's upload status file to ``out`` (default: sys.stdout at the call)."""
+    out = sys.stdout if out is None else out
     root = mount_root(mountpoint)
     if root is None:
         print(f"Error: {mountpoint} is not inside a basemount_py mount", file=sys.stderr)
@@ -82,9 +84,11 @@ def retry(path: str) -> int:
     return 0
 
 
-def wait_for_uploads(mountpoint: str, keep_pending: bool = False, out: TextIO = sys.stderr, poll: float = 0.5) -> None:
+def wait_for_uploads(mountpoint: str, keep_pending: bool = False, out: TextIO | None = None, poll: float = 0.5) -> None:
     """Before an unmount: upload what is pending now and wait for it, with a progress line
-    (or, with ``keep_pending``, say what stays in the spool for the next mount)."""
+    (or, with ``keep_pending``, say what stays in the spool for the next mount). ``out``: where
+    to (default: sys.stderr as it is at the call, not as it was when this module was imported)."""
+    out = sys.stderr if out is None else out
     if not os.path.exists(os.path.join(mountpoint, STATUS_FILE)):
         return
     entries = read_status(mountpoint) or []

@@ -17,7 +17,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -25,13 +24,12 @@ import pytest
 
 from basemount_py.emulator.control import EmulatorProcess
 
-from conftest import flush, flush_and_wait, is_mounted, sha256_file, status_lines, wait_until, write_file
+from conftest import cli_in_process, flush, flush_and_wait, is_mounted, sha256_file, status_lines, wait_until, write_file
 from test_write_upload import SMALL, account, api, new_appresult  # noqa: F401 (account: a fixture)
 from test_write_upload import appresult_files as server_files
 
 MiB = 2**20
 HOLD = ("--write-back", "600")  # nothing uploads until flushed (or fsync'd): no race with the clock
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
@@ -231,7 +229,7 @@ def test_unmount_waits_for_uploads_or_keeps_them_for_the_next_mount(emulator, mo
     result = new_appresult(m)
     app_id = (result / ".id").read_text().strip()
     (result / "Files" / "first.txt").write_bytes(b"first\n")
-    run = subprocess.run([str(BIN / "basemount-py"), "unmount", str(m.mountpoint)], capture_output=True, text=True, timeout=180)
+    run = cli_in_process("unmount", str(m.mountpoint), env=dict(os.environ))
     assert run.returncode == 0, run.stderr
     assert "all uploads committed" in run.stderr
     assert "first.txt" in server_files(emulator, app_id)
@@ -240,7 +238,7 @@ def test_unmount_waits_for_uploads_or_keeps_them_for_the_next_mount(emulator, mo
     m2 = mount_factory(emulator, *HOLD, name="mnt")
     files = m2.path("Projects", "Uploads", "AppResults", "Result", "Files")
     (files / "second.txt").write_bytes(b"second\n")
-    run = subprocess.run([str(BIN / "basemount-py"), "unmount", "--keep-pending", str(m2.mountpoint)], capture_output=True, text=True, timeout=60)
+    run = cli_in_process("unmount", "--keep-pending", str(m2.mountpoint), env=dict(os.environ))
     assert run.returncode == 0, run.stderr
     assert "stay in the spool" in run.stderr
     assert "second.txt" not in server_files(emulator, app_id)
@@ -251,10 +249,10 @@ def test_unmount_waits_for_uploads_or_keeps_them_for_the_next_mount(emulator, mo
     files = m3.path("Projects", "Uploads", "AppResults", "Result", "Files")
     (files / "third.txt").write_bytes(b"third\n")
     wait_until(lambda: [s[0] for s in status_lines(m3) if s[2].endswith("third.txt")] == ["pending"], "third.txt pending")
-    run = subprocess.run([str(BIN / "basemount-py"), "retry", str(files / "third.txt")], capture_output=True, text=True, timeout=60)
+    run = cli_in_process("retry", str(files / "third.txt"), env=dict(os.environ))
     assert run.returncode == 0 and "queued for upload" in run.stdout, run.stderr  # retry of a pending file: upload it now
     wait_until(lambda: "third.txt" in server_files(emulator, app_id), "third.txt uploaded after the retry")
-    status = subprocess.run([str(BIN / "basemount-py"), "status", str(m3.mountpoint)], capture_output=True, text=True, timeout=60)
+    status = cli_in_process("status", str(m3.mountpoint), env=dict(os.environ))
     assert status.returncode == 0 and "committed\t7\t" in status.stdout
 
     # fusermount3 -u while the server hangs on the commit of one file and another waits: the
