@@ -705,8 +705,9 @@ def _samtools_each(bam: Path, regions: list[str]) -> tuple[float, list[int]]:
 
 def bench_listing(base: Path, samples: int, res: Results, extra: list[str], demo: Path | None = None, keep: bool = False) -> None:
     """``demo``: an existing demo account folder (read only), else one is generated. ``keep``
-    (--smoke): one emulator per account, its latency set for each column, instead of one per
-    column (each mount is still fresh)."""
+    (--smoke): one emulator and one mount per account serve both columns, the latency set for
+    each and the mount's listings expired (``refresh``) before the second, so that it lists
+    through the API again, instead of a fresh emulator and mount per column."""
     from basemount_py.emulator.demo_data import generate_demo_account
 
     cohort = base / "listing-account"
@@ -715,46 +716,50 @@ def bench_listing(base: Path, samples: int, res: Results, extra: list[str], demo
     if demo is None:
         demo = base / "demo-account"
         generate_demo_account(demo)
-    kept: dict[Path, EmulatorProcess] | None = {} if keep else None
+    kept: dict[Path, tuple[EmulatorProcess, BenchMount]] | None = {} if keep else None
     try:
         for latency in (0, 20):
-            _listing_column(base, samples, res, extra, cohort, demo, latency, kept)
+            column = f"{latency} ms"
+            with _listing_mount(cohort, "ls", latency, base, extra, kept) as (em, m):
+                em.reset_counters()
+                t = timed(["ls", "-l", str(m.path("Projects", "Cohort", "Samples"))], 300)
+                calls = api_calls(em)
+            res.listing.setdefault(f"`ls -l` {samples}-sample project: wall s", {})[column] = f"{t:.2f}"
+            res.listing.setdefault(f"`ls -l` {samples}-sample project: API calls", {})[column] = str(calls)
+            with _listing_mount(demo, "find", latency, base, extra, kept) as (em, m):
+                em.reset_counters()
+                t0 = time.perf_counter()
+                out = subprocess.run(["find", str(m.mountpoint)], capture_output=True, timeout=600, check=True)
+                t = time.perf_counter() - t0
+                calls = api_calls(em)
+            entries = out.stdout.count(b"\n")
+            res.listing.setdefault("`find MP` demo account: wall s", {})[column] = f"{t:.2f}"
+            res.listing.setdefault("`find MP` demo account: API calls", {})[column] = str(calls)
+            res.listing.setdefault("`find MP` demo account: entries", {})[column] = str(entries)
     finally:
-        for em in (kept or {}).values():
+        for em, m in (kept or {}).values():
+            m.stop()
             em.close()
 
 
-def _listing_emulator(account: Path, latency: int, kept: dict[Path, EmulatorProcess] | None):
-    """A fresh emulator at ``latency`` ms, or the account's kept one (started once) set to it."""
+@contextlib.contextmanager
+def _listing_mount(account: Path, name: str, latency: int, base: Path, extra: list[str],
+                   kept: dict[Path, tuple[EmulatorProcess, BenchMount]] | None):
+    """An emulator of ``account`` at ``latency`` ms and a fresh mount of it; or (``kept``) the
+    account's running pair, set to that latency, with the mount's listings expired."""
     if kept is None:
-        return EmulatorProcess(account, latency_ms=latency)
-    if account not in kept:
-        kept[account] = EmulatorProcess(account).start()
-    kept[account].set_knobs(latency_ms=latency)
-    return contextlib.nullcontext(kept[account])
-
-
-def _listing_column(base: Path, samples: int, res: Results, extra: list[str], cohort: Path, demo: Path, latency: int,
-                    kept: dict[Path, EmulatorProcess] | None) -> None:
-    column = f"{latency} ms"
-    with _listing_emulator(cohort, latency, kept) as em:
-        with BenchMount(em, base / f"mnt-ls-{latency}", *extra) as m:
-            em.reset_counters()
-            t = timed(["ls", "-l", str(m.path("Projects", "Cohort", "Samples"))], 300)
-            calls = api_calls(em)
-        res.listing.setdefault(f"`ls -l` {samples}-sample project: wall s", {})[column] = f"{t:.2f}"
-        res.listing.setdefault(f"`ls -l` {samples}-sample project: API calls", {})[column] = str(calls)
-    with _listing_emulator(demo, latency, kept) as em:
-        with BenchMount(em, base / f"mnt-find-{latency}", *extra) as m:
-            em.reset_counters()
-            t0 = time.perf_counter()
-            out = subprocess.run(["find", str(m.mountpoint)], capture_output=True, timeout=600, check=True)
-            t = time.perf_counter() - t0
-            calls = api_calls(em)
-        entries = out.stdout.count(b"\n")
-        res.listing.setdefault("`find MP` demo account: wall s", {})[column] = f"{t:.2f}"
-        res.listing.setdefault("`find MP` demo account: API calls", {})[column] = str(calls)
-        res.listing.setdefault("`find MP` demo account: entries", {})[column] = str(entries)
+        with EmulatorProcess(account, latency_ms=latency) as em, BenchMount(em, base / f"mnt-{name}-{latency}", *extra) as m:
+            yield em, m
+        return
+    if account in kept:
+        em, m = kept[account]
+        (m.path(".commands")).write_text("refresh\n")  # the whole mount: its next listings ask the API
+    else:
+        em = EmulatorProcess(account).start()
+        kept[account] = (em, BenchMount(em, base / f"mnt-{name}", *extra))
+        em, m = kept[account][0], kept[account][1].start()
+    em.set_knobs(latency_ms=latency)
+    yield em, m
 
 
 # -- merged biosample FASTQs (issue 12) ---------------------------------------------------------
