@@ -52,8 +52,9 @@ PEER_ROWS = [
 NUMBER = re.compile(r"^\d+(\.\d+)?( [✓✗])?$")
 
 
-# About 25 mounts (ours and rclone's) and 40 samtools processes: ~30 s on an idle 2-CPU VM, a few
-# minutes when the machine is shared.
+# 12 mounts (ours and rclone's: with --smoke one per subject kind serves the cp, readers, pread and
+# samtools rows, and one per account both listing columns) and 40 samtools processes: ~25 s on an
+# idle 2-CPU VM, a few minutes when the machine is shared.
 @pytest.mark.timeout(900)
 def test_bench_quick_prints_every_row_with_numbers(tmp_path, demo_account):
     require_fuse()
