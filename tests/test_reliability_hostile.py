@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import shlex
+import ssl
 import stat
 import subprocess
 from pathlib import Path
@@ -25,6 +26,7 @@ import pytest
 from conftest import cli_in_process, write_entity, write_file, write_synthetic
 from inprocess import Core, run_core_on_mock_clock
 
+from basemount_py.api.client import tls_context
 from basemount_py.emulator.control import EmulatorProcess
 from basemount_py.emulator.synthetic import synthetic_bytes
 from basemount_py.tree.naming import SLASH_SUBSTITUTE
@@ -370,6 +372,23 @@ def test_https_end_to_end_and_an_untrusted_certificate_is_refused(small_account,
             assert (files / f"f{i}.bin").read_bytes() == synthetic_bytes(40 + i, 0, 300_000 + i)
         requests = emulator.counters()["requests"]
         assert requests["GET content"] >= 6 and requests["GET v1pre3/files/{id}/content"] >= 6
+
+
+def test_one_tls_context_per_trust_setting_is_shared_by_the_clients(tmp_path, monkeypatch):
+    """The API client, the content client and the content fetcher's threads verify with one TLS
+    context (its CA bundle is loaded once per process, not once per client), and a changed
+    SSL_CERT_FILE gives a context that trusts that file."""
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    default = tls_context()
+    assert tls_context() is default
+    cert, _ = _self_signed_certificate(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    own = tls_context()
+    assert own is not default and own.verify_mode == ssl.CERT_REQUIRED and own.check_hostname
+    ours = ((("commonName", "127.0.0.1"),),)
+    assert any(ca["subject"] == ours for ca in own.get_ca_certs())
+    assert not any(ca["subject"] == ours for ca in default.get_ca_certs())
 
 
 def _mount_options(mountpoint: Path) -> set[str]:

@@ -40,7 +40,7 @@ import cachetools
 import httpx
 import trio
 
-from ..api.client import BaseSpaceClient, certificate_error, raise_for_status
+from ..api.client import BaseSpaceClient, certificate_error, raise_for_status, tls_context
 from ..api.errors import ApiError, ContentExpiredError, NetworkError, ProtocolError
 from ..api.retry import RetryPolicy, is_transient, with_retries
 from ..options import MountOptions
@@ -137,6 +137,7 @@ class ContentSource:
         self.stall_timeout = stall_timeout if stall_timeout is not None else min(policy.request_timeout, 10.0)
         self._http = httpx.AsyncClient(
             transport=transport,
+            verify=tls_context(),
             timeout=httpx.Timeout(
                 connect=policy.request_timeout,
                 read=self.stall_timeout,

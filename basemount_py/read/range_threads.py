@@ -23,7 +23,6 @@ from __future__ import annotations
 import http.client
 import logging
 import socket
-import ssl
 import threading
 import urllib.request
 from typing import Callable
@@ -32,7 +31,7 @@ from urllib.parse import urlsplit
 import httpx
 import trio
 
-from ..api.client import certificate_error, raise_for_status
+from ..api.client import certificate_error, raise_for_status, tls_context
 from ..api.errors import ContentExpiredError, NetworkError, ProtocolError
 
 __all__ = ["RangeThreads", "uses_proxy"]
@@ -60,7 +59,6 @@ class RangeThreads:
         self._limiter = trio.CapacityLimiter(max(1, max_connections))
         self._idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
-        self._tls: ssl.SSLContext | None = None
         self._closed = False
 
     async def get(self, url: str, start: int, end: int, block_size: int, describe: str, check: Check) -> list[memoryview]:
@@ -150,9 +148,8 @@ class RangeThreads:
                 return idle.pop(), True
         scheme, host, port = origin
         if scheme == "https":
-            if self._tls is None:
-                self._tls = ssl.create_default_context()  # system CAs; SSL_CERT_FILE is honoured
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(host, port, timeout=self.connect_timeout, context=self._tls)
+            # The same trust as the httpx clients (the CA bundle, or SSL_CERT_FILE/SSL_CERT_DIR).
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(host, port, timeout=self.connect_timeout, context=tls_context())
         elif scheme == "http":
             conn = http.client.HTTPConnection(host, port, timeout=self.connect_timeout)
         else:
