@@ -3,6 +3,7 @@
 import trio
 import pytest
 
+from basemount_py.api.errors import NetworkError, NotFoundError
 from basemount_py.tree.cache import ListingCache
 from basemount_py.tree.layout import build_file_tree
 from basemount_py.tree.nodes import parse_time, relative_link, safe_size
@@ -75,3 +76,45 @@ async def test_listing_cache_single_flight_ttl_and_stale_fallback():
     cache.invalidate(lambda key: key == "k")
     with pytest.raises(OSError):
         await cache.get("k", failing)  # nothing to fall back on
+
+
+async def test_during_an_outage_every_expired_listing_is_served_stale_without_a_retry_cycle_each():
+    """Once a reload has failed for want of a server (a transient error, after its retries), the
+    other expired listings are served stale at once for ``stale_grace``: ``ls -R`` over a dead
+    server pays one retry cycle per grace period, not one per folder."""
+    now = [0.0]
+    cache = ListingCache(ttl=10, maxsize=8, clock=lambda: now[0], stale_grace=10)
+    calls: list[str] = []
+
+    def loader(key: str):
+        async def load():
+            calls.append(key)
+            return f"{key}-{len(calls)}"
+
+        return load
+
+    def down(key: str, exc: Exception):
+        async def load():
+            calls.append(key)
+            raise exc
+
+        return load
+
+    for key in ("a", "b", "c"):
+        await cache.get(key, loader(key))
+    now[0] = 20  # all three expired
+    assert await cache.get("a", down("a", NetworkError("connection refused"))) == "a-1"
+    assert await cache.get("b", down("b", NetworkError("connection refused"))) == "b-2"  # not tried
+    assert await cache.get("c", loader("c")) == "c-3"  # not tried either: still the stale copy
+    assert calls == ["a", "b", "c", "a"] and cache.stale_served == 3
+    cache.expire(lambda key: key == "b")  # `refresh` asks the server even during the grace
+    assert await cache.get("b", down("b", NetworkError("connection refused"))) == "b-2"
+    assert calls[-1] == "b"
+    now[0] = 31  # the grace is over: the server is asked again, and its answer is taken
+    assert await cache.get("c", loader("c")) == "c-6"
+    assert calls[-1] == "c"
+    # A folder's own error (its project deleted: 404) is not an outage: the others are still asked.
+    now[0] = 50
+    assert await cache.get("a", down("a", NotFoundError("gone"))) == "a-1"
+    assert await cache.get("b", loader("b")) == "b-8"
+    assert calls[-2:] == ["a", "b"]

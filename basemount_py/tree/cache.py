@@ -7,6 +7,11 @@
   the failure logged: ``ls`` keeps working from cache. The stale copy then counts as fresh for
   ``stale_grace`` seconds (default 10 s), so a path walk over a dead server pays one
   retry cycle per folder per grace period, not one per lookup.
+* A reload that failed for want of a server (a transient error: refused, timed out, 5xx, after
+  its retries) marks an outage for ``stale_grace`` seconds, during which every other expired
+  listing is served stale at once, without a retry cycle of its own: ``ls -R`` over a dead server
+  waits for one retry cycle per grace period, not one per folder (with the default
+  ``--op-timeout`` a cycle is 10-20 s). A folder never listed is still asked for (it has no copy).
 * Memory is bounded by an LRU on entries (cachetools); expired entries stay until evicted so they
   can serve as the fallback.
 """
@@ -18,6 +23,8 @@ from typing import Any, Awaitable, Callable, Hashable
 
 import trio
 from cachetools import LRUCache
+
+from ..api.retry import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,7 @@ class ListingCache:
         self.loads = 0
         self.stale_served = 0
         self.last_stale_reason = ""  # why the last stale copy was served (for a folder's .error)
+        self._outage_until = float("-inf")  # until then, expired copies are served without a reload
 
     def peek(self, key: Hashable) -> Any | None:
         """The cached value, fresh or not, without loading (None if absent)."""
@@ -58,6 +66,9 @@ class ListingCache:
         while True:
             entry = self._entries.get(key)
             if entry is not None and self._clock() - entry[1] < self.ttl:
+                return entry[0]
+            if entry is not None and self._clock() < self._outage_until:
+                self.stale_served += 1
                 return entry[0]
             pending = self._inflight.get(key)
             if pending is None:
@@ -81,6 +92,8 @@ class ListingCache:
                 log.warning("serving cached listing after a failed reload: %s", exc)
                 # Fresh again for stale_grace seconds: don't retry a dead server on every lookup.
                 self._entries[key] = (stale[0], self._clock() - self.ttl + self.stale_grace)
+                if is_transient(exc):
+                    self._outage_until = self._clock() + self.stale_grace
                 return stale[0]
             if isinstance(exc, Exception):
                 self._errors[key] = exc
@@ -94,7 +107,9 @@ class ListingCache:
 
     def expire(self, predicate: Callable[[Any], bool]) -> int:
         """Make matching entries stale without dropping them: the next access reloads, and if
-        that reload fails (``refresh`` during an outage) the old listing is still served."""
+        that reload fails (``refresh`` during an outage) the old listing is still served. An
+        outage marked before is forgotten: a refresh asks the server, which may be back."""
+        self._outage_until = float("-inf")
         doomed = [k for k in list(self._entries.keys()) if predicate(k)]
         for key in doomed:
             value, _ = self._entries[key]
