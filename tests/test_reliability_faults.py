@@ -123,8 +123,10 @@ def test_a_persistent_fault_is_a_clean_eio_in_bounded_time_then_the_mount_recove
         emulator.set_knobs(**knobs)
         result, took = timed(read_whole, path)
         assert isinstance(result, OSError) and result.errno == errno.EIO, result
-        # The kernel may split a read(2) into a couple of FUSE reads; each is bounded.
-        assert took < 2 * op_timeout + 2, took
+        # Abandoned, not waited out: well before the 120 s stall would end. (The kernel may split a
+        # read(2) into a couple of FUSE reads, each bounded by --op-timeout; that bound itself is
+        # checked on the mock clock below, since a loaded machine stretches any real delay.)
+        assert took < knobs["stall_seconds"] / 2, took
         emulator.set_knobs(stall_rate=0, error_rate=0, throttle_rate=0, reset_rate=0)
         result, _ = timed(read_whole, path)
         assert assert_exact_or_eio(result, expected("small.bin"), "after recovery")
