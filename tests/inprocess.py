@@ -246,6 +246,7 @@ def run_core_on_mock_clock(
     emulator: tuple[Emulator, object] | None = None,
     whole_file_max: int = 0,
     transport: EmulatorTransport | None = None,
+    run_blocking=inline,
 ):
     """``scenario(core)`` on trio's MockClock: a Filesystem as the daemon builds it (Tree over
     Layout, ReadManager over ContentSource, the network timeouts ``--op-timeout`` gives:
@@ -255,7 +256,9 @@ def run_core_on_mock_clock(
     what the first left). ``emulator``: an ``emulator_app`` to reuse (its state carries over).
     ``whole_file_max``: the ReadManager's (``--whole-file-max``; 0, off, by default).
     ``transport``: one over ``emulator``'s app to use instead of a plain EmulatorTransport (a
-    subclass that loses answers, say). Returns what the scenario returns."""
+    subclass that loses answers, say). ``run_blocking``: the WriteManager's (default ``inline``; a
+    test may hold one call, such as the spool's fsync, to act while it is under way). Returns what
+    the scenario returns."""
     emulator, app = emulator or emulator_app(account)
     transport = transport or EmulatorTransport(app)
     policy, stall_timeout = timeouts_for(op_timeout)
@@ -271,7 +274,7 @@ def run_core_on_mock_clock(
                     return await scenario(Core(Filesystem(tree, reads, kernel, op_timeout=op_timeout), kernel, emulator, transport))
                 assert cache_dir is not None, "write mode needs a cache_dir for its spool"
                 spool = Spool(cache_dir, account_key(BASE_URL, "user"), writes.spool_max)
-                async with WriteManager(tree, api, spool, writes, mountpoint=MOUNTPOINT, fetch=content.fetch, run_blocking=inline) as manager:
+                async with WriteManager(tree, api, spool, writes, mountpoint=MOUNTPOINT, fetch=content.fetch, run_blocking=run_blocking) as manager:
                     core = Core(Filesystem(tree, reads, kernel, writes=manager, op_timeout=op_timeout), kernel, emulator, transport)
                     result = await scenario(core)
                 core.closed_at = trio.current_time()  # the WriteManager is done: its uploads ended

@@ -23,6 +23,7 @@ import trio
 import trio.testing
 
 from basemount_py.api.errors import FsError, NotFound, ShuttingDown, errno_for
+from basemount_py.blocking import inline
 from basemount_py.emulator.synthetic import synthetic_bytes
 from basemount_py.write import UploadConfig
 from basemount_py.write.upload import WriteFailure
@@ -465,6 +466,45 @@ def test_an_upload_that_landed_before_the_crash_is_not_sent_twice(account, tmp_p
     assert "other.txt" in error and readable == b"ours\n"
     assert sizes == {"same.txt": 11, "other.txt": 7}
     assert left == []
+
+
+def test_a_retry_while_the_close_is_being_recorded_uploads_the_file_at_once(account, tmp_path):
+    """``basemount-py retry FILE`` (or ``flush``) that comes while the close is still recording the
+    file in the spool (its fsync, in a worker thread in a mount) uploads it at once. Before, the
+    close scheduled the upload after that record with the write-back delay, overriding the
+    request: the file waited ``--write-back`` although ``retry`` had said "queued for upload"
+    (test_write_spool's real mount met it once)."""
+    gate = {"armed": False, "entered": trio.Event(), "go": trio.Event()}
+
+    async def held_sync(func, /, *args):
+        target = getattr(func, "func", func)  # WriteManager._spool passes a functools.partial
+        entry = (getattr(func, "args", ()) or (None,))[0]
+        # the close's record of the file as complete (state pending), not an earlier fsync
+        if gate["armed"] and getattr(target, "__name__", "") == "sync" and getattr(entry, "state", None) == "pending":
+            gate["armed"] = False
+            gate["entered"].set()
+            await gate["go"].wait()
+        return await inline(func, *args)
+
+    async def scenario(core: Core):
+        app_id = await new_appresult(core)
+        gate["armed"] = True
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(core.write_file, b"third\n", *FILES, "third.txt")
+            await gate["entered"].wait()
+            during = [s[0] for s in core.status() if s[2].endswith("third.txt")]
+            await core.command("retry " + "/".join(FILES + ("third.txt",)) + "\n")
+            gate["go"].set()
+        asked = trio.current_time()
+        with trio.move_on_after(HOLD / 2):
+            while "third.txt" not in await core.server_files(app_id):
+                await trio.sleep(0.5)
+        return during, trio.current_time() - asked, await core.server_files(app_id)
+
+    during, took, files = run(account, tmp_path, scenario, upload(write_back=HOLD), run_blocking=held_sync)
+    assert during == ["pending"]  # what `basemount-py status` showed when retry was asked
+    assert "third.txt" in files and took < 60, took  # not after the write-back delay (600 s)
+    assert stored(account, "third.txt") == b"third\n"
 
 
 # -- commands and limits keep state true ---------------------------------------------------------------

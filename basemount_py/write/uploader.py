@@ -117,6 +117,9 @@ class _Progress:
     last_error: str = ""
     running: bool = False
     verify_first: bool = False  # the server may have this already: check before sending
+    # `flush`/`retry` asked before the upload was scheduled (the close still recording the file
+    # in the spool): the scheduling that follows takes no write-back delay.
+    flush_asked: bool = False
     stream: _Stream | None = None
     # The attempt under way: a rename cancels ``scope`` unless it is ``committing`` (its point
     # of no return), and ``current`` is set when the attempt is over.
@@ -199,6 +202,8 @@ class Uploader:
     def schedule(self, entry: SpoolEntry, delay: float | None = None, verify: bool = False) -> None:
         """The entry is complete locally: upload it after ``delay`` (the write-back delay)."""
         p = self._progress(entry)
+        if p.flush_asked:
+            delay, p.flush_asked = 0.0, False
         p.ready_at = trio.current_time() + (self._write_back(entry) if delay is None else delay)
         p.verify_first = p.verify_first or verify
         if not p.running:
@@ -370,10 +375,14 @@ class Uploader:
     def flush(self, entry: SpoolEntry | None = None) -> None:
         """Upload now (no write-back delay, no backoff wait): one entry, or every pending one."""
         for e in [entry] if entry is not None else list(self.spool.entries.values()):
+            if e.state != PENDING:
+                continue
             p = self.progress.get(e.id)
-            if e.state == PENDING and p is not None:
+            if p is not None and p.running:
                 p.ready_at = 0.0
                 p.kick.set()
+            else:  # pending but not scheduled yet: its close is still recording it in the spool
+                self._progress(e).flush_asked = True
 
     async def wait_attempt(self, entry: SpoolEntry) -> None:
         """fsync: upload this entry now and wait for the outcome of that attempt."""
