@@ -34,8 +34,6 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .disk_cache import ContentKey
-
 if TYPE_CHECKING:
     from .reader import FileReader, ReadManager
 
@@ -117,9 +115,8 @@ class DiskStream:
         """In a worker thread: read up to ``PUMP_BATCH`` queued chunks in order, handing each to the
         trio thread as soon as it is read (``deque.popleft`` is atomic; the trio thread only appends
         or clears)."""
-        reader, disk = self.reader, self.manager.disk
-        assert disk is not None and reader.version is not None
-        key = ContentKey(reader.file_id, reader.version, reader.size)
+        disk, key = self.manager.disk, self.reader.disk_key
+        assert disk is not None and key is not None
         for _ in range(PUMP_BATCH):
             try:
                 _, chunk, first, last = self._queue.popleft()

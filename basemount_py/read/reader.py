@@ -248,8 +248,8 @@ class ReadManager:
     async def forget_content(self, reader: "FileReader") -> None:
         """Drop a file's cached blocks (memory and disk), so its next read fetches them again."""
         self.cache.discard(lambda key: key[0] == reader.file_id)
-        if self.disk is not None and reader.version is not None:
-            key = ContentKey(reader.file_id, reader.version, reader.size)
+        key = reader.disk_key
+        if self.disk is not None and key is not None:
             await trio.to_thread.run_sync(self.disk.forget, key)
 
     @property
@@ -339,10 +339,10 @@ class ReadManager:
 
     async def _fetch_as_blocks(self, reader: "FileReader", start: int, end: int) -> list:
         """Bytes ``[start, end)`` as block-sized pieces: from the disk cache, else the network."""
-        if self.disk is None or reader.version is None:
+        key = reader.disk_key
+        if self.disk is None or key is None:
             return await self._network_blocks(reader.file_id, start, end)
         bs = self.config.block_size
-        key = ContentKey(reader.file_id, reader.version, reader.size)
         first = start // bs
         blocks = await trio.to_thread.run_sync(self.disk.read, key, first, -(-end // bs), limiter=self._disk_readers)
         self._counters["disk_blocks_read"] += sum(block is not None for block in blocks)
@@ -364,15 +364,15 @@ class ReadManager:
 
     async def blocks_on_disk(self, reader: "FileReader") -> bytearray | None:
         """Which blocks of the reader's file the disk cache holds (a snapshot); None without one."""
-        if self.disk is None or reader.version is None:
+        key = reader.disk_key
+        if self.disk is None or key is None:
             return None
-        key = ContentKey(reader.file_id, reader.version, reader.size)
         return await trio.to_thread.run_sync(self.disk.blocks_present, key, limiter=self._disk_readers)
 
     async def read_disk_run(self, reader: "FileReader", first: int, last: int) -> bytes | None:
         """Blocks ``[first, last)`` straight from the disk cache as one verified buffer (or None)."""
-        assert self.disk is not None and reader.version is not None
-        key = ContentKey(reader.file_id, reader.version, reader.size)
+        key = reader.disk_key
+        assert self.disk is not None and key is not None
         data = await trio.to_thread.run_sync(self.disk.read_run, key, first, last, limiter=self._disk_readers)
         if data is not None:
             self.count_disk_run(last - first)
@@ -594,6 +594,12 @@ class FileReader:
         self._on_disk: bytearray | None = None
         self._on_disk_loaded = False
         self._disk_stream: DiskStream | None = None
+
+    @property
+    def disk_key(self) -> ContentKey | None:
+        """The file's key in the persistent content cache; None without a version to key it by
+        (content that might change under the same id is never cached)."""
+        return None if self.version is None else ContentKey(self.file_id, self.version, self.size)
 
     async def read(self, offset: int, size: int) -> bytes | memoryview:
         if offset < 0 or size < 0:
