@@ -166,7 +166,7 @@ def mount(credentials: object, opts: MountOptions, token_reloader=None) -> int:
         os.close(read_end)
         os.setsid()
         lock.record_owner()
-        _detach_stdio(log_fd)
+        detach_stdio(log_fd)
         setup_logging(opts.log_level, None, to_stderr=True)  # stderr is the log file now
         code = 1
         try:
@@ -187,9 +187,9 @@ def mount(credentials: object, opts: MountOptions, token_reloader=None) -> int:
     return 1
 
 
-def _detach_stdio(log_fd: int) -> None:
-    """stdin from /dev/null; stdout and stderr to the log file, so that what libfuse or a dying
-    interpreter prints lands there too rather than nowhere."""
+def detach_stdio(log_fd: int) -> None:
+    """stdin from /dev/null; stdout and stderr to the log file (``log_fd``, closed here), so that
+    what libfuse or a dying interpreter prints lands there too rather than nowhere."""
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.dup2(log_fd, 1)

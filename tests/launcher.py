@@ -51,13 +51,9 @@ def _child(request: dict, wakeup: tuple[int, int]) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     for fd in wakeup:
         os.close(fd)
-    log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.close(log)
-    os.close(null)
+    from basemount_py.mount import detach_stdio  # imported already (PRELOAD)
+
+    detach_stdio(os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
     os.environ.clear()
     os.environ.update(request["env"])
     if request["cwd"]:
