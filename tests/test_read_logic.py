@@ -16,6 +16,7 @@ from basemount_py.api.errors import ApiError, ProtocolError, ServerError
 from basemount_py.read import AccessPattern, BlockCache, PrefetchConfig, ReadManager
 from basemount_py.read.block_cache import Part
 from basemount_py.read.reader import index_names
+from basemount_py.options import MountOptions
 from basemount_py.read.prefetch import part_size, split_parts
 
 KiB, MiB = 1024, 1024 * 1024
@@ -165,7 +166,7 @@ def test_parts_grow_with_the_window_and_cover_the_range_exactly():
     cfg = PrefetchConfig()
     assert part_size(MiB + 128 * KiB, cfg) == 320 * KiB  # a quarter, rounded up to blocks
     assert part_size(16 * MiB, cfg) == 4 * MiB
-    assert part_size(64 * MiB, cfg) == 4 * MiB  # capped: the largest window is 16 parts, one per connection
+    assert part_size(cfg.max_window, cfg) == 4 * MiB  # capped: the largest window, 96 MiB, is 24 parts, one per connection
     assert part_size(1, cfg) == cfg.block_size
     parts = split_parts(64 * KiB, 1000 * KiB + 7, 192 * KiB, 64 * KiB)
     assert parts[0][0] == 64 * KiB and parts[-1][1] == 1000 * KiB + 7
@@ -677,3 +678,25 @@ def test_random_operation_sequences_match_the_model(ops, cache_kib):
         assert manager.stats["prefetch_tasks"] == 0
 
     trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_one_stream_keeps_a_part_in_flight_on_every_connection_at_20ms_latency(autojump_clock):
+    # Virtual time, the wan model (20 ms per request, 50 MB/s per connection), the mount's defaults.
+    # The reference is issue 14's: 16 GETs at once, each of a 16th of the file, paying the latency
+    # once. The mount cuts its window into 4 MiB parts, each paying it, so it needs more parts in
+    # flight than the reference has connections; it keeps one on each of its connections.
+    data = bytes(256 * MiB)
+    source = MemorySource({"f": data}, latency=0.02, bandwidth=50e6)
+    async with ReadManager(source) as manager:
+        reader = manager.open("f", len(data))
+        start = trio.current_time()
+        offset = 0
+        while offset < len(data):
+            offset += len(await reader.read(offset, MiB))
+        elapsed = trio.current_time() - start
+        await reader.close()
+    sixteen_slices = 0.02 + len(data) / 16 / 50e6
+    # 0.85 here with 24 parts of 4 MiB in flight; 0.64 with the 16 of before (64 MiB window).
+    assert sixteen_slices / elapsed >= 0.8
+    assert source.peak_active == MountOptions.max_connections
+    assert source.bytes == len(data)

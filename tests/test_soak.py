@@ -17,6 +17,8 @@ import os
 import pytest
 
 from conftest import require_fuse
+
+from basemount_py.options import MountOptions
 from soak import SOAK_FAULTS, SOAK_OP_TIMEOUT, run_soak
 
 MIN_FAULTS = 20  # the run is extended until the emulator injected this many (soak.run_soak)
@@ -45,9 +47,9 @@ def _check(result) -> None:
     # Writers: every file closed without error is on the server with its bytes, after the spool drained.
     assert result.files_written > 0 and not result.write_errors, result.write_errors
     assert (result.lost_files, result.wrong_files, result.failed_uploads) == (0, 0, 0), result.upload_problems
-    # Bounded resources: the block cache is 64 MiB; connections are pooled (16 API + 16 content).
+    # Bounded resources: the block cache is 64 MiB; connections are pooled (API and content host each).
     assert result.peak_rss_mib < 400, result.peak_rss_mib
-    assert result.peak_sockets <= 2 * 16 + 4, result.peak_sockets
+    assert result.peak_sockets <= 2 * MountOptions.max_connections + 4, result.peak_sockets
 
 
 # Bound: the run (extended up to 4x if the faults were not all taken) and the writers' upload

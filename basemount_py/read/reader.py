@@ -16,7 +16,7 @@ Fetches are block aligned (``PrefetchConfig.block_size``, 64 KiB by default: a r
 costs at most two blocks, i.e. amplification ≤ 2). Every fetch reserves its size in the cache before
 it starts (see :mod:`.block_cache`); a demand fetch that cannot reserve is served uncached, a
 prefetch that cannot reserve is skipped. Each handle's window is additionally capped at
-``cache_bytes / (2 × streaming handles)`` so that eight parallel ``cp`` runs share the budget
+``3/4 × cache_bytes / streaming handles`` so that eight parallel ``cp`` runs share the budget
 instead of evicting each other's unread data.
 
 A failed fetch leaves nothing behind: its reservation is released and its blocks are simply absent,
@@ -59,6 +59,8 @@ FetchBlocks = Callable[[str, int, int, int], Awaitable[list]]
 # How often a read re-examines its blocks after fetches it waited on did not deliver (each round
 # either obtains blocks or raises, so this only bounds pathological races).
 _MAX_ROUNDS = 4
+# The share of the block cache the streaming handles' prefetch windows may hold together (window_cap).
+STREAM_SHARE_NUM, STREAM_SHARE_DEN = 3, 4
 DISK_READ_THREADS = 4
 DISK_WRITE_THREADS = 2
 DISK_WRITE_BACKLOG = 64 * 2**20  # bytes waiting to be written to the disk cache; beyond, not cached
@@ -269,8 +271,9 @@ class ReadManager:
     # -- window sizing -----------------------------------------------------------------------
 
     def window_cap(self) -> int:
-        # Half the cache is shared among the handles that stream; the other half keeps re-read data.
-        return self.cache.capacity // (2 * max(1, len(self._streaming)))
+        # Three quarters of the cache are shared among the handles that stream (one stream: the
+        # whole 96 MiB default window in the 128 MiB default cache); the rest keeps re-read data.
+        return STREAM_SHARE_NUM * self.cache.capacity // (STREAM_SHARE_DEN * max(1, len(self._streaming)))
 
     # -- fetching ----------------------------------------------------------------------------
 
