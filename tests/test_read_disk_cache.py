@@ -266,6 +266,44 @@ async def test_chunks_queued_when_their_handle_closes_are_never_read_and_give_th
     assert manager.cache.reserved_bytes == 0
 
 
+class SlowWriteCache(DiskCache):
+    """A disk cache whose writes wait for ``gate``: a disk writer slower than the network."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()
+
+    def write(self, key, first, blocks):
+        assert self.gate.wait(60), "the test never opened the gate"
+        return super().write(key, first, blocks)
+
+
+async def test_a_whole_prefetch_window_waiting_for_a_slow_disk_writer_is_still_cached(tmp_path, autojump_clock):
+    # One stream's window (96 MiB by default) arrives faster than the disk writer stores it: all
+    # of it, and what was read before it, waits and is cached. A fixed 64 MiB bound on what
+    # waits left 3-6 % of a fast first read unwritten, fetched again by the next mount.
+    size = 128 * MiB
+    data = bytes(range(256)) * (size // 256)
+    cache = SlowWriteCache(tmp_path, 1 << 30, BS)
+    source = CountingSource({"f": data})
+    key = ContentKey("f", "etag:1", size)
+    async with ReadManager(source, disk=cache) as manager:  # the mount's defaults otherwise
+        try:
+            reader = manager.open("f", size, version="etag:1")
+            for offset in range(0, 8 * MiB, MiB):
+                assert bytes(await reader.read(offset, MiB)) == data[offset : offset + MiB]
+            while manager.stats["prefetch_tasks"]:  # every prefetch arrives; the writes wait
+                await trio.sleep(0.01)
+            fetched = source.bytes
+            assert fetched >= 8 * MiB + manager.config.max_window - 4 * MiB  # the read and its window
+        finally:
+            cache.gate.set()
+        await reader.close()
+    assert manager.stats["disk_writes_skipped"] == 0
+    stored = cache.blocks_present(key)
+    assert all(stored[: fetched // BS]), "a fetched block was not written to the disk cache"
+
+
 def test_an_unusable_directory_disables_the_cache(tmp_path, caplog):
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")
