@@ -477,22 +477,41 @@ async def test_random_64k_reads_meet_request_and_byte_amplification_targets():
         assert source.bytes / (300 * 64 * KiB) <= 4
 
 
-async def test_sequential_reader_is_several_times_a_single_stream_at_20ms_latency(autojump_clock):
-    # Virtual time (autojump clock): 20 ms per request + 50 MB/s per connection, as in the target.
-    data = bytes(128 * MiB)
+async def stream_on_wan(size: int, read_size: int) -> tuple[float, MemorySource]:
+    """Read a file of ``size`` bytes in order with the mount's defaults, on the wan model (20 ms
+    per request, 50 MB/s per connection); the elapsed (virtual, with autojump_clock) time."""
+    data = bytes(size)
     source = MemorySource({"f": data}, latency=0.02, bandwidth=50e6)
     async with ReadManager(source) as manager:
-        reader = manager.open("f", len(data))
+        reader = manager.open("f", size)
         start = trio.current_time()
         offset = 0
-        while offset < len(data):
-            offset += len(await reader.read(offset, 128 * KiB))
+        while offset < size:
+            offset += len(await reader.read(offset, read_size))
         elapsed = trio.current_time() - start
         await reader.close()
-    single_stream = 0.02 + len(data) / 50e6
+    assert source.bytes == size
+    return elapsed, source
+
+
+async def test_sequential_reader_is_several_times_a_single_stream_at_20ms_latency(autojump_clock):
+    size = 128 * MiB
+    elapsed, source = await stream_on_wan(size, 128 * KiB)
+    single_stream = 0.02 + size / 50e6
     assert single_stream / elapsed >= 3
     assert source.peak_active >= 4
-    assert source.bytes == len(data)
+
+
+async def test_one_stream_keeps_a_part_in_flight_on_every_connection_at_20ms_latency(autojump_clock):
+    # The reference is issue 14's: 16 GETs at once, each of a 16th of the file, paying the
+    # latency once. The mount cuts its window into 4 MiB parts, each paying it, so it needs more
+    # parts in flight than the reference has connections; it keeps one on each of its connections.
+    size = 256 * MiB
+    elapsed, source = await stream_on_wan(size, MiB)
+    sixteen_slices = 0.02 + size / 16 / 50e6
+    # 0.85 here with 24 parts of 4 MiB in flight; 0.64 with the 16 of before (64 MiB window).
+    assert sixteen_slices / elapsed >= 0.8
+    assert source.peak_active == MountOptions.max_connections
 
 
 # -- whole-file fetch for random access -------------------------------------------------------
@@ -679,24 +698,3 @@ def test_random_operation_sequences_match_the_model(ops, cache_kib):
 
     trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
 
-
-async def test_one_stream_keeps_a_part_in_flight_on_every_connection_at_20ms_latency(autojump_clock):
-    # Virtual time, the wan model (20 ms per request, 50 MB/s per connection), the mount's defaults.
-    # The reference is issue 14's: 16 GETs at once, each of a 16th of the file, paying the latency
-    # once. The mount cuts its window into 4 MiB parts, each paying it, so it needs more parts in
-    # flight than the reference has connections; it keeps one on each of its connections.
-    data = bytes(256 * MiB)
-    source = MemorySource({"f": data}, latency=0.02, bandwidth=50e6)
-    async with ReadManager(source) as manager:
-        reader = manager.open("f", len(data))
-        start = trio.current_time()
-        offset = 0
-        while offset < len(data):
-            offset += len(await reader.read(offset, MiB))
-        elapsed = trio.current_time() - start
-        await reader.close()
-    sixteen_slices = 0.02 + len(data) / 16 / 50e6
-    # 0.85 here with 24 parts of 4 MiB in flight; 0.64 with the 16 of before (64 MiB window).
-    assert sixteen_slices / elapsed >= 0.8
-    assert source.peak_active == MountOptions.max_connections
-    assert source.bytes == len(data)
