@@ -37,7 +37,8 @@ with the window (a quarter of it, so even a small window is four parallel reques
 parts a 50 MB/s-per-connection link had only 8 requests in flight and ``--direct-io`` reads on the
 ``wan`` profile stalled at 340 MB/s, 476 MB/s with 4 MiB — docs/performance.md. Each part pays
 the link's latency once, so a mount needs more parts in flight than a downloader that fetches
-whole slices: 16 parts gave 0.7× 16 whole-slice GETs on ``wan``, 24 parts about 0.9×, "Sixth round").
+whole slices: on the ``wan`` model, in virtual time, 16 parts in flight stream at 0.64× 16
+whole-slice GETs and 24 parts at 0.85× (tests/test_read_logic.py; "Sixth round").
 """
 
 from __future__ import annotations

@@ -64,8 +64,9 @@ STREAM_SHARE_NUM, STREAM_SHARE_DEN = 3, 4
 DISK_READ_THREADS = 4
 DISK_WRITE_THREADS = 2
 # Whole-file fetch (ReadManager.fetch_whole; off unless the mount sets whole_file_max): the number
-# of parallel parts a file is cut into (one per connection), and the index files fetched whole as
-# soon as they are opened.
+# of parallel parts a file is cut into (chosen when there were 16 connections, docs/performance.md
+# "Whole-file fetch"; with 24 the rest serve the reads that wait), and the index files fetched
+# whole as soon as they are opened.
 WHOLE_FILE_PARTS = 16
 INDEX_SUFFIXES = (".bai", ".csi", ".tbi", ".crai", ".fai", ".gzi")
 # Indexes also named after their data file's stem (x.bai for x.bam, x.crai for x.cram).
