@@ -40,7 +40,8 @@ each figure for basemount_py, ``--direct-io`` and both rclone modes, and how far
 Byte-exactness: after every timed whole-file read, 16 random 1 MiB windows and the last window
 of the file are read back through the same mount and compared with the source; every random
 ``pread`` is compared; samtools counts must equal the local file's; the re-read row's file is
-compared whole (SHA-256). ``--repeat N`` interleaves N rounds of everything and reports medians.
+compared whole (SHA-256). ``--repeat N`` interleaves N rounds of everything and reports medians;
+each round measures the subjects in an order one place further on (``Subjects.in_turn``).
 
 Listing figures: ``ls -l`` of a 5,000-sample project and ``find MP | wc -l`` of the demo account at
 0 and 20 ms emulator latency (wall time and API calls from the emulator's counters).
@@ -383,10 +384,20 @@ class Subjects:
     def __init__(self, em: EmulatorProcess, base: Path, extra: list[str], baseline: Path | None = None, keep: bool = False):
         self.em, self.base, self.extra, self.baseline = em, base, extra, baseline
         self.count = 0
+        self.round = 0  # set by main for each --repeat round (in_turn)
         # Our daemon, then the baseline's right after it on every row (interleaved).
         self.ours = (OURS, BASELINE) if baseline is not None else (OURS,)
         self.keep = keep
         self.kept: dict[str, KeptMount] = {}
+
+    def in_turn(self, kinds: tuple[str, ...]) -> tuple[str, ...]:
+        """``kinds`` in the order of this round: each round starts one place further on. On the
+        VMs we measure on, the first subject after the page cache is dropped was sometimes much
+        slower than the ones after it (the same daemon measured twice: 514 against 837 MB/s in one
+        round of four; docs/performance.md, "Sixth round"), so a fixed order biased every row
+        against whichever subject came first, which was ours."""
+        shift = self.round % len(kinds)
+        return kinds[shift:] + kinds[:shift]
 
     def mount(self, kind: str, cache_dir: Path | None = None) -> "BenchMount | KeptMount":
         """A fresh mount (or, with ``keep``, the kind's running one); ``cache_dir``: a persistent
@@ -494,7 +505,7 @@ def bench_cp(ctx: Context) -> None:
     res.put("(b) 16 ranged curls, MB/s", profile, rate(sizes.cp, t_parallel), "{:.0f}")
 
     cp_times = {}
-    for kind in (*subjects.ours, DIRECT, *PEERS):
+    for kind in subjects.in_turn((*subjects.ours, DIRECT, *PEERS)):
         note(f"{profile}: cp through {kind}")
         drop_caches()
         with subjects.mount(kind) as m:
@@ -523,7 +534,7 @@ def bench_cp(ctx: Context) -> None:
 def bench_readers(ctx: Context) -> None:
     """(c) concurrent readers."""
     profile, subjects, em, base, work, sizes, res, seeds, check_rng, files = _unpack(ctx)
-    for kind in (*subjects.ours, *PEERS):
+    for kind in subjects.in_turn((*subjects.ours, *PEERS)):
         note(f"{profile}: {READERS} concurrent readers through {kind}")
         drop_caches()
         with subjects.mount(kind) as m:
@@ -555,7 +566,7 @@ def bench_pread(ctx: Context) -> None:
     """(d) random 64 KiB preads."""
     profile, subjects, em, base, work, sizes, res, seeds, check_rng, files = _unpack(ctx)
     random_name = files / f"random-{profile}.bin"
-    for kind in (*subjects.ours, *PEERS):
+    for kind in subjects.in_turn((*subjects.ours, *PEERS)):
         note(f"{profile}: {sizes.preads} random 64 KiB preads through {kind}")
         drop_caches()
         with subjects.mount(kind) as m:
@@ -599,7 +610,7 @@ def bench_samtools(ctx: Context) -> None:
     t_local_each, local_counts = _samtools_each(local_bam, regions)
     t_local_all = timed(["samtools", "view", "-c", str(local_bam), *regions], 300)
     each, together = {}, {}
-    for kind in (*subjects.ours, *PEERS):
+    for kind in subjects.in_turn((*subjects.ours, *PEERS)):
         note(f"{profile}: samtools through {kind}")
         drop_caches()
         with subjects.mount(kind) as m:
@@ -645,7 +656,7 @@ def bench_reread(ctx: Context) -> None:
         drop_caches()
         t_null = timed(["cp", str(m.path("null.bin")), "/dev/null"], 1800)
     res.put("(f) null FUSE file system (ceiling), MB/s", profile, rate(sizes.reread, t_null), "{:.0f}")
-    for kind in (*subjects.ours, RCLONE_FULL):
+    for kind in subjects.in_turn((*subjects.ours, RCLONE_FULL)):
         cache = subjects.base / f"reread-cache-{subjects.count}"
         with subjects.mount(kind, cache) as m:
             run(["cp", str(m.path(str(reread))), "/dev/null"], 1800)
@@ -951,6 +962,7 @@ def main(argv: list[str] | None = None) -> int:
             subjects = Subjects(em, base, args.mount_option, args.baseline, keep=args.smoke)
             try:
                 for round_ in range(args.repeat):
+                    subjects.round = round_
                     for profile in profiles:
                         note(f"round {round_ + 1} of {args.repeat}: {profile}")
                         bench_profile(profile, subjects, base, work, sizes, res, info, only)
