@@ -196,6 +196,22 @@ def content_counters(em: EmulatorProcess, route: str = CONTENT_ROUTE) -> tuple[i
     return c["requests"].get(route, 0), c.get("content_bytes", 0)
 
 
+def reset_when_quiet(em: EmulatorProcess) -> None:
+    """Zero the emulator's counters once it has stopped sending content. Its ``content_bytes``
+    counts every route, and the subject measured before may still be receiving (rclone with its
+    full cache downloads on after its reads): with the order rotating between rounds, ours came
+    right after it and was charged 13 bytes fetched per byte read instead of 2."""
+    deadline = time.monotonic() + 30
+    last = em.counters().get("content_bytes", 0)
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = em.counters().get("content_bytes", 0)
+        if now == last:
+            break
+        last = now
+    em.reset_counters()
+
+
 def api_calls(em: EmulatorProcess) -> int:
     return sum(n for route, n in em.counters()["requests"].items() if "content" not in route or "v1pre3" in route)
 
@@ -509,7 +525,7 @@ def bench_cp(ctx: Context) -> None:
         note(f"{profile}: cp through {kind}")
         drop_caches()
         with subjects.mount(kind) as m:
-            em.reset_counters()
+            reset_when_quiet(em)
             cp_times[kind] = t = timed(["cp", str(m.path(str(cp_name))), "/dev/null"], 1800)
             rss = m.peak_rss()
             requests, fetched = content_counters(em, m.route)
@@ -539,7 +555,7 @@ def bench_readers(ctx: Context) -> None:
         drop_caches()
         with subjects.mount(kind) as m:
             names = [files / f"reader-{profile}-{i}.bin" for i in range(READERS)]
-            em.reset_counters()
+            reset_when_quiet(em)
             t0 = time.perf_counter()
             procs = [subprocess.Popen(["cat", str(m.path(str(n)))], stdout=subprocess.DEVNULL) for n in names]
             for p in procs:
@@ -572,7 +588,7 @@ def bench_pread(ctx: Context) -> None:
         with subjects.mount(kind) as m:
             target = m.path(str(random_name))
             os.stat(target)  # the lookup's API calls are not part of the reads
-            em.reset_counters()
+            reset_when_quiet(em)
             out = subprocess.run(
                 [sys.executable, "-c", PREAD_SCRIPT, str(target), str(sizes.preads), str(sizes.random), "7",
                  urljoin(em.url, "_emulator/counters"), m.route],
@@ -662,7 +678,7 @@ def bench_reread(ctx: Context) -> None:
             run(["cp", str(m.path(str(reread))), "/dev/null"], 1800)
         drop_caches()
         with subjects.mount(kind, cache) as m:
-            em.reset_counters()
+            reset_when_quiet(em)
             t = timed(["cp", str(m.path(str(reread))), "/dev/null"], 1800)
             _, fetched = content_counters(em, m.route)
             if sha256_of(m.path(str(reread))) != local_sha:
