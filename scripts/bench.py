@@ -174,11 +174,14 @@ class PeerMount(BenchMount):
 
 
 class NullMount(MountProcess):
-    """``scripts/null_fuse.py``: one file of ``size`` bytes served from memory (the ceiling)."""
+    """``scripts/null_fuse.py``: one file of ``size`` bytes served from memory (the ceiling), or
+    the bytes of local file ``source``, one ``pread`` per read (the ceiling of a disk-backed daemon)."""
 
-    def __init__(self, mountpoint: Path, size: int):
+    def __init__(self, mountpoint: Path, size: int, source: Path | None = None):
         super().__init__(mountpoint)
         self.args = [sys.executable, str(Path(__file__).with_name("null_fuse.py")), str(mountpoint), str(size)]
+        if source is not None:
+            self.args.append(str(source))
 
 
 def run(cmd: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
@@ -672,6 +675,14 @@ def bench_reread(ctx: Context) -> None:
         drop_caches()
         t_null = timed(["cp", str(m.path("null.bin")), "/dev/null"], 1800)
     res.put("(f) null FUSE file system (ceiling), MB/s", profile, rate(sizes.reread, t_null), "{:.0f}")
+    # ... and of one that reads a disk: the same daemon serving the local file, one pread per read.
+    subjects.count += 1
+    with NullMount(subjects.base / f"mnt-{subjects.count}", sizes.reread, local_copy) as m:
+        drop_caches()
+        t_file = timed(["cp", str(m.path("null.bin")), "/dev/null"], 1800)
+        if sha256_of(m.path("null.bin")) != local_sha:
+            raise RuntimeError("null FUSE from the local file: wrong bytes")
+    res.put("(f) null FUSE serving the local file, MB/s", profile, rate(sizes.reread, t_file), "{:.0f}")
     for kind in subjects.in_turn((*subjects.ours, RCLONE_FULL)):
         cache = subjects.base / f"reread-cache-{subjects.count}"
         with subjects.mount(kind, cache) as m:
@@ -689,6 +700,7 @@ def bench_reread(ctx: Context) -> None:
             res.put("(f) second-mount re-read, MB/s", profile, rate(sizes.reread, t), "{:.0f}")
             res.put("(f) re-read / local disk", profile, t_local / t)
             res.put("(f) re-read / null FUSE ceiling", profile, t_null / t)
+            res.put("(f) re-read / null FUSE serving the local file", profile, t_file / t)
 
 
 MEASUREMENTS = {"cp": bench_cp, "readers": bench_readers, "pread": bench_pread, "samtools": bench_samtools, "reread": bench_reread}

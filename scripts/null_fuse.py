@@ -7,6 +7,12 @@ it), through the same kernel settings as a basemount_py mount (the page cache wi
 ``keep_cache``, and as root a 4 MiB readahead set once the kernel applied FUSE_INIT). A cold
 ``cp`` of it measures what the kernel, pyfuse3 and trio cost per byte here, without any work of
 ours: ``scripts/bench`` puts it beside the second-mount re-read. SIGTERM or SIGINT unmounts.
+
+``null_fuse.py MOUNTPOINT SIZE FILE`` serves the first SIZE bytes of FILE instead, each read one
+``os.pread`` of FILE on the trio thread: the least a daemon that serves bytes from a local file
+does (one copy out of the file's page cache; no checksum, no worker threads, no read-ahead of its
+own beyond the kernel's on FILE). Beside the re-read it is the ceiling of a pyfuse3 daemon that
+must read a disk, where the null one is that of any daemon at all.
 """
 
 from __future__ import annotations
@@ -22,12 +28,14 @@ import trio
 
 NAME = b"null.bin"
 BUFFER = os.urandom(1 << 20)
+USAGE = "usage: null_fuse.py MOUNTPOINT SIZE [FILE]"
 
 
 class NullOperations(pyfuse3.Operations):
-    def __init__(self, size: int):
+    def __init__(self, size: int, source: int | None = None):
         super().__init__()
         self.size = size
+        self.source = source  # a file descriptor to serve the bytes of, or None: from memory
         self.initialized = trio.Event()
 
     def init(self) -> None:
@@ -52,8 +60,11 @@ class NullOperations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx) -> pyfuse3.FileInfo:
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)
 
-    async def read(self, fh: int, off: int, size: int) -> memoryview:
-        return memoryview(BUFFER)[: max(0, min(size, self.size - off, len(BUFFER)))]
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
+        size = max(0, min(size, self.size - off))
+        if self.source is not None:
+            return os.pread(self.source, size, off)  # blocks the loop: on purpose, the least work
+        return memoryview(BUFFER)[: min(size, len(BUFFER))]
 
 
 async def _tune_after_init(ops: NullOperations, mountpoint: str) -> None:
@@ -66,8 +77,8 @@ async def _tune_after_init(ops: NullOperations, mountpoint: str) -> None:
         f.write("4096")
 
 
-async def _main(mountpoint: str, size: int) -> None:
-    ops = NullOperations(size)
+async def _main(mountpoint: str, size: int, source: int | None) -> None:
+    ops = NullOperations(size, source)
     pyfuse3.init(ops, mountpoint, set(pyfuse3.default_options) | {"fsname=null_fuse"})
     try:
         async with trio.open_nursery() as nursery:
@@ -87,6 +98,7 @@ async def _main(mountpoint: str, size: int) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit(__doc__.split("\n\n")[1])
-    trio.run(_main, os.path.abspath(sys.argv[1]), int(sys.argv[2]))
+    if len(sys.argv) not in (3, 4):
+        sys.exit(USAGE)
+    source = os.open(sys.argv[3], os.O_RDONLY) if len(sys.argv) == 4 else None
+    trio.run(_main, os.path.abspath(sys.argv[1]), int(sys.argv[2]), source)

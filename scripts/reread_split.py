@@ -9,6 +9,8 @@ sharing the first one's content cache, lookup included. This script splits it, f
 * ``local``: ``cp`` of the same file from local disk, and ``cp``'s CPU;
 * ``null``: ``cp`` of a file of the same size from ``scripts/null_fuse.py`` (the ceiling of a
   Python FUSE daemon here), with the daemon's CPU;
+* ``null-file``: the same daemon serving the local file itself, one ``pread`` per read (the
+  ceiling of a Python FUSE daemon that reads a disk);
 * ``ours`` (and ``baseline`` with ``--baseline DIR``, the daemon of another checkout): the cache
   is filled by **two** first mounts (one ``cp`` may leave blocks unwritten when the disk writer
   falls behind, and their refetch would be timed too), the page cache dropped, then a fresh mount:
@@ -100,7 +102,7 @@ def main() -> int:
                 f.write(os.urandom(16 * MiB))
             f.truncate(size)
         rel = Path(*SAMPLE_DIR, "reread.bin")
-        kinds = ["local", "null", "ours"] + (["baseline"] if args.baseline else [])
+        kinds = ["local", "null", "null-file", "ours"] + (["baseline"] if args.baseline else [])
         count = 0
         with EmulatorProcess(base / "account") as em:
             em.set_knobs(**PROFILES[args.profile])
@@ -111,8 +113,9 @@ def main() -> int:
                         drop_caches()
                         wall, cp_cpu = timed_cp(folder / "reread.bin")
                         row = {"MB/s": size / wall / 1e6, "cp CPU s": cp_cpu}
-                    elif kind == "null":
-                        with NullMount(base / f"null-{count}", size) as m:
+                    elif kind in ("null", "null-file"):
+                        source = folder / "reread.bin" if kind == "null-file" else None
+                        with NullMount(base / f"null-{count}", size, source) as m:
                             drop_caches()
                             before = thread_cpu(m.pid)
                             wall, cp_cpu = timed_cp(m.path("null.bin"))
