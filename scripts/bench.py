@@ -184,6 +184,27 @@ class NullMount(MountProcess):
             self.args.append(str(source))
 
 
+PAGE_REPORTING = Path("/sys/module/page_reporting/parameters")
+
+
+def reported_to_host_kib() -> int | None:
+    """KiB of freed guest memory the VM has handed back to its host so far (free page reporting),
+    where the kernel counts it; None elsewhere. Memory handed back costs a fault on the host at its
+    next touch, so every copy into fresh page-cache pages (a FUSE daemon's replies, not a local
+    disk's DMA) is slower while the guest reports at once (docs/performance.md, "Seventh round")."""
+    try:
+        return int((PAGE_REPORTING / "reported_kib").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def page_reporting_delay() -> str:
+    try:
+        return f" (min_free_ms {int((PAGE_REPORTING / 'min_free_ms').read_text())})"
+    except (OSError, ValueError):
+        return ""
+
+
 def run(cmd: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, timeout=timeout, check=True, **kw)
 
@@ -983,6 +1004,7 @@ def main(argv: list[str] | None = None) -> int:
     res = Results()
     started = time.perf_counter()
     load_before = os.getloadavg()
+    reported_before = reported_to_host_kib()
     try:
         note(f"building the account in {base}")
         info = build_account(base / "account", sizes, profiles, work)
@@ -1012,6 +1034,9 @@ def main(argv: list[str] | None = None) -> int:
         f"between runs, {args.repeat} round(s) (medians), {time.perf_counter() - started:.0f} s; "
         f"load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after"
     )
+    reported_after = reported_to_host_kib()
+    if reported_before is not None and reported_after is not None:
+        header += f"; freed memory reported to the VM's host during the run: {(reported_after - reported_before) / 2**20:.1f} GiB{page_reporting_delay()}"
     text = markdown(res, profiles, header)
     print(text)
     if args.out:
