@@ -893,7 +893,7 @@ SUBJECTS = (OURS, DIRECT, RCLONE_OFF, RCLONE_FULL)
 
 def markdown(res: Results, profiles: list[str], header: str) -> str:
     lines = [header, "", "| Measure | " + " | ".join(profiles) + " | Target |", "|---|" + "---:|" * len(profiles) + "---|"]
-    for row, values in res.rows.items():
+    for row in res.rows:
         target, checks = TARGETS.get(row, ("", {}))
         cells = []
         for p in profiles:
@@ -959,7 +959,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=float, default=2.0, metavar="GiB", help="size of the cp file (default 2)")
     parser.add_argument("--quick", action="store_true", help="small sizes: quick figures of every row")
     parser.add_argument("--smoke", action="store_true",
-                        help=f"tiny sizes, {SMOKE_REGIONS} samtools regions, {SMOKE_PREADS} preads: every row runs (and its bytes are checked), its figures mean little")
+                        help=f"tiny sizes, {SMOKE_REGIONS} samtools regions, {SMOKE_PREADS} preads: every row runs "
+                        "(and its bytes are checked), its figures mean little")
     parser.add_argument("--out", metavar="FILE", help="also write the Markdown table here")
     parser.add_argument("--no-listing", action="store_true", help="skip the listing figures")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")

@@ -69,8 +69,11 @@ class NullOperations(pyfuse3.Operations):
 
 async def _tune_after_init(ops: NullOperations, mountpoint: str) -> None:
     await ops.initialized.wait()
-    if os.geteuid() != 0:
-        return
+    if os.geteuid() == 0:
+        await trio.to_thread.run_sync(_set_readahead, mountpoint)
+
+
+def _set_readahead(mountpoint: str) -> None:
     with open("/proc/self/mountinfo") as f:
         device = next(line.split()[2] for line in f if line.split()[4] == mountpoint)
     with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as f:
