@@ -32,6 +32,8 @@ EXPECTED_ROWS = [
     "(e) samtools, 1 process 10 regions: mount / rclone full",
     "cp / rclone cache off",
     "(f) re-read / local disk",
+    "(f) null FUSE serving the local file, MB/s",  # the ceiling of a disk-backed daemon
+    "(f) re-read / null FUSE serving the local file",
     "(g) cp merged FASTQ (4 parts), MB/s",
     "(g) merged / single file",
     "`ls -l` 50-sample project: wall s",
