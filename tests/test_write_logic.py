@@ -1370,6 +1370,37 @@ def test_a_file_whose_write_the_shutdown_refused_is_never_uploaded_partial(accou
     assert listed == {}  # nothing partial on the server
 
 
+def test_an_rsync_temp_file_the_mount_left_unrenamed_is_kept_not_uploaded_under_its_temp_name(account, tmp_path):
+    """rsync writes ``.name.XXXXXX``, closes it, then renames it; the mount stops in between (the
+    daemon dies, or an unmount). The next mount keeps the temp file in the spool as failed, with
+    the reason, instead of uploading it: BaseSpace would keep it under the temp name for good. A
+    retry uploads it under that name all the same. Other hidden names are uploaded as before.
+    Before: the next mount uploaded ``.data.bin.Xy12Zq``."""
+    emulator = emulator_app(account)
+
+    async def first(core: Core):
+        app_id = await new_appresult(core)
+        await core.write_file(b"rsync's bytes\n", *FILES, ".data.bin.Xy12Zq")
+        await core.write_file(b"a hidden file\n", *FILES, ".notes")
+        return app_id  # the mount stops here, before rsync's rename
+
+    app_id = run(account, tmp_path, first, upload(write_back=HOLD), emulator=emulator)
+
+    async def next_mount(core: Core):
+        await core.flush_and_wait()
+        states = sorted((s[2].rsplit("/", 1)[-1], s[0], s[3] if len(s) > 3 else "") for s in core.status())
+        listed = sorted(await core.server_files(app_id))
+        await core.command("retry " + "/".join(FILES + (".data.bin.Xy12Zq",)) + "\n")
+        await core.flush_and_wait()
+        return states, listed, sorted(await core.server_files(app_id))
+
+    states, listed, after_retry = run(account, tmp_path, next_mount, upload(write_back=HOLD), emulator=emulator)
+    assert [s[:2] for s in states] == [(".data.bin.Xy12Zq", "failed"), (".notes", "committed")]
+    assert "rsync temp file" in states[0][2]
+    assert listed == [".notes"]
+    assert after_retry == [".data.bin.Xy12Zq", ".notes"]
+
+
 @pytest.mark.parametrize("how", ["append", "rewrite"])
 def test_a_file_being_rewritten_when_the_daemon_dies_is_never_uploaded_half_changed(account, tmp_path, how):
     """A file waits in the spool; it is opened again (``cat more >> f``, or ``> f`` and new bytes)

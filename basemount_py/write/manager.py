@@ -58,9 +58,15 @@ from .api import WriteApi
 from .properties import MAX_BYTES, entity_href, item_href
 from .spool import COMMITTED, FAILED, FILE, OPEN, PENDING, PROPERTY, UPLOADING, Spool, SpoolEntry, SpoolFull
 from .upload import UploadConfig, WriteFailure
-from .uploader import Uploader
+from .uploader import Uploader, left_by_rsync
 
 log = logging.getLogger(__name__)
+
+# Why the next mount keeps a file still under rsync's temp name instead of uploading it (_resume).
+RSYNC_TEMP_KEPT = (
+    "an rsync temp file that was never renamed (the mount stopped in between); kept in the spool: "
+    "run rsync again, then remove it, or retry it to upload it under this name"
+)
 
 DELETE_GUARD_SECONDS = 5.0
 FOLDER_QUIET_SECONDS = 1.0  # after a lookup in a folder, its pending uploads wait this long (a rename may follow)
@@ -354,6 +360,11 @@ class WriteManager:
         for entry in adopted:
             if entry.state == OPEN and not entry.closed_once:
                 entry.state, entry.error = FAILED, "the writer never closed this file before the mount stopped; kept in the spool"
+            elif entry.state in (OPEN, PENDING) and entry.attempts == 0 and left_by_rsync(entry):
+                # Its rename never came (the mount stopped between rsync's close and rename). Sent,
+                # it would stay on BaseSpace under the temp name: the API removes no single file (only
+                # the whole app result, to the trash).
+                entry.state, entry.error = FAILED, RSYNC_TEMP_KEPT
             elif entry.state in (OPEN, UPLOADING):
                 entry.state = PENDING
             await self.run_blocking(self.spool.persist, entry)

@@ -37,6 +37,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable
 
@@ -689,6 +690,16 @@ class Uploader:
 def _temporary(entry: SpoolEntry) -> bool:
     """A hidden name: a temp file that will be renamed (not sent early, a longer write-back delay)."""
     return entry.name.startswith(".")
+
+
+# rsync's temp file for NAME: ``.NAME.`` and six letters or digits (mkstemp's ``XXXXXX``).
+RSYNC_TEMP_NAME = re.compile(r"\..+\.[A-Za-z0-9]{6}")
+
+
+def left_by_rsync(entry: SpoolEntry) -> bool:
+    """A file that is still under rsync's temp name: rsync renames it right after close, so one
+    that a mount leaves unrenamed is an interrupted transfer's (rsync saw its rename fail)."""
+    return entry.kind == FILE and RSYNC_TEMP_NAME.fullmatch(entry.name) is not None
 
 
 def _md5_b64(data: bytes) -> str:
