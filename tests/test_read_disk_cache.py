@@ -9,7 +9,9 @@ an unwritable or full cache directory leaves reads exact (network only), with a 
 
 from __future__ import annotations
 
+import errno
 import glob
+import logging
 import os
 import random
 import subprocess
@@ -197,7 +199,15 @@ async def test_a_corrupt_block_under_the_chunked_read_is_fetched_again_and_only_
     assert 0 < source.bytes <= 2 * BS  # the dropped block (and at most its neighbour), not the chunk
 
 
-class GatedCache(DiskCache):
+class ColdCache(DiskCache):
+    """A disk cache whose files are never in the page cache: every read waits on the disk, in a
+    worker thread (``read_run``), as a re-read after the page cache was dropped does at first."""
+
+    def read_run_in_memory(self, key, first, last):
+        return None
+
+
+class GatedCache(ColdCache):
     """A disk cache whose ``read_run`` records each call and holds the first until ``gate`` is set."""
 
     def __init__(self, *args, **kwargs):
@@ -266,7 +276,7 @@ async def test_chunks_queued_when_their_handle_closes_are_never_read_and_give_th
     assert manager.cache.reserved_bytes == 0
 
 
-class RecordingCache(DiskCache):
+class RecordingCache(ColdCache):
     """A disk cache that records the blocks ``[first, last)`` of each ``read_run``."""
 
     def __init__(self, *args, **kwargs):
@@ -276,6 +286,58 @@ class RecordingCache(DiskCache):
     def read_run(self, key, first, last):
         self.runs.append((first, last))
         return super().read_run(key, first, last)
+
+
+async def test_a_cache_file_in_the_page_cache_is_read_on_the_trio_thread_without_a_worker(tmp_path):
+    cache, data = cached_file(tmp_path, 13 * MiB + 777, seed=11)  # just written: in the page cache
+    worker_reads = []
+    cache.read_run = lambda key, first, last: worker_reads.append(first)  # would read in a worker thread
+    async with ReadManager(CountingSource({"f": data}), cache_bytes=64 * MiB, disk=cache) as manager:
+        reader = manager.open("f", len(data), version="etag:1")
+        out = bytearray()
+        while piece := await reader.read(len(out), MiB):
+            out += piece
+        await reader.close()
+    assert out == data
+    assert worker_reads == []
+    assert manager.cache.reserved_bytes == 0
+
+
+async def test_a_cache_on_a_file_system_without_nowait_reads_is_read_in_worker_threads(tmp_path, monkeypatch, caplog):
+    cache, data = cached_file(tmp_path, 9 * MiB + 5, seed=12)
+    real_preadv = os.preadv
+
+    def preadv(fd, buffers, offset, flags=0):
+        if flags:
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+        return real_preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", preadv)
+    caplog.set_level(logging.INFO, logger="basemount_py.read.disk_cache")
+    source = CountingSource({"f": data})
+    async with ReadManager(source, cache_bytes=64 * MiB, disk=cache) as manager:
+        reader = manager.open("f", len(data), version="etag:1")
+        out = bytearray()
+        while piece := await reader.read(len(out), MiB):
+            out += piece
+        await reader.close()
+    assert out == data
+    assert source.bytes == 0  # all from the cache file, through the worker threads
+    assert not cache._nowait
+    assert "cannot be read without waiting" in caplog.text
+
+
+def test_a_file_evicted_while_a_read_uses_it_stays_open_until_the_read_is_done(tmp_path):
+    # Closed under the read, its descriptor numbers could be reused by another file's pair, whose
+    # bytes match that file's records: the read would return another file's bytes.
+    cache, data = cached_file(tmp_path, 3 * BS, seed=13)
+    key = ContentKey("f", "etag:1", len(data))
+    with cache._using(key, create=False) as pair:
+        cache.forget(key)  # another thread evicts the file meanwhile
+        assert os.pread(pair.data, BS, BS) == data[BS : 2 * BS]  # still the same file
+    with pytest.raises(OSError):
+        os.fstat(pair.data)  # closed once the read was done
+    assert cache.read_run(key, 0, 3) is None  # and gone from the cache
 
 
 async def test_reads_that_arrive_out_of_order_behind_a_stream_never_read_their_chunk_again(tmp_path):

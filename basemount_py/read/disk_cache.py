@@ -32,9 +32,11 @@ Why this shape:
   logged and falls back to the network: a full disk suspends writing for a while after evicting
   what it can, a cache directory that cannot be written disables the cache at mount time.
 
-Everything here is synchronous and blocking: the read path calls it through ``trio.to_thread``
-(never on the trio loop). One lock guards the table of open files and the usage accounting; the
-``pread``/``pwrite`` calls themselves run outside it.
+Everything here is synchronous and blocking: the read path calls it through ``trio.to_thread``,
+except :meth:`DiskCache.read_run_in_memory`, which never waits on the disk and is called on the
+trio thread. One lock guards the table of open files and the usage accounting; the
+``pread``/``pwrite`` calls themselves run outside it. A pair of descriptors in use is closed only
+when its last user is done (``_using``), so eviction by another thread cannot close it under a read.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ import struct
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .checksum import LAYOUT, block_checksum
@@ -54,6 +58,7 @@ from .checksum import LAYOUT, block_checksum
 log = logging.getLogger(__name__)
 
 RECORD = struct.Struct("<II")  # block length, checksum of the block (checksum.py)
+RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)  # Linux: a read that fails rather than wait on the disk (0: none)
 OPEN_FILES = 64  # (data, records) descriptor pairs kept open, least recently used closed first
 TOUCH_INTERVAL = 60.0  # seconds between two "last used" updates of one file
 RESCAN_INTERVAL = 60.0  # seconds between two scans of the directory (other mounts' writes)
@@ -75,12 +80,14 @@ class ContentKey:
 
 
 class _Pair:
-    __slots__ = ("data", "records", "touched")
+    __slots__ = ("data", "records", "touched", "users", "retired")
 
     def __init__(self, data: int, records: int):
         self.data = data
         self.records = records
         self.touched = 0.0
+        self.users = 0  # reads and writes using the descriptors now
+        self.retired = False  # out of the table of open files: closed when its last user is done
 
 
 class DiskCache:
@@ -91,6 +98,10 @@ class DiskCache:
         self.max_bytes = max_bytes
         self.block_size = block_size
         self._lock = threading.Lock()
+        # Guards only each pair's users and retired flags, never held across I/O: the trio thread
+        # takes it (read_run_in_memory), and must not wait for a rescan that holds _lock.
+        self._refs = threading.Lock()
+        self._nowait = RWF_NOWAIT != 0  # False once the cache's file system refuses it
         self._open: OrderedDict[str, _Pair] = OrderedDict()
         self._usage: dict[str, tuple[int, float]] = {}  # digest -> (bytes on disk, last used)
         self._used = 0
@@ -122,7 +133,7 @@ class DiskCache:
     def close(self) -> None:
         with self._lock:
             while self._open:
-                self._close_pair(self._open.popitem()[1])
+                self._retire(self._open.popitem()[1])
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -130,27 +141,27 @@ class DiskCache:
         """Blocks ``[first, last)`` of ``key``: a verified buffer for each cached block, else None."""
         out: list[bytearray | None] = [None] * (last - first)
         try:
-            pair = self._pair(key, create=False)
-            if pair is None:
-                self.stats["misses"] += last - first
-                return out
-            records = os.pread(pair.records, RECORD.size * (last - first), RECORD.size * first)
-            present = []
-            for i in range(len(records) // RECORD.size):
-                length, check = RECORD.unpack_from(records, i * RECORD.size)
-                if 0 < length <= self.block_size and length == self._block_length(key, first + i):
-                    present.append((first + i, length, check))
-            for run in _runs(present):
-                buffers = [bytearray(length) for _, length, _ in run]
-                got = os.preadv(pair.data, buffers, run[0][0] * self.block_size)
-                if got != sum(len(b) for b in buffers):
-                    continue  # a record without its data (a crash between the two writes)
-                for (index, _, check), buffer in zip(run, buffers, strict=True):
-                    if block_checksum(buffer) == check:
-                        out[index - first] = buffer
-                    else:
-                        self._drop_block(key, pair, index)
-            self._touch(key, pair)
+            with self._using(key, create=False) as pair:
+                if pair is None:
+                    self.stats["misses"] += last - first
+                    return out
+                records = os.pread(pair.records, RECORD.size * (last - first), RECORD.size * first)
+                present = []
+                for i in range(len(records) // RECORD.size):
+                    length, check = RECORD.unpack_from(records, i * RECORD.size)
+                    if 0 < length <= self.block_size and length == self._block_length(key, first + i):
+                        present.append((first + i, length, check))
+                for run in _runs(present):
+                    buffers = [bytearray(length) for _, length, _ in run]
+                    got = os.preadv(pair.data, buffers, run[0][0] * self.block_size)
+                    if got != sum(len(b) for b in buffers):
+                        continue  # a record without its data (a crash between the two writes)
+                    for (index, _, check), buffer in zip(run, buffers, strict=True):
+                        if block_checksum(buffer) == check:
+                            out[index - first] = buffer
+                        else:
+                            self._drop_block(key, pair, index)
+                self._touch(key, pair)
         except OSError as exc:
             log.warning("content cache: reading %s failed (%s); reading from the network", key.file_id, exc.strerror or exc)
         hits = sum(b is not None for b in out)
@@ -166,10 +177,11 @@ class DiskCache:
         blocks = -(-key.size // self.block_size)
         flags = bytearray(blocks)
         try:
-            pair = self._pair(key, create=False)
-            if pair is None:
-                return flags
-            records = os.pread(pair.records, RECORD.size * blocks, 0)
+            with self._using(key, create=False) as pair:
+                if pair is None:
+                    return flags
+                records = os.pread(pair.records, RECORD.size * blocks, 0)
+                self._touch(key, pair)  # a handle about to read it: a use (and reads need not touch it soon)
         except OSError as exc:
             log.warning("content cache: reading %s failed (%s); reading from the network", key.file_id, exc.strerror or exc)
             return flags
@@ -186,30 +198,83 @@ class DiskCache:
         ``pread`` rather than ``preadv`` into a ``bytearray``: a new bytes object is not zeroed
         first (that memset was 6 % of the daemon's CPU on a re-read)."""
         try:
-            pair = self._pair(key, create=False)
-            if pair is None:
-                return None
-            records = os.pread(pair.records, RECORD.size * (last - first), RECORD.size * first)
-            if len(records) != RECORD.size * (last - first):
-                return None
-            expected = [self._block_length(key, index) for index in range(first, last)]
-            checks = list(RECORD.iter_unpack(records))
-            if any(length != want or length == 0 for (length, _), want in zip(checks, expected, strict=True)):
-                return None
-            buffer = os.pread(pair.data, sum(expected), first * self.block_size)
-            if len(buffer) != sum(expected):
-                return None  # a record without its data (a crash between the two writes)
-            bs = self.block_size
-            for i, (length, check) in enumerate(checks):
-                if block_checksum(buffer, i * bs, length) != check:
-                    self._drop_block(key, pair, first + i)
+            with self._using(key, create=False) as pair:
+                if pair is None:
                     return None
-            self._touch(key, pair)
+                records = os.pread(pair.records, RECORD.size * (last - first), RECORD.size * first)
+                checks = self._checks(key, first, last, records)
+                if checks is None:
+                    return None
+                buffer = os.pread(pair.data, sum(length for length, _ in checks), first * self.block_size)
+                if len(buffer) != sum(length for length, _ in checks):
+                    return None  # a record without its data (a crash between the two writes)
+                corrupt = self._first_corrupt(buffer, checks)
+                if corrupt is not None:
+                    self._drop_block(key, pair, first + corrupt)
+                    return None
+                self._touch(key, pair)
         except OSError as exc:
             log.warning("content cache: reading %s failed (%s); reading from the network", key.file_id, exc.strerror or exc)
             return None
         self.stats["hits"] += last - first
         return buffer
+
+    def read_run_in_memory(self, key: ContentKey, first: int, last: int) -> bytearray | None:
+        """:meth:`read_run` that never waits on the disk, for the trio thread: the blocks, verified,
+        only if the page cache holds all of them and their records (reads with ``RWF_NOWAIT``).
+
+        None when they are not all in memory, the file is not open here yet, its use is due to be
+        recorded (:meth:`_touch`), or a block fails its check: :meth:`read_run` in a worker thread
+        then decides, and drops a corrupt block. A second mount's re-read finds most of its bytes
+        already read in by the kernel's readahead on the cache file, so most reads end here with
+        one copy and no thread hop. It takes no lock that a worker holds across I/O."""
+        if not self._nowait:
+            return None
+        pair = self._open.get(key.digest())  # without _lock: a rescan may hold it across I/O
+        if pair is None or time.monotonic() - pair.touched >= TOUCH_INTERVAL or not self._hold(pair):
+            return None
+        try:
+            records = bytearray(RECORD.size * (last - first))
+            if os.preadv(pair.records, [records], RECORD.size * first, RWF_NOWAIT) != len(records):
+                return None
+            checks = self._checks(key, first, last, records)
+            if checks is None:
+                return None
+            buffer = bytearray(sum(length for length, _ in checks))
+            if os.preadv(pair.data, [buffer], first * self.block_size, RWF_NOWAIT) != len(buffer):
+                return None  # partly in memory, or a record without its data: read_run decides
+        except BlockingIOError:
+            return None  # not all in memory: the read in a worker thread waits for the disk
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                self._nowait = False
+                log.info("content cache: %s cannot be read without waiting (%s); reading it in worker threads", self.root, exc.strerror or exc)
+            return None  # any other error: read_run meets it again, logs it and falls back
+        finally:
+            self._release(pair)
+        if self._first_corrupt(buffer, checks) is not None:
+            return None
+        self.stats["hits"] += last - first
+        return buffer
+
+    def _checks(self, key: ContentKey, first: int, last: int, records: bytes | bytearray) -> list[tuple[int, int]] | None:
+        """The (length, checksum) records of blocks ``[first, last)``, or None if one is absent or
+        of the wrong length (a hole, a record cut short)."""
+        if len(records) != RECORD.size * (last - first):
+            return None
+        checks = list(RECORD.iter_unpack(records))
+        for index, (length, _) in enumerate(checks, first):
+            if length == 0 or length != self._block_length(key, index):
+                return None
+        return checks
+
+    def _first_corrupt(self, buffer: bytes | bytearray, checks: list[tuple[int, int]]) -> int | None:
+        """The position in ``checks`` of the first block of ``buffer`` that fails its checksum."""
+        bs = self.block_size
+        for i, (length, check) in enumerate(checks):
+            if block_checksum(buffer, i * bs, length) != check:
+                return i
+        return None
 
     def _drop_block(self, key: ContentKey, pair: _Pair, index: int) -> None:
         self.stats["corrupt"] += 1
@@ -226,7 +291,7 @@ class DiskCache:
         with self._lock:
             pair = self._open.pop(digest, None)
             if pair is not None:
-                self._close_pair(pair)
+                self._retire(pair)
             self._used -= self._usage.pop(digest, (0, 0.0))[0]
         for suffix in (".idx", ".data"):
             try:
@@ -244,13 +309,13 @@ class DiskCache:
         if not self._make_room(key, nbytes):
             return False
         try:
-            pair = self._pair(key, create=True)
-            assert pair is not None
-            written = os.pwritev(pair.data, blocks, first * self.block_size)
-            if written != nbytes:
-                raise OSError(errno.ENOSPC, "short write")
-            records = b"".join(RECORD.pack(len(b), block_checksum(b)) for b in blocks)
-            os.pwrite(pair.records, records, RECORD.size * first)
+            with self._using(key, create=True) as pair:
+                assert pair is not None
+                written = os.pwritev(pair.data, blocks, first * self.block_size)
+                if written != nbytes:
+                    raise OSError(errno.ENOSPC, "short write")
+                records = b"".join(RECORD.pack(len(b), block_checksum(b)) for b in blocks)
+                os.pwrite(pair.records, records, RECORD.size * first)
         except OSError as exc:
             self.stats["write_errors"] += 1
             self._write_failed(key, exc)
@@ -337,7 +402,7 @@ class DiskCache:
                     log.warning("content cache: cannot evict %s (%s)", base + suffix, exc.strerror or exc)
             pair = self._open.pop(digest, None)
             if pair is not None:
-                self._close_pair(pair)
+                self._retire(pair)
             del self._usage[digest]
             self._used -= size
             self.stats["evicted"] += 1
@@ -347,12 +412,27 @@ class DiskCache:
     def _path(self, digest: str) -> str:
         return os.path.join(self.root, digest[:2], digest)
 
+    @contextmanager
+    def _using(self, key: ContentKey, create: bool) -> Iterator[_Pair | None]:
+        """The open pair of ``key`` (None: not cached), held open while in use. A pair evicted or
+        closed by another thread meanwhile is closed when its last user is done: were its
+        descriptors closed under a read, their numbers could be reused by another file's pair, and
+        the read would return that file's bytes, consistent with that file's records."""
+        pair = self._pair(key, create)
+        try:
+            yield pair
+        finally:
+            if pair is not None:
+                self._release(pair)
+
     def _pair(self, key: ContentKey, create: bool) -> _Pair | None:
+        """The open pair of ``key``, held (:meth:`_release` it), or None when it is not cached."""
         digest = key.digest()
         with self._lock:
             pair = self._open.get(digest)
             if pair is not None:
                 self._open.move_to_end(digest)
+                self._hold(pair)  # a pair in the table is never retired
                 return pair
         base = self._path(digest)
         flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -376,13 +456,38 @@ class DiskCache:
         with self._lock:
             existing = self._open.get(digest)
             if existing is not None:  # another thread opened it meanwhile: keep one pair
-                self._close_pair(pair)
+                self._close_pair(pair)  # never handed out
+                self._hold(existing)
                 return existing
             self._open[digest] = pair
+            self._hold(pair)
             self._usage.setdefault(digest, (0, time.time()))
             while len(self._open) > OPEN_FILES:
-                self._close_pair(self._open.popitem(last=False)[1])
+                self._retire(self._open.popitem(last=False)[1])
         return pair
+
+    def _hold(self, pair: _Pair) -> bool:
+        """Count one more user of ``pair``; False (not held) if it was retired meanwhile."""
+        with self._refs:
+            if pair.retired:
+                return False
+            pair.users += 1
+            return True
+
+    def _release(self, pair: _Pair) -> None:
+        with self._refs:
+            pair.users -= 1
+            close = pair.retired and pair.users == 0
+        if close:
+            self._close_pair(pair)
+
+    def _retire(self, pair: _Pair) -> None:
+        """``pair`` has left the table of open files: close it now, or when its last user is done."""
+        with self._refs:
+            pair.retired = True
+            close = pair.users == 0
+        if close:
+            self._close_pair(pair)
 
     def _touch(self, key: ContentKey, pair: _Pair) -> None:
         now = time.monotonic()

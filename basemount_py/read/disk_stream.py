@@ -4,7 +4,16 @@ A read whose blocks are all on the disk cache (by the handle's snapshot of the c
 ``DiskCache.blocks_present``) does not go through the memory block cache, the prefetch or the
 network at all:
 
-* **sequential reads** are served from chunks of ``CHUNK_BLOCKS`` blocks (4 MiB), each read with
+* **bytes already in the page cache** are read and checked on the trio thread at once
+  (``DiskCache.read_run_in_memory``: ``RWF_NOWAIT`` reads, which fail rather than wait on the
+  disk). On a re-read the kernel's own readahead on the cache file has read most of them in by the
+  time the kernel asks for them: one copy, no thread hop, and no wait for the GIL behind the
+  replies. The FUSE thread holds the GIL while it copies each 1 MiB reply, so a worker thread
+  waited up to the 5 ms switch interval at every step. A re-read served by chunks alone reached
+  a median 0.72× the minimal daemon that serves a local file, with these reads 0.91×, at 0.77×
+  the daemon CPU (docs/performance.md, "Eighth round").
+* **when the disk is behind** (a read would wait), sequential reads are served from chunks of
+  ``CHUNK_BLOCKS`` blocks (4 MiB), each read with
   one ``pread`` into one buffer and checked block by block (``DiskCache.read_run``) in a worker
   thread, ``CHUNKS_AHEAD`` chunks ahead of the reader. Most FUSE reads then find their chunk
   already read and are answered on the trio thread at once, with a ``memoryview`` of the chunk: no
@@ -156,11 +165,21 @@ class DiskStream:
         span = CHUNK_BLOCKS * bs
         c0, c1 = first // CHUNK_BLOCKS, (need - 1) // CHUNK_BLOCKS
         if sequential:
-            for index in range(c0, c1 + 1 + CHUNKS_AHEAD):
-                if index > c1 and index in self._read_through:
-                    continue  # read to the end already: not again ahead of a straggler
-                self._start(index)
             self._forget_before(c0 - CHUNKS_KEPT_BEHIND)
+        if not all(index in self._chunks for index in range(c0, c1 + 1)):
+            # Not read ahead here: the bytes are likely in the page cache already (the kernel's
+            # readahead on the cache file), and then they are read and checked on the spot.
+            key = self.reader.disk_key
+            assert manager.disk is not None and key is not None
+            run: bytes | bytearray | None = manager.disk.read_run_in_memory(key, first, need)
+            if run is not None:
+                manager.count_disk_run(need - first)
+                return memoryview(run)[offset - first * bs : end - first * bs]
+            if sequential:  # the disk is behind the reader: read ahead of it in a worker thread
+                for index in range(c0, c1 + 1 + CHUNKS_AHEAD):
+                    if index > c1 and index in self._read_through:
+                        continue  # read to the end already: not again ahead of a straggler
+                    self._start(index)
         chunks = [self._chunks.get(index) for index in range(c0, c1 + 1)]
         pieces = []
         for index, chunk in zip(range(c0, c1 + 1), chunks, strict=True):
