@@ -161,6 +161,18 @@ def cached_file(tmp_path, size: int, seed: int) -> tuple[DiskCache, bytes]:
     return cache, data
 
 
+async def stream_through(cache: DiskCache, data: bytes, source: CountingSource) -> tuple[bytes, ReadManager]:
+    """Read cached file "f" from start to end in the kernel's 1 MiB reads: its bytes, and the
+    (closed) manager that read them."""
+    async with ReadManager(source, cache_bytes=64 * MiB, disk=cache) as manager:
+        reader = manager.open("f", len(data), version="etag:1")
+        out = bytearray()
+        while piece := await reader.read(len(out), MiB):
+            out += piece
+        await reader.close()
+    return bytes(out), manager
+
+
 async def test_a_file_on_the_disk_cache_is_read_in_chunks_without_the_network(tmp_path):
     cache, data = cached_file(tmp_path, 13 * MiB + 777, seed=4)
     source = CountingSource({"f": data})
@@ -188,12 +200,7 @@ async def test_a_corrupt_block_under_the_chunked_read_is_fetched_again_and_only_
         f.seek(5 * MiB + 3)
         f.write(bytes([data[5 * MiB + 3] ^ 0x80]))
     source = CountingSource({"f": data})
-    async with ReadManager(source, cache_bytes=64 * MiB, disk=cache) as manager:
-        reader = manager.open("f", len(data), version="etag:1")
-        out = bytearray()
-        while piece := await reader.read(len(out), MiB):
-            out += piece
-        await reader.close()
+    out, manager = await stream_through(cache, data, source)
     assert out == data
     assert cache.stats["corrupt"] == 1
     assert 0 < source.bytes <= 2 * BS  # the dropped block (and at most its neighbour), not the chunk
@@ -292,12 +299,7 @@ async def test_a_cache_file_in_the_page_cache_is_read_on_the_trio_thread_without
     cache, data = cached_file(tmp_path, 13 * MiB + 777, seed=11)  # just written: in the page cache
     worker_reads = []
     cache.read_run = lambda key, first, last: worker_reads.append(first)  # would read in a worker thread
-    async with ReadManager(CountingSource({"f": data}), cache_bytes=64 * MiB, disk=cache) as manager:
-        reader = manager.open("f", len(data), version="etag:1")
-        out = bytearray()
-        while piece := await reader.read(len(out), MiB):
-            out += piece
-        await reader.close()
+    out, manager = await stream_through(cache, data, CountingSource({"f": data}))
     assert out == data
     assert worker_reads == []
     assert manager.cache.reserved_bytes == 0
@@ -315,12 +317,7 @@ async def test_a_cache_on_a_file_system_without_nowait_reads_is_read_in_worker_t
     monkeypatch.setattr(os, "preadv", preadv)
     caplog.set_level(logging.INFO, logger="basemount_py.read.disk_cache")
     source = CountingSource({"f": data})
-    async with ReadManager(source, cache_bytes=64 * MiB, disk=cache) as manager:
-        reader = manager.open("f", len(data), version="etag:1")
-        out = bytearray()
-        while piece := await reader.read(len(out), MiB):
-            out += piece
-        await reader.close()
+    out, manager = await stream_through(cache, data, source)
     assert out == data
     assert source.bytes == 0  # all from the cache file, through the worker threads
     assert not cache._nowait
