@@ -24,7 +24,7 @@ import trio.testing
 
 from basemount_py.emulator.control import EmulatorProcess
 from basemount_py.read import ReadManager
-from basemount_py.read.checksum import LAYOUT, block_checksum
+from basemount_py.read.checksum import LAYOUT, block_checksum, first_mismatch
 from basemount_py.read.disk_cache import ContentKey, DiskCache
 from conftest import sha256_file, write_file
 
@@ -138,6 +138,18 @@ def test_the_checksum_covers_exactly_the_bytes_asked_for_in_any_buffer_type():
     assert block_checksum(b"") == 0x38D394C2  # the published XXH3-64 of empty input (low 32 bits of 0x2D06800538D394C2)
     with pytest.raises(ValueError):
         block_checksum(data, len(data) - 1, 2)  # never reads past the buffer
+
+
+def test_a_run_of_blocks_is_checked_block_by_block_against_its_records():
+    data = random.Random(14).randbytes(3 * BS + 5)
+    checks = [(len(block), block_checksum(block)) for block in blocks_of(data, 0, 4)]
+    assert first_mismatch(data, BS, checks) is None
+    assert first_mismatch(memoryview(bytearray(data)), BS, checks) is None  # any buffer type
+    assert first_mismatch(data[: 3 * BS + 4], BS, checks) == 3  # a buffer cut short fails, never reads past it
+    changed = bytearray(data)
+    changed[2 * BS + 9] ^= 1
+    assert first_mismatch(changed, BS, checks) == 2  # the block that changed, not its neighbours
+    assert first_mismatch(changed, BS, checks[:2]) is None
 
 
 class CountingSource:

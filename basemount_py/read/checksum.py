@@ -27,3 +27,19 @@ def block_checksum(buffer: Buffer, offset: int = 0, length: int | None = None) -
     if not 0 <= offset <= offset + length <= len(view):
         raise ValueError("checksum range outside the buffer")
     return xxhash.xxh3_64_intdigest(view[offset : offset + length]) & 0xFFFFFFFF
+
+
+def first_mismatch(buffer: Buffer, block_size: int, checks: list[tuple[int, int]]) -> int | None:
+    """The index of the first block of ``buffer`` that fails its check, or None if every one passes.
+
+    Block ``i`` is ``buffer[i * block_size:][:length]``, checked against ``checks[i] == (length,
+    checksum)``. The hot path of a re-read checks 16 blocks per 1 MiB read: one view and, per
+    block, one slice and one hash (a call of :func:`block_checksum` per block cost as much again
+    as the hashing itself)."""
+    view = memoryview(buffer).cast("B")
+    digest = xxhash.xxh3_64_intdigest
+    for index, (length, check) in enumerate(checks):
+        start = index * block_size
+        if start + length > len(view) or digest(view[start : start + length]) & 0xFFFFFFFF != check:
+            return index
+    return None

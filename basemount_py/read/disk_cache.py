@@ -53,7 +53,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .checksum import LAYOUT, block_checksum
+from .checksum import LAYOUT, block_checksum, first_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ class DiskCache:
                 buffer = os.pread(pair.data, sum(length for length, _ in checks), first * self.block_size)
                 if len(buffer) != sum(length for length, _ in checks):
                     return None  # a record without its data (a crash between the two writes)
-                corrupt = self._first_corrupt(buffer, checks)
+                corrupt = first_mismatch(buffer, self.block_size, checks)
                 if corrupt is not None:
                     self._drop_block(key, pair, first + corrupt)
                     return None
@@ -252,7 +252,7 @@ class DiskCache:
             return None  # any other error: read_run meets it again, logs it and falls back
         finally:
             self._release(pair)
-        if self._first_corrupt(buffer, checks) is not None:
+        if first_mismatch(buffer, self.block_size, checks) is not None:
             return None
         self.stats["hits"] += last - first
         return buffer
@@ -263,18 +263,12 @@ class DiskCache:
         if len(records) != RECORD.size * (last - first):
             return None
         checks = list(RECORD.iter_unpack(records))
-        for index, (length, _) in enumerate(checks, first):
-            if length == 0 or length != self._block_length(key, index):
-                return None
+        # Only the file's final block may be short: every block before the last one asked for
+        # is whole (16 calls of _block_length per 1 MiB read were a tenth of this path's time).
+        final = self._block_length(key, last - 1)
+        if final == 0 or checks[-1][0] != final or any(length != self.block_size for length, _ in checks[:-1]):
+            return None
         return checks
-
-    def _first_corrupt(self, buffer: bytes | bytearray, checks: list[tuple[int, int]]) -> int | None:
-        """The position in ``checks`` of the first block of ``buffer`` that fails its checksum."""
-        bs = self.block_size
-        for i, (length, check) in enumerate(checks):
-            if block_checksum(buffer, i * bs, length) != check:
-                return i
-        return None
 
     def _drop_block(self, key: ContentKey, pair: _Pair, index: int) -> None:
         self.stats["corrupt"] += 1
