@@ -7,9 +7,9 @@ network at all:
 * **bytes already in the page cache** are read and checked on the trio thread at once
   (``DiskCache.read_run_in_memory``: ``RWF_NOWAIT`` reads, which fail rather than wait on the
   disk). On a re-read the kernel's own readahead on the cache file has read most of them in by the
-  time the kernel asks for them: one copy, no thread hop, and no wait for the GIL behind the
-  replies. The FUSE thread holds the GIL while it copies each 1 MiB reply, so a worker thread
-  waited up to the 5 ms switch interval at every step. A re-read served by chunks alone reached
+  time the kernel asks for them: one copy and no hand-off between threads. Each hand-off (waking
+  the worker, and getting the GIL back from the FUSE thread, which holds it while it copies each
+  1 MiB reply) took up to 9 ms. A re-read served by chunks alone reached
   a median 0.72× the minimal daemon that serves a local file, with these reads 0.91×, at 0.77×
   the daemon CPU (docs/performance.md, "Eighth round").
 * **when the disk is behind** (a read would wait), sequential reads are served from chunks of
