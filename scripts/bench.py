@@ -689,20 +689,22 @@ def bench_reread(ctx: Context) -> None:
     drop_caches()
     t_local = timed(["cp", str(local_copy), "/dev/null"], 1800)
     res.put("(f) local disk read, MB/s", profile, rate(sizes.reread, t_local), "{:.0f}")
-    # The ceiling of a Python FUSE daemon here: the same cp of a file served from memory by a
-    # null pyfuse3 file system (scripts/null_fuse.py), page cache dropped first.
-    subjects.count += 1
-    with NullMount(subjects.base / f"mnt-{subjects.count}", sizes.reread) as m:
-        drop_caches()
-        t_null = timed(["cp", str(m.path("null.bin")), "/dev/null"], 1800)
+
+    def timed_null(source: Path | None) -> float:
+        """The same cp through a null pyfuse3 file system (scripts/null_fuse.py), page cache
+        dropped first: its file served from memory, or from ``source`` (then its bytes checked)."""
+        subjects.count += 1
+        with NullMount(subjects.base / f"mnt-{subjects.count}", sizes.reread, source) as m:
+            drop_caches()
+            t = timed(["cp", str(m.path("null.bin")), "/dev/null"], 1800)
+            if source is not None and sha256_of(m.path("null.bin")) != local_sha:
+                raise RuntimeError("null FUSE from the local file: wrong bytes")
+        return t
+
+    # The ceiling of a Python FUSE daemon here, and of one that reads a disk (one pread per read).
+    t_null = timed_null(None)
     res.put("(f) null FUSE file system (ceiling), MB/s", profile, rate(sizes.reread, t_null), "{:.0f}")
-    # ... and of one that reads a disk: the same daemon serving the local file, one pread per read.
-    subjects.count += 1
-    with NullMount(subjects.base / f"mnt-{subjects.count}", sizes.reread, local_copy) as m:
-        drop_caches()
-        t_file = timed(["cp", str(m.path("null.bin")), "/dev/null"], 1800)
-        if sha256_of(m.path("null.bin")) != local_sha:
-            raise RuntimeError("null FUSE from the local file: wrong bytes")
+    t_file = timed_null(local_copy)
     res.put("(f) null FUSE serving the local file, MB/s", profile, rate(sizes.reread, t_file), "{:.0f}")
     for kind in subjects.in_turn((*subjects.ours, RCLONE_FULL)):
         cache = subjects.base / f"reread-cache-{subjects.count}"

@@ -205,8 +205,9 @@ class DiskCache:
                 checks = self._checks(key, first, last, records)
                 if checks is None:
                     return None
-                buffer = os.pread(pair.data, sum(length for length, _ in checks), first * self.block_size)
-                if len(buffer) != sum(length for length, _ in checks):
+                nbytes = sum(length for length, _ in checks)
+                buffer = os.pread(pair.data, nbytes, first * self.block_size)
+                if len(buffer) != nbytes:
                     return None  # a record without its data (a crash between the two writes)
                 corrupt = first_mismatch(buffer, self.block_size, checks)
                 if corrupt is not None:
