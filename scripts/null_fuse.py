@@ -11,8 +11,9 @@ ours: ``scripts/bench`` puts it beside the second-mount re-read. SIGTERM or SIGI
 ``null_fuse.py MOUNTPOINT SIZE FILE`` serves the first SIZE bytes of FILE instead, each read one
 ``os.pread`` of FILE on the trio thread: the least a daemon that serves bytes from a local file
 does (one copy out of the file's page cache; no checksum, no worker threads, no read-ahead of its
-own beyond the kernel's on FILE). Beside the re-read it is the ceiling of a pyfuse3 daemon that
-must read a disk, where the null one is that of any daemon at all.
+own beyond the kernel's on FILE; the C library's allocator tuned as in the daemon). Beside the
+re-read it is the ceiling of a pyfuse3 daemon that must read a disk, where the null one is that
+of any daemon at all.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import sys
 
 import pyfuse3
 import trio
+
+from basemount_py.malloc import tune_malloc
 
 NAME = b"null.bin"
 BUFFER = os.urandom(1 << 20)
@@ -103,5 +106,10 @@ async def _main(mountpoint: str, size: int, source: int | None) -> None:
 if __name__ == "__main__":
     if len(sys.argv) not in (3, 4):
         sys.exit(USAGE)
+    # The C library's allocator as our daemon has it (basemount_py/malloc.py): left to glibc's
+    # defaults, each 1 MiB pread got fresh pages from mmap(), and their first touch cost the
+    # file-serving mode about a third of its speed (median 931 against 1,371 MB/s, 10 rounds;
+    # docs/performance.md "Ninth round"), which made that ceiling too low.
+    tune_malloc()
     source = os.open(sys.argv[3], os.O_RDONLY) if len(sys.argv) == 4 else None
     trio.run(_main, os.path.abspath(sys.argv[1]), int(sys.argv[2]), source)
