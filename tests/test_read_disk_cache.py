@@ -266,7 +266,7 @@ async def test_a_stream_reads_its_chunks_from_disk_one_at_a_time_in_order(tmp_pa
             await trio.to_thread.run_sync(cache.entered.wait)
             await trio.testing.wait_all_tasks_blocked()
             # The first read asked for 7 chunks (its own and 6 ahead): one is being read, none beside it.
-            assert manager._disk_readers.borrowed_tokens == 1
+            assert manager.disk_readers.borrowed_tokens == 1
             assert cache.runs == [0]
             cache.gate.set()
         out = bytearray(first["data"])

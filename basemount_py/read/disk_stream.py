@@ -91,14 +91,14 @@ class DiskStream:
         if chunk is not None:
             return chunk
         first, last = self._chunk_blocks(index)
-        if first >= last or not self.reader._all_on_disk(first, last):
+        if first >= last or not self.reader.all_on_disk(first, last):
             return None
         manager = self.manager
         nbytes = min(self.reader.size, last * manager.config.block_size) - first * manager.config.block_size
         if not manager.cache.reserve(nbytes):
             return None
         if not self._pumping:
-            if not manager._background(self.reader, self._pump):
+            if not manager.background(self.reader, self._pump):
                 manager.cache.release(nbytes)
                 return None
             self._pumping = True
@@ -112,7 +112,7 @@ class DiskStream:
         token = trio.lowlevel.current_trio_token()
         try:
             while self._queue:
-                await trio.to_thread.run_sync(self._read_queued, token, limiter=self.manager._disk_readers)
+                await trio.to_thread.run_sync(self._read_queued, token, limiter=self.manager.disk_readers)
         finally:
             self._pumping = False
             self._unqueue()  # cancelled (the handle's close, the mount's shutdown): never read
@@ -191,7 +191,7 @@ class DiskStream:
                     break  # forgotten meanwhile (the reader moved on): read this one exactly
                 self._drop(index)
                 first_block, last_block = self._chunk_blocks(index)
-                self.reader._not_on_disk(first_block, last_block)  # its other reads too
+                self.reader.not_on_disk(first_block, last_block)  # its other reads too
                 return None  # absent or corrupt on disk
             lo = max(offset - index * span, 0)
             hi = min(end - index * span, len(chunk.data))

@@ -140,7 +140,8 @@ class ReadManager:
         # The persistent cache (disk_cache.py), consulted before the network and filled after it.
         # Its blocking calls run in worker threads; writes are bounded in bytes and never waited for.
         self.disk = disk
-        self._disk_readers = trio.CapacityLimiter(DISK_READ_THREADS)
+        # Worker threads reading the content cache, shared by every read of the mount (disk_stream too).
+        self.disk_readers = trio.CapacityLimiter(DISK_READ_THREADS)
         self._disk_writer = trio.CapacityLimiter(DISK_WRITE_THREADS)
         self._disk_backlog = 0
         self._inflight: dict[tuple[str, int], _InFlight] = {}
@@ -347,7 +348,7 @@ class ReadManager:
             return await self._network_blocks(reader.file_id, start, end)
         bs = self.config.block_size
         first = start // bs
-        blocks = await trio.to_thread.run_sync(self.disk.read, key, first, -(-end // bs), limiter=self._disk_readers)
+        blocks = await trio.to_thread.run_sync(self.disk.read, key, first, -(-end // bs), limiter=self.disk_readers)
         self._counters["disk_blocks_read"] += sum(block is not None for block in blocks)
         missing = [i for i, block in enumerate(blocks) if block is None]
         runs: list[list[int]] = []
@@ -370,13 +371,13 @@ class ReadManager:
         key = reader.disk_key
         if self.disk is None or key is None:
             return None
-        return await trio.to_thread.run_sync(self.disk.blocks_present, key, limiter=self._disk_readers)
+        return await trio.to_thread.run_sync(self.disk.blocks_present, key, limiter=self.disk_readers)
 
     async def read_disk_run(self, reader: "FileReader", first: int, last: int) -> bytes | None:
         """Blocks ``[first, last)`` straight from the disk cache as one verified buffer (or None)."""
         key = reader.disk_key
         assert self.disk is not None and key is not None
-        data = await trio.to_thread.run_sync(self.disk.read_run, key, first, last, limiter=self._disk_readers)
+        data = await trio.to_thread.run_sync(self.disk.read_run, key, first, last, limiter=self.disk_readers)
         if data is not None:
             self.count_disk_run(last - first)
         return data
@@ -470,10 +471,10 @@ class ReadManager:
             if registered is None:
                 return False  # no room: the reader's demand reads will fetch what it needs
             flight, nbytes = registered
-            self._background(reader, functools.partial(self._prefetch, reader, flight, nbytes), owned=owned)
+            self.background(reader, functools.partial(self._prefetch, reader, flight, nbytes), owned=owned)
         return True
 
-    def _background(self, reader: "FileReader", job: Callable[[], Awaitable[None]], *, owned: bool = True) -> bool:
+    def background(self, reader: "FileReader", job: Callable[[], Awaitable[None]], *, owned: bool = True) -> bool:
         """Run ``job`` in the mount's nursery, cancelled by the handle's close() if ``owned`` and by
         the mount's shutdown in any case; False (not started) when there is no nursery."""
         if self._nursery is None or self._closed:
@@ -627,9 +628,9 @@ class FileReader:
             manager._streaming.discard(self)
         first, need = offset // bs, -(-end // bs)
         # All of this read on the disk cache (and not already in memory): disk_stream.py.
-        direct = self._all_on_disk(first, need) and not manager.in_memory(self.file_id, first, need)
+        direct = self.all_on_disk(first, need) and not manager.in_memory(self.file_id, first, need)
         ahead = (plan.demand_end // bs, -(-plan.prefetch_end // bs))
-        if plan.prefetch_end > plan.demand_end and not (direct and self._all_on_disk(*ahead)):
+        if plan.prefetch_end > plan.demand_end and not (direct and self.all_on_disk(*ahead)):
             self._schedule_prefetch(offset, plan)
         if direct:
             if self._disk_stream is None:
@@ -637,7 +638,7 @@ class FileReader:
             data = await self._disk_stream.read(offset, end, plan.sequential)
             if data is not None:
                 return data
-            self._not_on_disk(first, need)  # not (or no longer) usable: the ordinary path
+            self.not_on_disk(first, need)  # not (or no longer) usable: the ordinary path
         want = max(need, -(-plan.demand_end // bs))
         if not plan.sequential and not self._whole_requested:
             # A random read of a small file: the rest of it is likely to follow (a BAM's regions,
@@ -675,10 +676,14 @@ class FileReader:
             pieces.append(memoryview(block)[max(offset - index * bs, 0) : min(end - index * bs, len(block))])
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
-    def _all_on_disk(self, first: int, last: int) -> bool:
+    def all_on_disk(self, first: int, last: int) -> bool:
+        """Whether blocks ``[first, last)`` are all in the content cache, by this handle's snapshot
+        of its records (taken at the first read)."""
         return self._on_disk is not None and first < last and self._on_disk.find(0, first, last) == -1
 
-    def _not_on_disk(self, first: int, last: int) -> None:
+    def not_on_disk(self, first: int, last: int) -> None:
+        """Mark blocks ``[first, last)`` absent from the snapshot (found missing or corrupt), so
+        their reads take the ordinary path."""
         if self._on_disk is not None:
             self._on_disk[first:last] = bytes(len(self._on_disk[first:last]))
 
