@@ -142,7 +142,7 @@ async def test_merged_stream_keeps_pace_with_one_file_of_the_same_size(autojump_
     elapsed = {}
     for name, (parts, data) in runs.items():
         if name == "no continuation":
-            monkeypatch.setattr(ConcatReader, "_continue_into_next", lambda self, index, end: None)
+            monkeypatch.setattr(ConcatReader, "_continue_into_next", lambda self, reader, index, end: None)
         source = Source(data, latency=0.02, bandwidth=50e6)
         async with ReadManager(source, cache_bytes=256 * MiB) as manager:
             reader = ConcatReader(manager, parts)
@@ -164,6 +164,68 @@ async def test_a_handle_keeps_its_parts_and_closes_their_readers():
         with pytest.raises(ValueError):
             await reader.read(0, 1)
         assert all(r._closed for r in reader._readers.values())
+
+
+class GatedSource(Source):
+    """A :class:`Source` whose requests wait for ``gate`` while the test holds it."""
+
+    gate: trio.Event | None = None
+
+    async def __call__(self, file_id: str, start: int, end: int) -> bytes:
+        if self.gate is not None:
+            await self.gate.wait()
+        return await super().__call__(file_id, start, end)
+
+
+async def _read_or_error(reader: ConcatReader, offset: int, size: int, into: dict, name: object) -> None:
+    """``into[name]``: the bytes read, or the exception the errno boundary would have seen."""
+    try:
+        into[name] = bytes(await reader.read(offset, size))
+    except Exception as exc:
+        into[name] = exc
+
+
+async def test_a_read_whose_part_a_concurrent_read_closed_still_returns_its_bytes():
+    # The kernel sends one handle's readahead reads concurrently and out of order: a read in part 1
+    # closes part 0's reader (_close_before) while a read of part 0 waits for its bytes. That read
+    # then looked its reader up again to carry the stream on, and got a KeyError: EIO, logged as a bug.
+    sizes = [2 * MiB, 2 * MiB]
+    files = _files(sizes, seed=21)
+    whole = b"".join(files.values())
+    source = GatedSource(files)
+    got: dict[object, object] = {}
+    async with ReadManager(source, cache_bytes=64 * MiB) as manager:
+        reader = ConcatReader(manager, parts_of(sizes))
+        source.gate = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_read_or_error, reader, MiB, 128 * KiB, got, 0)  # waits for the network
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(_read_or_error, reader, 2 * MiB, 128 * KiB, got, 1)  # a readahead in part 1
+            await trio.testing.wait_all_tasks_blocked()
+            source.gate.set()
+        await reader.close()
+    assert got[1] == whole[2 * MiB : 2 * MiB + 128 * KiB]
+    assert got[0] == whole[MiB : MiB + 128 * KiB], repr(got[0])[:200]
+
+
+async def test_two_concurrent_reads_past_two_open_parts_both_succeed():
+    # Two reads in part 2 while the readers of parts 0 and 1 are open (small parts: the stream's
+    # continuation opened them): each _close_before listed the earlier readers, then popped and
+    # closed them one await at a time, so the second read popped one the first had taken: KeyError.
+    sizes = [64 * KiB] * 4
+    files = _files(sizes, seed=22)
+    whole = b"".join(files.values())
+    got: dict[object, object] = {}
+    async with ReadManager(Source(files), cache_bytes=64 * MiB) as manager:
+        reader = ConcatReader(manager, parts_of(sizes))
+        assert bytes(await reader.read(0, 4 * KiB)) == whole[: 4 * KiB]
+        assert {0, 1, 2} <= set(reader._readers)  # the stream opened the parts ahead
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_read_or_error, reader, 128 * KiB, 4 * KiB, got, 1)
+            nursery.start_soon(_read_or_error, reader, 136 * KiB, 4 * KiB, got, 2)
+        await reader.close()
+    assert got[1] == whole[128 * KiB : 132 * KiB], repr(got[1])[:200]
+    assert got[2] == whole[136 * KiB : 140 * KiB], repr(got[2])[:200]
 
 
 # -- pairing and ordering ---------------------------------------------------------------------------

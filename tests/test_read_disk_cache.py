@@ -295,6 +295,77 @@ async def test_chunks_queued_when_their_handle_closes_are_never_read_and_give_th
     assert manager.cache.reserved_bytes == 0
 
 
+class SnapshotGatedCache(ColdCache):
+    """A cold disk cache whose ``blocks_present`` (a handle's first look at what it holds) waits
+    for ``gate``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def blocks_present(self, key):
+        self.entered.set()
+        assert self.gate.wait(60), "the test never opened the gate"
+        return super().blocks_present(key)
+
+
+async def test_a_handle_closed_while_its_first_read_looks_at_the_cache_starts_nothing(tmp_path):
+    # A handle's first read awaits its look at the disk cache in a worker thread; a close meanwhile
+    # (a concurrent read of a concatenation closes its earlier parts) found nothing to stop. The
+    # read then made a DiskStream and started 7 chunks (28 MiB reserved) with a pump owned by the
+    # closed handle: never dropped, and the handle stayed counted as a stream (window_cap shrank).
+    size = 40 * MiB
+    data = random.Random(12).randbytes(size)
+    key = ContentKey("f", "etag:1", size)
+    DiskCache.open(tmp_path, 1 << 30, BS).write(key, 0, blocks_of(data, 0, -(-size // BS)))
+    cache = SnapshotGatedCache(tmp_path, 1 << 30, BS)
+    async with ReadManager(CountingSource({"f": data}), cache_bytes=64 * MiB, disk=cache) as manager:
+        reader = manager.open("f", size, version="etag:1")
+        result = {}
+
+        async def first_read() -> None:
+            result["data"] = bytes(await reader.read(0, MiB))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(first_read)
+            await trio.to_thread.run_sync(cache.entered.wait)
+            await reader.close()  # the handle goes away while its first read is under way
+            cache.gate.set()
+        assert result["data"] == data[:MiB]
+        assert manager.stats["prefetch_tasks"] == 0  # nothing was started for the closed handle
+        assert manager.cache.reserved_bytes == 0
+        assert reader not in manager._streaming
+
+
+def test_a_file_forgotten_while_another_thread_opens_it_is_not_served_again(tmp_path, monkeypatch):
+    # _pair opens a file's two cache files outside the lock, then puts them in its table. A
+    # forget (--verify's, after an MD5 mismatch) or an eviction in between unlinked the files and
+    # found no pair to retire; the pair of deleted files then entered the table and this mount
+    # served the forgotten bytes again (and would have written to files no one else sees).
+    cache, data = cached_file(tmp_path, 3 * BS, seed=13)
+    key = ContentKey("f", "etag:1", len(data))
+    cache.close()  # out of the table of open files, as one of the 64 least recently used would be
+    real_open = os.open
+    raced = []
+
+    def open_then_forget(path, flags, mode=0o777, **kwargs):
+        fd = real_open(path, flags, mode, **kwargs)
+        if str(path).endswith(".data") and not raced:
+            raced.append(True)
+            cache.forget(key)  # another worker thread, between the two opens and the table
+        return fd
+
+    monkeypatch.setattr(os, "open", open_then_forget)
+    first = cache.read(key, 0, 3)  # the read that raced with forget: a miss
+    monkeypatch.setattr(os, "open", real_open)
+    assert raced and first in (None, [None, None, None])
+    assert not glob.glob(str(tmp_path / LAYOUT / "*" / "*.idx"))  # forgotten on disk
+    assert cache.read_run(key, 0, 3) is None, "forgotten blocks served again from deleted files"
+    assert cache.write(key, 0, blocks_of(data, 0, 3))  # and the next write makes new files
+    assert glob.glob(str(tmp_path / LAYOUT / "*" / "*.idx"))
+
+
 class RecordingCache(ColdCache):
     """A disk cache that records the blocks ``[first, last)`` of each ``read_run``."""
 

@@ -90,12 +90,15 @@ class ConcatReader:
         for index, part_offset, length in pieces:
             reader = self._reader(index)
             data.append(await reader.read(part_offset, length))
-            self._continue_into_next(index, part_offset + length)
+            # The kernel sends one handle's reads concurrently and out of order: while this one
+            # waited, a read further on may have closed this part's reader (_close_before).
+            if self._readers.get(index) is reader and not self._closed:
+                self._continue_into_next(reader, index, part_offset + length)
         return b"".join(data)
 
-    def _continue_into_next(self, index: int, read_end: int) -> None:
+    def _continue_into_next(self, part_reader: FileReader | VerifiedReader, index: int, read_end: int) -> None:
         """Carry a sequential stream's prefetch over into the following non-empty part(s)."""
-        reader = _file_reader(self._readers[index])
+        reader = _file_reader(part_reader)
         window = reader.stream_window()
         ahead = window - (reader.size - read_end)
         following = index + 1
@@ -110,8 +113,11 @@ class ConcatReader:
         """Close the readers of parts before ``index``: a stream that moved on must not keep
         counting as a live stream (the cache's prefetch budget is shared among live streams);
         a read going back simply opens a fresh reader, the cached blocks are still there."""
-        for earlier in [i for i in self._readers if i < index]:
-            await self._readers.pop(earlier).close()
+        # Taken out of the table before the first await: a concurrent read closing them too
+        # then finds them gone instead of popping one twice.
+        earlier = [self._readers.pop(i) for i in list(self._readers) if i < index]
+        for reader in earlier:
+            await reader.close()
 
     async def close(self) -> None:
         self._closed = True

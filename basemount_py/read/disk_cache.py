@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 RECORD = struct.Struct("<II")  # block length, checksum of the block (checksum.py)
 RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)  # Linux: a read that fails rather than wait on the disk (0: none)
 OPEN_FILES = 64  # (data, records) descriptor pairs kept open, least recently used closed first
+PAIR_OPEN_TRIES = 3  # opens of a file's pair that may find it removed meanwhile before giving up
 TOUCH_INTERVAL = 60.0  # seconds between two "last used" updates of one file
 RESCAN_INTERVAL = 60.0  # seconds between two scans of the directory (other mounts' writes)
 SUSPEND_AFTER_FULL = 30.0  # seconds without writes after the disk was found full
@@ -77,6 +78,10 @@ class ContentKey:
     def digest(self) -> str:
         basis = f"{self.file_id}\0{self.version}\0{self.size}".encode("utf-8", "surrogateescape")
         return hashlib.sha256(basis).hexdigest()[:40]
+
+
+class _Removed(Exception):
+    """The files of a pair were removed (forgotten, evicted) between their opening and the table."""
 
 
 class _Pair:
@@ -288,11 +293,12 @@ class DiskCache:
             if pair is not None:
                 self._retire(pair)
             self._used -= self._usage.pop(digest, (0, 0.0))[0]
-        for suffix in (".idx", ".data"):
-            try:
-                os.unlink(self._path(digest) + suffix)
-            except OSError:
-                pass  # absent already, or evicted meanwhile
+            # Under the lock, as eviction does: _pair then sees the files gone (see there).
+            for suffix in (".idx", ".data"):
+                try:
+                    os.unlink(self._path(digest) + suffix)
+                except OSError:
+                    pass  # absent already, or evicted meanwhile
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -422,6 +428,19 @@ class DiskCache:
 
     def _pair(self, key: ContentKey, create: bool) -> _Pair | None:
         """The open pair of ``key``, held (:meth:`_release` it), or None when it is not cached."""
+        for _ in range(PAIR_OPEN_TRIES):
+            try:
+                return self._try_pair(key, create)
+            except _Removed:
+                continue
+        # Forgotten or evicted under every attempt (pathological churn): a failed write, a miss.
+        if create:
+            raise OSError(errno.EAGAIN, "cache files removed while being opened")
+        return None
+
+    def _try_pair(self, key: ContentKey, create: bool) -> _Pair | None:
+        """One attempt of :meth:`_pair`; raises :class:`_Removed` when the files it opened were
+        removed before the pair could enter the table."""
         digest = key.digest()
         with self._lock:
             pair = self._open.get(digest)
@@ -454,6 +473,12 @@ class DiskCache:
                 self._close_pair(pair)  # never handed out
                 self._hold(existing)
                 return existing
+            if os.fstat(records).st_nlink == 0 or os.fstat(data).st_nlink == 0:
+                # forget() or an eviction removed the files between our opens and here (both
+                # unlink under this lock, so not after this check): a pair of deleted files would
+                # keep serving forgotten bytes and take writes no other mount ever sees.
+                self._close_pair(pair)
+                raise _Removed
             self._open[digest] = pair
             self._hold(pair)
             self._usage.setdefault(digest, (0, time.time()))

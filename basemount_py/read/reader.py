@@ -476,8 +476,9 @@ class ReadManager:
 
     def background(self, reader: "FileReader", job: Callable[[], Awaitable[None]], *, owned: bool = True) -> bool:
         """Run ``job`` in the mount's nursery, cancelled by the handle's close() if ``owned`` and by
-        the mount's shutdown in any case; False (not started) when there is no nursery."""
-        if self._nursery is None or self._closed:
+        the mount's shutdown in any case; False (not started) when there is no nursery, or when
+        the handle is closed already and the job is its own (nothing would ever cancel it)."""
+        if self._nursery is None or self._closed or (owned and reader._closed):
             return False
         scope = trio.CancelScope()
         if owned:
@@ -621,16 +622,21 @@ class FileReader:
         if not self._on_disk_loaded:
             self._on_disk_loaded = True
             self._on_disk = await manager.blocks_on_disk(self)
+        # Closed while that first look at the disk cache waited (a concurrent read of a
+        # concatenation closes the readers of its earlier parts): this read is answered alone,
+        # and nothing is started that only close() would have stopped (a stream's place in the
+        # prefetch budget, its prefetch, a DiskStream's chunks and their reserved memory).
+        live = not self._closed
         plan = self.pattern.observe(offset, size, window_cap=manager.window_cap())
-        if self.pattern.window > 0:
+        if live and self.pattern.window > 0:
             manager._streaming.add(self)
         else:
             manager._streaming.discard(self)
         first, need = offset // bs, -(-end // bs)
         # All of this read on the disk cache (and not already in memory): disk_stream.py.
-        direct = self.all_on_disk(first, need) and not manager.in_memory(self.file_id, first, need)
+        direct = live and self.all_on_disk(first, need) and not manager.in_memory(self.file_id, first, need)
         ahead = (plan.demand_end // bs, -(-plan.prefetch_end // bs))
-        if plan.prefetch_end > plan.demand_end and not (direct and self.all_on_disk(*ahead)):
+        if live and plan.prefetch_end > plan.demand_end and not (direct and self.all_on_disk(*ahead)):
             self._schedule_prefetch(offset, plan)
         if direct:
             if self._disk_stream is None:
@@ -640,7 +646,7 @@ class FileReader:
                 return data
             self.not_on_disk(first, need)  # not (or no longer) usable: the ordinary path
         want = max(need, -(-plan.demand_end // bs))
-        if not plan.sequential and not self._whole_requested:
+        if live and not plan.sequential and not self._whole_requested:
             # A random read of a small file: the rest of it is likely to follow (a BAM's regions,
             # a FASTA's records), so fetch it all now in parallel instead of one round trip a read.
             self._whole_requested = True
