@@ -51,6 +51,11 @@ def upload(cfg: UploadConfig = SMALL, **changes) -> UploadConfig:
 
 @pytest.fixture
 def account(tmp_path) -> Path:
+    return make_account(tmp_path)
+
+
+def make_account(tmp_path) -> Path:
+    """The account of the write tests: a project with two samples and a completed app result, a run."""
     root = tmp_path / "account"
     write_file(root / "Projects" / "Existing" / "Samples" / "S1" / "Files" / "r1.fastq", b"@r\nACGT\n+\nIIII\n")
     write_file(root / "Projects" / "Existing" / "Samples" / "S2" / "Files" / "r2.fastq", b"@q\nTTTT\n+\nIIII\n")

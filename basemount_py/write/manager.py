@@ -358,7 +358,11 @@ class WriteManager:
             return
         log.info("resuming %d upload(s) left in the spool by an earlier mount", len(adopted))
         for entry in adopted:
-            if entry.state == OPEN and not entry.closed_once:
+            if entry.state == OPEN and entry.error:
+                # A write into it failed (the writer was told); its release, which would have
+                # kept it failed, did not come before the mount stopped: its bytes are incomplete.
+                entry.state = FAILED
+            elif entry.state == OPEN and not entry.closed_once:
                 entry.state, entry.error = FAILED, "the writer never closed this file before the mount stopped; kept in the spool"
             elif entry.state in (OPEN, PENDING) and entry.attempts == 0 and left_by_rsync(entry):
                 # Its rename never came (the mount stopped between rsync's close and rename). Sent,
@@ -507,9 +511,12 @@ class WriteManager:
         folder = node.path[:-1]
         entry = node.upload
         if node.type == UPLOAD and isinstance(entry, SpoolEntry) and entry.kind == PROPERTY and entry.state == UPLOADING:
+            # Without O_TRUNC (`>>`) the new value continues the one being sent: the kernel writes
+            # at the size it knows, so starting from nothing would leave NULs before the new bytes.
+            sent = b"" if truncate else await self._spool(self.spool.read, entry, 0, entry.size)
             await self.uploader.wait_attempt(entry)  # a new value follows the one being sent
             if entry.id not in self.spool.entries:  # sent: the new value is a new entry
-                return await self._property_entry(node, parent, b"")
+                return await self._property_entry(node, parent, sent)
         if node.type == UPLOAD and isinstance(entry, SpoolEntry):
             if entry.state == UPLOADING and entry.kind == FILE and self.uploader.give_way(entry, at_once=True):
                 await self.uploader.wait_committing(entry)  # its attempt, before its point of no return, stops
@@ -520,15 +527,22 @@ class WriteManager:
                     await self._not_landed(entry, folder, "changed")
             if entry.state in (UPLOADING, COMMITTED) or entry.id not in self.spool.entries:
                 raise self.fail(folder, errno.EBUSY, f"{node.name} is being uploaded; BaseSpace files cannot be changed")
+            before = (entry.state, entry.error, entry.attempts, entry.closed_once)
             entry.state, entry.error, entry.attempts = OPEN, "", 0  # new bytes: a full set of attempts again
             # Until the writer's next close the bytes are half changed: on disk before any of them
             # is, so that a daemon that dies meanwhile leaves the file failed, never uploaded.
             entry.closed_once = False
-            await self._spool(self.spool.persist, entry)
-            if truncate:
-                old_size = entry.size
-                await self._spool(self.spool.truncate, entry, 0)
-                self.uploader.wrote(entry, 0, old_size)  # parts already sent are stale
+            try:
+                await self._spool(self.spool.persist, entry)
+                if truncate:
+                    old_size = entry.size
+                    await self._spool(self.spool.truncate, entry, 0)
+                    self.uploader.wrote(entry, 0, old_size)  # parts already sent are stale
+            except WriteFailure as exc:
+                # The open fails, so no release will come for it: the file goes back to what it
+                # was (waiting for its upload, or failed) rather than stay open for good.
+                await self._restore(entry, before)
+                raise self._report(folder, exc) from None
             self._handles[entry.id] = self._handles.get(entry.id, 0) + 1
             node.size = entry.size
             return entry
@@ -582,6 +596,7 @@ class WriteManager:
                 self._writable(entry)
                 if entry.kind == PROPERTY and off + len(data) > MAX_BYTES:
                     raise WriteFailure(errno.EFBIG, f"property {entry.name}: values are limited to {MAX_BYTES} bytes")
+                await self._reopened_by_write(entry)
                 await self._spool(self.spool.write, entry, off, data)
         except WriteFailure as exc:
             self._spoiled(entry, exc)
@@ -598,12 +613,34 @@ class WriteManager:
                 raise WriteFailure(errno.EFBIG, f"property {entry.name}: values are limited to {MAX_BYTES} bytes")
             old_size = entry.size
             with self._interrupted_spoils(entry):
+                await self._reopened_by_write(entry)
                 await self._spool(self.spool.truncate, entry, size)
         except WriteFailure as exc:
             self._spoiled(entry, exc)
             raise self._report(tuple(entry.mount_path[:-1]), exc) from None
         self.uploader.wrote(entry, min(old_size, size), max(old_size, size))
         node.size = entry.size
+
+    async def _reopened_by_write(self, entry: SpoolEntry) -> None:
+        """Bytes written after a close (one of two descriptors of the file closed, a child writing
+        on): until the last close the file is not what the writer meant again. Recorded before
+        the bytes land, so that a daemon that dies meanwhile leaves it failed, never uploaded."""
+        if entry.closed_once:
+            entry.closed_once = False
+            try:
+                await self._spool(self.spool.persist, entry)
+            except BaseException:
+                entry.closed_once = True  # not recorded: the next write tries again
+                raise
+
+    async def _restore(self, entry: SpoolEntry, before: tuple[str, str, int, bool]) -> None:
+        """Put back an entry's state after an open the spool could not record, and upload it again
+        if it was waiting for that (its upload's driver stopped when it became open)."""
+        entry.state, entry.error, entry.attempts, entry.closed_once = before
+        with contextlib.suppress(WriteFailure):  # the spool still holds the old record, or the new one at worst
+            await self._spool(self.spool.persist, entry)
+        if entry.state == PENDING:
+            self.uploader.schedule(entry)
 
     @contextlib.contextmanager
     def _interrupted_spoils(self, entry: SpoolEntry) -> Iterator[None]:
@@ -643,7 +680,9 @@ class WriteManager:
             # A shell's `echo x > f` closes an empty descriptor before writing through its dup:
             # only the writer hears of it here; .error gets it if the file stays empty (release).
             raise WriteFailure(errno.EINVAL, f"{entry.name}: BaseSpace does not accept zero-byte files; nothing was uploaded")
-        entry.closed_once = True  # written by the sync: a close that returns is what the writer meant
+        # Written by the sync: a close that returns is what the writer meant, unless a write into
+        # it failed (then it is kept failed, even if its release never comes: _resume).
+        entry.closed_once = not entry.error
         try:
             await self._spool(self.spool.sync, entry)
         except WriteFailure as exc:
@@ -655,15 +694,22 @@ class WriteManager:
     async def fsync(self, entry: SpoolEntry, node: Node) -> None:
         """fsync(fd): the file is uploaded now; returns once it is committed, or its error."""
         await self.flush(entry, node)
+        folder = tuple(entry.mount_path[:-1])
+        if entry.state == OPEN and entry.error:  # a write failed: never uploaded (see release)
+            raise self._report(folder, WriteFailure(errno.EIO, f"{entry.name}: {entry.error}"))
         if entry.state == OPEN:
             entry.state = PENDING
-            await self._spool(self.spool.persist, entry)
+            try:
+                await self._spool(self.spool.persist, entry)
+            except WriteFailure as exc:
+                entry.state = OPEN  # still the writer's: its release records it and schedules the upload
+                raise self._report(folder, exc) from None
             self.uploader.schedule(entry, delay=0)
         if entry.id in self.spool.entries:
             await self.uploader.wait_attempt(entry)
         if entry.state != COMMITTED and entry.id in self.spool.entries:
             reason = self.uploader.last_error(entry) or entry.state
-            raise self._report(tuple(entry.mount_path[:-1]), WriteFailure(errno.EIO, f"upload of {entry.name} did not complete: {reason}"))
+            raise self._report(folder, WriteFailure(errno.EIO, f"upload of {entry.name} did not complete: {reason}"))
 
     async def release(self, entry: SpoolEntry, node: Node) -> None:
         """Last close of a handle: the entry is complete locally and waits for its upload."""
