@@ -2,7 +2,8 @@
 partial is uploaded (BaseSpace files can be neither replaced nor removed), nothing waiting is lost
 or stuck, the failure is told (errno, ``.error``, status) and the mount stays up. Each test failed
 on the code before its fix (found by a review of the write path). In-process, on trio's MockClock,
-like tests/test_write_logic.py, whose fixtures they use."""
+like tests/test_write_logic.py, whose fixtures they use: a full disk is a ``Spool.persist`` that
+raises ENOSPC, a killed daemon a ``BaseException`` raised from ``os.rename``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import pytest
 import trio
 
 from basemount_py.api.errors import FsError, errno_for
-from basemount_py.write.spool import Spool
+from basemount_py.write.spool import PENDING, Spool
+from basemount_py.write.uploader import Uploader
 
 from test_write_logic import (
     FILES,
@@ -24,6 +26,7 @@ from test_write_logic import (
     new_appresult,
     run,
     stored,
+    text,
     until,
     upload,
 )
@@ -246,3 +249,183 @@ def test_appending_to_a_property_while_its_value_is_sent_keeps_the_value(account
 
     value = run(account, tmp_path, scenario, upload(write_back=HOLD))
     assert "\x00" not in value and value.startswith("a"), repr(value)
+
+
+# -- a full disk while an upload records its state; an unexpected error in one upload ------------------
+
+
+def test_a_full_disk_while_an_upload_attempt_records_its_state_does_not_kill_the_uploader(account, tmp_path, monkeypatch):
+    """The spool's disk is full when an upload attempt starts: its ``persist`` (UPLOADING) fails,
+    and so does the persist in its failure path. The exception must be a failed attempt (retried,
+    shown in status), not escape the uploader's task: that cancels the WriteManager's nursery,
+    i.e. the whole mount dies (and every other upload with it)."""
+    real_persist = Spool.persist
+    full = {"on": False}
+
+    def persist(self, entry):
+        if full["on"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_persist(self, entry)
+
+    monkeypatch.setattr(Spool, "persist", persist)
+
+    async def scenario(core: Core):
+        app_id = await new_appresult(core)
+        await core.write_file(b"result\n", *FILES, "r.txt")
+        full["on"] = True  # the disk fills up (another program)
+        await core.command("flush\n")
+        await trio.sleep(30)
+        full["on"] = False  # space again
+        await core.flush_and_wait()
+        return await core.server_files(app_id)
+
+    try:
+        listed = run(account, tmp_path, scenario, upload(write_back=HOLD))
+    except BaseException as exc:  # noqa: BLE001
+        pytest.fail(f"the mount died: {type(exc).__name__}: {exc!r}")
+    assert list(listed) == ["r.txt"]
+    assert stored(account, "r.txt") == b"result\n"
+
+
+def test_an_unexpected_error_in_one_files_upload_fails_that_file_visibly_and_the_mount_stays_up(account, tmp_path, monkeypatch):
+    """A bug outside an attempt's own failure handling (here: the first attempt raises) must not
+    end the uploader's nursery (the mount), nor leave the file pending with no upload scheduled:
+    the file is failed, with the reason in status and ``.error``, other files still upload, and
+    ``retry`` sends it."""
+    real_attempt = Uploader._attempt
+    broken = {"on": True}
+
+    async def attempt(self, entry, p):
+        if broken["on"] and entry.name == "bug.txt":
+            broken["on"] = False
+            raise RuntimeError("a bug")
+        await real_attempt(self, entry, p)
+
+    monkeypatch.setattr(Uploader, "_attempt", attempt)
+
+    async def scenario(core: Core):
+        app_id = await new_appresult(core)
+        await core.write_file(b"bug\n", *FILES, "bug.txt")
+        await core.write_file(b"fine\n", *FILES, "fine.txt")
+        await core.flush_and_wait()
+        states = {s[2].rsplit("/", 1)[-1]: s for s in core.status()}
+        error = await text(core, *FILES, ".error")
+        await core.command("retry " + "/".join(FILES + ("bug.txt",)) + "\n")
+        await core.flush_and_wait()
+        return states, error, await core.server_files(app_id)
+
+    try:
+        states, error, listed = run(account, tmp_path, scenario, upload(write_back=HOLD))
+    except BaseException as exc:  # noqa: BLE001
+        pytest.fail(f"the mount died: {type(exc).__name__}: {exc!r}")
+    assert states["bug.txt"][0] == "failed" and "a bug" in states["bug.txt"][3], states
+    assert states["fine.txt"][0] == "committed", states
+    assert "bug.txt" in error and "a bug" in error, error
+    assert sorted(listed) == ["bug.txt", "fine.txt"]
+    assert stored(account, "bug.txt") == b"bug\n"
+
+
+def test_a_create_that_fails_on_a_full_disk_leaves_no_phantom_open_upload(account, tmp_path, monkeypatch):
+    """``Spool.create`` adds the entry to ``entries`` before its first persist; the persist fails
+    (ENOSPC). The create fails (fine), but the entry must not stay in the spool's table as ``open``
+    with no node and no handle: status would list an ``open`` upload that does not exist, and
+    mark-as-complete of the app result would be refused (EBUSY) until the daemon restarts."""
+    real_persist = Spool.persist
+    full = {"on": False}
+
+    def persist(self, entry):
+        if full["on"]:
+            full["on"] = False
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_persist(self, entry)
+
+    monkeypatch.setattr(Spool, "persist", persist)
+
+    async def scenario(core: Core):
+        await new_appresult(core)
+        await core.write_file(b"ok\n", *FILES, "ok.txt")
+        full["on"] = True
+        created, _ = await core.timed(core.fs.create, await core.ino(*FILES), "new.txt")
+        assert isinstance(created, FsError) and errno_for(created) == errno.ENOSPC, created
+        await core.command("flush\n")
+        await until(lambda: "committed" in _states(core))  # ok.txt is on BaseSpace
+        states = core.status()
+        marked, _ = await core.timed(core.command, "mark-as-complete\n", *RESULT)
+        return states, marked
+
+    states, marked = run(account, tmp_path, scenario, upload(write_back=HOLD))
+    assert [s[0] for s in states if s[0] != "committed"] == [], states
+    assert marked is None, marked
+    spooled = [p.name for p in (tmp_path / "cache" / "spool").rglob("*") if p.suffix in (".data", ".json")]
+    assert spooled == [], spooled  # the failed create left no file behind
+
+
+def test_a_daemon_killed_while_adopting_an_entry_does_not_lose_it(tmp_path, monkeypatch):
+    """A new daemon adopts a dead session's entry (moves its ``<id>.data`` and ``<id>.json`` into
+    its own session). A daemon killed between the two moves (kill -9, power loss at mount time)
+    must leave the entry whole for the next mount: same name, same bytes."""
+    root, account_id = tmp_path / "cache", "acct"
+    first = Spool(root, account_id, 2**30)
+    first.open()
+    entry = first.create(kind="file", mount_path=["P", "Files", "x.bin"], name="x.bin", owner_id="1")
+    first.write(entry, 0, b"precious bytes")
+    entry.state = PENDING
+    first.sync(entry)
+    os.close(first._lock_fd)  # the first daemon dies (its lock is free)
+    first._lock_fd = None
+
+    second = Spool(root, account_id, 2**30)
+    real_rename = os.rename
+
+    class Killed(BaseException):
+        pass
+
+    def rename(src, dst):
+        if str(src).endswith(".json") and "aborts" not in str(src):
+            raise Killed()  # kill -9 right after the data file moved
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(Killed):
+        second.open()
+    monkeypatch.setattr(os, "rename", real_rename)
+    os.close(second._lock_fd)  # the second daemon is dead too
+    second._lock_fd = None
+
+    third = Spool(root, account_id, 2**30)
+    adopted = third.open()
+    assert [e.name for e in adopted] == ["x.bin"], adopted
+    assert third.read(adopted[0], 0, 100) == b"precious bytes"
+    third.close()
+    fourth = Spool(root, account_id, 2**30)  # and once adopted, it is whole in one session only
+    assert [e.name for e in fourth.open()] == ["x.bin"]
+
+
+def test_bytes_an_earlier_version_left_apart_from_their_record_are_adopted_and_unclaimed_bytes_are_kept(tmp_path):
+    """An earlier version, killed between its two renames, left the record in one dead session and
+    the bytes in another: the next mount finds the bytes and adopts the entry. Bytes that no record
+    claims are not deleted with their folder: the folder is kept (and the log says so)."""
+    root, account_id = tmp_path / "cache", "acct"
+    first = Spool(root, account_id, 2**30)
+    first.open()
+    entry = first.create(kind="file", mount_path=["P", "Files", "x.bin"], name="x.bin", owner_id="1")
+    first.write(entry, 0, b"precious bytes")
+    entry.state = PENDING
+    first.sync(entry)
+    os.close(first._lock_fd)  # the first daemon dies
+    first._lock_fd = None
+    killed = first.account_dir / "0-killed"  # the daemon that moved the bytes, then was killed
+    killed.mkdir()
+    (killed / "lock").touch()
+    os.rename(first.session / f"{entry.id}.data", killed / f"{entry.id}.data")
+    unclaimed = first.account_dir / "0-unclaimed"
+    unclaimed.mkdir()
+    (unclaimed / "lock").touch()
+    (unclaimed / "feed.data").write_bytes(b"whose?")
+
+    second = Spool(root, account_id, 2**30)
+    adopted = second.open()
+    assert [e.name for e in adopted] == ["x.bin"], adopted
+    assert second.read(adopted[0], 0, 100) == b"precious bytes"
+    assert not first.session.exists() and not killed.exists()
+    assert (unclaimed / "feed.data").read_bytes() == b"whose?"

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
 import logging
 import math
@@ -335,7 +336,7 @@ class Uploader:
         if s is not None:
             await s.finished.wait()  # its multipart start may have been under way
             self.spool.owe(s.file_id, entry.display)
-        await self.run_blocking(self.spool.persist_owed)  # kept, even while another pass is stuck
+        await self._record_owed()  # kept, even while another pass is stuck
         await self.abort_owed()
 
     async def abort_owed(self) -> None:
@@ -396,27 +397,38 @@ class Uploader:
 
     async def _drive(self, entry: SpoolEntry, p: _Progress) -> None:
         try:
-            while entry.state == PENDING and entry.id in self.spool.entries:
-                with trio.move_on_at(p.ready_at):
-                    await p.kick.wait()
-                if p.kick.is_set():
-                    p.kick = trio.Event()
-                    if trio.current_time() < p.ready_at:
-                        continue  # rescheduled (reopened and closed again, say)
-                if entry.state != PENDING or entry.id not in self.spool.entries:
-                    break
-                async with self.files:
-                    if entry.state != PENDING or entry.id not in self.spool.entries:
-                        break
-                    folder = tuple(entry.mount_path[:-1])
-                    if self.busy.get(folder) or trio.current_time() < self.quiet_from.get(folder, 0.0):
-                        p.ready_at = max(self.quiet_from.get(folder, 0.0), trio.current_time() + 0.05)
-                        continue  # a rename may be on its way
-                    await self._attempt(entry, p)
+            await self._drive_attempts(entry, p)
+        except Exception as exc:  # a bug: one file's driver must not end the mount (its nursery's), nor forget its file
+            log.exception("the upload of %s stopped on an unexpected error (kept in the spool as failed)", entry.display)
+            if entry.id in self.spool.entries and entry.state != COMMITTED:
+                entry.state, entry.error = FAILED, f"the upload stopped on an unexpected error: {exc!r} (basemount-py retry PATH)"
+                with never_fatal(log, "recording the failed upload of %s", entry.display, level=logging.ERROR):
+                    await self._record(entry)
+                    self.on_failed(entry)
         finally:
             p.running = False
             if entry.state in (COMMITTED, FAILED) or entry.id not in self.spool.entries:
                 p.attempt_done.set()
+
+    async def _drive_attempts(self, entry: SpoolEntry, p: _Progress) -> None:
+        """Wait for the entry's time (the write-back delay, a backoff, a flush), attempt, again until it is not pending."""
+        while entry.state == PENDING and entry.id in self.spool.entries:
+            with trio.move_on_at(p.ready_at):
+                await p.kick.wait()
+            if p.kick.is_set():
+                p.kick = trio.Event()
+                if trio.current_time() < p.ready_at:
+                    continue  # rescheduled (reopened and closed again, say)
+            if entry.state != PENDING or entry.id not in self.spool.entries:
+                break
+            async with self.files:
+                if entry.state != PENDING or entry.id not in self.spool.entries:
+                    break
+                folder = tuple(entry.mount_path[:-1])
+                if self.busy.get(folder) or trio.current_time() < self.quiet_from.get(folder, 0.0):
+                    p.ready_at = max(self.quiet_from.get(folder, 0.0), trio.current_time() + 0.05)
+                    continue  # a rename may be on its way
+                await self._attempt(entry, p)
 
     async def _attempt(self, entry: SpoolEntry, p: _Progress) -> None:
         entry.state = UPLOADING
@@ -437,13 +449,13 @@ class Uploader:
                 entry.attempts -= 1
                 if entry.id in self.spool.entries:
                     entry.state = PENDING
-                    await self.run_blocking(self.spool.persist, entry)
+                    await self._record(entry)
                 p.ready_at = trio.current_time() + self._write_back(entry)
                 log.info("upload of %s stopped before its commit: the file was renamed or opened again", entry.display)
                 return
         except Exception as exc:  # the uploader never dies: any failure is retried or kept as FAILED in the spool
             await self.abort_multipart(entry)
-            reason = str(exc) or type(exc).__name__
+            reason = self._spool_trouble(exc) if isinstance(exc, OSError) else str(exc) or type(exc).__name__
             p.last_error = reason
             # Only a commit request that reached the server may have landed although its answer was lost.
             p.verify_first = p.verify_first or p.commit_sent
@@ -452,7 +464,7 @@ class Uploader:
                 pass  # removed while uploading
             elif status in REFUSED or entry.attempts >= self.cfg.attempts:
                 entry.state, entry.error = FAILED, reason
-                await self.run_blocking(self.spool.persist, entry)
+                await self._record(entry)
                 log.error(
                     "upload of %s failed for good after %d attempt(s): %s (kept in the spool: basemount-py retry PATH, or rm it)",
                     entry.display,
@@ -463,7 +475,7 @@ class Uploader:
             else:
                 delay = min(RETRY_MAX, RETRY_BASE * 2 ** (entry.attempts - 1))
                 entry.state, entry.error = PENDING, reason
-                await self.run_blocking(self.spool.persist, entry)
+                await self._record(entry)
                 log.warning("upload of %s failed (attempt %d of %d, next in %.0f s): %s", entry.display, entry.attempts, self.cfg.attempts, delay, reason)
                 p.ready_at = trio.current_time() + delay
         else:
@@ -481,7 +493,10 @@ class Uploader:
         entry.state, entry.error, entry.committed_at = COMMITTED, "", trio.current_time()
         if entry.kind == FILE:
             entry.result_id = str(result.get("Id", ""))
-        await self.run_blocking(self.spool.remove, entry)
+        try:
+            await self.run_blocking(self.spool.remove, entry)
+        except OSError as exc:  # the server has it: what is left in the spool is checked before any resend
+            log.warning("%s is on BaseSpace, but removing it from the upload spool failed: %s", entry.display, self._spool_trouble(exc))
         self.recent = (self.recent + [entry])[-50:]
         p = self.progress.pop(entry.id, None)
         if p is not None:
@@ -626,7 +641,7 @@ class Uploader:
         """Abort one multipart upload. It is owed in the spool first, and stays owed until the
         server has taken it: a daemon that ends before (an outage, a signal) leaves it to the next."""
         self.spool.owe(file_id, display)
-        await self.run_blocking(self.spool.persist_owed)
+        await self._record_owed()
         done = False
         with trio.move_on_after(30):
             try:
@@ -639,7 +654,29 @@ class Uploader:
                     log.warning("aborting the multipart upload %s of %s: %s (tried again later)", file_id, display, exc)
         if done:
             self.spool.paid(file_id)
+            await self._record_owed()
+
+    async def _record(self, entry: SpoolEntry) -> None:
+        """Write the entry's state to the spool, in a failure path: a spool that cannot (its disk
+        full) is logged, not raised. The state stays in memory (status, ``.error``, the next
+        attempt); the spool keeps the last state it took, and the next persist writes this one."""
+        try:
+            await self.run_blocking(self.spool.persist, entry)
+        except OSError as exc:
+            log.warning("%s: %s", entry.display, self._spool_trouble(exc))
+
+    async def _record_owed(self) -> None:
+        """The multipart uploads to abort, to the spool; a failure is logged (they stay owed in
+        memory, and the next persist that succeeds writes them)."""
+        try:
             await self.run_blocking(self.spool.persist_owed)
+        except OSError as exc:
+            log.warning("the multipart uploads to abort: %s", self._spool_trouble(exc))
+
+    def _spool_trouble(self, exc: OSError) -> str:
+        """The reason, for the log, status and ``.error``, that spool I/O failed."""
+        full = "; its disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        return f"the upload spool ({self.spool.session}): {exc.strerror or exc}{full}"
 
     async def _already_there(self, entry: SpoolEntry) -> dict | None:
         """The server's file at this entry's path if it has the same bytes; raises if it differs."""
