@@ -10,7 +10,9 @@ Layout on disk (``<cache-dir>/spool/<account>/<session>/``):
   account never upload the same entry;
 * each entry is ``<id>.data`` (the file's bytes, sparse where the writer left holes) and
   ``<id>.json`` (what it is, where it goes, its state), the JSON replaced atomically (write, fsync,
-  rename, fsync the folder) so a crash leaves the old or the new state, never half of one.
+  rename, fsync the folder) so a crash leaves the old or the new state, never half of one. A
+  session folder is removed only when no data file in it is the sole copy of bytes without a record
+  (``_remove_session``): such bytes are kept, and the log says where.
 
 ``aborts.owed`` (JSON: multipart upload id -> the file it was for) lists the multipart uploads
 this daemon must abort (a rename or removal dropped them, or an attempt failed) until the server
@@ -27,6 +29,7 @@ All file I/O here is blocking: the manager and uploader call it through their ``
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -46,6 +49,8 @@ log = logging.getLogger(__name__)
 OPEN, PENDING, UPLOADING, COMMITTED, FAILED = "open", "pending", "uploading", "committed", "failed"
 FILE, PROPERTY = "file", "property"
 OWED_ABORTS = "aborts.owed"
+# A spool on a file system without hard links (some network and FUSE ones): adoption moves instead.
+NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.EXDEV}
 
 
 def account_key(api_server: str, user_id: str) -> str:
@@ -117,52 +122,72 @@ class Spool:
         self.session.mkdir(mode=0o700)
         self._lock_fd = os.open(self.session / "lock", os.O_CREAT | os.O_RDWR, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        adopted: list[SpoolEntry] = []
-        for other in sorted(self.account_dir.iterdir()):
-            if other == self.session or not other.is_dir():
-                continue
-            adopted += self._adopt(other)
-        return adopted
-
-    def _adopt(self, other: Path) -> list[SpoolEntry]:
+        # Every dead session is locked before any is adopted or removed: an entry whose adoption
+        # an older daemon left halfway may have its record in one dead session and its bytes in
+        # another, and the bytes must still be there when the record is adopted.
+        dead: dict[Path, int] = {}
         try:
-            fd = os.open(other / "lock", os.O_CREAT | os.O_RDWR, 0o600)
-        except OSError:
-            return []
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                return []  # a live daemon of this account owns it
-            out = []
-            owed = other / OWED_ABORTS
-            if owed.exists():
-                try:
-                    self.owed.update({str(k): str(v) for k, v in json.loads(owed.read_text()).items()})
-                except (ValueError, AttributeError, OSError) as exc:
-                    log.warning("spool: unreadable list of aborts owed %s (%s)", owed, exc)
-                self._owed_changes += 1
-                self.persist_owed()  # ours now, before the dead session's folder goes
-            for meta in sorted(other.glob("*.json")):
-                try:
-                    entry = SpoolEntry(**json.loads(meta.read_text()))
-                except (ValueError, TypeError, OSError) as exc:
-                    log.warning("spool: unreadable entry %s kept aside (%s)", meta, exc)
-                    continue
-                data = other / f"{entry.id}.data"
-                if entry.state == COMMITTED:
-                    continue
-                if not data.exists():
-                    log.warning("spool: %s has no data file; dropped", entry.display)
-                    continue
-                os.rename(data, self._data(entry.id))
-                os.rename(meta, self._meta(entry.id))
-                self.entries[entry.id] = entry
-                out.append(entry)
-            shutil.rmtree(other, ignore_errors=True)
-            return out
+            for other in sorted(self.account_dir.iterdir()):
+                if other != self.session and other.is_dir():
+                    fd = _lock_if_dead(other)
+                    if fd is not None:
+                        dead[other] = fd
+            adopted: list[SpoolEntry] = []
+            for other in dead:
+                adopted += self._adopt(other, list(dead))
+            for other in dead:
+                _remove_session(other)
+            return adopted
         finally:
-            os.close(fd)
+            for fd in dead.values():
+                os.close(fd)
+
+    def _adopt(self, other: Path, dead: list[Path]) -> list[SpoolEntry]:
+        """Make the entries of the dead session ``other`` ours (``dead``: every dead session)."""
+        out = []
+        owed = other / OWED_ABORTS
+        if owed.exists():
+            try:
+                self.owed.update({str(k): str(v) for k, v in json.loads(owed.read_text()).items()})
+            except (ValueError, AttributeError, OSError) as exc:
+                log.warning("spool: unreadable list of aborts owed %s (%s)", owed, exc)
+            self._owed_changes += 1
+            self.persist_owed()  # ours now, before the dead session's folder goes
+        for meta in sorted(other.glob("*.json")):
+            try:
+                entry = SpoolEntry(**json.loads(meta.read_text()))
+            except (ValueError, TypeError, OSError) as exc:
+                log.warning("spool: unreadable entry %s kept aside (%s)", meta, exc)
+                # Renamed so that its bytes count as bytes without a record: kept (_remove_session).
+                with contextlib.suppress(OSError):
+                    os.rename(meta, meta.with_name(meta.name + ".unreadable"))
+                continue
+            if entry.state == COMMITTED:
+                continue
+            # Its bytes are in its own session, or (an adoption by a daemon of an earlier version,
+            # which moved the data first and was killed before the record) in another dead one.
+            data = next((d for d in [other, *dead] if (d / f"{entry.id}.data").exists()), None)
+            if data is None:
+                log.warning("spool: %s has no data file; dropped", entry.display)
+                continue
+            # Link, move the record, unlink: a daemon killed between any two steps leaves the record
+            # and the bytes together in one session (the old one until the record moves, then ours);
+            # the other session holds at most a second link to the same bytes, which costs no
+            # space and which the next mount drops (_remove_session). Two renames (data, then
+            # record) left, in between, a record without bytes and bytes without a record: the next
+            # mount dropped the entry and removed both folders, and the file was lost.
+            try:
+                os.link(data / f"{entry.id}.data", self._data(entry.id))
+            except OSError as exc:
+                if exc.errno not in NO_HARD_LINKS:
+                    raise
+                os.rename(data / f"{entry.id}.data", self._data(entry.id))  # killed next: found above
+            os.rename(meta, self._meta(entry.id))
+            with contextlib.suppress(FileNotFoundError):  # (moved by the rename above)
+                os.unlink(data / f"{entry.id}.data")
+            self.entries[entry.id] = entry
+            out.append(entry)
+        return out
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -170,7 +195,7 @@ class Spool:
         self._fds.clear()
         try:
             if not any(self.session.glob("*.json")) and not (self.session / OWED_ABORTS).exists():
-                shutil.rmtree(self.session, ignore_errors=True)
+                _remove_session(self.session)
         except OSError:  # never created (an unusable --cache-dir)
             pass
         if self._lock_fd is not None:
@@ -192,8 +217,19 @@ class Spool:
         entry = SpoolEntry(id=uuid.uuid4().hex, **fields)
         fd = os.open(self._data(entry.id), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         self._fds[entry.id] = fd
-        self.entries[entry.id] = entry
-        self.persist(entry)
+        self.entries[entry.id] = entry  # before its record: persist() skips entries not listed
+        try:
+            self.persist(entry)
+        except BaseException:
+            # Not recorded (its disk full, say): the create fails, and leaves nothing behind. Kept
+            # listed, it stayed "open" for good with no file and no writer: status showed it and
+            # mark-as-complete of its app result was refused until the daemon restarted.
+            self.entries.pop(entry.id, None)
+            os.close(self._fds.pop(entry.id))
+            for path in (self._meta(entry.id), self._data(entry.id)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            raise
         return entry
 
     def _fd(self, entry: SpoolEntry) -> int:
@@ -317,8 +353,14 @@ class Spool:
     def remove(self, entry: SpoolEntry) -> None:
         """The bytes are no longer needed (committed, or the user removed the file)."""
         with self._persisting:
-            self._write_owed()  # an upload of it still to abort outlives the entry
             self.entries.pop(entry.id, None)
+            try:
+                self._write_owed()  # an upload of it still to abort outlives the entry
+            except OSError as exc:
+                # Its disk full, say. The entry goes all the same (a removed file must not come back,
+                # a committed one must not be sent again); the abort stays owed in memory, and the
+                # next persist that succeeds writes it.
+                log.warning("spool: could not record the multipart uploads to abort in %s: %s", self.session, exc)
         fd = self._fds.pop(entry.id, None)
         if fd is not None:
             os.close(fd)
@@ -327,3 +369,41 @@ class Spool:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+
+
+def _lock_if_dead(session: Path) -> int | None:
+    """The descriptor holding the lock of ``session`` if its daemon is gone; None if it lives."""
+    try:
+        fd = os.open(session / "lock", os.O_CREAT | os.O_RDWR, 0o600)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # a live daemon of this account owns it
+        os.close(fd)
+        return None
+    return fd
+
+
+def _remove_session(session: Path) -> None:
+    """Remove a session folder whose entries are adopted or gone, unless it holds bytes that
+    nothing else does: a data file without its record (``<id>.json``) that is not empty and is
+    the only link to its bytes (a second link is a copy an interrupted adoption left). Such a
+    folder is kept, and said so at each mount, rather than the bytes deleted unseen."""
+    orphans = []
+    for data in session.glob("*.data"):
+        try:
+            info = data.stat()
+        except OSError:
+            continue
+        if info.st_size and info.st_nlink == 1 and not data.with_suffix(".json").exists():
+            orphans.append(data.name)
+    if orphans:
+        log.warning(
+            "spool: %s holds %d file(s) written into the mount with no record of where they go (%s): kept; copy out what you need, then remove the folder",
+            session,
+            len(orphans),
+            ", ".join(sorted(orphans)[:5]),
+        )
+        return
+    shutil.rmtree(session, ignore_errors=True)
