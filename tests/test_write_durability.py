@@ -39,6 +39,23 @@ def account(tmp_path):
     return make_account(tmp_path)
 
 
+class FullDisk:
+    """``Spool.persist`` on a disk that fills up: while ``on``, a persist raises ENOSPC (``once``:
+    only the next one, then the disk has room again)."""
+
+    def __init__(self, monkeypatch, once: bool):
+        self.on, self.once = False, once
+        self.real_persist = Spool.persist
+
+        def persist(spool: Spool, entry) -> None:
+            if self.on:
+                self.on = not self.once
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.real_persist(spool, entry)
+
+        monkeypatch.setattr(Spool, "persist", persist)
+
+
 def after_a_new_mount(account, tmp_path, emulator, app_id: str) -> tuple[list[str], dict]:
     """A new mount of the account once the one before has died: the states it keeps in the spool
     after its uploads, and the files the app result holds on the server."""
@@ -145,27 +162,19 @@ def test_fsync_whose_spool_record_fails_leaves_no_file_stuck_pending(account, tm
     full; a new .json.tmp needs a block). fsync fails (fine), but the entry stays ``pending`` in
     memory with no upload scheduled: nothing ever uploads it in this mount and ``unmount`` (which
     waits for every pending upload) waits forever."""
-    real_persist = Spool.persist
-    full = {"on": False}
-
-    def persist(self, entry):
-        if full["on"]:
-            full["on"] = False  # one failure: the disk has room again right after
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_persist(self, entry)
+    full = FullDisk(monkeypatch, once=True)  # one failure: the disk has room again right after
 
     async def scenario(core: Core):
         app_id = await new_appresult(core)
         opened, _ = await core.fs.create(await core.ino(*FILES), "synced.txt")
         await core.fs.write(opened.fh, 0, b"data\n")
         await core.fs.flush(opened.fh)  # (fsync below calls flush again: already recorded)
-        monkeypatch.setattr(Spool, "persist", persist)
         orig_sync = Spool.sync
 
         def sync(self, entry):  # flush's own sync succeeds; the persist after it fails once
             os.fsync(self._fd(entry))
-            real_persist(self, entry)
-            full["on"] = True
+            full.real_persist(self, entry)
+            full.on = True
 
         monkeypatch.setattr(Spool, "sync", sync)
         synced, _ = await core.timed(core.fs.fsync, opened.fh)
@@ -189,21 +198,12 @@ def test_a_reopen_that_fails_on_a_full_disk_leaves_the_waiting_file_uploadable(a
     record that (ENOSPC). The open fails (fine), but the entry is left ``open`` in memory with no
     handle: it is never uploaded in this mount, and ``unmount`` does not wait for ``open`` entries,
     so it ends saying nothing about it."""
-    real_persist = Spool.persist
-    full = {"on": False}
-
-    def persist(self, entry):
-        if full["on"]:
-            full["on"] = False
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_persist(self, entry)
-
-    monkeypatch.setattr(Spool, "persist", persist)
+    full = FullDisk(monkeypatch, once=True)
 
     async def scenario(core: Core):
         app_id = await new_appresult(core)
         await core.write_file(b"first\n", *FILES, "f.txt")
-        full["on"] = True
+        full.on = True
         opened, _ = await core.timed(core.fs.open, await core.ino(*FILES, "f.txt"), os.O_WRONLY | os.O_APPEND)
         assert isinstance(opened, FsError) and errno_for(opened) == errno.ENOSPC, opened
         after = _states(core)
@@ -259,23 +259,15 @@ def test_a_full_disk_while_an_upload_attempt_records_its_state_does_not_kill_the
     and so does the persist in its failure path. The exception must be a failed attempt (retried,
     shown in status), not escape the uploader's task: that cancels the WriteManager's nursery,
     i.e. the whole mount dies (and every other upload with it)."""
-    real_persist = Spool.persist
-    full = {"on": False}
-
-    def persist(self, entry):
-        if full["on"]:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_persist(self, entry)
-
-    monkeypatch.setattr(Spool, "persist", persist)
+    full = FullDisk(monkeypatch, once=False)
 
     async def scenario(core: Core):
         app_id = await new_appresult(core)
         await core.write_file(b"result\n", *FILES, "r.txt")
-        full["on"] = True  # the disk fills up (another program)
+        full.on = True  # the disk fills up (another program)
         await core.command("flush\n")
         await trio.sleep(30)
-        full["on"] = False  # space again
+        full.on = False  # space again
         await core.flush_and_wait()
         return await core.server_files(app_id)
 
@@ -330,21 +322,12 @@ def test_a_create_that_fails_on_a_full_disk_leaves_no_phantom_open_upload(accoun
     (ENOSPC). The create fails (fine), but the entry must not stay in the spool's table as ``open``
     with no node and no handle: status would list an ``open`` upload that does not exist, and
     mark-as-complete of the app result would be refused (EBUSY) until the daemon restarts."""
-    real_persist = Spool.persist
-    full = {"on": False}
-
-    def persist(self, entry):
-        if full["on"]:
-            full["on"] = False
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_persist(self, entry)
-
-    monkeypatch.setattr(Spool, "persist", persist)
+    full = FullDisk(monkeypatch, once=True)
 
     async def scenario(core: Core):
         await new_appresult(core)
         await core.write_file(b"ok\n", *FILES, "ok.txt")
-        full["on"] = True
+        full.on = True
         created, _ = await core.timed(core.fs.create, await core.ino(*FILES), "new.txt")
         assert isinstance(created, FsError) and errno_for(created) == errno.ENOSPC, created
         await core.command("flush\n")
@@ -360,19 +343,26 @@ def test_a_create_that_fails_on_a_full_disk_leaves_no_phantom_open_upload(accoun
     assert spooled == [], spooled  # the failed create left no file behind
 
 
-def test_a_daemon_killed_while_adopting_an_entry_does_not_lose_it(tmp_path, monkeypatch):
-    """A new daemon adopts a dead session's entry (moves its ``<id>.data`` and ``<id>.json`` into
-    its own session). A daemon killed between the two moves (kill -9, power loss at mount time)
-    must leave the entry whole for the next mount: same name, same bytes."""
-    root, account_id = tmp_path / "cache", "acct"
+def dead_session_with_a_file(root, account_id: str):
+    """A spool session holding one file waiting for its upload (``x.bin``: b"precious bytes"),
+    whose daemon then died (its lock is free): the session, and the file's entry."""
     first = Spool(root, account_id, 2**30)
     first.open()
     entry = first.create(kind="file", mount_path=["P", "Files", "x.bin"], name="x.bin", owner_id="1")
     first.write(entry, 0, b"precious bytes")
     entry.state = PENDING
     first.sync(entry)
-    os.close(first._lock_fd)  # the first daemon dies (its lock is free)
+    os.close(first._lock_fd)
     first._lock_fd = None
+    return first, entry
+
+
+def test_a_daemon_killed_while_adopting_an_entry_does_not_lose_it(tmp_path, monkeypatch):
+    """A new daemon adopts a dead session's entry (moves its ``<id>.data`` and ``<id>.json`` into
+    its own session). A daemon killed between the two moves (kill -9, power loss at mount time)
+    must leave the entry whole for the next mount: same name, same bytes."""
+    root, account_id = tmp_path / "cache", "acct"
+    first, entry = dead_session_with_a_file(root, account_id)
 
     second = Spool(root, account_id, 2**30)
     real_rename = os.rename
@@ -406,14 +396,7 @@ def test_bytes_an_earlier_version_left_apart_from_their_record_are_adopted_and_u
     the bytes in another: the next mount finds the bytes and adopts the entry. Bytes that no record
     claims are not deleted with their folder: the folder is kept (and the log says so)."""
     root, account_id = tmp_path / "cache", "acct"
-    first = Spool(root, account_id, 2**30)
-    first.open()
-    entry = first.create(kind="file", mount_path=["P", "Files", "x.bin"], name="x.bin", owner_id="1")
-    first.write(entry, 0, b"precious bytes")
-    entry.state = PENDING
-    first.sync(entry)
-    os.close(first._lock_fd)  # the first daemon dies
-    first._lock_fd = None
+    first, entry = dead_session_with_a_file(root, account_id)
     killed = first.account_dir / "0-killed"  # the daemon that moved the bytes, then was killed
     killed.mkdir()
     (killed / "lock").touch()

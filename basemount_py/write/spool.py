@@ -364,7 +364,10 @@ class Spool:
         fd = self._fds.pop(entry.id, None)
         if fd is not None:
             os.close(fd)
-        for path in (self._meta(entry.id), self._data(entry.id)):
+        # The bytes first: a daemon killed in between leaves a record without bytes, which the next
+        # mount drops, not bytes without a record, which it keeps as possibly the only copy of a
+        # file (_remove_session).
+        for path in (self._data(entry.id), self._meta(entry.id)):
             try:
                 os.unlink(path)
             except FileNotFoundError:
