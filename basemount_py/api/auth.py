@@ -32,12 +32,13 @@ from .config import (
     DEFAULT_API_SERVER,
     ENV_SERVER,
     ConfigError,
+    check_token,
     config_path,
     format_regions,
     resolve_api_server,
     write_config,
 )
-from .errors import ApiError
+from .errors import NOT_JSON, ApiError
 from .retry import RetryPolicy
 
 __all__ = ["DEFAULT_SCOPES", "LoginError", "device_login", "add_arguments", "main"]
@@ -63,7 +64,7 @@ def _error_of(response: httpx.Response) -> tuple[str, str]:
     """(error code, description) of an OAuth error response; tolerant of non-JSON bodies."""
     try:
         body = response.json()
-    except ValueError:
+    except NOT_JSON:
         return "", response.reason_phrase or ""
     if not isinstance(body, dict):
         return "", ""
@@ -100,7 +101,7 @@ async def _start(http: httpx.AsyncClient, api: str, client_id: str, scopes: str)
         raise LoginError(f"the server refused to start a login ({detail})")
     try:
         body = response.json()
-    except ValueError:
+    except NOT_JSON:
         body = None
     if not isinstance(body, dict) or not body.get("device_code"):
         raise LoginError("the server's device authorization answer has no device_code")
@@ -183,12 +184,17 @@ async def _poll(
         if response.status_code == 200:
             try:
                 body = response.json()
-            except ValueError:
+            except NOT_JSON:
                 body = None
             token = body.get("access_token") if isinstance(body, dict) else None
             if not token:
                 raise LoginError("the token answer has no access_token")
-            return str(token)
+            try:
+                # Checked before any use: one with a newline or a stray byte would be refused in a
+                # header by httpx, whose message quotes it (and so would show it on the terminal).
+                return check_token(str(token), "the server's token answer")
+            except ConfigError:
+                raise LoginError("the server's token answer is not a usable access token") from None
         error, description = _error_of(response)
         if response.status_code == 429 or response.status_code >= 500:
             failures += 1

@@ -26,6 +26,7 @@ from .errors import (
     AuthError,
     CertificateError,
     ForbiddenError,
+    NOT_JSON,
     NetworkError,
     NotFoundError,
     ProtocolError,
@@ -67,7 +68,7 @@ __all__ = ["BaseSpaceClient", "RetryPolicy", "V1_PAGE_MAX", "FILES_PAGE_MAX"]
 def _error_message(response: httpx.Response) -> str:
     try:
         body = response.json()
-    except ValueError:
+    except NOT_JSON:
         return response.reason_phrase or f"HTTP {response.status_code}"
     if isinstance(body, dict):
         status = body.get("ResponseStatus") or {}
@@ -211,6 +212,10 @@ class BaseSpaceClient:
         except httpx.TimeoutException as exc:
             _note_reached(exc)
             raise NetworkError(f"{method} {path}: timed out ({type(exc).__name__})") from None
+        except httpx.LocalProtocolError as exc:
+            # Our own request is malformed (a header value httpx refuses: its message quotes the
+            # value, which may be the token). Never transient, and never its text.
+            raise ProtocolError(f"{method} {path}: the request could not be sent ({type(exc).__name__})") from None
         except httpx.HTTPError as exc:
             _note_reached(exc)
             bad_certificate = certificate_error(exc, f"{method} {path}")
@@ -253,7 +258,9 @@ class BaseSpaceClient:
                 return False
             try:
                 # A file read: off the trio loop, so a slow home directory cannot stall the mount.
-                fresh = await trio.to_thread.run_sync(self._token_reloader)
+                # Abandoned on cancel (the op timeout, the shutdown): a hung home directory (NFS)
+                # must not hold the request, nor the others waiting on this lock, past their bound.
+                fresh = await trio.to_thread.run_sync(self._token_reloader, abandon_on_cancel=True)
             except (OSError, ConfigError) as exc:  # a broken config must not crash the caller
                 log.warning("re-reading credentials failed: %s", exc)
                 return False
@@ -333,7 +340,7 @@ class BaseSpaceClient:
 def _json(response: httpx.Response, path: str) -> dict:
     try:
         body = response.json()
-    except ValueError:
+    except NOT_JSON:
         raise ProtocolError(f"GET {path}: response is not JSON") from None
     if not isinstance(body, dict):
         raise ProtocolError(f"GET {path}: response is not a JSON object")
@@ -349,7 +356,7 @@ def _page_items(body: dict, v2: bool, path: str, values: bool = False) -> tuple[
             response = body["Response"]
             items = response.get("Items") or []
             total = int(response.get("TotalCount", len(items)))
-    except (KeyError, TypeError, ValueError, AttributeError):
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):  # OverflowError: a TotalCount of 1e400
         raise ProtocolError(f"GET {path}: not a list envelope") from None
     if not isinstance(items, list):
         raise ProtocolError(f"GET {path}: Items is not a list")

@@ -222,7 +222,8 @@ def _read_file(path: Path) -> dict[str, str]:
     return _parse(text)
 
 
-def _check_token(token: str, where: str) -> str:
+def check_token(token: str, where: str) -> str:
+    """The token, stripped; ConfigError (never showing it) when it is empty or not a token's characters."""
     token = token.strip()
     if not token:
         raise ConfigError(f"no accessToken in {where}; run `basemount-py auth` to log in")
@@ -238,7 +239,7 @@ def _from_file(path: Path, name: str, allow_insecure: bool) -> Credentials:
     except FileNotFoundError:
         hint = "basemount-py auth" if name == "default" else f"basemount-py auth --config {name}"
         raise ConfigError(f"no config '{name}' at {path}; run `{hint}`") from None
-    token = _check_token(values.get("accesstoken", ""), str(path))
+    token = check_token(values.get("accesstoken", ""), str(path))
     server = values.get("apiserver") or DEFAULT_API_SERVER
     try:
         server = resolve_api_server(server, allow_insecure=allow_insecure)
@@ -259,7 +260,7 @@ def load_credentials(
     if config_name is not None:
         creds = _from_file(config_path(config_name, home), config_name, allow_insecure)
     elif environ.get(ENV_TOKEN, "").strip():
-        token = _check_token(environ[ENV_TOKEN], ENV_SOURCE)
+        token = check_token(environ[ENV_TOKEN], ENV_SOURCE)
         server = environ.get(ENV_SERVER, "").strip() or DEFAULT_API_SERVER
         try:
             server = resolve_api_server(server, allow_insecure=allow_insecure)
@@ -285,7 +286,7 @@ def reload_token(credentials: Credentials, home: Path | None = None) -> str | No
     if credentials.path is None:
         return None
     values = _read_file(credentials.path)
-    return _check_token(values.get("accesstoken", ""), str(credentials.path))
+    return check_token(values.get("accesstoken", ""), str(credentials.path))
 
 
 def write_config(name: str, api_server: str, access_token: str, *, home: Path | None = None) -> Path:
@@ -296,7 +297,7 @@ def write_config(name: str, api_server: str, access_token: str, *, home: Path | 
     leaves either the old config or the new one, never half of one.
     """
     path = config_path(name, home)
-    token = _check_token(access_token, "the new credentials")
+    token = check_token(access_token, "the new credentials")
     server = api_server.strip().rstrip("/")
     directory = path.parent
     try:

@@ -13,6 +13,11 @@ from __future__ import annotations
 import errno
 
 
+# What decoding a JSON body can raise: not JSON (ValueError), or nested deeper than Python's
+# recursion limit (RecursionError, not a ValueError) -- a hostile or broken answer either way.
+NOT_JSON = (ValueError, RecursionError)
+
+
 class FsError(Exception):
     """Base class: ``errno`` is what the filesystem operation fails with; ``quiet`` ones are part
     of normal work (a name that is not there, a read-only refusal) and not logged at the boundary."""

@@ -262,6 +262,8 @@ class ContentSource:
         if not isinstance(href, str) or not href:
             raise _ResolveFailed(ProtocolError(f"file {file_id}: content answer has no HrefContent"))
         url = urljoin(self.api.api_server, href)
+        if not _valid_port(url):  # checked here, not met later by a fetch as an unmapped ValueError
+            raise _ResolveFailed(ProtocolError(f"file {file_id}: the content URL is not valid"))
         expires = parse_expires(response.get("Expires"))
         lifetime = DEFAULT_URL_LIFETIME if expires is None else expires - time.time()
         # Refresh `margin` early, but for short-lived URLs at half-life so they are still reused.
@@ -362,3 +364,12 @@ async def _fill(chunks: Any, body: bytearray, expected: int, describe: str) -> i
     finally:
         view.release()
     return received
+
+
+def _valid_port(url: str) -> bool:
+    """Whether the URL's port, if it names one, is a number from 0 to 65535."""
+    try:
+        port = urlsplit(url).port  # ValueError when it is not a number or out of range
+    except ValueError:
+        return False
+    return port is None or 0 <= port <= 65535

@@ -126,8 +126,8 @@ class RangeThreads:
             raise ContentExpiredError(f"{describe}: 403 from the content host", 403)
         if response.status >= 400:
             body = response.read(64 * 1024)
-            raise_for_status(httpx.Response(response.status, headers=response.getheaders(), content=body), describe)
-        check(httpx.Response(response.status, headers=response.getheaders()))
+            raise_for_status(httpx.Response(response.status, headers=_raw_headers(response), content=body), describe)
+        check(httpx.Response(response.status, headers=_raw_headers(response)))
         expected = end - start
         # The whole body in one buffer: read(n) allocates it without zeroing it and receives
         # straight into it, as much as the socket holds at each recv (not 64 KiB at a time: fewer
@@ -167,3 +167,9 @@ class RangeThreads:
     def _checkin(self, origin: tuple[str, str, int], conn: http.client.HTTPConnection) -> None:
         with self._lock:
             self._idle.setdefault(origin, []).append(conn)
+
+
+def _raw_headers(response: http.client.HTTPResponse) -> list[tuple[bytes, bytes]]:
+    """The answer's headers as bytes again: http.client decodes them as latin-1, and httpx refuses
+    text that is not ASCII (an S3 host's Content-Disposition with a UTF-8 file name, say)."""
+    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in response.getheaders()]
