@@ -137,3 +137,5 @@ class CommandRunner:
         # rather than when their entry timeout runs out.
         for parent, name in self.tree.names_below(path):
             self.kernel.invalidate_entry(parent, name)
+        if path:  # and its own name: the kernel looks the folder up again, and gets its new node
+            self._forget_entry(path)

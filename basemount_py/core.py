@@ -380,8 +380,12 @@ class Filesystem:
         entries = handle.entries if isinstance(handle, DirHandle) else []
         for index in range(start, len(entries)):
             name, node = entries[index]
+            node = self.tree.current_entry(node)
+            known = self.tree.inode_of(node.path) is not None
             ino = self.tree.remember(node)
             if not reply(name, self.attributes(ino, node), index + 1):
+                if not known:  # the kernel never heard of it, so it will never forget it
+                    self.tree.forget([(ino, 0)])
                 break
             self.tree.count_lookup(ino)
 

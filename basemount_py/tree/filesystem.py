@@ -137,6 +137,14 @@ class Tree:
             self.by_path[node.path] = ino
             self.nodes[ino] = node
 
+    def current_entry(self, node: Node) -> Node:
+        """The node the folder's cached listing holds now for an entry of an older snapshot of it
+        (opendir's): the folder was listed again since (a refresh), and the newer node must not be
+        replaced by the older one. The snapshot's node when the listing has no such entry."""
+        listing = self.listings.peek(node.path[:-1])
+        fresh = listing.get(node.name) if isinstance(listing, dict) else None
+        return fresh if fresh is not None else node
+
     def remember(self, node: Node) -> int:
         """Inode for ``node``, reusing the one its path already has (data is refreshed)."""
         ino = self.by_path.get(node.path)
@@ -225,7 +233,10 @@ class Tree:
         while the server cannot answer, the old listing is served (ListingCache's stale fallback)."""
         path = self.layout.refresh_scope(path)
         n = len(path)
-        expired = self.listings.expire(lambda key: key[:n] == path)
+        # The folder's own node (an app result's .status, .json, .name; whether its Files/ takes
+        # writes) comes from its parent's listing: that one is reloaded too.
+        parent = path[:-1] if path else None
+        expired = self.listings.expire(lambda key: key[:n] == path or key == parent)
         self.refreshed_at = self.listings.now()
         self.layout.expire_api()
         log.info("refreshed %s: %d cached listings to reload", "/" + "/".join(path), expired)

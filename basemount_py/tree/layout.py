@@ -95,6 +95,8 @@ LIST_HIDDEN = (".json", ".href", ".curl", ".type", ".error")
 COMMANDS_NAME = ".commands"
 _ENTITY_FOLDER = {"sample": "Samples", "appresult": "AppResults"}  # property link kinds inside a project
 ERROR_NAME = ".error"  # every folder has one: why its listing, a write or a command failed
+# Names every folder keeps for its own files: a server entry of that name is listed as "NAME (2)".
+FOLDER_OWN = frozenset({ERROR_NAME, COMMANDS_NAME})
 MERGED_DIR = "Merged"  # BioSamples/<b>/Merged/: the biosample's FASTQs, one file per read
 MANIFEST_NAME = ".manifest"
 
@@ -332,8 +334,9 @@ class Layout:
         self, path: tuple[str, ...], items: list[dict], kind: FolderKind, collection: str, name_key: str = "Name", project_id: str | None = None
     ) -> list[Node]:
         """One folder per entity (duplicates suffixed), plus hidden ``.id.<id>`` links."""
-        reserved = set(LIST_HIDDEN) | {COMMANDS_NAME}
         valid = [i for i in items if i.get("Id") is not None]
+        # An entity's folder never takes the name of another's .id.<id> link (it would replace it).
+        reserved = set(LIST_HIDDEN) | FOLDER_OWN | {sanitize(f".id.{i['Id']}") for i in valid}
         names = unique_names(((str(i["Id"]), i.get(name_key)) for i in valid), reserved=reserved)
         out: list[Node] = []
         for item in valid:
@@ -518,7 +521,7 @@ class Layout:
     async def _biosample_datasets(self, biosample_id: str) -> tuple[list[dict], dict[object, str]]:
         """The biosample's datasets and their entry names under ``BioSamples/<b>/Datasets/``."""
         items = await self._list("v2/datasets", {"inputbiosamples": biosample_id}, v2=True)
-        names = unique_names((str(i["Id"]), i.get("Name")) for i in items if i.get("Id") is not None)
+        names = unique_names(((str(i["Id"]), i.get("Name")) for i in items if i.get("Id") is not None), reserved=FOLDER_OWN)
         return items, names
 
     async def _biosample_datasets_links(self, node: Node) -> list[Node]:
@@ -648,7 +651,7 @@ class Layout:
             raise TypeError(f"/{'/'.join(node.path)}: a Properties folder without its owner")
         owner, hint = node.data.owner, node.data.project_id
         items = await self._list(properties_href(owner.collection, owner.entity_id))
-        names = unique_names(((i, p.get("Name")) for i, p in enumerate(items)), reserved={COMMANDS_NAME})
+        names = unique_names(((i, p.get("Name")) for i, p in enumerate(items)), reserved=FOLDER_OWN)
         return [self._property_node(_p(node.path, names[index]), prop, node.mtime, owner, hint) for index, prop in enumerate(items)]
 
     def _property_node(self, path: tuple[str, ...], prop: dict, mtime: float, owner: Owner, hint: str | None) -> Node:
@@ -696,7 +699,7 @@ class Layout:
         items = await self.property_items(node)
         out = []
         if ptype in ("map", "maps"):
-            names = unique_names((i, entry.get("Key") if isinstance(entry, dict) else None) for i, entry in enumerate(items))
+            names = unique_names(((i, entry.get("Key") if isinstance(entry, dict) else None) for i, entry in enumerate(items)), reserved=FOLDER_OWN)
             for i, entry in enumerate(items):
                 values = entry.get("Values") if isinstance(entry, dict) else entry
                 text = "\n".join(str(v) for v in values) + "\n" if isinstance(values, list) else json_bytes(values)
@@ -823,6 +826,6 @@ def build_file_tree(items: list[dict]) -> FileTree:
             node.mtime = max(node.mtime, entity_time(item))
         pending.setdefault(id(node), (node, []))[1].append((str(item["Id"]), parts[-1], item))
     for node, files in pending.values():
-        names = unique_names(((fid, raw) for fid, raw, _ in files), reserved=set(node.dirs))
+        names = unique_names(((fid, raw) for fid, raw, _ in files), reserved=set(node.dirs) | FOLDER_OWN)
         node.files = {names[fid]: item for fid, _, item in files}
     return root
