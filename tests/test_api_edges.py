@@ -160,3 +160,69 @@ async def test_a_deeply_nested_json_answer_is_a_protocol_error():
             await client.get_json("v1pre3/users/current")
     finally:
         await client.aclose()
+
+
+class _TwoHosts:
+    """The content URLs of files on different hosts."""
+
+    def __init__(self, hrefs: dict[str, str]):
+        self.api_server = "http://127.0.0.1:1/"
+        self.hrefs = hrefs
+
+    async def get_json(self, path, params=None):
+        file_id = path.split("/")[2]
+        return {"Response": {"HrefContent": self.hrefs[file_id], "Expires": "2999-01-01T00:00:00Z"}}
+
+
+def _trickle(trickling: threading.Event):
+    """A content host that answers 206, sets ``trickling``, then sends a byte every 50 ms (each
+    recv well within the stall timeout) until its client goes, for a minute at most."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+
+    def run():
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-999/1000\r\nContent-Length: 1000\r\n\r\n")
+            trickling.set()
+            try:
+                for _ in range(1200):
+                    conn.sendall(b"x")
+                    threading.Event().wait(0.05)
+            except OSError:
+                return
+
+    threading.Thread(target=run, daemon=True).start()
+    return listener
+
+
+async def test_a_fetch_given_up_on_does_not_keep_its_connection_slot():
+    # The worker thread of a GET given up on (its deadline, the op timeout) read on while the host
+    # kept trickling, holding its connection slot: with every slot taken so, each other read of
+    # the mount waited for one and failed, though its host answered at once. No time is measured:
+    # the fetch is cancelled once the host trickles, and the next one must get the only slot.
+    trickling = threading.Event()
+    slow, good = _trickle(trickling), _serve(b"")
+    hrefs = {"slow": f"http://127.0.0.1:{slow.getsockname()[1]}/s?sig=x", "good": f"http://127.0.0.1:{good.getsockname()[1]}/g?sig=x"}
+    source = ContentSource(_TwoHosts(hrefs), policy=RetryPolicy(attempts=1, request_timeout=30.0, deadline=30.0), max_connections=1, stall_timeout=10.0)
+    try:
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+
+                async def give_up_once_trickling() -> None:
+                    await trio.to_thread.run_sync(trickling.wait)
+                    scope.cancel()
+
+                nursery.start_soon(give_up_once_trickling)
+                await source.fetch("slow", 0, 1000)
+        with trio.fail_after(30):  # a bound for the failing case, not a measurement
+            assert bytes(await source.fetch("good", 0, 100)) == DATA[:100]
+    finally:
+        await source.aclose()
+        slow.close()
+        good.close()

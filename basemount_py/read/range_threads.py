@@ -20,6 +20,7 @@ caller uses the httpx path instead (``http.client`` does not read the proxy sett
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import socket
@@ -70,7 +71,16 @@ class RangeThreads:
         # because malloc.tune_malloc limits glibc to one arena (before that, each thread's arena
         # kept its freed heap and the peak RSS doubled).
         blocks: list[memoryview] = []
-        await trio.to_thread.run_sync(self._get, url, start, end, block_size, blocks, describe, check, limiter=self._limiter, abandon_on_cancel=True)
+        live: list[http.client.HTTPConnection] = []  # the connection the worker uses, while it does
+        try:
+            await trio.to_thread.run_sync(self._get, url, start, end, block_size, blocks, live, describe, check, limiter=self._limiter, abandon_on_cancel=True)
+        except trio.Cancelled:
+            # Given up on (the retry deadline, the op timeout, a shutdown): the worker would read
+            # on, holding its connection slot, as long as the host keeps sending (a trickle within
+            # the stall timeout). Its socket is shut now, so its read ends and the slot comes back.
+            for conn in list(live):
+                _shut(conn)
+            raise
         return blocks
 
     def close(self) -> None:
@@ -83,13 +93,16 @@ class RangeThreads:
 
     # -- in the worker thread ------------------------------------------------------------------
 
-    def _get(self, url: str, start: int, end: int, block_size: int, blocks: list[memoryview], describe: str, check: Check) -> None:
+    def _get(
+        self, url: str, start: int, end: int, block_size: int, blocks: list[memoryview], live: list[http.client.HTTPConnection], describe: str, check: Check
+    ) -> None:
         parts = urlsplit(url)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         origin = (parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
         try:
             for fresh in (False, True):
                 conn, reused = self._checkout(origin, fresh)
+                live[:] = [conn]
                 reusable = False
                 try:
                     try:
@@ -105,6 +118,7 @@ class RangeThreads:
                     reusable = not response.will_close
                     return
                 finally:
+                    live.clear()
                     if reusable and not self._closed:
                         self._checkin(origin, conn)
                     else:
@@ -173,3 +187,11 @@ def _raw_headers(response: http.client.HTTPResponse) -> list[tuple[bytes, bytes]
     """The answer's headers as bytes again: http.client decodes them as latin-1, and httpx refuses
     text that is not ASCII (an S3 host's Content-Disposition with a UTF-8 file name, say)."""
     return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in response.getheaders()]
+
+
+def _shut(conn: http.client.HTTPConnection) -> None:
+    """End what another thread is doing on ``conn`` (a blocked ``recv`` returns at once)."""
+    sock = conn.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
