@@ -226,3 +226,22 @@ async def test_a_fetch_given_up_on_does_not_keep_its_connection_slot():
         await source.aclose()
         slow.close()
         good.close()
+
+
+async def test_the_login_wait_is_bounded_by_its_timeout_even_against_a_trickling_server(autojump_clock):
+    # auth.py promises that the whole wait is bounded by its timeout (and the code's expires_in),
+    # but each POST was bounded only by httpx's per-read timeout (30 s): a login server sending a
+    # byte now and then held `basemount-py auth` for as long as it liked. In virtual time: the
+    # clock jumps to the next deadline whenever everything waits, so the time the login took is
+    # the bound it met, the timeout (plus its last answer's grace) or httpx's 30 s.
+    from basemount_py.api.auth import LAST_ANSWER_GRACE, LoginError, device_login
+
+    trickling = threading.Event()
+    slow = _trickle(trickling)
+    started = trio.current_time()
+    try:
+        with pytest.raises(LoginError):
+            await device_login(f"http://127.0.0.1:{slow.getsockname()[1]}", "client", timeout=1.0, out=lambda line: None)
+    finally:
+        slow.close()
+    assert trio.current_time() - started <= 1.0 + LAST_ANSWER_GRACE

@@ -54,6 +54,7 @@ HTTP_TIMEOUT = 30.0
 # A network blip during a 15-minute wait should not lose the login, but a server that is gone
 # should not be polled until the code expires either.
 MAX_CONSECUTIVE_FAILURES = 5
+LAST_ANSWER_GRACE = 1.0  # seconds past the deadline a poll sent just before it may take to answer
 
 
 class LoginError(Exception):
@@ -141,15 +142,20 @@ async def device_login(
         http = httpx.AsyncClient(timeout=httpx.Timeout(HTTP_TIMEOUT), follow_redirects=False, headers={"User-Agent": "basemount_py"})
     try:
         deadline = trio.current_time() + timeout
-        started = await _start(http, api, client_id.strip(), scopes)
-        uri = _verification_uri(started)
-        expires_in = _number(started.get("expires_in"), timeout)
-        deadline = min(deadline, trio.current_time() + expires_in)
-        interval = _number(started.get("interval"), DEFAULT_INTERVAL)
-        out(f"Open this URL in a browser and approve: {uri}")
-        if started.get("user_code"):
-            out(f"(code {started['user_code']}; waiting for approval, Ctrl-C to cancel)")
-        return await _poll(http, api, client_id.strip(), client_secret, str(started["device_code"]), interval, deadline)
+        # The whole wait, requests included (each request's own timeout is per read, which a server
+        # sending a byte now and then never reaches); the polls stop by ``deadline`` themselves.
+        with trio.move_on_at(deadline + LAST_ANSWER_GRACE) as bound:
+            started = await _start(http, api, client_id.strip(), scopes)
+            uri = _verification_uri(started)
+            expires_in = _number(started.get("expires_in"), timeout)
+            deadline = min(deadline, trio.current_time() + expires_in)
+            bound.deadline = deadline + LAST_ANSWER_GRACE
+            interval = _number(started.get("interval"), DEFAULT_INTERVAL)
+            out(f"Open this URL in a browser and approve: {uri}")
+            if started.get("user_code"):
+                out(f"(code {started['user_code']}; waiting for approval, Ctrl-C to cancel)")
+            return await _poll(http, api, client_id.strip(), client_secret, str(started["device_code"]), interval, deadline)
+        raise LoginError("the login was not approved in time, or the server answered too slowly; run the command again")
     finally:
         if own:
             await http.aclose()
