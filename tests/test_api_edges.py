@@ -90,6 +90,20 @@ async def test_a_content_url_with_a_bad_port_is_an_api_error():
         await source.aclose()
 
 
+async def cancelled_once(event: threading.Event, call) -> None:
+    """Run ``call()`` and cancel it as soon as ``event`` (set by another thread) is set."""
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+
+            async def cancel() -> None:
+                await trio.to_thread.run_sync(event.wait, abandon_on_cancel=True)
+                scope.cancel()
+
+            nursery.start_soon(cancel)
+            await call()
+            nursery.cancel_scope.cancel()  # it returned before the event: stop waiting for it
+
+
 def _json_transport(status: int, text: str) -> httpx.MockTransport:
     return httpx.MockTransport(lambda request: httpx.Response(status, text=text, headers={"content-type": "application/json"}))
 
@@ -119,15 +133,7 @@ async def test_a_hung_credentials_re_read_does_not_hold_a_cancelled_request():
 
     client = BaseSpaceClient("http://127.0.0.1:1", "tok", policy=POLICY, token_reloader=reloader, transport=_json_transport(401, "{}"))
     try:
-        with trio.CancelScope() as scope:
-            async with trio.open_nursery() as nursery:
-
-                async def cancel_once_hanging() -> None:
-                    await trio.to_thread.run_sync(entered.wait)
-                    scope.cancel()
-
-                nursery.start_soon(cancel_once_hanging)
-                await client.get_json("v1pre3/users/current")
+        await cancelled_once(entered, lambda: client.get_json("v1pre3/users/current"))
         back_while_hanging = not finished.is_set()
     finally:
         release.set()
@@ -211,15 +217,7 @@ async def test_a_fetch_given_up_on_does_not_keep_its_connection_slot():
     hrefs = {"slow": f"http://127.0.0.1:{slow.getsockname()[1]}/s?sig=x", "good": f"http://127.0.0.1:{good.getsockname()[1]}/g?sig=x"}
     source = ContentSource(_TwoHosts(hrefs), policy=RetryPolicy(attempts=1, request_timeout=30.0, deadline=30.0), max_connections=1, stall_timeout=10.0)
     try:
-        with trio.CancelScope() as scope:
-            async with trio.open_nursery() as nursery:
-
-                async def give_up_once_trickling() -> None:
-                    await trio.to_thread.run_sync(trickling.wait)
-                    scope.cancel()
-
-                nursery.start_soon(give_up_once_trickling)
-                await source.fetch("slow", 0, 1000)
+        await cancelled_once(trickling, lambda: source.fetch("slow", 0, 1000))
         with trio.fail_after(30):  # a bound for the failing case, not a measurement
             assert bytes(await source.fetch("good", 0, 100)) == DATA[:100]
     finally:
