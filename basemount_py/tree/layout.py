@@ -335,8 +335,9 @@ class Layout:
     ) -> list[Node]:
         """One folder per entity (duplicates suffixed), plus hidden ``.id.<id>`` links."""
         valid = [i for i in items if i.get("Id") is not None]
+        links = {str(i["Id"]): sanitize(f".id.{i['Id']}") for i in valid}
         # An entity's folder never takes the name of another's .id.<id> link (it would replace it).
-        reserved = set(LIST_HIDDEN) | FOLDER_OWN | {sanitize(f".id.{i['Id']}") for i in valid}
+        reserved = set(LIST_HIDDEN) | FOLDER_OWN | set(links.values())
         names = unique_names(((str(i["Id"]), i.get(name_key)) for i in valid), reserved=reserved)
         out: list[Node] = []
         for item in valid:
@@ -352,8 +353,7 @@ class Layout:
                     xattrs=_entity_xattrs(item, collection),
                 )
             )
-            link_name = sanitize(f".id.{entity_id}")
-            out.append(Node(path=_p(path, link_name), type=SYMLINK, target=name, mtime=entity_time(item)))
+            out.append(Node(path=_p(path, links[entity_id]), type=SYMLINK, target=name, mtime=entity_time(item)))
         return out
 
     def _entity_children(self, node: Node, sub: list[Node], name_key: str = "Name") -> list[Node]:

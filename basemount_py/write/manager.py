@@ -503,7 +503,7 @@ class WriteManager:
         except SpoolFull as exc:
             raise WriteFailure(errno.ENOSPC, f"{exc.strerror}; waiting uploads: basemount-py status") from None
         except OSError as exc:
-            raise WriteFailure(exc.errno or errno.EIO, f"the upload spool ({self.spool.session}): {exc.strerror or exc}") from None
+            raise WriteFailure(exc.errno or errno.EIO, self.spool.failure(exc)) from None
 
     async def open_for_write(self, node: Node, truncate: bool) -> SpoolEntry:
         """Opening an existing entry for writing: a file not sent yet, or a string property."""

@@ -350,6 +350,11 @@ class Spool:
             off += len(chunk)
         return h.hexdigest()
 
+    def failure(self, exc: OSError) -> str:
+        """Why spool I/O failed, for the writer, the log, status and ``.error``."""
+        full = "; its disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        return f"the upload spool ({self.session}): {exc.strerror or exc}{full}"
+
     def remove(self, entry: SpoolEntry) -> None:
         """The bytes are no longer needed (committed, or the user removed the file)."""
         with self._persisting:

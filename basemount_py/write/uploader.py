@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import errno
 import hashlib
 import logging
 import math
@@ -455,7 +454,7 @@ class Uploader:
                 return
         except Exception as exc:  # the uploader never dies: any failure is retried or kept as FAILED in the spool
             await self.abort_multipart(entry)
-            reason = self._spool_trouble(exc) if isinstance(exc, OSError) else str(exc) or type(exc).__name__
+            reason = self.spool.failure(exc) if isinstance(exc, OSError) else str(exc) or type(exc).__name__
             p.last_error = reason
             # Only a commit request that reached the server may have landed although its answer was lost.
             p.verify_first = p.verify_first or p.commit_sent
@@ -496,7 +495,7 @@ class Uploader:
         try:
             await self.run_blocking(self.spool.remove, entry)
         except OSError as exc:  # the server has it: what is left in the spool is checked before any resend
-            log.warning("%s is on BaseSpace, but removing it from the upload spool failed: %s", entry.display, self._spool_trouble(exc))
+            log.warning("%s is on BaseSpace, but removing it from the upload spool failed: %s", entry.display, self.spool.failure(exc))
         self.recent = (self.recent + [entry])[-50:]
         p = self.progress.pop(entry.id, None)
         if p is not None:
@@ -663,7 +662,7 @@ class Uploader:
         try:
             await self.run_blocking(self.spool.persist, entry)
         except OSError as exc:
-            log.warning("%s: %s", entry.display, self._spool_trouble(exc))
+            log.warning("%s: %s", entry.display, self.spool.failure(exc))
 
     async def _record_owed(self) -> None:
         """The multipart uploads to abort, to the spool; a failure is logged (they stay owed in
@@ -671,12 +670,7 @@ class Uploader:
         try:
             await self.run_blocking(self.spool.persist_owed)
         except OSError as exc:
-            log.warning("the multipart uploads to abort: %s", self._spool_trouble(exc))
-
-    def _spool_trouble(self, exc: OSError) -> str:
-        """The reason, for the log, status and ``.error``, that spool I/O failed."""
-        full = "; its disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
-        return f"the upload spool ({self.spool.session}): {exc.strerror or exc}{full}"
+            log.warning("the multipart uploads to abort: %s", self.spool.failure(exc))
 
     async def _already_there(self, entry: SpoolEntry) -> dict | None:
         """The server's file at this entry's path if it has the same bytes; raises if it differs."""
